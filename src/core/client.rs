@@ -1,0 +1,197 @@
+//! One connected client as the rest of the server sees it: its identity and
+//! state, and the bounded queue through which anyone may send it frames.
+//!
+//! The socket itself belongs to the connection task; everything here is
+//! shared (behind `Arc`) and safe to touch from any thread.
+
+use crate::core::protocol::Frame;
+use crate::core::stats::Stats;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+
+pub type ClientId = Arc<str>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    Unauthorized = 0,
+    Authenticating = 1,
+    Authenticated = 2,
+    Disconnected = 3,
+}
+
+impl ClientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Unauthorized => "unauthorized",
+            ClientState::Authenticating => "authenticating",
+            ClientState::Authenticated => "authenticated",
+            ClientState::Disconnected => "disconnected",
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => ClientState::Unauthorized,
+            1 => ClientState::Authenticating,
+            2 => ClientState::Authenticated,
+            _ => ClientState::Disconnected,
+        }
+    }
+}
+
+/// Mutable details, changed only while the hub's write lock is held so that
+/// they always agree with the hub's indexes.
+#[derive(Debug, Default)]
+pub struct ClientDetails {
+    pub user_id: Option<Arc<str>>,
+    pub rooms: HashSet<Arc<str>>,
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
+}
+
+/// A request to close the socket, honoured ahead of queued frames.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+}
+
+pub struct Client {
+    pub id: ClientId,
+    pub remote: String,
+    pub connected_at: u64,
+    pub last_activity: AtomicU64,
+    state: AtomicU8,
+    pub encrypted: AtomicBool,
+    pub backpressured: AtomicBool,
+    pub details: Mutex<ClientDetails>,
+    outbound: mpsc::UnboundedSender<Frame>,
+    queued_bytes: AtomicUsize,
+    backpressure_limit: usize,
+    close_on_backpressure_limit: bool,
+    close_request: Mutex<Option<CloseRequest>>,
+    pub close_notify: Notify,
+    stats: Arc<Stats>,
+}
+
+/// The receiving end of a client's queue, owned by its connection task.
+pub struct Outbox {
+    rx: mpsc::UnboundedReceiver<Frame>,
+}
+
+/// What happened to a frame offered to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Over the backpressure limit: dropped (and counted).
+    Dropped,
+    /// The client is gone.
+    Closed,
+}
+
+impl Client {
+    pub fn new(
+        id: ClientId,
+        remote: String,
+        now: u64,
+        backpressure_limit: usize,
+        close_on_backpressure_limit: bool,
+        stats: Arc<Stats>,
+    ) -> (Arc<Client>, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = Arc::new(Client {
+            id,
+            remote,
+            connected_at: now,
+            last_activity: AtomicU64::new(now),
+            state: AtomicU8::new(ClientState::Unauthorized as u8),
+            encrypted: AtomicBool::new(false),
+            backpressured: AtomicBool::new(false),
+            details: Mutex::new(ClientDetails::default()),
+            outbound: tx,
+            queued_bytes: AtomicUsize::new(0),
+            backpressure_limit,
+            close_on_backpressure_limit,
+            close_request: Mutex::new(None),
+            close_notify: Notify::new(),
+            stats,
+        });
+        (client, Outbox { rx })
+    }
+
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub fn user_id(&self) -> Option<Arc<str>> {
+        self.details.lock().user_id.clone()
+    }
+
+    pub fn touch(&self, now: u64) {
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    /// Queues a frame without waiting. A frame is always accepted into an
+    /// empty queue (however large); beyond that the queue holds at most
+    /// `backpressure_limit` bytes.
+    pub fn offer(&self, frame: &Frame) -> Offer {
+        let len = frame.len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if queued > 0 && queued + len > self.backpressure_limit {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.backpressured.store(true, Ordering::Relaxed);
+            self.stats.dropped_backpressure.fetch_add(1, Ordering::Relaxed);
+            if self.close_on_backpressure_limit {
+                let (code, reason) = crate::core::protocol::close::BACKPRESSURE;
+                self.request_close(code, reason);
+            }
+            return Offer::Dropped;
+        }
+        if self.outbound.send(frame.clone()).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return Offer::Closed;
+        }
+        Offer::Queued
+    }
+
+    /// Called by the connection task once a frame has left the queue.
+    pub fn sent(&self, len: usize) {
+        let before = self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if before - len <= self.backpressure_limit / 2 {
+            self.backpressured.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the connection task to close the socket. The first request wins.
+    pub fn request_close(&self, code: u16, reason: &str) {
+        let mut slot = self.close_request.lock();
+        if slot.is_none() {
+            *slot = Some(CloseRequest {
+                code,
+                reason: reason.to_string(),
+            });
+            drop(slot);
+            self.close_notify.notify_one();
+        }
+    }
+
+    pub fn take_close_request(&self) -> Option<CloseRequest> {
+        self.close_request.lock().take()
+    }
+}
+
+impl Outbox {
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        self.rx.try_recv().ok()
+    }
+}

@@ -1,0 +1,65 @@
+//! Server settings after normalisation. Defaults are the original's
+//! (PROTOCOL §11); the binding fills this from the JavaScript options.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub identifier: String,
+    pub host: String,
+    /// 0 binds an ephemeral port.
+    pub port: u16,
+    pub path: String,
+    pub default_rooms: Vec<String>,
+    pub auth_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub require_encryption: bool,
+    /// Largest inbound message; larger ones close the socket with 1009.
+    pub max_payload_length: usize,
+    /// Close a socket that sent nothing (not even a pong) for this long;
+    /// zero disables it.
+    pub idle_timeout: Duration,
+    /// Bytes queued for one socket before further frames are dropped (or the
+    /// socket is closed, with `close_on_backpressure_limit`).
+    pub backpressure_limit: usize,
+    pub close_on_backpressure_limit: bool,
+    /// Send transport pings to idle sockets so live peers are not cut off.
+    pub send_pings: bool,
+    /// Distinct rooms one `join`/`leave` frame may name; the rest are ignored.
+    pub max_rooms_per_request: usize,
+    /// Joins awaiting `validateRoomFn` per client; more are refused.
+    pub max_pending_joins: usize,
+    /// Application events waiting for JavaScript before readers pause.
+    pub event_queue_capacity: usize,
+    /// Events handed to JavaScript in one call at most.
+    pub event_batch_max: usize,
+    /// How long `shutdown()` waits for sockets to finish their close handshake.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            identifier: "WEBSOCKET_SERVER".into(),
+            host: "0.0.0.0".into(),
+            port: 0,
+            path: "/ws".into(),
+            default_rooms: vec!["ws-default".into(), "ws-notification".into()],
+            auth_timeout: Duration::from_millis(5_000),
+            heartbeat_interval: Duration::from_millis(30_000),
+            heartbeat_timeout: Duration::from_millis(90_000),
+            require_encryption: false,
+            max_payload_length: 128 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            backpressure_limit: 1024 * 1024,
+            close_on_backpressure_limit: false,
+            send_pings: true,
+            max_rooms_per_request: 1024,
+            max_pending_joins: 16,
+            event_queue_capacity: 16 * 1024,
+            event_batch_max: 1024,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! One task per connection: it owns the socket and runs the client's state
+//! machine (PROTOCOL §2–§5), its timers, and the writes of its queue.
+//!
+//! Everything that can take long (the application's handlers) runs as a
+//! future polled by this same task, so a slow `authenticateFn` or
+//! `validateRoomFn` never stops the socket from being read or written, and a
+//! socket that cannot be written never holds up anyone else.
+
+use crate::core::client::{Client, ClientState, CloseRequest, Outbox};
+use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
+use crate::core::protocol::{self, close, errors, events, EventName};
+use crate::core::server::Shared;
+use crate::core::stats::bump;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Frames written per wakeup before the socket is flushed (one syscall for
+/// many frames, without starving the read side).
+const WRITE_BATCH: usize = 64;
+
+/// How the authentication flow (authenticate, then the optional handshake)
+/// ended.
+enum AuthFlow {
+    Ok {
+        user_id: Option<String>,
+        keys: Option<(String, String)>,
+    },
+    Rejected,
+    Error(String),
+    NoHandshakeHandler,
+    HandshakeRejected,
+}
+
+struct JoinDone {
+    requested: Vec<String>,
+    result: Result<Vec<String>, String>,
+}
+
+/// Runs a connection to its end, then removes the client everywhere and
+/// tells the application. A panic inside the connection closes only it.
+pub async fn run<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, remote: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let now = protocol::now_ms();
+    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let (client, outbox) = Client::new(
+        id.clone(),
+        remote,
+        now,
+        shared.config.backpressure_limit,
+        shared.config.close_on_backpressure_limit,
+        shared.stats.clone(),
+    );
+    shared.hub.register(client.clone());
+    bump(&shared.stats.connections_total);
+    shared
+        .log
+        .info(|| format!("New connection (unauthorized) | id: {id} | remote: {}", client.remote));
+    if shared.is_shutting_down() {
+        let (code, reason) = close::SHUTDOWN;
+        client.request_close(code, reason);
+    }
+
+    let conn = Connection {
+        shared: shared.clone(),
+        client: client.clone(),
+        auth: None,
+        auth_deadline: None,
+        joins: FuturesUnordered::new(),
+    };
+    if let Err(panic) = AssertUnwindSafe(conn.drive(ws, outbox)).catch_unwind().await {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        shared
+            .log
+            .error(|| format!("Connection task panicked; closing it | id: {id} | panic: {what}"));
+    }
+
+    let user_id = shared.hub.remove(&id).flatten();
+    shared.log.info(|| {
+        format!(
+            "Client disconnected | id: {id} | userId: {}",
+            user_id.as_deref().unwrap_or("anonymous")
+        )
+    });
+    shared
+        .emit(AppEvent::Disconnected {
+            client_id: id.to_string(),
+            user_id: user_id.map(|u| u.to_string()),
+        })
+        .await;
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    auth: Option<BoxFuture<'static, AuthFlow>>,
+    /// Set when `authenticate` arrives: the in-progress deadline.
+    auth_deadline: Option<Instant>,
+    joins: FuturesUnordered<BoxFuture<'static, JoinDone>>,
+}
+
+/// What the read side asks the loop to do next.
+enum Next {
+    Continue,
+    Emit(AppEvent),
+    Close(u16, &'static str),
+    Stop,
+}
+
+impl Connection {
+    async fn drive<S>(mut self, mut ws: WebSocketStream<S>, mut outbox: Outbox)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let cfg = self.shared.config.clone();
+        let auth_timer = tokio::time::sleep(cfg.auth_timeout);
+        tokio::pin!(auth_timer);
+        let idle_period = if cfg.idle_timeout.is_zero() {
+            // Effectively never; keeps the select arm uniform.
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            cfg.idle_timeout / 2
+        };
+        let mut idle = tokio::time::interval_at(Instant::now() + idle_period, idle_period);
+        idle.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heard_since_tick = false;
+        let mut quiet_ticks = 0u8;
+
+        let close_with: Option<CloseRequest> = loop {
+            let awaiting_auth = matches!(
+                self.client.state(),
+                ClientState::Unauthorized | ClientState::Authenticating
+            );
+            tokio::select! {
+                biased;
+                _ = self.client.close_notify.notified() => {
+                    if let Some(req) = self.client.take_close_request() {
+                        break Some(req);
+                    }
+                }
+                frame = outbox.recv() => {
+                    let Some(frame) = frame else { break None };
+                    if Self::write_batch(&self.client, &self.shared.stats, &mut ws, &mut outbox, frame).await.is_err() {
+                        break None;
+                    }
+                }
+                msg = ws.next() => {
+                    heard_since_tick = true;
+                    let next = match msg {
+                        None => Next::Stop,
+                        Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
+                        Some(Ok(Message::Binary(b))) => self.on_text(&String::from_utf8_lossy(&b)),
+                        Some(Ok(Message::Close(_))) => Next::Continue, // the reply goes out on the next poll
+                        Some(Ok(_)) => Next::Continue,                  // ping, pong
+                        Some(Err(e)) => self.on_read_error(e),
+                    };
+                    match next {
+                        Next::Continue => {}
+                        Next::Emit(ev) => self.shared.emit(ev).await,
+                        Next::Close(code, reason) => break Some(CloseRequest { code, reason: reason.into() }),
+                        Next::Stop => break None,
+                    }
+                }
+                flow = async { self.auth.as_mut().expect("guarded").await }, if self.auth.is_some() => {
+                    self.auth = None;
+                    if let Some((code, reason)) = self.finish_auth(flow).await {
+                        break Some(CloseRequest { code, reason: reason.into() });
+                    }
+                }
+                Some(done) = self.joins.next(), if !self.joins.is_empty() => {
+                    self.finish_join(done);
+                }
+                _ = &mut auth_timer, if awaiting_auth => {
+                    self.shared.log.warn(|| format!("Auth timeout | id: {}", self.client.id));
+                    let (code, reason) = close::AUTH_TIMEOUT;
+                    break Some(CloseRequest { code, reason: reason.into() });
+                }
+                _ = idle.tick() => {
+                    if heard_since_tick {
+                        heard_since_tick = false;
+                        quiet_ticks = 0;
+                    } else {
+                        quiet_ticks += 1;
+                        if quiet_ticks >= 2 {
+                            let (code, reason) = close::IDLE;
+                            break Some(CloseRequest { code, reason: reason.into() });
+                        }
+                        if cfg.send_pings && ws.send(Message::Ping(Default::default())).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            }
+            // The authenticate frame swaps the auth timer for the longer one.
+            if let Some(deadline) = self.auth_deadline.take() {
+                auth_timer.as_mut().reset(deadline);
+            }
+        };
+
+        if let Some(req) = close_with {
+            Self::close(&self.client, cfg.shutdown_grace, &mut ws, &mut outbox, req).await;
+        }
+        self.client.set_state(ClientState::Disconnected);
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), then
+    /// flushes once.
+    async fn write_batch<S>(
+        client: &Client,
+        stats: &crate::core::stats::Stats,
+        ws: &mut WebSocketStream<S>,
+        outbox: &mut Outbox,
+        first: protocol::Frame,
+    ) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut bytes = first.len();
+        let mut count = 1u64;
+        let res = async {
+            ws.feed(Message::Text(first)).await?;
+            while (count as usize) < WRITE_BATCH {
+                let Some(f) = outbox.try_recv() else { break };
+                bytes += f.len();
+                count += 1;
+                ws.feed(Message::Text(f)).await?;
+            }
+            ws.flush().await
+        }
+        .await;
+        client.sent(bytes);
+        stats
+            .frames_out
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        res
+    }
+
+    /// Sends what is still queued, then the close frame, then waits a little
+    /// for the peer's reply. Bounded in time: a peer that does not read
+    /// cannot keep the task alive.
+    async fn close<S>(
+        client: &Client,
+        grace: Duration,
+        ws: &mut WebSocketStream<S>,
+        outbox: &mut Outbox,
+        req: CloseRequest,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let frame = CloseFrame {
+            code: CloseCode::from(req.code),
+            reason: req.reason.into(),
+        };
+        let _ = tokio::time::timeout(grace, async {
+            while let Some(f) = outbox.try_recv() {
+                let len = f.len();
+                if ws.feed(Message::Text(f)).await.is_err() {
+                    return;
+                }
+                client.sent(len);
+            }
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+
+    fn send_error(&self, message: &str) {
+        self.client.offer(&protocol::error_frame(message));
+    }
+
+    fn on_text(&mut self, text: &str) -> Next {
+        let shared = self.shared.clone();
+        self.client.touch(protocol::now_ms());
+        bump(&shared.stats.messages_in);
+        let frame = match protocol::parse_inbound(text) {
+            Ok(f) => f,
+            Err(_) => {
+                bump(&shared.stats.invalid_frames);
+                self.send_error(errors::INVALID_FORMAT);
+                return Next::Continue;
+            }
+        };
+        let event = match frame.event {
+            EventName::Falsy => {
+                bump(&shared.stats.invalid_frames);
+                shared
+                    .log
+                    .debug(|| format!("Invalid message payload | Missing event | id: {}", self.client.id));
+                return Next::Continue;
+            }
+            EventName::Str(s) => Some(s),
+            EventName::Other => None,
+        };
+        match event.as_deref() {
+            Some(events::HEARTBEAT) => return Next::Continue,
+            Some(events::AUTHENTICATE) => {
+                if self.client.state() != ClientState::Unauthorized {
+                    self.send_error(errors::ALREADY_AUTHENTICATED);
+                } else {
+                    self.start_auth(protocol::auth_payload(frame.data).to_string());
+                }
+                return Next::Continue;
+            }
+            _ => {}
+        }
+        if self.client.state() != ClientState::Authenticated {
+            self.send_error(errors::NOT_AUTHENTICATED);
+            return Next::Continue;
+        }
+        match event.as_deref() {
+            Some(events::JOIN) => {
+                let rooms = protocol::parse_rooms(frame.data, shared.config.max_rooms_per_request);
+                self.start_join(rooms);
+                Next::Continue
+            }
+            Some(events::LEAVE) => {
+                let rooms = protocol::parse_rooms(frame.data, shared.config.max_rooms_per_request);
+                if !rooms.is_empty() {
+                    let left = shared.hub.leave(&self.client.id, &rooms);
+                    if !left.is_empty() {
+                        shared
+                            .log
+                            .debug(|| format!("Left rooms | id: {} | rooms: {left:?}", self.client.id));
+                    }
+                }
+                Next::Continue
+            }
+            _ => {
+                if !shared.handlers.wants_messages() {
+                    bump(&shared.stats.dropped_no_handler);
+                    return Next::Continue;
+                }
+                Next::Emit(AppEvent::Message {
+                    client_id: self.client.id.to_string(),
+                    user_id: self.client.user_id().map(|u| u.to_string()),
+                    frame: text.to_string(),
+                })
+            }
+        }
+    }
+
+    fn on_read_error(&self, e: WsError) -> Next {
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                bump(&self.shared.stats.oversized_frames);
+                self.shared.log.warn(|| {
+                    format!(
+                        "Frame too large | id: {} | size: {size} | max: {max_size}",
+                        self.client.id
+                    )
+                });
+                let (code, reason) = close::TOO_BIG;
+                Next::Close(code, reason)
+            }
+            WsError::ConnectionClosed | WsError::AlreadyClosed => Next::Stop,
+            other => {
+                bump(&self.shared.stats.invalid_frames);
+                self.shared
+                    .log
+                    .debug(|| format!("Socket error | id: {} | error: {other}", self.client.id));
+                Next::Stop
+            }
+        }
+    }
+
+    fn start_auth(&mut self, data_json: String) {
+        self.client.set_state(ClientState::Authenticating);
+        self.auth_deadline = Some(Instant::now() + self.shared.config.auth_timeout * 3);
+        let handlers = self.shared.handlers.clone();
+        let require_encryption = self.shared.config.require_encryption;
+        let id = self.client.id.clone();
+        let fut = async move {
+            let user_id = match handlers.authenticate(&id, &data_json).await {
+                AuthOutcome::Accepted { user_id } => user_id,
+                AuthOutcome::Rejected => return AuthFlow::Rejected,
+                AuthOutcome::Failed(e) => return AuthFlow::Error(e),
+            };
+            if !require_encryption {
+                return AuthFlow::Ok { user_id, keys: None };
+            }
+            let Some(handshake) = handlers.handshake(&id, user_id.as_deref(), &data_json) else {
+                return AuthFlow::NoHandshakeHandler;
+            };
+            match handshake.await {
+                HandshakeOutcome::Accepted {
+                    server_public_key,
+                    salt,
+                } => AuthFlow::Ok {
+                    user_id,
+                    keys: Some((server_public_key, salt)),
+                },
+                HandshakeOutcome::Rejected => AuthFlow::HandshakeRejected,
+                HandshakeOutcome::Failed(e) => AuthFlow::Error(e),
+            }
+        };
+        self.auth = Some(fut.boxed());
+    }
+
+    /// Applies the outcome of the authentication flow; returns the close to
+    /// perform when it failed.
+    async fn finish_auth(&mut self, flow: AuthFlow) -> Option<(u16, &'static str)> {
+        let shared = self.shared.clone();
+        let id = self.client.id.clone();
+        match flow {
+            AuthFlow::Ok { user_id, keys } => {
+                let frame_keys = keys.clone();
+                if !shared
+                    .hub
+                    .authenticate(&self.client, user_id.as_deref(), keys, &shared.config.default_rooms)
+                {
+                    return None;
+                }
+                let frame = protocol::connected_frame(
+                    &id,
+                    user_id.as_deref(),
+                    protocol::now_ms(),
+                    frame_keys.as_ref().map(|(k, s)| (k.as_str(), s.as_str())),
+                );
+                self.client.offer(&frame);
+                shared.log.info(|| {
+                    format!(
+                        "Authenticated | id: {id} | userId: {} | encrypted: {}",
+                        user_id.as_deref().unwrap_or("anonymous"),
+                        frame_keys.is_some()
+                    )
+                });
+                shared
+                    .emit(AppEvent::Connected {
+                        client_id: id.to_string(),
+                        user_id,
+                    })
+                    .await;
+                None
+            }
+            AuthFlow::Rejected => {
+                shared.log.info(|| format!("Authentication rejected | id: {id}"));
+                self.send_error(errors::AUTH_FAILED);
+                Some(close::AUTH_FAILED)
+            }
+            AuthFlow::Error(e) => {
+                bump(&shared.stats.handler_errors);
+                shared
+                    .log
+                    .error(|| format!("Authentication error | id: {id} | error: {e}"));
+                self.send_error(errors::AUTH_ERROR);
+                Some(close::AUTH_FAILED)
+            }
+            AuthFlow::NoHandshakeHandler => {
+                shared.log.error(|| {
+                    format!("requireEncryption is true but no handshakeFn configured | id: {id}")
+                });
+                Some(close::ENCRYPTION_REQUIRED)
+            }
+            AuthFlow::HandshakeRejected => {
+                shared.log.info(|| format!("Handshake rejected | id: {id}"));
+                self.send_error(errors::HANDSHAKE_FAILED);
+                Some(close::ENCRYPTION_REQUIRED)
+            }
+        }
+    }
+
+    fn start_join(&mut self, rooms: Vec<String>) {
+        let shared = &self.shared;
+        let id = &self.client.id;
+        let requested: Vec<String> = rooms.into_iter().filter(|r| protocol::is_joinable_room(r)).collect();
+        if requested.is_empty() {
+            shared
+                .log
+                .debug(|| format!("Join rejected | id: {id} | reason: all rooms filtered out"));
+            return;
+        }
+        if self.joins.len() >= shared.config.max_pending_joins {
+            bump(&shared.stats.joins_refused);
+            shared.log.warn(|| {
+                format!("Join rejected | id: {id} | reason: too many joins awaiting validateRoomFn")
+            });
+            return;
+        }
+        let user = self.client.user_id();
+        match shared
+            .handlers
+            .validate_rooms(id, user.as_deref(), requested.clone())
+        {
+            None => {
+                bump(&shared.stats.joins_refused);
+                shared.log.warn(|| {
+                    format!("Join rejected | id: {id} | rooms: {requested:?} | reason: no validateRoomFn configured")
+                });
+            }
+            Some(fut) => self.joins.push(
+                async move {
+                    JoinDone {
+                        requested,
+                        result: fut.await,
+                    }
+                }
+                .boxed(),
+            ),
+        }
+    }
+
+    fn finish_join(&mut self, done: JoinDone) {
+        let shared = &self.shared;
+        let id = &self.client.id;
+        match done.result {
+            Ok(allowed) if allowed.is_empty() => {
+                bump(&shared.stats.joins_refused);
+                shared.log.debug(|| {
+                    format!("Join rejected | id: {id} | rooms: {:?} | reason: no rooms allowed", done.requested)
+                });
+            }
+            Ok(allowed) => {
+                if self.client.state() == ClientState::Authenticated {
+                    shared.hub.join(id, &allowed);
+                    shared
+                        .log
+                        .debug(|| format!("Joined rooms | id: {id} | rooms: {allowed:?}"));
+                }
+            }
+            Err(e) => {
+                bump(&shared.stats.handler_errors);
+                shared.log.error(|| {
+                    format!(
+                        "Failed to join rooms | id: {id} | rooms: {:?} | error: {e}",
+                        done.requested
+                    )
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The only door from the core to the application: the handlers the user
+//! registered, as a Rust trait. The napi binding implements it with
+//! thread-safe functions into JavaScript; `cargo test` implements it with
+//! plain Rust closures, so the whole protocol runs without a JS engine.
+
+use futures_util::future::BoxFuture;
+
+/// What `authenticateFn` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// A truthy result; `userId` when it carried one.
+    Accepted { user_id: Option<String> },
+    /// `null`, `false` or another falsy value.
+    Rejected,
+    /// The handler threw or rejected; the text is for the log only.
+    Failed(String),
+}
+
+/// What `handshakeFn` decided (only asked when encryption is required).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    Accepted { server_public_key: String, salt: String },
+    Rejected,
+    Failed(String),
+}
+
+/// Events the application hears about without answering. They are queued in
+/// order and delivered in batches (one call into JavaScript carries many).
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    /// After `connected` was queued to the client.
+    Connected { client_id: String, user_id: Option<String> },
+    /// After the client was removed from every index.
+    Disconnected { client_id: String, user_id: Option<String> },
+    /// A non-system event from an authenticated client: the whole frame text.
+    Message { client_id: String, user_id: Option<String>, frame: String },
+}
+
+pub trait Handlers: Send + Sync + 'static {
+    /// `authenticateFn(data)`; `data_json` is the JSON text of `data ?? {}`.
+    fn authenticate(&self, client_id: &str, data_json: &str) -> BoxFuture<'static, AuthOutcome>;
+
+    /// `handshakeFn({clientId, userId, data})`; `None` when none is bound.
+    fn handshake(
+        &self,
+        client_id: &str,
+        user_id: Option<&str>,
+        data_json: &str,
+    ) -> Option<BoxFuture<'static, HandshakeOutcome>>;
+
+    /// `validateRoomFn({clientId, userId, rooms})`; `None` when none is bound
+    /// (every join is then refused). `Err` is a throw or rejection.
+    fn validate_rooms(
+        &self,
+        client_id: &str,
+        user_id: Option<&str>,
+        rooms: Vec<String>,
+    ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>>;
+
+    /// Whether application messages are wanted at all; without a
+    /// `messageHandler` they are dropped before they are queued.
+    fn wants_messages(&self) -> bool;
+
+    /// Delivers a batch of events, in order. The future completes when the
+    /// batch has been handed over (not when the application's promises
+    /// settle), so one slow handler cannot hold up the others.
+    fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()>;
+}

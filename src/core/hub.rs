@@ -1,0 +1,344 @@
+//! The hub: who is connected, which user each client belongs to, who is in
+//! which room, and delivery of one pre-serialized frame to many of them.
+//!
+//! All three indexes live under one lock so they can never disagree. Fan-out
+//! holds the read lock only while it hands a shared `Frame` (a refcounted
+//! buffer) to each recipient's queue; no socket I/O happens under the lock.
+
+use crate::core::client::{Client, ClientId, ClientState, Offer};
+use crate::core::protocol::Frame;
+use parking_lot::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A channel of local interest appeared or disappeared: a room got its first
+/// member or lost its last, a user its first or last client, a client came
+/// or went. The Redis broker subscribes and unsubscribes on these.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interest {
+    Room(Arc<str>),
+    User(Arc<str>),
+    Client(Arc<str>),
+}
+
+pub trait InterestListener: Send + Sync + 'static {
+    fn changed(&self, interest: Interest, present: bool);
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<ClientId, Arc<Client>>,
+    users: HashMap<Arc<str>, HashMap<ClientId, Arc<Client>>>,
+    rooms: HashMap<Arc<str>, HashMap<ClientId, Arc<Client>>>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    state: RwLock<State>,
+    listener: RwLock<Option<Arc<dyn InterestListener>>>,
+}
+
+/// A copy of one client's record for `getClients()` and friends.
+#[derive(Debug, Clone)]
+pub struct ClientSnapshot {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub state: ClientState,
+    pub rooms: Vec<String>,
+    pub backpressured: bool,
+    pub encrypted: bool,
+    pub connected_at: u64,
+    pub last_activity: u64,
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
+    pub remote: String,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_interest_listener(&self, l: Arc<dyn InterestListener>) {
+        *self.listener.write() = Some(l);
+    }
+
+    fn notify(&self, changes: Vec<(Interest, bool)>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(l) = self.listener.read().as_ref() {
+            for (i, present) in changes {
+                l.changed(i, present);
+            }
+        }
+    }
+
+    pub fn register(&self, client: Arc<Client>) {
+        let id = client.id.clone();
+        self.state.write().clients.insert(id.clone(), client);
+        self.notify(vec![(Interest::Client(id), true)]);
+    }
+
+    /// Removes a client from every index. Returns its user id, or `None` as
+    /// the outer option when it was not registered.
+    pub fn remove(&self, id: &str) -> Option<Option<Arc<str>>> {
+        let mut changes = Vec::new();
+        let user = {
+            let mut st = self.state.write();
+            let client = st.clients.remove(id)?;
+            changes.push((Interest::Client(client.id.clone()), false));
+            let mut details = client.details.lock();
+            if let Some(user) = details.user_id.clone() {
+                if let Some(set) = st.users.get_mut(&user) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        st.users.remove(&user);
+                        changes.push((Interest::User(user), false));
+                    }
+                }
+            }
+            for room in details.rooms.drain() {
+                if let Some(set) = st.rooms.get_mut(&room) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        st.rooms.remove(&room);
+                        changes.push((Interest::Room(room), false));
+                    }
+                }
+            }
+            client.set_state(ClientState::Disconnected);
+            details.user_id.clone()
+        };
+        self.notify(changes);
+        Some(user)
+    }
+
+    /// Marks a client authenticated: records its user, indexes it, and joins
+    /// its own room and the default rooms, all in one step so no fan-out can
+    /// see it half-done. Returns false if the client is already gone.
+    pub fn authenticate(
+        &self,
+        client: &Arc<Client>,
+        user_id: Option<&str>,
+        keys: Option<(String, String)>,
+        default_rooms: &[String],
+    ) -> bool {
+        let mut changes = Vec::new();
+        {
+            let mut st = self.state.write();
+            if !st.clients.contains_key(&client.id) {
+                return false;
+            }
+            let user: Option<Arc<str>> = user_id.map(Arc::from);
+            {
+                let mut details = client.details.lock();
+                details.user_id = user.clone();
+                if let Some((pk, salt)) = keys {
+                    details.server_public_key = Some(pk);
+                    details.salt = Some(salt);
+                    client.encrypted.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            if let Some(user) = user {
+                let set = st.users.entry(user.clone()).or_default();
+                if set.is_empty() {
+                    changes.push((Interest::User(user), true));
+                }
+                set.insert(client.id.clone(), client.clone());
+            }
+            let own: Arc<str> = client.id.clone();
+            Self::join_locked(&mut st, client, own, &mut changes);
+            for room in default_rooms {
+                Self::join_locked(&mut st, client, Arc::from(room.as_str()), &mut changes);
+            }
+            client.set_state(ClientState::Authenticated);
+        }
+        self.notify(changes);
+        true
+    }
+
+    fn join_locked(
+        st: &mut State,
+        client: &Arc<Client>,
+        room: Arc<str>,
+        changes: &mut Vec<(Interest, bool)>,
+    ) {
+        let members = st.rooms.entry(room.clone()).or_default();
+        if members.is_empty() {
+            changes.push((Interest::Room(room.clone()), true));
+        }
+        members.insert(client.id.clone(), client.clone());
+        client.details.lock().rooms.insert(room);
+    }
+
+    /// Joins rooms (no validation: callers validated). Returns false when the
+    /// client is unknown.
+    pub fn join<S: AsRef<str>>(&self, client_id: &str, rooms: &[S]) -> bool {
+        let mut changes = Vec::new();
+        {
+            let mut st = self.state.write();
+            let Some(client) = st.clients.get(client_id).cloned() else {
+                return false;
+            };
+            for room in rooms {
+                Self::join_locked(&mut st, &client, Arc::from(room.as_ref()), &mut changes);
+            }
+        }
+        self.notify(changes);
+        true
+    }
+
+    /// Leaves rooms the client has joined; names it has not joined are
+    /// ignored. Returns the rooms actually left.
+    pub fn leave<S: AsRef<str>>(&self, client_id: &str, rooms: &[S]) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut left = Vec::new();
+        {
+            let mut st = self.state.write();
+            let Some(client) = st.clients.get(client_id).cloned() else {
+                return left;
+            };
+            let mut details = client.details.lock();
+            for room in rooms {
+                let room = room.as_ref();
+                let Some(name) = details.rooms.take(room) else {
+                    continue;
+                };
+                if let Some(set) = st.rooms.get_mut(room) {
+                    set.remove(client_id);
+                    if set.is_empty() {
+                        st.rooms.remove(room);
+                        changes.push((Interest::Room(name.clone()), false));
+                    }
+                }
+                left.push(name.to_string());
+            }
+        }
+        self.notify(changes);
+        left
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {
+        self.state.read().clients.get(client_id).cloned()
+    }
+
+    pub fn has_client(&self, client_id: &str) -> bool {
+        self.state.read().clients.contains_key(client_id)
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.state.read().rooms.contains_key(room)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.state.read().clients.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.state.read().rooms.len()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.state.read().users.len()
+    }
+
+    pub fn all_clients(&self) -> Vec<Arc<Client>> {
+        self.state.read().clients.values().cloned().collect()
+    }
+
+    pub fn send_to_client(&self, client_id: &str, frame: &Frame) -> usize {
+        match self.get(client_id) {
+            Some(c) => usize::from(c.offer(frame) == Offer::Queued),
+            None => 0,
+        }
+    }
+
+    pub fn send_to_user(&self, user_id: &str, frame: &Frame) -> usize {
+        let st = self.state.read();
+        st.users.get(user_id).map_or(0, |m| offer_all(m.values(), frame, &[]))
+    }
+
+    pub fn send_to_room(&self, room: &str, frame: &Frame, exclude: &[String]) -> usize {
+        let st = self.state.read();
+        st.rooms.get(room).map_or(0, |m| offer_all(m.values(), frame, exclude))
+    }
+
+    /// Every authenticated client, except `exclude`.
+    pub fn broadcast(&self, frame: &Frame, exclude: &[String]) -> usize {
+        let st = self.state.read();
+        offer_all(
+            st.clients
+                .values()
+                .filter(|c| c.state() == ClientState::Authenticated),
+            frame,
+            exclude,
+        )
+    }
+
+    pub fn snapshot(&self, client: &Client) -> ClientSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let d = client.details.lock();
+        ClientSnapshot {
+            id: client.id.to_string(),
+            user_id: d.user_id.as_deref().map(str::to_string),
+            state: client.state(),
+            rooms: d.rooms.iter().map(|r| r.to_string()).collect(),
+            backpressured: client.backpressured.load(Relaxed),
+            encrypted: client.encrypted.load(Relaxed),
+            connected_at: client.connected_at,
+            last_activity: client.last_activity.load(Relaxed),
+            server_public_key: d.server_public_key.clone(),
+            salt: d.salt.clone(),
+            remote: client.remote.clone(),
+        }
+    }
+
+    pub fn clients_snapshot(&self) -> Vec<ClientSnapshot> {
+        self.all_clients().iter().map(|c| self.snapshot(c)).collect()
+    }
+
+    pub fn user_snapshot(&self, user_id: &str) -> Vec<ClientSnapshot> {
+        let members: Vec<Arc<Client>> = self
+            .state
+            .read()
+            .users
+            .get(user_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        members.iter().map(|c| self.snapshot(c)).collect()
+    }
+
+    pub fn room_snapshot(&self, room: &str) -> Vec<ClientSnapshot> {
+        let members: Vec<Arc<Client>> = self
+            .state
+            .read()
+            .rooms
+            .get(room)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        members.iter().map(|c| self.snapshot(c)).collect()
+    }
+
+    /// Names of every room with at least one local member.
+    pub fn room_names(&self) -> HashSet<String> {
+        self.state.read().rooms.keys().map(|r| r.to_string()).collect()
+    }
+}
+
+fn offer_all<'a>(
+    clients: impl Iterator<Item = &'a Arc<Client>>,
+    frame: &Frame,
+    exclude: &[String],
+) -> usize {
+    let mut n = 0;
+    for c in clients {
+        if !exclude.is_empty() && exclude.iter().any(|e| **e == *c.id) {
+            continue;
+        }
+        if c.offer(frame) == Offer::Queued {
+            n += 1;
+        }
+    }
+    n
+}

@@ -1,0 +1,13 @@
+//! The server engine, free of any JavaScript binding. It reaches the
+//! application only through [`handlers::Handlers`] and [`log::Log`].
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod handlers;
+pub mod hub;
+pub mod listener;
+pub mod log;
+pub mod protocol;
+pub mod server;
+pub mod stats;

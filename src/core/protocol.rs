@@ -1,0 +1,437 @@
+//! The Ignis wire protocol: event names, error strings, close codes and the
+//! two frame shapes (`{event, data, id?}` in, `{event, data}` out).
+//!
+//! Inbound frames are parsed only as far as routing needs: the `event` is
+//! decoded, `data` stays raw JSON text. The application handler receives the
+//! original frame text and parses it once, in JavaScript, where it is used.
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub mod events {
+    pub const AUTHENTICATE: &str = "authenticate";
+    pub const CONNECTED: &str = "connected";
+    pub const DISCONNECT: &str = "disconnect";
+    pub const JOIN: &str = "join";
+    pub const LEAVE: &str = "leave";
+    pub const ERROR: &str = "error";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const ENCRYPTED: &str = "encrypted";
+}
+
+pub mod errors {
+    pub const INVALID_FORMAT: &str = "Invalid message format";
+    pub const ALREADY_AUTHENTICATED: &str = "Already authenticated";
+    pub const NOT_AUTHENTICATED: &str = "Not authenticated";
+    pub const AUTH_FAILED: &str = "Authentication failed";
+    pub const AUTH_ERROR: &str = "Authentication error";
+    pub const HANDSHAKE_FAILED: &str = "Encryption handshake failed";
+}
+
+/// Close codes and their reason texts (PROTOCOL §7).
+pub mod close {
+    pub const SHUTDOWN: (u16, &str) = (1001, "Server shutting down");
+    pub const IDLE: (u16, &str) = (1001, "Idle timeout");
+    pub const TOO_BIG: (u16, &str) = (1009, "Message too big");
+    pub const BACKPRESSURE: (u16, &str) = (1013, "Backpressure limit exceeded");
+    pub const INTERNAL: (u16, &str) = (1011, "Internal error");
+    pub const AUTH_TIMEOUT: (u16, &str) = (4001, "Authentication timeout");
+    pub const HEARTBEAT_TIMEOUT: (u16, &str) = (4002, "Heartbeat timeout");
+    pub const AUTH_FAILED: (u16, &str) = (4003, "Authentication failed");
+    pub const ENCRYPTION_REQUIRED: (u16, &str) = (4004, "Encryption required");
+}
+
+/// Room names a client may ask for: at most this many UTF-16 code units
+/// (JavaScript's `String.length`, which is what the original counts).
+pub const MAX_ROOM_NAME_LENGTH: usize = 256;
+/// Prefix reserved for internal channels; clients can never join such a room.
+pub const INTERNAL_PREFIX: &str = "ws:";
+
+/// A pre-serialized outbound frame, shared by every recipient of a fan-out.
+pub type Frame = Utf8Bytes;
+
+/// Builds `{"event":<event>,"data":<data>}` from an event name and the JSON
+/// text of `data` (`None` leaves `data` out, as `JSON.stringify` does for
+/// `undefined`).
+pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
+    let event_json = serde_json::to_string(event).expect("a string always serializes");
+    let mut out =
+        String::with_capacity(22 + event_json.len() + data_json.map_or(0, |d| d.len()));
+    out.push_str("{\"event\":");
+    out.push_str(&event_json);
+    if let Some(data) = data_json {
+        out.push_str(",\"data\":");
+        out.push_str(data);
+    }
+    out.push('}');
+    Frame::from(out)
+}
+
+/// `{"event":"error","data":{"message":<message>}}`
+pub fn error_frame(message: &str) -> Frame {
+    let data = format!(
+        "{{\"message\":{}}}",
+        serde_json::to_string(message).expect("a string always serializes")
+    );
+    encode_frame(events::ERROR, Some(&data))
+}
+
+/// Wraps frame text that the caller guarantees is UTF-8 (it came from a Rust
+/// `String` or a JS string) without validating it again.
+pub fn frame_from_string(s: String) -> Frame {
+    Frame::from(s)
+}
+
+/// Frame from bytes already known to be valid UTF-8 JSON text.
+pub fn frame_from_bytes(b: Bytes) -> Option<Frame> {
+    Utf8Bytes::try_from(b).ok()
+}
+
+/// What the `event` field of an inbound frame says, judged the way the
+/// original judges it with `!message.event` and `===`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventName {
+    /// Missing, `null`, `false`, `0` or `""`: the frame is dropped.
+    Falsy,
+    /// A non-empty string.
+    Str(String),
+    /// A truthy non-string (number, `true`, object, array): never a system
+    /// event, but still handed to the message handler as the original does.
+    Other,
+}
+
+/// An inbound frame parsed just far enough to route it.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    pub event: EventName,
+    /// Raw JSON text of `data`, if present.
+    pub data: Option<&'a RawValue>,
+}
+
+/// Why a frame could not be routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON at all (or nested beyond the parser's depth limit): the
+    /// client gets `Invalid message format`.
+    InvalidJson,
+}
+
+/// Parses one inbound frame. Any JSON value is accepted; only objects can
+/// carry an event (the original reads `message.event` off whatever
+/// `JSON.parse` returned).
+pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = InboundVisitorResult::deserialize(&mut de).map_err(|_| ParseError::InvalidJson)?;
+    de.end().map_err(|_| ParseError::InvalidJson)?;
+    Ok(Inbound {
+        event: parsed.event,
+        data: parsed.data,
+    })
+}
+
+struct InboundVisitorResult<'a> {
+    event: EventName,
+    data: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for InboundVisitorResult<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FrameVisitor)
+    }
+}
+
+struct FrameVisitor;
+
+impl<'de> Visitor<'de> for FrameVisitor {
+    type Value = InboundVisitorResult<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // Duplicate keys keep the last value, as JSON.parse does.
+        let mut event: Option<&'de RawValue> = None;
+        let mut data: Option<&'de RawValue> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "event" => event = Some(map.next_value()?),
+                "data" => data = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let event = match event {
+            None => EventName::Falsy,
+            Some(raw) => classify_event(raw).map_err(de::Error::custom)?,
+        };
+        Ok(InboundVisitorResult { event, data })
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_an_object())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(not_an_object())
+    }
+}
+
+fn not_an_object<'a>() -> InboundVisitorResult<'a> {
+    InboundVisitorResult {
+        event: EventName::Falsy,
+        data: None,
+    }
+}
+
+fn classify_event(raw: &RawValue) -> Result<EventName, serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text)?;
+            Ok(if s.is_empty() {
+                EventName::Falsy
+            } else {
+                EventName::Str(s)
+            })
+        }
+        Some(b'n') | Some(b'f') => Ok(EventName::Falsy),
+        Some(b'-') | Some(b'0'..=b'9') => {
+            let n: f64 = serde_json::from_str(text)?;
+            Ok(if n == 0.0 {
+                EventName::Falsy
+            } else {
+                EventName::Other
+            })
+        }
+        _ => Ok(EventName::Other),
+    }
+}
+
+/// The JSON text to hand to `authenticateFn`: the original passes
+/// `message.data ?? {}`.
+pub fn auth_payload(data: Option<&RawValue>) -> &str {
+    match data.map(|d| d.get()) {
+        None | Some("null") => "{}",
+        Some(d) => d,
+    }
+}
+
+/// `rooms` out of a `join`/`leave` payload. Anything that is not an object
+/// with an array `rooms` yields nothing; non-string entries are dropped here,
+/// duplicates are removed, and at most `max` distinct names are kept.
+pub fn parse_rooms(data: Option<&RawValue>, max: usize) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Payload<'a> {
+        #[serde(borrow)]
+        rooms: Option<&'a RawValue>,
+    }
+    let Some(data) = data else { return Vec::new() };
+    let Ok(payload) = serde_json::from_str::<Payload>(data.get()) else {
+        return Vec::new();
+    };
+    let Some(rooms) = payload.rooms else {
+        return Vec::new();
+    };
+    let Ok(entries) = serde_json::from_str::<Vec<&RawValue>>(rooms.get()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for entry in entries {
+        if out.len() >= max {
+            break;
+        }
+        if let Ok(name) = serde_json::from_str::<String>(entry.get()) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// The original's join filter: 1..=256 UTF-16 code units, not `ws:`-prefixed.
+pub fn is_joinable_room(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(INTERNAL_PREFIX)
+        && name.encode_utf16().take(MAX_ROOM_NAME_LENGTH + 1).count() <= MAX_ROOM_NAME_LENGTH
+}
+
+/// `new Date(ms).toISOString()` for a Unix time in milliseconds.
+pub fn iso_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant), valid for the whole u64 ms range we use.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        y,
+        m,
+        d,
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The `connected` frame (PROTOCOL §4.6). `userId` is left out when the
+/// authenticator returned none, as `JSON.stringify` drops `undefined`.
+pub fn connected_frame(
+    client_id: &str,
+    user_id: Option<&str>,
+    now_ms: u64,
+    keys: Option<(&str, &str)>,
+) -> Frame {
+    let q = |s: &str| serde_json::to_string(s).expect("a string always serializes");
+    let mut data = format!("{{\"id\":{}", q(client_id));
+    if let Some(u) = user_id {
+        data.push_str(",\"userId\":");
+        data.push_str(&q(u));
+    }
+    data.push_str(",\"time\":");
+    data.push_str(&q(&iso_time(now_ms)));
+    if let Some((public_key, salt)) = keys {
+        data.push_str(",\"serverPublicKey\":");
+        data.push_str(&q(public_key));
+        data.push_str(",\"salt\":");
+        data.push_str(&q(salt));
+    }
+    data.push('}');
+    encode_frame(events::CONNECTED, Some(&data))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(text: &str) -> EventName {
+        parse_inbound(text).unwrap().event
+    }
+
+    #[test]
+    fn events_are_judged_like_javascript_truthiness() {
+        assert_eq!(event(r#"{"event":"join"}"#), EventName::Str("join".into()));
+        assert_eq!(event(r#"{"event":"heart\u0062eat"}"#), EventName::Str("heartbeat".into()));
+        assert_eq!(event(r#"{"event":""}"#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":null}"#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":0}"#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":-0.0}"#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":false}"#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":7}"#), EventName::Other);
+        assert_eq!(event(r#"{"event":{"a":1}}"#), EventName::Other);
+        assert_eq!(event(r#"{"data":1}"#), EventName::Falsy);
+        assert_eq!(event(r#"[1,2]"#), EventName::Falsy);
+        assert_eq!(event(r#"null"#), EventName::Falsy);
+        assert_eq!(event(r#""event""#), EventName::Falsy);
+        assert_eq!(event(r#"{"event":"a","event":"b"}"#), EventName::Str("b".into()));
+    }
+
+    #[test]
+    fn invalid_json_is_reported() {
+        assert_eq!(parse_inbound("{").unwrap_err(), ParseError::InvalidJson);
+        assert_eq!(parse_inbound("").unwrap_err(), ParseError::InvalidJson);
+        assert_eq!(parse_inbound("{} x").unwrap_err(), ParseError::InvalidJson);
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(parse_inbound(&deep).is_err());
+    }
+
+    #[test]
+    fn data_is_kept_raw() {
+        let f = parse_inbound(r#"{"event":"x","data":{"a":[1, 2]},"id":"9"}"#).unwrap();
+        assert_eq!(f.data.unwrap().get(), r#"{"a":[1, 2]}"#);
+        assert_eq!(auth_payload(f.data), r#"{"a":[1, 2]}"#);
+        assert_eq!(auth_payload(None), "{}");
+        let n = parse_inbound(r#"{"event":"x","data":null}"#).unwrap();
+        assert_eq!(auth_payload(n.data), "{}");
+    }
+
+    #[test]
+    fn rooms_are_extracted_defensively() {
+        let rooms = |t: &str| parse_rooms(parse_inbound(t).unwrap().data, 100);
+        assert_eq!(rooms(r#"{"event":"join","data":{"rooms":["a",1,"b","a",null]}}"#), vec!["a", "b"]);
+        assert!(rooms(r#"{"event":"join","data":{"rooms":"abc"}}"#).is_empty());
+        assert!(rooms(r#"{"event":"join","data":5}"#).is_empty());
+        assert!(rooms(r#"{"event":"join"}"#).is_empty());
+        let many = format!(
+            r#"{{"event":"join","data":{{"rooms":[{}]}}}}"#,
+            (0..10_000).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>().join(",")
+        );
+        assert_eq!(rooms(&many).len(), 100);
+    }
+
+    #[test]
+    fn room_names_follow_the_original_filter() {
+        assert!(is_joinable_room("lobby"));
+        assert!(!is_joinable_room(""));
+        assert!(!is_joinable_room("ws:broadcast"));
+        assert!(is_joinable_room(&"a".repeat(256)));
+        assert!(!is_joinable_room(&"a".repeat(257)));
+        // 128 astral characters are 256 UTF-16 units; 129 are too many.
+        assert!(is_joinable_room(&"😀".repeat(128)));
+        assert!(!is_joinable_room(&"😀".repeat(129)));
+    }
+
+    #[test]
+    fn frames_match_json_stringify() {
+        assert_eq!(encode_frame("chat", Some(r#"{"a":1}"#)).as_str(), r#"{"event":"chat","data":{"a":1}}"#);
+        assert_eq!(encode_frame("x", None).as_str(), r#"{"event":"x"}"#);
+        assert_eq!(
+            error_frame("Not authenticated").as_str(),
+            r#"{"event":"error","data":{"message":"Not authenticated"}}"#
+        );
+    }
+
+    #[test]
+    fn iso_time_matches_date_to_iso_string() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_time(1_795_545_288_123), "2026-11-24T18:34:48.123Z");
+        assert_eq!(iso_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn connected_frame_omits_missing_user() {
+        let f = connected_frame("c1", None, 0, None);
+        assert_eq!(f.as_str(), r#"{"event":"connected","data":{"id":"c1","time":"1970-01-01T00:00:00.000Z"}}"#);
+        let f = connected_frame("c1", Some("u"), 0, Some(("pk", "s")));
+        assert!(f.as_str().contains(r#""userId":"u","time""#));
+        assert!(f.as_str().ends_with(r#""serverPublicKey":"pk","salt":"s"}}"#));
+    }
+}

@@ -1,0 +1,51 @@
+//! Counters for what the server did and, above all, what it could not do:
+//! every frame that is dropped is counted here, never lost silently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_total: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub invalid_frames: AtomicU64,
+    pub dropped_backpressure: AtomicU64,
+    pub dropped_no_handler: AtomicU64,
+    pub handler_errors: AtomicU64,
+    pub joins_refused: AtomicU64,
+    pub oversized_frames: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StatsSnapshot {
+    pub connections_total: u64,
+    pub messages_in: u64,
+    pub frames_out: u64,
+    pub invalid_frames: u64,
+    pub dropped_backpressure: u64,
+    pub dropped_no_handler: u64,
+    pub handler_errors: u64,
+    pub joins_refused: u64,
+    pub oversized_frames: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_total: g(&self.connections_total),
+            messages_in: g(&self.messages_in),
+            frames_out: g(&self.frames_out),
+            invalid_frames: g(&self.invalid_frames),
+            dropped_backpressure: g(&self.dropped_backpressure),
+            dropped_no_handler: g(&self.dropped_no_handler),
+            handler_errors: g(&self.handler_errors),
+            joins_refused: g(&self.joins_refused),
+            oversized_frames: g(&self.oversized_frames),
+        }
+    }
+}
+
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,10 @@
+//! ignis-ws-native: the napi binding around the napi-free [`core`].
+//!
+//! `core` holds the whole server; the files next to it only convert options,
+//! wrap JavaScript functions as the core's `Handlers`, and expose
+//! `NativeServer` to the TypeScript layer.
+#![deny(clippy::all)]
+
+pub mod core;
+mod js_handlers;
+mod native_server;

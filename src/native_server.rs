@@ -1,0 +1,341 @@
+//! `NativeServer`: the class the TypeScript layer wraps. Options arrive
+//! already normalised and validated by `ts/options.ts`; this file converts
+//! them, starts the core on napi's tokio runtime and exposes the hub.
+
+use crate::core::config::Config;
+use crate::core::hub::ClientSnapshot;
+use crate::core::log::{Level, Logger, StderrLog};
+use crate::core::protocol;
+use crate::core::server::Server;
+use crate::js_handlers::{
+    weak, AuthResult, HandshakeResult, JsEvent, JsHandlers, JsLog, RoomsResult,
+};
+use napi::bindgen_prelude::{FnArgs, Function, Promise};
+use napi::{Error, Result, Status};
+use napi_derive::napi;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[napi(object)]
+pub struct NativeOptions {
+    pub identifier: String,
+    pub host: String,
+    pub port: u32,
+    pub path: String,
+    pub default_rooms: Vec<String>,
+    /// milliseconds
+    pub auth_timeout: f64,
+    /// milliseconds
+    pub heartbeat_interval: f64,
+    /// milliseconds
+    pub heartbeat_timeout: f64,
+    pub require_encryption: bool,
+    pub max_payload_length: f64,
+    /// seconds, 0 disables
+    pub idle_timeout: f64,
+    pub backpressure_limit: f64,
+    pub close_on_backpressure_limit: bool,
+    pub send_pings: bool,
+    /// "silent" | "error" | "warn" | "info" | "debug"
+    pub log_level: String,
+    pub has_message_handler: bool,
+}
+
+#[napi(object)]
+pub struct NativeClient {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub state: String,
+    pub rooms: Vec<String>,
+    pub backpressured: bool,
+    pub encrypted: bool,
+    pub connected_at: f64,
+    pub last_activity: f64,
+    pub server_public_key: Option<String>,
+    pub salt: Option<String>,
+    pub remote_address: String,
+}
+
+impl From<ClientSnapshot> for NativeClient {
+    fn from(s: ClientSnapshot) -> Self {
+        NativeClient {
+            id: s.id,
+            user_id: s.user_id,
+            state: s.state.as_str().to_string(),
+            rooms: s.rooms,
+            backpressured: s.backpressured,
+            encrypted: s.encrypted,
+            connected_at: s.connected_at as f64,
+            last_activity: s.last_activity as f64,
+            server_public_key: s.server_public_key,
+            salt: s.salt,
+            remote_address: s.remote,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct NativeStats {
+    pub connections: u32,
+    pub unauthorized: u32,
+    pub authenticating: u32,
+    pub authenticated: u32,
+    pub rooms: u32,
+    pub users: u32,
+    pub connections_total: f64,
+    pub messages_in: f64,
+    pub frames_out: f64,
+    pub invalid_frames: f64,
+    pub dropped_backpressure: f64,
+    pub dropped_no_handler: f64,
+    pub handler_errors: f64,
+    pub joins_refused: f64,
+    pub oversized_frames: f64,
+}
+
+fn level(name: &str) -> Result<Option<Level>> {
+    Ok(match name {
+        "silent" => None,
+        "error" => Some(Level::Error),
+        "warn" => Some(Level::Warn),
+        "info" => Some(Level::Info),
+        "debug" => Some(Level::Debug),
+        other => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                format!("logLevel: expected silent|error|warn|info|debug, got {other:?}"),
+            ))
+        }
+    })
+}
+
+fn millis(name: &str, v: f64) -> Result<Duration> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("{name}: expected a non-negative number of milliseconds, got {v}"),
+        ));
+    }
+    Ok(Duration::from_millis(v as u64))
+}
+
+fn to_config(o: &NativeOptions) -> Result<Config> {
+    let port = u16::try_from(o.port)
+        .map_err(|_| Error::new(Status::InvalidArg, format!("port: {} is not a valid port", o.port)))?;
+    Ok(Config {
+        identifier: o.identifier.clone(),
+        host: o.host.clone(),
+        port,
+        path: o.path.clone(),
+        default_rooms: o.default_rooms.clone(),
+        auth_timeout: millis("authTimeout", o.auth_timeout)?,
+        heartbeat_interval: millis("heartbeatInterval", o.heartbeat_interval)?,
+        heartbeat_timeout: millis("heartbeatTimeout", o.heartbeat_timeout)?,
+        require_encryption: o.require_encryption,
+        max_payload_length: o.max_payload_length.max(1.0) as usize,
+        idle_timeout: millis("serverOptions.idleTimeout", o.idle_timeout * 1000.0)?,
+        backpressure_limit: o.backpressure_limit.max(1.0) as usize,
+        close_on_backpressure_limit: o.close_on_backpressure_limit,
+        send_pings: o.send_pings,
+        ..Config::default()
+    })
+}
+
+/// Native half of `WebSocketServer`.
+#[napi]
+pub struct NativeServer {
+    config: Config,
+    handlers: Arc<JsHandlers>,
+    logger: Logger,
+    server: Arc<Mutex<Option<Arc<Server>>>>,
+}
+
+#[napi]
+impl NativeServer {
+    #[napi(constructor)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        options: NativeOptions,
+        authenticate: Function<FnArgs<(String, String)>, Promise<AuthResult>>,
+        validate_rooms: Option<Function<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>>,
+        handshake: Option<Function<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>>,
+        deliver: Function<Vec<JsEvent>, ()>,
+        log: Option<Function<FnArgs<(String, String)>, ()>>,
+    ) -> Result<Self> {
+        let config = to_config(&options)?;
+        let max = level(&options.log_level)?;
+        let handlers = Arc::new(JsHandlers {
+            authenticate: Arc::new(weak(&authenticate)?),
+            validate_rooms: validate_rooms.map(|f| weak(&f)).transpose()?.map(Arc::new),
+            handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
+            deliver: Arc::new(weak(&deliver)?),
+            wants_messages: options.has_message_handler,
+        });
+        let logger = match log {
+            Some(f) => Logger::new(Arc::new(JsLog { f: weak(&f)?, max })),
+            None => Logger::new(Arc::new(StderrLog {
+                prefix: format!("ignis-ws:{}", config.identifier),
+                max,
+            })),
+        };
+        Ok(NativeServer {
+            config,
+            handlers,
+            logger,
+            server: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// Binds and starts serving; resolves with the bound port.
+    #[napi]
+    pub async fn start(&self) -> Result<u32> {
+        if self.server.lock().is_some() {
+            return Err(Error::new(Status::GenericFailure, "server is already running"));
+        }
+        let server = Server::start(self.config.clone(), self.handlers.clone(), self.logger.clone())
+            .await
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let port = server.local_addr().port() as u32;
+        *self.server.lock() = Some(Arc::new(server));
+        Ok(port)
+    }
+
+    /// Closes every socket (1001), runs the disconnect callbacks, stops.
+    #[napi]
+    pub async fn shutdown(&self) -> Result<()> {
+        let server = self.server.lock().clone();
+        if let Some(s) = server {
+            s.shutdown().await;
+        }
+        Ok(())
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Server) -> T, default: T) -> T {
+        match self.server.lock().as_ref() {
+            Some(s) => f(s),
+            None => default,
+        }
+    }
+
+    /// `frame` is the complete JSON text to send (`{"event":..,"data":..}`).
+    #[napi]
+    pub fn send_to_client(&self, client_id: String, frame: String) -> u32 {
+        let frame = protocol::frame_from_string(frame);
+        self.with(|s| s.send_to_client(&client_id, &frame) as u32, 0)
+    }
+
+    #[napi]
+    pub fn send_to_user(&self, user_id: String, frame: String) -> u32 {
+        let frame = protocol::frame_from_string(frame);
+        self.with(|s| s.send_to_user(&user_id, &frame) as u32, 0)
+    }
+
+    #[napi]
+    pub fn send_to_room(&self, room: String, frame: String, exclude: Option<Vec<String>>) -> u32 {
+        let frame = protocol::frame_from_string(frame);
+        let exclude = exclude.unwrap_or_default();
+        self.with(|s| s.send_to_room(&room, &frame, &exclude) as u32, 0)
+    }
+
+    #[napi]
+    pub fn broadcast(&self, frame: String, exclude: Option<Vec<String>>) -> u32 {
+        let frame = protocol::frame_from_string(frame);
+        let exclude = exclude.unwrap_or_default();
+        self.with(|s| s.broadcast(&frame, &exclude) as u32, 0)
+    }
+
+    #[napi]
+    pub fn join_room(&self, client_id: String, room: String) -> bool {
+        self.with(|s| s.hub().join(&client_id, &[room]), false)
+    }
+
+    #[napi]
+    pub fn leave_room(&self, client_id: String, room: String) -> bool {
+        self.with(|s| !s.hub().leave(&client_id, &[room]).is_empty(), false)
+    }
+
+    #[napi]
+    pub fn has_client(&self, client_id: String) -> bool {
+        self.with(|s| s.hub().has_client(&client_id), false)
+    }
+
+    #[napi]
+    pub fn has_room(&self, room: String) -> bool {
+        self.with(|s| s.hub().has_room(&room), false)
+    }
+
+    #[napi]
+    pub fn clients(&self) -> Vec<NativeClient> {
+        self.with(
+            |s| s.hub().clients_snapshot().into_iter().map(Into::into).collect(),
+            Vec::new(),
+        )
+    }
+
+    #[napi]
+    pub fn client(&self, client_id: String) -> Option<NativeClient> {
+        self.with(
+            |s| s.hub().get(&client_id).map(|c| s.hub().snapshot(&c).into()),
+            None,
+        )
+    }
+
+    #[napi]
+    pub fn clients_by_user(&self, user_id: String) -> Vec<NativeClient> {
+        self.with(
+            |s| s.hub().user_snapshot(&user_id).into_iter().map(Into::into).collect(),
+            Vec::new(),
+        )
+    }
+
+    #[napi]
+    pub fn clients_by_room(&self, room: String) -> Vec<NativeClient> {
+        self.with(
+            |s| s.hub().room_snapshot(&room).into_iter().map(Into::into).collect(),
+            Vec::new(),
+        )
+    }
+
+    #[napi]
+    pub fn stats(&self) -> NativeStats {
+        use crate::core::client::ClientState::*;
+        let (mut un, mut ing, mut ed) = (0u32, 0u32, 0u32);
+        let (total, rooms, users, snap) = self.with(
+            |s| {
+                for c in s.hub().all_clients() {
+                    match c.state() {
+                        Unauthorized => un += 1,
+                        Authenticating => ing += 1,
+                        Authenticated => ed += 1,
+                        Disconnected => {}
+                    }
+                }
+                (
+                    s.hub().client_count() as u32,
+                    s.hub().room_count() as u32,
+                    s.hub().user_count() as u32,
+                    s.stats().snapshot(),
+                )
+            },
+            (0, 0, 0, Default::default()),
+        );
+        NativeStats {
+            connections: total,
+            unauthorized: un,
+            authenticating: ing,
+            authenticated: ed,
+            rooms,
+            users,
+            connections_total: snap.connections_total as f64,
+            messages_in: snap.messages_in as f64,
+            frames_out: snap.frames_out as f64,
+            invalid_frames: snap.invalid_frames as f64,
+            dropped_backpressure: snap.dropped_backpressure as f64,
+            dropped_no_handler: snap.dropped_no_handler as f64,
+            handler_errors: snap.handler_errors as f64,
+            joins_refused: snap.joins_refused as f64,
+            oversized_frames: snap.oversized_frames as f64,
+        }
+    }
+}
