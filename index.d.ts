@@ -23,6 +23,8 @@ export declare class NativeServer {
   broadcast(frame: string, exclude?: Array<string> | undefined | null): number
   joinRoom(clientId: string, room: string): boolean
   leaveRoom(clientId: string, room: string): boolean
+  /** Closes one client's socket with `code` and `reason`. */
+  closeClient(clientId: string, code: number, reason: string): boolean
   hasClient(clientId: string): boolean
   hasRoom(room: string): boolean
   clients(): Array<NativeClient>

@@ -255,6 +255,22 @@ impl NativeServer {
         self.with(|s| !s.hub().leave(&client_id, &[room]).is_empty(), false)
     }
 
+    /// Closes one client's socket with `code` and `reason`.
+    #[napi]
+    pub fn close_client(&self, client_id: String, code: u32, reason: String) -> bool {
+        let code = u16::try_from(code).unwrap_or(1000);
+        self.with(
+            |s| match s.hub().get(&client_id) {
+                Some(c) => {
+                    c.request_close(code, &reason);
+                    true
+                }
+                None => false,
+            },
+            false,
+        )
+    }
+
     #[napi]
     pub fn has_client(&self, client_id: String) -> bool {
         self.with(|s| s.hub().has_client(&client_id), false)

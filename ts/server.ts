@@ -1,0 +1,369 @@
+// `WebSocketServer` (alias `WebSocketServerHelper`): the original helper's
+// API over the native server. This file holds only what must be JavaScript:
+// calling the application's handlers, keeping `metadata` (arbitrary JS
+// values), and building the client records the original returns.
+
+import { NativeServer } from '../index';
+import type { AuthResult, HandshakeResult, JsEvent, NativeClient, RoomsResult } from '../index';
+import { WebSocketMessageTypes } from './constants';
+import { normaliseOptions, type NormalisedOptions } from './options';
+import type {
+  IWebSocket,
+  IWebSocketClient,
+  IWebSocketMessage,
+  IWebSocketServerOptions,
+  IWebSocketStats,
+  TLogLevel,
+} from './types';
+import type { TWebSocketMessageType } from './constants';
+
+const LEVEL_RANK: Record<TLogLevel, number> = { silent: -1, error: 0, warn: 1, info: 2, debug: 3 };
+const EVENT_CONNECTED = 0;
+const EVENT_DISCONNECTED = 1;
+const EVENT_MESSAGE = 2;
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) return e.message || e.name;
+  try {
+    return String(e);
+  } catch {
+    return 'unprintable error';
+  }
+}
+
+export class WebSocketServer<
+  AuthDataType extends Record<string, unknown> = Record<string, unknown>,
+  MetadataType extends Record<string, unknown> = Record<string, unknown>,
+> {
+  readonly identifier: string;
+  /** This instance's id on the bus (a UUID), as in the original. */
+  readonly serverId: string;
+  /** The bound port, once `configure()` resolved. */
+  port: number | undefined;
+
+  private readonly opts: IWebSocketServerOptions<AuthDataType, MetadataType>;
+  private readonly settings: NormalisedOptions;
+  private readonly native: NativeServer;
+  private readonly metadata = new Map<string, MetadataType>();
+  private keepAlive: ReturnType<typeof setInterval> | undefined;
+  private state: 'idle' | 'starting' | 'running' | 'stopped' = 'idle';
+
+  constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
+    this.settings = normaliseOptions(opts);
+    this.opts = opts;
+    this.identifier = this.settings.identifier;
+    this.serverId = globalThis.crypto.randomUUID();
+    const s = this.settings;
+    this.native = new NativeServer(
+      {
+        identifier: s.identifier,
+        host: s.host,
+        port: s.port,
+        path: s.path,
+        defaultRooms: s.defaultRooms,
+        authTimeout: s.authTimeout,
+        heartbeatInterval: s.heartbeatInterval,
+        heartbeatTimeout: s.heartbeatTimeout,
+        requireEncryption: s.requireEncryption,
+        maxPayloadLength: s.maxPayloadLength,
+        idleTimeout: s.idleTimeout,
+        backpressureLimit: s.backpressureLimit,
+        closeOnBackpressureLimit: s.closeOnBackpressureLimit,
+        sendPings: s.sendPings,
+        logLevel: s.logLevel,
+        hasMessageHandler: typeof opts.messageHandler === 'function',
+      },
+      (clientId, dataJson) => this.runAuthenticate(clientId, dataJson),
+      opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
+      opts.handshakeFn ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
+      events => this.deliver(events),
+      opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
+    );
+    if (s.requireEncryption && !opts.handshakeFn) {
+      this.log('warn', 'requireEncryption is true but no handshakeFn is set: every client will be closed with 4004');
+    }
+  }
+
+  // ---- lifecycle --------------------------------------------------------
+
+  /** Starts listening; resolves once the port is bound (`ws.port`). */
+  async configure(): Promise<void> {
+    if (this.state !== 'idle') {
+      throw new Error(`[ignis-ws-native] configure() called twice (server is ${this.state})`);
+    }
+    this.state = 'starting';
+    try {
+      this.port = await this.native.start();
+    } catch (e) {
+      this.state = 'idle';
+      throw new Error(`[ignis-ws-native] ${this.identifier}: ${errorText(e)}`);
+    }
+    // A listening server keeps the process alive, as a net.Server does; the
+    // native side's callbacks are weak and never do.
+    this.keepAlive = setInterval(() => {}, 1 << 30);
+    this.state = 'running';
+  }
+
+  /** Closes every socket with 1001, runs disconnect callbacks, stops. */
+  async shutdown(): Promise<void> {
+    if (this.state === 'stopped') return;
+    this.state = 'stopped';
+    try {
+      await this.native.shutdown();
+    } finally {
+      if (this.keepAlive) clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
+      this.metadata.clear();
+    }
+  }
+
+  getPath(): string {
+    return this.settings.path;
+  }
+
+  stats(): IWebSocketStats {
+    return this.native.stats();
+  }
+
+  // ---- delivery ---------------------------------------------------------
+
+  sendToClient(opts: { clientId: string; event: string; data?: unknown; doLog?: boolean }): void {
+    const { clientId, event, data, doLog } = opts;
+    const sent = this.native.sendToClient(clientId, JSON.stringify({ event, data }));
+    if (doLog) this.log('info', `Message sent | id: ${clientId} | event: ${event} | delivered: ${sent}`);
+  }
+
+  sendToUser(opts: { userId: string; event: string; data?: unknown }): void {
+    const { userId, event, data } = opts;
+    this.native.sendToUser(userId, JSON.stringify({ event, data }));
+  }
+
+  sendToRoom(opts: { room: string; event: string; data?: unknown; exclude?: string[] }): void {
+    const { room, event, data, exclude } = opts;
+    this.native.sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : null);
+  }
+
+  /** Every authenticated client on this instance, except `exclude`. */
+  broadcast(opts: { event: string; data?: unknown; exclude?: string[] }): void {
+    const { event, data, exclude } = opts;
+    this.native.broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : null);
+  }
+
+  /**
+   * Local delivery and publication on the bus, as the original's `send`:
+   * no destination → broadcast; a local client → that client; a local room
+   * → that room; anything else → published as a room for other instances.
+   */
+  send(opts: {
+    destination?: string;
+    payload: { topic: string; data: unknown };
+    doLog?: boolean;
+    cb?: () => void;
+  }): void {
+    const { destination, payload, doLog, cb } = opts ?? ({} as typeof opts);
+    if (!payload) return;
+    const { topic, data } = payload;
+    if (!topic || data === undefined) return;
+    if (!destination) {
+      this.broadcast({ event: topic, data });
+      this.publish(WebSocketMessageTypes.BROADCAST as TWebSocketMessageType, undefined, topic, data);
+    } else if (this.native.hasClient(destination)) {
+      this.sendToClient({ clientId: destination, event: topic, data, doLog });
+      this.publish(WebSocketMessageTypes.CLIENT as TWebSocketMessageType, destination, topic, data);
+    } else if (this.native.hasRoom(destination)) {
+      this.sendToRoom({ room: destination, event: topic, data });
+      this.publish(WebSocketMessageTypes.ROOM as TWebSocketMessageType, destination, topic, data);
+    } else {
+      this.publish(WebSocketMessageTypes.ROOM as TWebSocketMessageType, destination, topic, data);
+    }
+    if (cb) setTimeout(cb, 0);
+    if (doLog) this.log('info', `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic}`);
+  }
+
+  /**
+   * Publication to other instances. With the in-process bus there are none,
+   * and the original ignores its own publications, so nothing is delivered.
+   */
+  private publish(_type: TWebSocketMessageType, _target: string | undefined, _event: string, _data: unknown): void {}
+
+  joinRoom(opts: { clientId: string; room: string }): void {
+    this.native.joinRoom(opts.clientId, opts.room);
+  }
+
+  leaveRoom(opts: { clientId: string; room: string }): void {
+    this.native.leaveRoom(opts.clientId, opts.room);
+  }
+
+  // ---- clients ----------------------------------------------------------
+
+  getClients(): Map<string, IWebSocketClient<MetadataType>>;
+  getClients(opts: { id: string }): IWebSocketClient<MetadataType> | undefined;
+  getClients(opts?: { id?: string }): Map<string, IWebSocketClient<MetadataType>> | IWebSocketClient<MetadataType> | undefined {
+    const id = opts?.id;
+    if (id) {
+      const c = this.native.client(id);
+      return c ? this.record(c) : undefined;
+    }
+    const map = new Map<string, IWebSocketClient<MetadataType>>();
+    for (const c of this.native.clients()) map.set(c.id, this.record(c));
+    return map;
+  }
+
+  getClientsByUser(opts: { userId: string }): IWebSocketClient<MetadataType>[] {
+    return this.native.clientsByUser(opts.userId).map(c => this.record(c));
+  }
+
+  getClientsByRoom(opts: { room: string }): IWebSocketClient<MetadataType>[] {
+    return this.native.clientsByRoom(opts.room).map(c => this.record(c));
+  }
+
+  private record(c: NativeClient): IWebSocketClient<MetadataType> {
+    const native = this.native;
+    const id = c.id;
+    const socket: IWebSocket = {
+      remoteAddress: c.remoteAddress,
+      get readyState() {
+        return native.hasClient(id) ? 1 : 3;
+      },
+      send: (data: string) => native.sendToClient(id, String(data)),
+      close: (code = 1000, reason = '') => {
+        native.closeClient(id, code, reason);
+      },
+    };
+    const record: IWebSocketClient<MetadataType> = {
+      id,
+      socket,
+      state: c.state as IWebSocketClient['state'],
+      rooms: new Set(c.rooms),
+      backpressured: c.backpressured,
+      encrypted: c.encrypted,
+      connectedAt: c.connectedAt,
+      lastActivity: c.lastActivity,
+    };
+    if (c.userId != null) record.userId = c.userId;
+    const metadata = this.metadata.get(id);
+    if (metadata !== undefined) record.metadata = metadata;
+    if (c.serverPublicKey != null) record.serverPublicKey = c.serverPublicKey;
+    if (c.salt != null) record.salt = c.salt;
+    return record;
+  }
+
+  // ---- adapters called by the native side ------------------------------
+  // Each one calls the application's handler, awaits it, catches anything it
+  // throws or rejects, and answers with a plain object; none of them throws.
+
+  private async runAuthenticate(clientId: string, dataJson: string): Promise<AuthResult> {
+    try {
+      const data = JSON.parse(dataJson) as AuthDataType;
+      const result = await this.opts.authenticateFn(data);
+      if (!result) return { outcome: 'rejected' };
+      const { userId, metadata } = result as { userId?: unknown; metadata?: MetadataType };
+      // Kept only while the client exists: its disconnect event, queued after
+      // its removal, deletes the entry again.
+      if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
+      return { outcome: 'ok', userId: userId === undefined || userId === null ? undefined : String(userId) };
+    } catch (e) {
+      return { outcome: 'error', error: errorText(e) };
+    }
+  }
+
+  private async runHandshake(clientId: string, userId: string | null | undefined, dataJson: string): Promise<HandshakeResult> {
+    try {
+      const data = JSON.parse(dataJson) as AuthDataType;
+      const result = await this.opts.handshakeFn!({ clientId, userId: userId ?? undefined, data });
+      if (!result) return { outcome: 'rejected' };
+      const { serverPublicKey, salt } = result;
+      if (typeof serverPublicKey !== 'string' || typeof salt !== 'string') {
+        return { outcome: 'error', error: 'handshakeFn must return { serverPublicKey: string, salt: string }' };
+      }
+      return { outcome: 'ok', serverPublicKey, salt };
+    } catch (e) {
+      return { outcome: 'error', error: errorText(e) };
+    }
+  }
+
+  private async runValidateRooms(clientId: string, userId: string | null | undefined, rooms: string[]): Promise<RoomsResult> {
+    try {
+      const allowed = await this.opts.validateRoomFn!({ clientId, userId: userId ?? undefined, rooms });
+      if (!Array.isArray(allowed)) {
+        if (allowed !== undefined && allowed !== null) {
+          this.log('warn', `validateRoomFn returned ${typeof allowed}, not an array: no rooms joined | id: ${clientId}`);
+        }
+        return { rooms: [] };
+      }
+      return { rooms: allowed.filter((r): r is string => typeof r === 'string' && r.length > 0) };
+    } catch (e) {
+      return { rooms: [], error: errorText(e) };
+    }
+  }
+
+  /** One batch of connect / disconnect / message events, in order. */
+  private deliver(events: JsEvent[]): void {
+    for (const ev of events) {
+      const clientId = ev.clientId;
+      const userId = ev.userId ?? undefined;
+      switch (ev.kind) {
+        case EVENT_CONNECTED:
+          this.invoke('clientConnectedFn', clientId, () =>
+            this.opts.clientConnectedFn?.({ clientId, userId, metadata: this.metadata.get(clientId) }),
+          );
+          break;
+        case EVENT_DISCONNECTED:
+          this.metadata.delete(clientId);
+          this.invoke('clientDisconnectedFn', clientId, () => this.opts.clientDisconnectedFn?.({ clientId, userId }));
+          break;
+        case EVENT_MESSAGE: {
+          let message: IWebSocketMessage;
+          try {
+            message = JSON.parse(ev.frame!) as IWebSocketMessage;
+          } catch (e) {
+            this.log('error', `Unparsable frame reached the message handler | id: ${clientId} | error: ${errorText(e)}`);
+            break;
+          }
+          this.invoke('messageHandler', clientId, () => this.opts.messageHandler?.({ clientId, userId, message }));
+          break;
+        }
+      }
+    }
+  }
+
+  /** Calls a fire-and-forget handler; its throw or rejection is logged. */
+  private invoke(name: string, clientId: string, call: () => unknown): void {
+    try {
+      const r = call();
+      if (r && typeof (r as Promise<unknown>).then === 'function') {
+        (r as Promise<unknown>).then(undefined, e => this.log('error', `${name} error | id: ${clientId} | error: ${errorText(e)}`));
+      }
+    } catch (e) {
+      this.log('error', `${name} error | id: ${clientId} | error: ${errorText(e)}`);
+    }
+  }
+
+  // ---- logging ----------------------------------------------------------
+
+  private log(level: TLogLevel, line: string): void {
+    if (LEVEL_RANK[level] > LEVEL_RANK[this.settings.logLevel]) return;
+    this.writeLog(level, line);
+  }
+
+  private writeLog(level: TLogLevel, line: string): void {
+    const logger = this.opts.logger;
+    if (logger) {
+      try {
+        const fn = level === 'debug' ? (logger.debug ?? logger.info) : logger[level as 'error' | 'warn' | 'info'];
+        fn.call(logger, line);
+      } catch {
+        // A logger that throws must not take the server down.
+      }
+      return;
+    }
+    process.stderr.write(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
+  }
+}
+
+/** The original's class name. */
+export const WebSocketServerHelper = WebSocketServer;
+export type WebSocketServerHelper<
+  AuthDataType extends Record<string, unknown> = Record<string, unknown>,
+  MetadataType extends Record<string, unknown> = Record<string, unknown>,
+> = WebSocketServer<AuthDataType, MetadataType>;

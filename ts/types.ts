@@ -1,0 +1,184 @@
+// The original's type names and generics, so code written for
+// `@venizia/ignis-helpers` compiles unchanged against this package.
+
+import type { TWebSocketClientState, TWebSocketMessageType } from './constants';
+
+export type ValueOrPromise<T> = T | Promise<T>;
+export type TNullable<T> = T | null | undefined;
+
+/** Inbound frame: `{ event, data?, id? }`. */
+export interface IWebSocketMessage<DataType = unknown> {
+  event: string;
+  data?: DataType;
+  id?: string;
+}
+
+/** Redis envelope (PROTOCOL §10). */
+export interface IRedisSocketMessage<DataType = unknown> {
+  serverId: string;
+  type: TWebSocketMessageType;
+  target?: string;
+  event: string;
+  data: DataType;
+  exclude?: string[];
+}
+
+/** Transport settings (the original's Bun `IBunWebSocketConfig`). */
+export interface IBunWebSocketConfig {
+  /** Accepted for compatibility; compression is not negotiated. */
+  perMessageDeflate?: boolean;
+  /** Largest inbound message in bytes; larger ones close the socket with 1009. Default 131072. */
+  maxPayloadLength?: number;
+  /** Seconds without any inbound traffic before the socket is closed (1001 "Idle timeout"); 0 disables. Default 60. */
+  idleTimeout?: number;
+  /** Bytes queued for one socket before further messages are dropped (and counted). Default 1 MiB. */
+  backpressureLimit?: number;
+  /** Close a socket (1013) instead of dropping when it exceeds `backpressureLimit`. Default false. */
+  closeOnBackpressureLimit?: boolean;
+  /** Ping idle sockets so live peers are not cut by `idleTimeout`. Default true. */
+  sendPings?: boolean;
+  /** Accepted for compatibility; the server never receives its own publishes. */
+  publishToSelf?: boolean;
+}
+
+/** A client socket as handed to application code: send to it or close it. */
+export interface IWebSocket {
+  readonly remoteAddress: string;
+  readonly readyState: number;
+  send(data: string): number;
+  close(code?: number, reason?: string): void;
+}
+
+export interface IWebSocketClient<MetadataType extends Record<string, unknown> = Record<string, unknown>> {
+  id: string;
+  userId?: string;
+  socket: IWebSocket;
+  state: TWebSocketClientState;
+  rooms: Set<string>;
+  backpressured: boolean;
+  encrypted: boolean;
+  connectedAt: number;
+  lastActivity: number;
+  metadata?: MetadataType;
+  serverPublicKey?: string;
+  salt?: string;
+}
+
+export interface IWebSocketData<MetadataType extends Record<string, unknown> = Record<string, unknown>> {
+  clientId: string;
+  userId?: string;
+  metadata?: MetadataType;
+}
+
+export type TWebSocketAuthenticateFn<
+  AuthDataType extends Record<string, unknown> = Record<string, unknown>,
+  MetadataType extends Record<string, unknown> = Record<string, unknown>,
+> = (opts: AuthDataType) => ValueOrPromise<{ userId?: string; metadata?: MetadataType } | null | false>;
+
+export type TWebSocketHandshakeFn<AuthDataType extends Record<string, unknown> = Record<string, unknown>> = (opts: {
+  clientId: string;
+  userId?: string;
+  data: AuthDataType;
+}) => ValueOrPromise<{ serverPublicKey: string; salt: string } | null | false>;
+
+export type TWebSocketValidateRoomFn = (opts: {
+  clientId: string;
+  userId?: string;
+  rooms: string[];
+}) => ValueOrPromise<string[]>;
+
+export type TWebSocketClientConnectedFn<MetadataType extends Record<string, unknown> = Record<string, unknown>> =
+  (opts: { clientId: string; userId?: string; metadata?: MetadataType }) => ValueOrPromise<void>;
+
+export type TWebSocketClientDisconnectedFn = (opts: { clientId: string; userId?: string }) => ValueOrPromise<void>;
+
+export type TWebSocketMessageHandler = (opts: {
+  clientId: string;
+  userId?: string;
+  message: IWebSocketMessage;
+}) => ValueOrPromise<void>;
+
+export type TWebSocketOutboundTransformer<
+  DataType = unknown,
+  MetadataType extends Record<string, unknown> = Record<string, unknown>,
+> = (opts: {
+  client: IWebSocketClient<MetadataType>;
+  event: string;
+  data: DataType;
+}) => ValueOrPromise<TNullable<{ event: string; data: DataType }>>;
+
+export type TLogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug';
+
+/** Where log lines go; each method receives one finished line. */
+export interface IWebSocketLogger {
+  error(line: string): void;
+  warn(line: string): void;
+  info(line: string): void;
+  debug?(line: string): void;
+}
+
+export interface IWebSocketServerOptions<
+  AuthDataType extends Record<string, unknown> = Record<string, unknown>,
+  MetadataType extends Record<string, unknown> = Record<string, unknown>,
+> {
+  /** Names this server in logs. Default `WEBSOCKET_SERVER`. */
+  identifier?: string;
+  /** Interface to listen on. Default `0.0.0.0`. */
+  host?: string;
+  /** TCP port; 0 picks a free one (read it from `ws.port` after `configure()`). Default 0. */
+  port?: number;
+  /** Upgrade path. Default `/ws`. */
+  path?: string;
+  /**
+   * Redis for scale-out. Without it the server runs on an in-process bus
+   * (one instance). Accepted for drop-in use; see the README for the forms.
+   */
+  redis?: unknown;
+  /** The original's name for `redis`. */
+  redisConnection?: unknown;
+  /** The original's Bun server; ignored (this server listens by itself). */
+  server?: unknown;
+  defaultRooms?: string[];
+  serverOptions?: IBunWebSocketConfig;
+  authTimeout?: number;
+  heartbeatInterval?: number;
+  heartbeatTimeout?: number;
+  encryptedBatchLimit?: number;
+  requireEncryption?: boolean;
+  authenticateFn: TWebSocketAuthenticateFn<AuthDataType, MetadataType>;
+  validateRoomFn?: TWebSocketValidateRoomFn;
+  clientConnectedFn?: TWebSocketClientConnectedFn<MetadataType>;
+  clientDisconnectedFn?: TWebSocketClientDisconnectedFn;
+  messageHandler?: TWebSocketMessageHandler;
+  outboundTransformer?: TWebSocketOutboundTransformer<unknown, MetadataType>;
+  handshakeFn?: TWebSocketHandshakeFn<AuthDataType>;
+  /** Most verbose level written. Default `info` (nothing per message at info). */
+  logLevel?: TLogLevel;
+  /** Receives log lines instead of stderr. */
+  logger?: IWebSocketLogger;
+}
+
+export interface IWebSocketEmitterOptions {
+  identifier?: string;
+  redis?: unknown;
+  redisConnection?: unknown;
+}
+
+/** Counters and gauges from `ws.stats()`. */
+export interface IWebSocketStats {
+  connections: number;
+  unauthorized: number;
+  authenticating: number;
+  authenticated: number;
+  rooms: number;
+  users: number;
+  connectionsTotal: number;
+  messagesIn: number;
+  framesOut: number;
+  invalidFrames: number;
+  droppedBackpressure: number;
+  droppedNoHandler: number;
+  handlerErrors: number;
+  joinsRefused: number;
+  oversizedFrames: number;
+}
