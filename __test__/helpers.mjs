@@ -1,0 +1,163 @@
+// Test helpers: real servers on loopback, real `ws` clients.
+import { createRequire } from 'node:module';
+import WebSocket from 'ws';
+
+const require = createRequire(import.meta.url);
+export const lib = require('../dist/index.js');
+
+export const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+const servers = new Set();
+
+/** Starts a server on an ephemeral loopback port. */
+export async function startServer(opts = {}) {
+  const ws = new lib.WebSocketServer({
+    host: '127.0.0.1',
+    port: 0,
+    logLevel: 'silent',
+    authenticateFn: async data => (data.token ? { userId: data.userId ?? 'user-' + data.token, metadata: { token: data.token } } : null),
+    ...opts,
+  });
+  await ws.configure();
+  servers.add(ws);
+  return { ws, url: `ws://127.0.0.1:${ws.port}${ws.getPath()}` };
+}
+
+export async function stopAll() {
+  const all = [...servers];
+  servers.clear();
+  await Promise.all(all.map(s => s.shutdown()));
+}
+
+/** A client that records every frame and its close. */
+export class Client {
+  constructor(url) {
+    this.url = url;
+    this.frames = [];
+    this.waiters = [];
+    this.sock = new WebSocket(url);
+    this.opened = new Promise((resolve, reject) => {
+      this.sock.once('open', resolve);
+      this.sock.once('error', reject);
+    });
+    this.closed = new Promise(resolve => {
+      this.sock.once('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+    });
+    this.sock.on('error', () => {});
+    this.sock.on('message', data => {
+      const msg = JSON.parse(data.toString());
+      this.frames.push(msg);
+      for (const w of [...this.waiters]) {
+        if (w.pred(msg)) {
+          this.waiters.splice(this.waiters.indexOf(w), 1);
+          clearTimeout(w.timer);
+          w.resolve(msg);
+        }
+      }
+    });
+  }
+
+  static async open(url) {
+    const c = new Client(url);
+    await c.opened;
+    return c;
+  }
+
+  /** Opens and authenticates; resolves with the `connected` data. */
+  static async auth(url, data = { token: 't' }) {
+    const c = await Client.open(url);
+    c.emit('authenticate', data);
+    const m = await c.next('connected');
+    c.id = m.data.id;
+    c.connected = m.data;
+    return c;
+  }
+
+  send(raw) {
+    this.sock.send(raw);
+  }
+
+  emit(event, data) {
+    this.sock.send(JSON.stringify(data === undefined ? { event } : { event, data }));
+  }
+
+  /** The next frame (already received or future) matching `event`. */
+  next(event, timeout = 3000) {
+    const pred = typeof event === 'function' ? event : m => m.event === event;
+    const i = this.frames.findIndex(pred);
+    if (i >= 0) return Promise.resolve(this.frames.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const w = {
+        pred: m => {
+          if (!pred(m)) return false;
+          this.frames.splice(this.frames.indexOf(m), 1);
+          return true;
+        },
+        resolve,
+        timer: setTimeout(() => {
+          this.waiters.splice(this.waiters.indexOf(w), 1);
+          reject(new Error(`timed out waiting for ${typeof event === 'string' ? event : 'frame'}; got ${JSON.stringify(this.frames)}`));
+        }, timeout),
+      };
+      this.waiters.push(w);
+    });
+  }
+
+  /** Asserts nothing matching arrives within `ms`. */
+  async nothing(event, ms = 200) {
+    await sleep(ms);
+    const pred = typeof event === 'function' ? event : m => m.event === event;
+    return !this.frames.some(pred);
+  }
+
+  close() {
+    this.sock.close();
+    return this.closed;
+  }
+}
+
+/** Resolves when `fn()` is truthy, polling; rejects after `timeout`. */
+export async function until(fn, timeout = 3000, what = 'condition') {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** A hand-made WebSocket connection over node:net, for frames no client library sends. */
+export async function rawSocket(port, path = '/ws') {
+  const net = await import('node:net');
+  const sock = net.connect(port, '127.0.0.1');
+  await new Promise((resolve, reject) => {
+    sock.once('connect', resolve);
+    sock.once('error', reject);
+  });
+  sock.write(
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  let head = '';
+  await new Promise((resolve, reject) => {
+    const onData = d => {
+      head += d.toString('latin1');
+      if (head.includes('\r\n\r\n')) {
+        sock.off('data', onData);
+        head.startsWith('HTTP/1.1 101') ? resolve() : reject(new Error(head.split('\r\n')[0]));
+      }
+    };
+    sock.on('data', onData);
+  });
+  const closed = new Promise(resolve => sock.once('close', resolve));
+  sock.on('error', () => {});
+  return { sock, closed };
+}
+
+/** A masked client frame (mask key 0, so the payload goes as is). */
+export function maskedFrame(opcode, payload) {
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0x80 | opcode, 0x80 | len]) : Buffer.from([0x80 | opcode, 0x80 | 126, len >> 8, len & 255]);
+  return Buffer.concat([head, Buffer.from([0, 0, 0, 0]), payload]);
+}
