@@ -10,7 +10,7 @@
 //! never keep the process alive on their own; a listening server holds a
 //! ref'd handle in JS instead, like `net.Server`.
 
-use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome, Handlers};
+use crate::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
 use crate::core::log::{Level, Log};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -64,7 +64,10 @@ pub type RoomsFn = Tsfn<FnArgs<(String, Option<String>, Vec<String>)>, Promise<R
 pub type DeliverFn = Tsfn<Vec<JsEvent>, ()>;
 pub type LogFn = Tsfn<FnArgs<(String, String)>, ()>;
 
-pub fn weak<Args: 'static + napi::bindgen_prelude::JsValuesTupleIntoVec, Ret: 'static + napi::bindgen_prelude::FromNapiValue>(
+pub fn weak<
+    Args: 'static + napi::bindgen_prelude::JsValuesTupleIntoVec,
+    Ret: 'static + napi::bindgen_prelude::FromNapiValue,
+>(
     f: &Function<'_, Args, Ret>,
 ) -> napi::Result<Tsfn<Args, Ret>> {
     f.build_threadsafe_function::<Args>()
@@ -135,7 +138,9 @@ impl Handlers for JsHandlers {
                         _ => HandshakeOutcome::Rejected,
                     },
                     Ok(r) if r.outcome == "rejected" => HandshakeOutcome::Rejected,
-                    Ok(r) => HandshakeOutcome::Failed(r.error.unwrap_or_else(|| "unknown error".into())),
+                    Ok(r) => {
+                        HandshakeOutcome::Failed(r.error.unwrap_or_else(|| "unknown error".into()))
+                    }
                     Err(e) => HandshakeOutcome::Failed(reason(e)),
                 }
             }

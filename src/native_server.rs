@@ -121,8 +121,12 @@ fn millis(name: &str, v: f64) -> Result<Duration> {
 }
 
 fn to_config(o: &NativeOptions) -> Result<Config> {
-    let port = u16::try_from(o.port)
-        .map_err(|_| Error::new(Status::InvalidArg, format!("port: {} is not a valid port", o.port)))?;
+    let port = u16::try_from(o.port).map_err(|_| {
+        Error::new(
+            Status::InvalidArg,
+            format!("port: {} is not a valid port", o.port),
+        )
+    })?;
     Ok(Config {
         identifier: o.identifier.clone(),
         host: o.host.clone(),
@@ -154,12 +158,17 @@ pub struct NativeServer {
 #[napi]
 impl NativeServer {
     #[napi(constructor)]
-    #[allow(clippy::too_many_arguments)]
+    // The JS function types must be spelled out for the generated typings.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub fn new(
         options: NativeOptions,
         authenticate: Function<FnArgs<(String, String)>, Promise<AuthResult>>,
-        validate_rooms: Option<Function<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>>,
-        handshake: Option<Function<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>>,
+        validate_rooms: Option<
+            Function<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>,
+        >,
+        handshake: Option<
+            Function<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>,
+        >,
         deliver: Function<Vec<JsEvent>, ()>,
         log: Option<Function<FnArgs<(String, String)>, ()>>,
     ) -> Result<Self> {
@@ -191,11 +200,18 @@ impl NativeServer {
     #[napi]
     pub async fn start(&self) -> Result<u32> {
         if self.server.lock().is_some() {
-            return Err(Error::new(Status::GenericFailure, "server is already running"));
+            return Err(Error::new(
+                Status::GenericFailure,
+                "server is already running",
+            ));
         }
-        let server = Server::start(self.config.clone(), self.handlers.clone(), self.logger.clone())
-            .await
-            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let server = Server::start(
+            self.config.clone(),
+            self.handlers.clone(),
+            self.logger.clone(),
+        )
+        .await
+        .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
         let port = server.local_addr().port() as u32;
         *self.server.lock() = Some(Arc::new(server));
         Ok(port)
@@ -284,7 +300,13 @@ impl NativeServer {
     #[napi]
     pub fn clients(&self) -> Vec<NativeClient> {
         self.with(
-            |s| s.hub().clients_snapshot().into_iter().map(Into::into).collect(),
+            |s| {
+                s.hub()
+                    .clients_snapshot()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            },
             Vec::new(),
         )
     }
@@ -300,7 +322,13 @@ impl NativeServer {
     #[napi]
     pub fn clients_by_user(&self, user_id: String) -> Vec<NativeClient> {
         self.with(
-            |s| s.hub().user_snapshot(&user_id).into_iter().map(Into::into).collect(),
+            |s| {
+                s.hub()
+                    .user_snapshot(&user_id)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            },
             Vec::new(),
         )
     }
@@ -308,7 +336,13 @@ impl NativeServer {
     #[napi]
     pub fn clients_by_room(&self, room: String) -> Vec<NativeClient> {
         self.with(
-            |s| s.hub().room_snapshot(&room).into_iter().map(Into::into).collect(),
+            |s| {
+                s.hub()
+                    .room_snapshot(&room)
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
+            },
             Vec::new(),
         )
     }

@@ -147,7 +147,9 @@ impl Client {
         if queued > 0 && queued + len > self.backpressure_limit {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.backpressured.store(true, Ordering::Relaxed);
-            self.stats.dropped_backpressure.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .dropped_backpressure
+                .fetch_add(1, Ordering::Relaxed);
             if self.close_on_backpressure_limit {
                 let (code, reason) = crate::core::protocol::close::BACKPRESSURE;
                 self.request_close(code, reason);

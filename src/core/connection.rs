@@ -65,9 +65,12 @@ where
     );
     shared.hub.register(client.clone());
     bump(&shared.stats.connections_total);
-    shared
-        .log
-        .info(|| format!("New connection (unauthorized) | id: {id} | remote: {}", client.remote));
+    shared.log.info(|| {
+        format!(
+            "New connection (unauthorized) | id: {id} | remote: {}",
+            client.remote
+        )
+    });
     if shared.is_shutting_down() {
         let (code, reason) = close::SHUTDOWN;
         client.request_close(code, reason);
@@ -80,7 +83,10 @@ where
         auth_deadline: None,
         joins: FuturesUnordered::new(),
     };
-    if let Err(panic) = AssertUnwindSafe(conn.drive(ws, outbox)).catch_unwind().await {
+    if let Err(panic) = AssertUnwindSafe(conn.drive(ws, outbox))
+        .catch_unwind()
+        .await
+    {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -302,9 +308,12 @@ impl Connection {
         let event = match frame.event {
             EventName::Falsy => {
                 bump(&shared.stats.invalid_frames);
-                shared
-                    .log
-                    .debug(|| format!("Invalid message payload | Missing event | id: {}", self.client.id));
+                shared.log.debug(|| {
+                    format!(
+                        "Invalid message payload | Missing event | id: {}",
+                        self.client.id
+                    )
+                });
                 return Next::Continue;
             }
             EventName::Str(s) => Some(s),
@@ -337,9 +346,9 @@ impl Connection {
                 if !rooms.is_empty() {
                     let left = shared.hub.leave(&self.client.id, &rooms);
                     if !left.is_empty() {
-                        shared
-                            .log
-                            .debug(|| format!("Left rooms | id: {} | rooms: {left:?}", self.client.id));
+                        shared.log.debug(|| {
+                            format!("Left rooms | id: {} | rooms: {left:?}", self.client.id)
+                        });
                     }
                 }
                 Next::Continue
@@ -395,7 +404,10 @@ impl Connection {
                 AuthOutcome::Failed(e) => return AuthFlow::Error(e),
             };
             if !require_encryption {
-                return AuthFlow::Ok { user_id, keys: None };
+                return AuthFlow::Ok {
+                    user_id,
+                    keys: None,
+                };
             }
             let Some(handshake) = handlers.handshake(&id, user_id.as_deref(), &data_json) else {
                 return AuthFlow::NoHandshakeHandler;
@@ -423,10 +435,12 @@ impl Connection {
         match flow {
             AuthFlow::Ok { user_id, keys } => {
                 let frame_keys = keys.clone();
-                if !shared
-                    .hub
-                    .authenticate(&self.client, user_id.as_deref(), keys, &shared.config.default_rooms)
-                {
+                if !shared.hub.authenticate(
+                    &self.client,
+                    user_id.as_deref(),
+                    keys,
+                    &shared.config.default_rooms,
+                ) {
                     return None;
                 }
                 let frame = protocol::connected_frame(
@@ -452,7 +466,9 @@ impl Connection {
                 None
             }
             AuthFlow::Rejected => {
-                shared.log.info(|| format!("Authentication rejected | id: {id}"));
+                shared
+                    .log
+                    .info(|| format!("Authentication rejected | id: {id}"));
                 self.send_error(errors::AUTH_FAILED);
                 Some(close::AUTH_FAILED)
             }
@@ -481,7 +497,10 @@ impl Connection {
     fn start_join(&mut self, rooms: Vec<String>) {
         let shared = &self.shared;
         let id = &self.client.id;
-        let requested: Vec<String> = rooms.into_iter().filter(|r| protocol::is_joinable_room(r)).collect();
+        let requested: Vec<String> = rooms
+            .into_iter()
+            .filter(|r| protocol::is_joinable_room(r))
+            .collect();
         if requested.is_empty() {
             shared
                 .log
@@ -525,7 +544,10 @@ impl Connection {
             Ok(allowed) if allowed.is_empty() => {
                 bump(&shared.stats.joins_refused);
                 shared.log.debug(|| {
-                    format!("Join rejected | id: {id} | rooms: {:?} | reason: no rooms allowed", done.requested)
+                    format!(
+                        "Join rejected | id: {id} | rooms: {:?} | reason: no rooms allowed",
+                        done.requested
+                    )
                 });
             }
             Ok(allowed) => {

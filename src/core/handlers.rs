@@ -19,7 +19,10 @@ pub enum AuthOutcome {
 /// What `handshakeFn` decided (only asked when encryption is required).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeOutcome {
-    Accepted { server_public_key: String, salt: String },
+    Accepted {
+        server_public_key: String,
+        salt: String,
+    },
     Rejected,
     Failed(String),
 }
@@ -29,11 +32,21 @@ pub enum HandshakeOutcome {
 #[derive(Debug, Clone)]
 pub enum AppEvent {
     /// After `connected` was queued to the client.
-    Connected { client_id: String, user_id: Option<String> },
+    Connected {
+        client_id: String,
+        user_id: Option<String>,
+    },
     /// After the client was removed from every index.
-    Disconnected { client_id: String, user_id: Option<String> },
+    Disconnected {
+        client_id: String,
+        user_id: Option<String>,
+    },
     /// A non-system event from an authenticated client: the whole frame text.
-    Message { client_id: String, user_id: Option<String>, frame: String },
+    Message {
+        client_id: String,
+        user_id: Option<String>,
+        frame: String,
+    },
 }
 
 pub trait Handlers: Send + Sync + 'static {

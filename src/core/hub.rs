@@ -137,7 +137,9 @@ impl Hub {
                 if let Some((pk, salt)) = keys {
                     details.server_public_key = Some(pk);
                     details.salt = Some(salt);
-                    client.encrypted.store(true, std::sync::atomic::Ordering::Release);
+                    client
+                        .encrypted
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
             }
             if let Some(user) = user {
@@ -256,12 +258,16 @@ impl Hub {
 
     pub fn send_to_user(&self, user_id: &str, frame: &Frame) -> usize {
         let st = self.state.read();
-        st.users.get(user_id).map_or(0, |m| offer_all(m.values(), frame, &[]))
+        st.users
+            .get(user_id)
+            .map_or(0, |m| offer_all(m.values(), frame, &[]))
     }
 
     pub fn send_to_room(&self, room: &str, frame: &Frame, exclude: &[String]) -> usize {
         let st = self.state.read();
-        st.rooms.get(room).map_or(0, |m| offer_all(m.values(), frame, exclude))
+        st.rooms
+            .get(room)
+            .map_or(0, |m| offer_all(m.values(), frame, exclude))
     }
 
     /// Every authenticated client, except `exclude`.
@@ -295,7 +301,10 @@ impl Hub {
     }
 
     pub fn clients_snapshot(&self) -> Vec<ClientSnapshot> {
-        self.all_clients().iter().map(|c| self.snapshot(c)).collect()
+        self.all_clients()
+            .iter()
+            .map(|c| self.snapshot(c))
+            .collect()
     }
 
     pub fn user_snapshot(&self, user_id: &str) -> Vec<ClientSnapshot> {
@@ -322,7 +331,12 @@ impl Hub {
 
     /// Names of every room with at least one local member.
     pub fn room_names(&self) -> HashSet<String> {
-        self.state.read().rooms.keys().map(|r| r.to_string()).collect()
+        self.state
+            .read()
+            .rooms
+            .keys()
+            .map(|r| r.to_string())
+            .collect()
     }
 }
 

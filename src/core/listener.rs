@@ -48,6 +48,8 @@ pub fn ws_config(max_payload: usize) -> WebSocketConfig {
 }
 
 /// Upgrades one accepted socket and runs it as a connection.
+// The error type of the upgrade callback is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, remote: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -1,6 +1,7 @@
 //! The server as a whole: start (bind, accept, sweep, deliver events), the
 //! delivery API the application calls, and an orderly shutdown.
 
+use crate::core::client::ClientState;
 use crate::core::config::Config;
 use crate::core::handlers::{AppEvent, Handlers};
 use crate::core::hub::Hub;
@@ -8,7 +9,6 @@ use crate::core::listener;
 use crate::core::log::Logger;
 use crate::core::protocol::{self, close, Frame};
 use crate::core::stats::Stats;
-use crate::core::client::ClientState;
 use parking_lot::Mutex;
 use std::io;
 use std::net::SocketAddr;
@@ -44,7 +44,8 @@ impl Shared {
         match tx {
             Some(tx) => {
                 if tx.send(ev).await.is_err() {
-                    self.log.warn(|| "Event dropped: the event queue is closed".to_string());
+                    self.log
+                        .warn(|| "Event dropped: the event queue is closed".to_string());
                 }
             }
             None => self
@@ -80,10 +81,15 @@ impl Server {
     ) -> io::Result<Server> {
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {addr} (option host/port): {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (option host/port): {e}"),
+            )
         })?;
         let local_addr = listener.local_addr()?;
-        Ok(Self::with_listener(config, handlers, log, listener, local_addr))
+        Ok(Self::with_listener(
+            config, handlers, log, listener, local_addr,
+        ))
     }
 
     fn with_listener(
@@ -161,7 +167,9 @@ impl Server {
         if self.shared.shutting_down.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.shared.log.info(|| "Shutting down WebSocket server...".to_string());
+        self.shared
+            .log
+            .info(|| "Shutting down WebSocket server...".to_string());
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
@@ -195,7 +203,9 @@ impl Server {
         if let Some(d) = dispatcher {
             let _ = d.await;
         }
-        self.shared.log.info(|| "WebSocket server shutdown complete".to_string());
+        self.shared
+            .log
+            .info(|| "WebSocket server shutdown complete".to_string());
     }
 }
 
@@ -229,9 +239,13 @@ async fn heartbeat_sweep(shared: Arc<Shared>) {
             }
             let last = c.last_activity.load(Ordering::Relaxed);
             if now.saturating_sub(last) > timeout {
-                shared
-                    .log
-                    .warn(|| format!("Heartbeat timeout | id: {} | lastActivity: {}", c.id, protocol::iso_time(last)));
+                shared.log.warn(|| {
+                    format!(
+                        "Heartbeat timeout | id: {} | lastActivity: {}",
+                        c.id,
+                        protocol::iso_time(last)
+                    )
+                });
                 let (code, reason) = close::HEARTBEAT_TIMEOUT;
                 c.request_close(code, reason);
             }
