@@ -84,6 +84,24 @@ pub struct JsHandlers {
     pub wants_messages: bool,
 }
 
+/// Awaits an adapter's promise. The adapters never reject (they catch
+/// everything), so an error here means the promise was dropped unsettled:
+/// the engine garbage-collected a promise nothing could ever resolve (Bun
+/// does this for a handler that never settles). That is a handler that
+/// never settles, and the protocol's timers deal with it; reporting it as
+/// an error would turn a hang into a different close code.
+async fn settled<T: napi::bindgen_prelude::FromNapiValue + Send + 'static>(
+    call: napi::Result<Promise<T>>,
+) -> napi::Result<T> {
+    match call {
+        Ok(p) => match p.await {
+            Ok(v) => Ok(v),
+            Err(_) => futures_util::future::pending().await,
+        },
+        Err(e) => Err(e),
+    }
+}
+
 fn reason(e: napi::Error) -> String {
     if e.reason.is_empty() {
         format!("{}", e.status)
@@ -97,11 +115,7 @@ impl Handlers for JsHandlers {
         let f = self.authenticate.clone();
         let args = FnArgs::from((client_id.to_string(), data_json.to_string()));
         async move {
-            let result = match f.call_async_catch(args).await {
-                Ok(p) => p.await,
-                Err(e) => Err(e),
-            };
-            match result {
+            match settled(f.call_async_catch(args).await).await {
                 Ok(r) if r.outcome == "ok" => AuthOutcome::Accepted { user_id: r.user_id },
                 Ok(r) if r.outcome == "rejected" => AuthOutcome::Rejected,
                 Ok(r) => AuthOutcome::Failed(r.error.unwrap_or_else(|| "unknown error".into())),
@@ -125,11 +139,7 @@ impl Handlers for JsHandlers {
         ));
         Some(
             async move {
-                let result = match f.call_async_catch(args).await {
-                    Ok(p) => p.await,
-                    Err(e) => Err(e),
-                };
-                match result {
+                match settled(f.call_async_catch(args).await).await {
                     Ok(r) if r.outcome == "ok" => match (r.server_public_key, r.salt) {
                         (Some(server_public_key), Some(salt)) => HandshakeOutcome::Accepted {
                             server_public_key,
@@ -158,11 +168,7 @@ impl Handlers for JsHandlers {
         let args = FnArgs::from((client_id.to_string(), user_id.map(str::to_string), rooms));
         Some(
             async move {
-                let result = match f.call_async_catch(args).await {
-                    Ok(p) => p.await,
-                    Err(e) => Err(e),
-                };
-                match result {
+                match settled(f.call_async_catch(args).await).await {
                     Ok(RoomsResult { error: Some(e), .. }) => Err(e),
                     Ok(r) => Ok(r.rooms),
                     Err(e) => Err(reason(e)),

@@ -1,0 +1,82 @@
+// Misbehaving application handlers: every one gets the protocol's answer and
+// the process stays up.
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client, startServer, stopAll, sleep, until } from './helpers.mjs';
+
+after(stopAll);
+
+describe('handlers that misbehave', () => {
+  test('authenticateFn returning a truthy non-object authenticates without a user, as the original', async () => {
+    const { url } = await startServer({ authenticateFn: () => 5 });
+    const c = await Client.auth(url, {});
+    assert.equal(c.connected.userId, undefined);
+    c.close();
+  });
+
+  test('clientConnectedFn / clientDisconnectedFn that throw or reject are logged only', async () => {
+    const lines = [];
+    const logger = { error: l => lines.push(l), warn: () => {}, info: () => {} };
+    const { url, ws } = await startServer({
+      logger,
+      logLevel: 'error',
+      clientConnectedFn: () => {
+        throw new Error('connected boom');
+      },
+      clientDisconnectedFn: () => Promise.reject(new Error('disconnected boom')),
+    });
+    const c = await Client.auth(url);
+    c.emit('heartbeat');
+    await until(() => lines.some(l => l.includes('connected boom')), 2000, 'connected error logged');
+    assert.equal(ws.getClients({ id: c.id }).state, 'authenticated', 'client kept');
+    await c.close();
+    await until(() => lines.some(l => l.includes('disconnected boom')), 2000, 'disconnected error logged');
+  });
+
+  test('a validateRoomFn that never settles blocks neither the client nor others', async () => {
+    const { url, ws } = await startServer({ validateRoomFn: () => new Promise(() => {}), messageHandler: () => {} });
+    const a = await Client.auth(url);
+    for (let i = 0; i < 40; i++) a.emit('join', { rooms: ['r' + i] });
+    a.emit('leave', { rooms: ['ws-default'] });
+    await until(() => !ws.getClients({ id: a.id }).rooms.has('ws-default'), 2000, 'leave processed');
+    assert.ok(ws.stats().joinsRefused >= 24, 'pending joins are capped per client');
+    const b = await Client.auth(url);
+    ws.sendToClient({ clientId: b.id, event: 'ok' });
+    await b.next('ok');
+    a.close();
+    b.close();
+  });
+
+  test('a logger that throws does not take the server down', async () => {
+    const bad = () => {
+      throw new Error('logger down');
+    };
+    const { url } = await startServer({ logger: { error: bad, warn: bad, info: bad }, logLevel: 'debug' });
+    const c = await Client.auth(url);
+    c.send('garbage');
+    await c.next('error');
+    c.close();
+  });
+});
+
+describe('transport timers', () => {
+  test('idleTimeout closes a silent socket (1001 Idle timeout) when pings are off', async () => {
+    const { url } = await startServer({ serverOptions: { idleTimeout: 1, sendPings: false } });
+    const c = await Client.auth(url);
+    const t0 = Date.now();
+    assert.deepEqual(await c.closed, { code: 1001, reason: 'Idle timeout' });
+    const took = Date.now() - t0;
+    assert.ok(took >= 400 && took < 2500, `closed after ${took} ms`);
+  });
+
+  test('with sendPings a live but quiet peer answers pings and stays connected', async () => {
+    const { url, ws } = await startServer({ serverOptions: { idleTimeout: 1, sendPings: true } });
+    const c = await Client.auth(url);
+    let pings = 0;
+    c.sock.on('ping', () => pings++);
+    await sleep(2500);
+    assert.ok(ws.getClients({ id: c.id }), 'still connected');
+    assert.ok(pings >= 1, 'the server pinged');
+    c.close();
+  });
+});
