@@ -87,6 +87,11 @@ describe('delivery', () => {
     );
     await sleep(50);
     assert.ok(clients.every(c => !c.frames.some(f => f.event === 'tick')), 'no duplicates');
+    const excluded = clients.slice(0, 12).map(c => c.id).concat(['x1', 'x2', 'x3']);
+    ws.sendToRoom({ room: 'big', event: 'most', data: 1, exclude: excluded });
+    await Promise.all(clients.slice(12).map(c => c.next('most')));
+    await sleep(50);
+    assert.ok(clients.slice(0, 12).every(c => !c.frames.some(f => f.event === 'most')), 'a long exclude list is honoured');
     clients.forEach(c => c.close());
   });
 

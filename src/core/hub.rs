@@ -345,9 +345,16 @@ fn offer_all<'a>(
     frame: &Frame,
     exclude: &[String],
 ) -> usize {
+    // A short list is scanned; a long one is hashed once per fan-out.
+    let set: Option<HashSet<&str>> =
+        (exclude.len() > 8).then(|| exclude.iter().map(String::as_str).collect());
+    let excluded = |id: &str| match &set {
+        Some(s) => s.contains(id),
+        None => exclude.iter().any(|e| e == id),
+    };
     let mut n = 0;
     for c in clients {
-        if !exclude.is_empty() && exclude.iter().any(|e| **e == *c.id) {
+        if !exclude.is_empty() && excluded(&c.id) {
             continue;
         }
         if c.offer(frame) == Offer::Queued {
