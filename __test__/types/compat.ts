@@ -1,0 +1,78 @@
+// Code written against the original's types must compile unchanged with
+// only the import path switched. Checked by `tsc --noEmit` in `npm test`.
+import {
+  WebSocketServerHelper,
+  WebSocketServer,
+  WebSocketDefaults,
+  WebSocketEvents,
+  WebSocketChannels,
+  WebSocketClientStates,
+  WebSocketMessageTypes,
+} from 'ignis-ws-native';
+import type {
+  IWebSocketServerOptions,
+  IWebSocketClient,
+  IWebSocketMessage,
+  IRedisSocketMessage,
+  IBunWebSocketConfig,
+  TWebSocketAuthenticateFn,
+  TWebSocketValidateRoomFn,
+  TWebSocketClientConnectedFn,
+  TWebSocketClientDisconnectedFn,
+  TWebSocketMessageHandler,
+  TWebSocketOutboundTransformer,
+  TWebSocketHandshakeFn,
+} from 'ignis-ws-native';
+
+type Auth = { token: string };
+type Meta = { role: string };
+
+const authenticateFn: TWebSocketAuthenticateFn<Auth, Meta> = async data => {
+  if (!data.token) return null;
+  return { userId: 'u', metadata: { role: 'admin' } };
+};
+const validateRoomFn: TWebSocketValidateRoomFn = ({ rooms }) => rooms.filter(r => r.startsWith('public-'));
+const clientConnectedFn: TWebSocketClientConnectedFn<Meta> = ({ clientId, metadata }) => {
+  void clientId;
+  void metadata?.role;
+};
+const clientDisconnectedFn: TWebSocketClientDisconnectedFn = ({ clientId, userId }) => void [clientId, userId];
+const messageHandler: TWebSocketMessageHandler = ({ message }) => {
+  const m: IWebSocketMessage = message;
+  void m.event;
+};
+const outboundTransformer: TWebSocketOutboundTransformer<unknown, Meta> = async ({ client, event, data }) => {
+  if (!client.encrypted) return null;
+  return { event: WebSocketEvents.ENCRYPTED, data: { event, data } };
+};
+const handshakeFn: TWebSocketHandshakeFn<Auth> = async ({ data }) => (data.token ? { serverPublicKey: 'k', salt: 's' } : false);
+const serverOptions: IBunWebSocketConfig = { maxPayloadLength: WebSocketDefaults.MAX_PAYLOAD_LENGTH, sendPings: true };
+
+const options: IWebSocketServerOptions<Auth, Meta> = {
+  identifier: 'chat',
+  path: WebSocketDefaults.PATH,
+  defaultRooms: [WebSocketDefaults.ROOM],
+  serverOptions,
+  authenticateFn,
+  validateRoomFn,
+  clientConnectedFn,
+  clientDisconnectedFn,
+  messageHandler,
+  outboundTransformer,
+  handshakeFn,
+};
+
+async function main(): Promise<void> {
+  const helper: WebSocketServerHelper<Auth, Meta> = new WebSocketServerHelper<Auth, Meta>(options);
+  const same: WebSocketServer<Auth, Meta> = helper;
+  await helper.configure();
+  const clients: Map<string, IWebSocketClient<Meta>> = helper.getClients();
+  const one: IWebSocketClient<Meta> | undefined = helper.getClients({ id: 'x' });
+  void [clients, one, same.getPath()];
+  helper.send({ destination: 'room', payload: { topic: 't', data: 1 }, cb: () => {} });
+  helper.sendToRoom({ room: 'r', event: 'e', data: {}, exclude: ['a'] });
+  const env: IRedisSocketMessage = { serverId: 's', type: 'room', target: 'r', event: 'e', data: 1 };
+  void [env, WebSocketChannels.forRoom({ room: 'r' }), WebSocketClientStates.AUTHENTICATED, WebSocketMessageTypes.USER];
+  await helper.shutdown();
+}
+void main;
