@@ -328,16 +328,6 @@ impl Hub {
             .unwrap_or_default();
         members.iter().map(|c| self.snapshot(c)).collect()
     }
-
-    /// Names of every room with at least one local member.
-    pub fn room_names(&self) -> HashSet<String> {
-        self.state
-            .read()
-            .rooms
-            .keys()
-            .map(|r| r.to_string())
-            .collect()
-    }
 }
 
 fn offer_all<'a>(

@@ -5,7 +5,6 @@
 //! decoded, `data` stays raw JSON text. The application handler receives the
 //! original frame text and parses it once, in JavaScript, where it is used.
 
-use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -83,11 +82,6 @@ pub fn error_frame(message: &str) -> Frame {
 /// `String` or a JS string) without validating it again.
 pub fn frame_from_string(s: String) -> Frame {
     Frame::from(s)
-}
-
-/// Frame from bytes already known to be valid UTF-8 JSON text.
-pub fn frame_from_bytes(b: Bytes) -> Option<Frame> {
-    Utf8Bytes::try_from(b).ok()
 }
 
 /// What the `event` field of an inbound frame says, judged the way the
