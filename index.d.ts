@@ -9,6 +9,17 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+export declare class NativeEmitter {
+  constructor(redis: NativeRedisOptions)
+  configure(): Promise<void>
+  /**
+   * Publishes `{serverId:"emitter", type, target, event, data, exclude}`
+   * on the envelope's channel; resolves once Redis accepted it.
+   */
+  publish(kind: string, target: string | undefined | null, event: string, dataJson?: string | undefined | null, exclude?: Array<string> | undefined | null): Promise<void>
+  shutdown(): Promise<void>
+}
+
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
   constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: Array<JsEvent>) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null)
@@ -21,6 +32,13 @@ export declare class NativeServer {
   sendToUser(userId: string, frame: string): number
   sendToRoom(room: string, frame: string, exclude?: Array<string> | undefined | null): number
   broadcast(frame: string, exclude?: Array<string> | undefined | null): number
+  /**
+   * The original's `send` (local delivery + publication); `data_json` is
+   * `JSON.stringify(data)`.
+   */
+  send(destination: string | undefined | null, event: string, dataJson: string): void
+  /** Publishes an envelope for the other instances. */
+  publish(kind: string, target: string | undefined | null, event: string, dataJson?: string | undefined | null, exclude?: Array<string> | undefined | null): void
   joinRoom(clientId: string, room: string): boolean
   leaveRoom(clientId: string, room: string): boolean
   /** Closes one client's socket with `code` and `reason`. */
@@ -78,6 +96,8 @@ export interface NativeClient {
 
 export interface NativeOptions {
   identifier: string
+  serverId: string
+  redis?: NativeRedisOptions
   host: string
   port: number
   path: string
@@ -100,6 +120,21 @@ export interface NativeOptions {
   hasMessageHandler: boolean
 }
 
+/** Redis connection, normalised by `ts/redis-options.ts`. */
+export interface NativeRedisOptions {
+  /** `redis://` / `rediss://` URL of a standalone server. */
+  url?: string
+  /** Seed node URLs of a Redis Cluster. */
+  nodes?: Array<string>
+  /** Cluster only: SSUBSCRIBE/SPUBLISH (not compatible with original instances). */
+  sharded: boolean
+  /** milliseconds */
+  connectTimeout: number
+  publishBuffer: number
+  /** The address as shown in messages (no password). */
+  display: string
+}
+
 export interface NativeStats {
   connections: number
   unauthorized: number
@@ -116,6 +151,17 @@ export interface NativeStats {
   handlerErrors: number
   joinsRefused: number
   oversizedFrames: number
+  /** "local", "redis" or "redis-cluster" */
+  bus: string
+  /** "connected", "connecting", "disconnected" or "closed" */
+  busState: string
+  busReconnects: number
+  busPublished: number
+  busPublishDropped: number
+  busPublishBuffered: number
+  busReceived: number
+  busInvalid: number
+  busSubscribedChannels: number
 }
 
 /** Adapter's answer for `validateRoomFn`. */

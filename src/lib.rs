@@ -7,4 +7,5 @@
 
 pub mod core;
 mod js_handlers;
+mod native_emitter;
 mod native_server;

@@ -2,7 +2,9 @@
 //! already normalised and validated by `ts/options.ts`; this file converts
 //! them, starts the core on napi's tokio runtime and exposes the hub.
 
+use crate::core::broker::redis::{Endpoint, RedisConfig};
 use crate::core::config::Config;
+use crate::core::envelope::Kind;
 use crate::core::hub::ClientSnapshot;
 use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
@@ -17,9 +19,49 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Redis connection, normalised by `ts/redis-options.ts`.
+#[napi(object)]
+pub struct NativeRedisOptions {
+    /// `redis://` / `rediss://` URL of a standalone server.
+    pub url: Option<String>,
+    /// Seed node URLs of a Redis Cluster.
+    pub nodes: Option<Vec<String>>,
+    /// Cluster only: SSUBSCRIBE/SPUBLISH (not compatible with original instances).
+    pub sharded: bool,
+    /// milliseconds
+    pub connect_timeout: f64,
+    pub publish_buffer: f64,
+    /// The address as shown in messages (no password).
+    pub display: String,
+}
+
+pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
+    let endpoint = match (&o.url, &o.nodes) {
+        (Some(url), _) => Endpoint::Standalone(url.clone()),
+        (None, Some(nodes)) if !nodes.is_empty() => Endpoint::Cluster {
+            nodes: nodes.clone(),
+            sharded: o.sharded,
+        },
+        _ => {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "redis: expected a URL or cluster nodes",
+            ))
+        }
+    };
+    Ok(RedisConfig {
+        endpoint,
+        connect_timeout: millis("redis.connectTimeout", o.connect_timeout)?,
+        publish_buffer: o.publish_buffer.max(1.0) as usize,
+        display: o.display.clone(),
+    })
+}
+
 #[napi(object)]
 pub struct NativeOptions {
     pub identifier: String,
+    pub server_id: String,
+    pub redis: Option<NativeRedisOptions>,
     pub host: String,
     pub port: u32,
     pub path: String,
@@ -92,6 +134,17 @@ pub struct NativeStats {
     pub handler_errors: f64,
     pub joins_refused: f64,
     pub oversized_frames: f64,
+    /// "local", "redis" or "redis-cluster"
+    pub bus: String,
+    /// "connected", "connecting", "disconnected" or "closed"
+    pub bus_state: String,
+    pub bus_reconnects: f64,
+    pub bus_published: f64,
+    pub bus_publish_dropped: f64,
+    pub bus_publish_buffered: f64,
+    pub bus_received: f64,
+    pub bus_invalid: f64,
+    pub bus_subscribed_channels: f64,
 }
 
 fn level(name: &str) -> Result<Option<Level>> {
@@ -129,6 +182,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
     })?;
     Ok(Config {
         identifier: o.identifier.clone(),
+        server_id: o.server_id.clone(),
         host: o.host.clone(),
         port,
         path: o.path.clone(),
@@ -150,6 +204,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
 #[napi]
 pub struct NativeServer {
     config: Config,
+    redis: Option<RedisConfig>,
     handlers: Arc<JsHandlers>,
     logger: Logger,
     server: Arc<Mutex<Option<Arc<Server>>>>,
@@ -173,6 +228,7 @@ impl NativeServer {
         log: Option<Function<FnArgs<(String, String)>, ()>>,
     ) -> Result<Self> {
         let config = to_config(&options)?;
+        let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = level(&options.log_level)?;
         let handlers = Arc::new(JsHandlers {
             authenticate: Arc::new(weak(&authenticate)?),
@@ -190,6 +246,7 @@ impl NativeServer {
         };
         Ok(NativeServer {
             config,
+            redis,
             handlers,
             logger,
             server: Arc::new(Mutex::new(None)),
@@ -209,6 +266,7 @@ impl NativeServer {
             self.config.clone(),
             self.handlers.clone(),
             self.logger.clone(),
+            self.redis.clone(),
         )
         .await
         .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
@@ -259,6 +317,41 @@ impl NativeServer {
         let frame = protocol::frame_from_string(frame);
         let exclude = exclude.unwrap_or_default();
         self.with(|s| s.broadcast(&frame, &exclude) as u32, 0)
+    }
+
+    /// The original's `send` (local delivery + publication); `data_json` is
+    /// `JSON.stringify(data)`.
+    #[napi]
+    pub fn send(&self, destination: Option<String>, event: String, data_json: String) {
+        self.with(|s| s.send(destination.as_deref(), &event, &data_json), ())
+    }
+
+    /// Publishes an envelope for the other instances.
+    #[napi]
+    pub fn publish(
+        &self,
+        kind: String,
+        target: Option<String>,
+        event: String,
+        data_json: Option<String>,
+        exclude: Option<Vec<String>>,
+    ) -> Result<()> {
+        let kind = Kind::parse(&kind).ok_or_else(|| {
+            Error::new(Status::InvalidArg, format!("unknown message type {kind:?}"))
+        })?;
+        self.with(
+            |s| {
+                s.publish(
+                    kind,
+                    target.as_deref(),
+                    &event,
+                    data_json.as_deref(),
+                    exclude.as_deref(),
+                )
+            },
+            (),
+        );
+        Ok(())
     }
 
     #[napi]
@@ -351,6 +444,10 @@ impl NativeServer {
     pub fn stats(&self) -> NativeStats {
         use crate::core::client::ClientState::*;
         let (mut un, mut ing, mut ed) = (0u32, 0u32, 0u32);
+        let (bus, invalid) = self.with(
+            |s| (s.broker_status(), s.invalid_envelopes()),
+            (Default::default(), 0),
+        );
         let (total, rooms, users, snap) = self.with(
             |s| {
                 for c in s.hub().all_clients() {
@@ -386,6 +483,25 @@ impl NativeServer {
             handler_errors: snap.handler_errors as f64,
             joins_refused: snap.joins_refused as f64,
             oversized_frames: snap.oversized_frames as f64,
+            bus: if bus.kind.is_empty() {
+                "local"
+            } else {
+                bus.kind
+            }
+            .to_string(),
+            bus_state: if bus.state.is_empty() {
+                "closed"
+            } else {
+                bus.state
+            }
+            .to_string(),
+            bus_reconnects: bus.reconnects as f64,
+            bus_published: bus.published as f64,
+            bus_publish_dropped: bus.publish_dropped as f64,
+            bus_publish_buffered: bus.publish_buffered as f64,
+            bus_received: bus.received as f64,
+            bus_invalid: invalid as f64,
+            bus_subscribed_channels: bus.subscribed_channels as f64,
         }
     }
 }

@@ -69,7 +69,7 @@ async fn start(cfg: Config, fake: Arc<Fake>) -> Server {
         port: 0,
         ..cfg
     };
-    Server::start(cfg, fake, Logger::new(Arc::new(NullLog)))
+    Server::start(cfg, fake, Logger::new(Arc::new(NullLog)), None)
         .await
         .unwrap()
 }

@@ -2,7 +2,9 @@
 // Node.js and Bun. The names below are the original helper's.
 
 export { WebSocketServer, WebSocketServerHelper } from './server';
+export { WebSocketEmitter } from './emitter';
 export { WebSocketOptionError } from './options';
+export type { IRedisOptions, IRedisEndpoint, TRedisOption } from './redis-options';
 export {
   WebSocketEvents,
   WebSocketChannels,

@@ -5,8 +5,8 @@
 
 import { NativeServer } from '../index';
 import type { AuthResult, HandshakeResult, JsEvent, NativeClient, RoomsResult } from '../index';
-import { WebSocketMessageTypes } from './constants';
 import { normaliseOptions, type NormalisedOptions } from './options';
+import { normaliseRedis } from './redis-options';
 import type {
   IWebSocket,
   IWebSocketClient,
@@ -15,7 +15,6 @@ import type {
   IWebSocketStats,
   TLogLevel,
 } from './types';
-import type { TWebSocketMessageType } from './constants';
 
 const LEVEL_RANK: Record<TLogLevel, number> = { silent: -1, error: 0, warn: 1, info: 2, debug: 3 };
 const EVENT_CONNECTED = 0;
@@ -57,6 +56,8 @@ export class WebSocketServer<
     this.native = new NativeServer(
       {
         identifier: s.identifier,
+        serverId: this.serverId,
+        redis: normaliseRedis(opts.redis !== undefined ? 'redis' : 'redisConnection', opts.redis ?? opts.redisConnection),
         host: s.host,
         port: s.port,
         path: s.path,
@@ -164,27 +165,12 @@ export class WebSocketServer<
     if (!payload) return;
     const { topic, data } = payload;
     if (!topic || data === undefined) return;
-    if (!destination) {
-      this.broadcast({ event: topic, data });
-      this.publish(WebSocketMessageTypes.BROADCAST as TWebSocketMessageType, undefined, topic, data);
-    } else if (this.native.hasClient(destination)) {
-      this.sendToClient({ clientId: destination, event: topic, data, doLog });
-      this.publish(WebSocketMessageTypes.CLIENT as TWebSocketMessageType, destination, topic, data);
-    } else if (this.native.hasRoom(destination)) {
-      this.sendToRoom({ room: destination, event: topic, data });
-      this.publish(WebSocketMessageTypes.ROOM as TWebSocketMessageType, destination, topic, data);
-    } else {
-      this.publish(WebSocketMessageTypes.ROOM as TWebSocketMessageType, destination, topic, data);
-    }
+    const dataJson = JSON.stringify(data);
+    if (dataJson === undefined) return; // a function or symbol: nothing to send
+    this.native.send(destination || null, topic, dataJson);
     if (cb) setTimeout(cb, 0);
     if (doLog) this.log('info', `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic}`);
   }
-
-  /**
-   * Publication to other instances. With the in-process bus there are none,
-   * and the original ignores its own publications, so nothing is delivered.
-   */
-  private publish(_type: TWebSocketMessageType, _target: string | undefined, _event: string, _data: unknown): void {}
 
   joinRoom(opts: { clientId: string; room: string }): void {
     this.native.joinRoom(opts.clientId, opts.room);

@@ -181,4 +181,17 @@ export interface IWebSocketStats {
   handlerErrors: number;
   joinsRefused: number;
   oversizedFrames: number;
+  /** `local` (no Redis), `redis` or `redis-cluster`. */
+  bus: string;
+  /** `connected`, `connecting`, `disconnected` or `closed`. */
+  busState: string;
+  busReconnects: number;
+  busPublished: number;
+  /** Publications dropped because Redis was away longer than the buffer lasts. */
+  busPublishDropped: number;
+  busPublishBuffered: number;
+  busReceived: number;
+  /** Envelopes received that were not JSON or not shaped right. */
+  busInvalid: number;
+  busSubscribedChannels: number;
 }

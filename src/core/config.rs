@@ -6,6 +6,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub identifier: String,
+    /// This instance's id on the bus; envelopes carrying it are its own.
+    pub server_id: String,
     pub host: String,
     /// 0 binds an ephemeral port.
     pub port: u16,
@@ -42,6 +44,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             identifier: "WEBSOCKET_SERVER".into(),
+            server_id: uuid::Uuid::new_v4().to_string(),
             host: "0.0.0.0".into(),
             port: 0,
             path: "/ws".into(),

@@ -63,6 +63,10 @@ impl Hub {
         *self.listener.write() = Some(l);
     }
 
+    /// Called with the state lock held, so listeners see changes in the
+    /// order they happened (a join and a leave racing on two threads cannot
+    /// reach the broker as "unsubscribe" after "subscribe" the wrong way).
+    /// Listeners must only queue, never block.
     fn notify(&self, changes: Vec<(Interest, bool)>) {
         if changes.is_empty() {
             return;
@@ -76,7 +80,8 @@ impl Hub {
 
     pub fn register(&self, client: Arc<Client>) {
         let id = client.id.clone();
-        self.state.write().clients.insert(id.clone(), client);
+        let mut st = self.state.write();
+        st.clients.insert(id.clone(), client);
         self.notify(vec![(Interest::Client(id), true)]);
     }
 
@@ -108,9 +113,11 @@ impl Hub {
                 }
             }
             client.set_state(ClientState::Disconnected);
-            details.user_id.clone()
+            let user = details.user_id.clone();
+            drop(details);
+            self.notify(changes);
+            user
         };
-        self.notify(changes);
         Some(user)
     }
 
@@ -155,8 +162,8 @@ impl Hub {
                 Self::join_locked(&mut st, client, Arc::from(room.as_str()), &mut changes);
             }
             client.set_state(ClientState::Authenticated);
+            self.notify(changes);
         }
-        self.notify(changes);
         true
     }
 
@@ -186,8 +193,8 @@ impl Hub {
             for room in rooms {
                 Self::join_locked(&mut st, &client, Arc::from(room.as_ref()), &mut changes);
             }
+            self.notify(changes);
         }
-        self.notify(changes);
         true
     }
 
@@ -216,8 +223,9 @@ impl Hub {
                 }
                 left.push(name.to_string());
             }
+            drop(details);
+            self.notify(changes);
         }
-        self.notify(changes);
         left
     }
 

@@ -1,9 +1,11 @@
 //! The server engine, free of any JavaScript binding. It reaches the
 //! application only through [`handlers::Handlers`] and [`log::Log`].
 
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod envelope;
 pub mod handlers;
 pub mod hub;
 pub mod listener;

@@ -1,10 +1,13 @@
 //! The server as a whole: start (bind, accept, sweep, deliver events), the
 //! delivery API the application calls, and an orderly shutdown.
 
+use crate::core::broker::redis::{RedisBroker, RedisConfig};
+use crate::core::broker::{Broker, BrokerStatus, Inbound, LocalBroker};
 use crate::core::client::ClientState;
 use crate::core::config::Config;
+use crate::core::envelope::{self, Kind};
 use crate::core::handlers::{AppEvent, Handlers};
-use crate::core::hub::Hub;
+use crate::core::hub::{Hub, Interest, InterestListener};
 use crate::core::listener;
 use crate::core::log::Logger;
 use crate::core::protocol::{self, close, Frame};
@@ -12,8 +15,8 @@ use crate::core::stats::Stats;
 use parking_lot::Mutex;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -25,6 +28,9 @@ pub struct Shared {
     pub handlers: Arc<dyn Handlers>,
     pub log: Logger,
     pub stats: Arc<Stats>,
+    pub broker: Arc<dyn Broker>,
+    /// Envelopes from the bus that were not JSON or not shaped right.
+    pub invalid_envelopes: AtomicU64,
     events: Mutex<Option<mpsc::Sender<AppEvent>>>,
     shutting_down: AtomicBool,
     live_connections: AtomicUsize,
@@ -65,6 +71,14 @@ impl Shared {
     }
 }
 
+/// What a server is assembled from besides its config.
+struct Parts {
+    handlers: Arc<dyn Handlers>,
+    log: Logger,
+    broker: Arc<dyn Broker>,
+    router: Arc<Router>,
+}
+
 pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -78,27 +92,53 @@ impl Server {
         config: Config,
         handlers: Arc<dyn Handlers>,
         log: Logger,
+        redis: Option<RedisConfig>,
     ) -> io::Result<Server> {
+        let router = Arc::new(Router {
+            shared: OnceLock::new(),
+            server_id: config.server_id.clone(),
+        });
+        let broker: Arc<dyn Broker> = match redis {
+            None => Arc::new(LocalBroker),
+            Some(rc) => Arc::new(
+                RedisBroker::connect(rc, router.clone(), log.clone())
+                    .await
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
+            ),
+        };
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (option host/port): {e}"),
-            )
-        })?;
+        let listener = match TcpListener::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                broker.shutdown().await;
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (option host/port): {e}"),
+                ));
+            }
+        };
         let local_addr = listener.local_addr()?;
-        Ok(Self::with_listener(
-            config, handlers, log, listener, local_addr,
-        ))
+        let parts = Parts {
+            handlers,
+            log,
+            broker,
+            router,
+        };
+        Ok(Self::with_listener(config, parts, listener, local_addr))
     }
 
     fn with_listener(
         config: Config,
-        handlers: Arc<dyn Handlers>,
-        log: Logger,
+        parts: Parts,
         listener: TcpListener,
         local_addr: SocketAddr,
     ) -> Server {
+        let Parts {
+            handlers,
+            log,
+            broker,
+            router,
+        } = parts;
         let (tx, rx) = mpsc::channel(config.event_queue_capacity.max(1));
         let shared = Arc::new(Shared {
             config: Arc::new(config),
@@ -106,11 +146,17 @@ impl Server {
             handlers,
             log,
             stats: Arc::new(Stats::default()),
+            broker: broker.clone(),
+            invalid_envelopes: AtomicU64::new(0),
             events: Mutex::new(Some(tx)),
             shutting_down: AtomicBool::new(false),
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
         });
+        let _ = router.shared.set(Arc::downgrade(&shared));
+        shared
+            .hub
+            .set_interest_listener(Arc::new(BrokerInterest(broker)));
         let dispatcher = tokio::spawn(dispatch_events(shared.clone(), rx));
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener));
         let sweep = tokio::spawn(heartbeat_sweep(shared.clone()));
@@ -160,6 +206,60 @@ impl Server {
         self.shared.hub.broadcast(frame, exclude)
     }
 
+    /// Publishes an envelope for the other instances (this one ignores it).
+    pub fn publish(
+        &self,
+        kind: Kind,
+        target: Option<&str>,
+        event: &str,
+        data_json: Option<&str>,
+        exclude: Option<&[String]>,
+    ) {
+        let payload = envelope::encode(
+            &self.shared.config.server_id,
+            kind,
+            target,
+            event,
+            data_json,
+            exclude,
+        );
+        self.shared
+            .broker
+            .publish(envelope::channel(kind, target), payload);
+    }
+
+    /// The original's `send`: local delivery when the destination is here,
+    /// and always a publication for the other instances.
+    pub fn send(&self, destination: Option<&str>, event: &str, data_json: &str) {
+        let frame = protocol::encode_frame(event, Some(data_json));
+        let hub = &self.shared.hub;
+        let (kind, target) = match destination {
+            None => {
+                hub.broadcast(&frame, &[]);
+                (Kind::Broadcast, None)
+            }
+            Some(d) if hub.has_client(d) => {
+                hub.send_to_client(d, &frame);
+                (Kind::Client, Some(d))
+            }
+            Some(d) => {
+                // A local room, or something on another instance: either way
+                // the original publishes it as a room.
+                hub.send_to_room(d, &frame, &[]);
+                (Kind::Room, Some(d))
+            }
+        };
+        self.publish(kind, target, event, Some(data_json), None);
+    }
+
+    pub fn broker_status(&self) -> BrokerStatus {
+        self.shared.broker.status()
+    }
+
+    pub fn invalid_envelopes(&self) -> u64 {
+        self.shared.invalid_envelopes.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, closes every socket with 1001, waits (bounded) for
     /// their tasks to finish, then delivers every pending event (the
     /// disconnect callbacks among them) before returning.
@@ -197,6 +297,7 @@ impl Server {
                 )
             });
         }
+        self.shared.broker.shutdown().await;
         // Closing the queue lets the dispatcher drain it and end.
         self.shared.events.lock().take();
         let dispatcher = self.dispatcher.lock().take();
@@ -249,6 +350,63 @@ async fn heartbeat_sweep(shared: Arc<Shared>) {
                 let (code, reason) = close::HEARTBEAT_TIMEOUT;
                 c.request_close(code, reason);
             }
+        }
+    }
+}
+
+/// Subscribes the broker to the channel of each interest the hub reports.
+struct BrokerInterest(Arc<dyn Broker>);
+
+impl InterestListener for BrokerInterest {
+    fn changed(&self, interest: Interest, present: bool) {
+        let channel = match interest {
+            Interest::Room(r) => envelope::channel(Kind::Room, Some(&r)),
+            Interest::User(u) => envelope::channel(Kind::User, Some(&u)),
+            Interest::Client(c) => envelope::channel(Kind::Client, Some(&c)),
+        };
+        self.0.interest(channel, present);
+    }
+}
+
+/// Delivers envelopes from the bus to local sockets (PROTOCOL §10).
+pub struct Router {
+    shared: OnceLock<Weak<Shared>>,
+    server_id: String,
+}
+
+impl Inbound for Router {
+    fn deliver(&self, channel: &str, payload: &str) {
+        let Some(shared) = self.shared.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let env = match envelope::decode(payload) {
+            Ok(e) => e,
+            Err(why) => {
+                shared.invalid_envelopes.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .log
+                    .error(|| format!("Invalid Redis message ({why}) | channel: {channel}"));
+                return;
+            }
+        };
+        if env.server_id == self.server_id {
+            return;
+        }
+        let hub = &shared.hub;
+        match (env.kind, env.target.as_deref()) {
+            (Some(Kind::Broadcast), _) => {
+                hub.broadcast(&env.frame(), &env.exclude);
+            }
+            (Some(Kind::Room), Some(room)) => {
+                hub.send_to_room(room, &env.frame(), &env.exclude);
+            }
+            (Some(Kind::Client), Some(id)) => {
+                hub.send_to_client(id, &env.frame());
+            }
+            (Some(Kind::User), Some(user)) => {
+                hub.send_to_user(user, &env.frame());
+            }
+            _ => {}
         }
     }
 }

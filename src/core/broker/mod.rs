@@ -1,0 +1,61 @@
+//! The bus between instances. A broker publishes envelopes for other
+//! instances and subscribes to the channels this instance has local
+//! interest in; what it receives goes to an [`Inbound`] sink.
+//!
+//! Two implementations: [`LocalBroker`] (no Redis: one instance, nothing to
+//! deliver elsewhere) and [`redis::RedisBroker`] (standalone or cluster).
+
+pub mod redis;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+/// Where received envelopes go (the server's router).
+pub trait Inbound: Send + Sync + 'static {
+    fn deliver(&self, channel: &str, payload: &str);
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus {
+    /// "local", "redis" or "redis-cluster"
+    pub kind: &'static str,
+    /// "connected", "connecting", "disconnected" or "closed"
+    pub state: &'static str,
+    pub reconnects: u64,
+    pub published: u64,
+    pub publish_dropped: u64,
+    pub publish_buffered: u64,
+    pub received: u64,
+    pub subscribed_channels: u64,
+}
+
+pub trait Broker: Send + Sync + 'static {
+    /// Queues a publication; never waits. What cannot be sent is buffered
+    /// (bounded) or dropped and counted, per implementation.
+    fn publish(&self, channel: String, payload: String);
+    /// This instance gained (`true`) or lost local interest in a channel.
+    fn interest(&self, channel: String, present: bool);
+    fn status(&self) -> BrokerStatus;
+    /// Flushes what can be flushed (bounded in time) and disconnects.
+    fn shutdown(&self) -> BoxFuture<'static, ()>;
+}
+
+/// The in-process bus of a single instance: there is no other instance to
+/// publish to, and the original ignores its own publications, so publishing
+/// delivers nothing more than the local delivery that preceded it.
+pub struct LocalBroker;
+
+impl Broker for LocalBroker {
+    fn publish(&self, _channel: String, _payload: String) {}
+    fn interest(&self, _channel: String, _present: bool) {}
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            kind: "local",
+            state: "connected",
+            ..BrokerStatus::default()
+        }
+    }
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        async {}.boxed()
+    }
+}

@@ -1,0 +1,656 @@
+//! Redis as the bus: standalone (one publisher connection, one subscriber
+//! connection) or Redis Cluster (one RESP3 cluster connection carrying both).
+//!
+//! Subscriptions follow local interest channel by channel (`ws:room:x` while
+//! a local client is in room x, likewise users and clients, plus
+//! `ws:broadcast`), batched into one SUBSCRIBE/UNSUBSCRIBE per wakeup. The
+//! original PSUBSCRIBEs `ws:room:*`; exact channels are wire-compatible and
+//! spare an instance the traffic of rooms it does not host.
+//!
+//! Failure policy: Redis going away never stops local delivery. Publications
+//! made while it is away wait in a bounded buffer (`publish_buffer`
+//! messages) and are sent in order once it is back; past the bound the
+//! oldest are dropped, counted, and logged once per outage. The subscriber
+//! reconnects with a short capped backoff and resubscribes every channel it
+//! needs. Delivery is at most once on a healthy link; a publication whose
+//! pipeline failed half way is retried, so around an outage a message can
+//! arrive twice.
+
+use super::{Broker, BrokerStatus, Inbound};
+use crate::core::envelope::BROADCAST_CHANNEL;
+use crate::core::log::Logger;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, RedisResult};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A `redis://` or `rediss://` URL.
+    Standalone(String),
+    /// Seed node URLs; `sharded` uses SSUBSCRIBE/SPUBLISH.
+    Cluster { nodes: Vec<String>, sharded: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub endpoint: Endpoint,
+    /// How long `configure()` waits for the first connection.
+    pub connect_timeout: Duration,
+    /// Publications kept while Redis is unreachable.
+    pub publish_buffer: usize,
+    /// How the address is named in messages (no password).
+    pub display: String,
+}
+
+const STATE_CONNECTED: u8 = 0;
+const STATE_CONNECTING: u8 = 1;
+const STATE_DISCONNECTED: u8 = 2;
+const STATE_CLOSED: u8 = 3;
+const PUBLISH_BATCH: usize = 256;
+const PING_EVERY: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// The two connection flavours behind one small surface.
+#[derive(Clone)]
+enum Publisher {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection, bool),
+}
+
+impl Publisher {
+    async fn publish_batch(&mut self, batch: &[(String, String)]) -> RedisResult<()> {
+        match self {
+            Publisher::Standalone(c) => {
+                let mut p = redis::pipe();
+                for (ch, msg) in batch {
+                    p.publish(ch, msg).ignore();
+                }
+                p.query_async::<()>(c).await
+            }
+            Publisher::Cluster(c, sharded) => {
+                let cmd_name = if *sharded { "SPUBLISH" } else { "PUBLISH" };
+                for (ch, msg) in batch {
+                    redis::cmd(cmd_name)
+                        .arg(ch)
+                        .arg(msg)
+                        .query_async::<()>(c)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    log: Logger,
+    inbound: Arc<dyn Inbound>,
+    cluster_client: Option<redis::cluster::ClusterClient>,
+    queue: Mutex<VecDeque<(String, String)>>,
+    queue_notify: Notify,
+    interest_tx: mpsc::UnboundedSender<(String, bool)>,
+    state: AtomicU8,
+    closing: AtomicBool,
+    close_notify: Notify,
+    drop_logged: AtomicBool,
+    reconnects: AtomicU64,
+    published: AtomicU64,
+    publish_dropped: AtomicU64,
+    received: AtomicU64,
+    subscribed: AtomicU64,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1 << attempt.min(5))
+        .min(BACKOFF_MAX);
+    // Jitter so a fleet does not reconnect in lockstep.
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    base.mul_f64(0.75 + f64::from(jitter) / 4000.0)
+}
+
+async fn standalone_publisher(url: &str, timeout: Duration) -> RedisResult<MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
+async fn standalone_subscriber(url: &str, timeout: Duration) -> RedisResult<redis::aio::PubSub> {
+    let client = redis::Client::open(url)?;
+    match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connection timed out",
+        ))),
+    }
+}
+
+impl RedisBroker {
+    /// Connects (bounded by `connect_timeout`) and starts the publisher and
+    /// subscriber tasks. Fails with a message naming the address.
+    pub async fn connect(
+        cfg: RedisConfig,
+        inbound: Arc<dyn Inbound>,
+        log: Logger,
+    ) -> Result<RedisBroker, String> {
+        let unreachable = |e: String| {
+            format!(
+                "cannot reach Redis at {} within {} ms: {e}",
+                cfg.display,
+                cfg.connect_timeout.as_millis()
+            )
+        };
+        let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+        let (publisher, sub, push_rx, cluster_client) = match &cfg.endpoint {
+            Endpoint::Standalone(url) => {
+                let connect = async {
+                    let p = standalone_publisher(url, cfg.connect_timeout).await?;
+                    let s = standalone_subscriber(url, cfg.connect_timeout).await?;
+                    RedisResult::Ok((p, s))
+                };
+                let (p, s) = tokio::time::timeout(cfg.connect_timeout, connect)
+                    .await
+                    .map_err(|_| unreachable("timed out".into()))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (Publisher::Standalone(p), Some(s), None, None)
+            }
+            Endpoint::Cluster { nodes, sharded } => {
+                let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .connection_timeout(cfg.connect_timeout)
+                    .response_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let conn = tokio::time::timeout(cfg.connect_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| unreachable("timed out".into()))?
+                    .map_err(|e| unreachable(e.to_string()))?;
+                (
+                    Publisher::Cluster(conn, *sharded),
+                    None,
+                    Some(rx),
+                    Some(client),
+                )
+            }
+        };
+        let inner = Arc::new(Inner {
+            cfg,
+            log,
+            inbound,
+            cluster_client,
+            queue: Mutex::new(VecDeque::new()),
+            queue_notify: Notify::new(),
+            interest_tx,
+            state: AtomicU8::new(STATE_CONNECTED),
+            closing: AtomicBool::new(false),
+            close_notify: Notify::new(),
+            drop_logged: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            publish_dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        // Every instance hears broadcasts.
+        let _ = inner
+            .interest_tx
+            .send((BROADCAST_CHANNEL.to_string(), true));
+        let pub_task = tokio::spawn(publish_loop(inner.clone(), publisher.clone()));
+        let sub_task = match (sub, push_rx, publisher) {
+            (Some(pubsub), _, _) => tokio::spawn(standalone_subscribe_loop(
+                inner.clone(),
+                pubsub,
+                interest_rx,
+            )),
+            (None, Some(rx), Publisher::Cluster(conn, sharded)) => tokio::spawn(
+                cluster_subscribe_loop(inner.clone(), conn, sharded, rx, interest_rx),
+            ),
+            _ => unreachable!("each endpoint yields its subscriber"),
+        };
+        inner.tasks.lock().extend([pub_task, sub_task]);
+        inner
+            .log
+            .info(|| format!("Redis connected | {}", inner.cfg.display));
+        Ok(RedisBroker { inner })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, channel: String, payload: String) {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::Acquire) {
+            inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        {
+            let mut q = inner.queue.lock();
+            if q.len() >= inner.cfg.publish_buffer.max(1) {
+                q.pop_front();
+                inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                if !inner.drop_logged.swap(true, Ordering::AcqRel) {
+                    inner.log.error(|| {
+                        format!(
+                            "Redis publish buffer full ({} messages): dropping the oldest until Redis is back | {}",
+                            inner.cfg.publish_buffer, inner.cfg.display
+                        )
+                    });
+                }
+            }
+            q.push_back((channel, payload));
+        }
+        inner.queue_notify.notify_one();
+    }
+
+    fn interest(&self, channel: String, present: bool) {
+        let _ = self.inner.interest_tx.send((channel, present));
+    }
+
+    fn status(&self) -> BrokerStatus {
+        let i = &self.inner;
+        BrokerStatus {
+            kind: if i.cluster_client.is_some() {
+                "redis-cluster"
+            } else {
+                "redis"
+            },
+            state: match i.state.load(Ordering::Acquire) {
+                STATE_CONNECTED => "connected",
+                STATE_CONNECTING => "connecting",
+                STATE_DISCONNECTED => "disconnected",
+                _ => "closed",
+            },
+            reconnects: i.reconnects.load(Ordering::Relaxed),
+            published: i.published.load(Ordering::Relaxed),
+            publish_dropped: i.publish_dropped.load(Ordering::Relaxed),
+            publish_buffered: i.queue.lock().len() as u64,
+            received: i.received.load(Ordering::Relaxed),
+            subscribed_channels: i.subscribed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        async move {
+            if inner.closing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            // Give queued publications a moment to leave (bounded).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !inner.queue.lock().is_empty()
+                && inner.state.load(Ordering::Acquire) == STATE_CONNECTED
+                && Instant::now() < deadline
+            {
+                inner.queue_notify.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let left = inner.queue.lock().len() as u64;
+            if left > 0 {
+                inner.publish_dropped.fetch_add(left, Ordering::Relaxed);
+                inner
+                    .log
+                    .warn(|| format!("Redis shutdown: {left} unpublished message(s) dropped"));
+            }
+            inner.state.store(STATE_CLOSED, Ordering::Release);
+            inner.close_notify.notify_waiters();
+            for t in inner.tasks.lock().drain(..) {
+                t.abort();
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Sends queued publications in pipelined batches; reconnects on failure
+/// and keeps the batch at the front of the queue until it went out.
+async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
+    let mut healthy = true;
+    let mut attempt = 0u32;
+    loop {
+        let batch: Vec<(String, String)> = {
+            let mut q = inner.queue.lock();
+            let n = q.len().min(PUBLISH_BATCH);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            inner.queue_notify.notified().await;
+            continue;
+        }
+        if !healthy {
+            match reconnect_publisher(&inner).await {
+                Some(c) => {
+                    conn = c;
+                    healthy = true;
+                    attempt = 0;
+                }
+                None => {
+                    requeue_front(&inner, batch);
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+        }
+        match conn.publish_batch(&batch).await {
+            Ok(()) => {
+                inner
+                    .published
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                inner.drop_logged.store(false, Ordering::Release);
+            }
+            Err(e) => {
+                inner.log.warn(|| {
+                    format!(
+                        "Redis publish failed, will retry | {} | error: {e}",
+                        inner.cfg.display
+                    )
+                });
+                requeue_front(&inner, batch);
+                healthy = false;
+            }
+        }
+    }
+}
+
+fn requeue_front(inner: &Inner, batch: Vec<(String, String)>) {
+    let mut q = inner.queue.lock();
+    for item in batch.into_iter().rev() {
+        q.push_front(item);
+    }
+    while q.len() > inner.cfg.publish_buffer.max(1) {
+        q.pop_front();
+        inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn reconnect_publisher(inner: &Inner) -> Option<Publisher> {
+    match &inner.cfg.endpoint {
+        Endpoint::Standalone(url) => standalone_publisher(url, inner.cfg.connect_timeout)
+            .await
+            .ok()
+            .map(Publisher::Standalone),
+        Endpoint::Cluster { sharded, .. } => {
+            let client = inner.cluster_client.as_ref()?;
+            client
+                .get_async_connection()
+                .await
+                .ok()
+                .map(|c| Publisher::Cluster(c, *sharded))
+        }
+    }
+}
+
+/// Applies queued interest changes to `desired`; returns the channels to
+/// subscribe and unsubscribe on the live connection.
+fn drain_interest(
+    first: Option<(String, bool)>,
+    rx: &mut mpsc::UnboundedReceiver<(String, bool)>,
+    desired: &mut HashSet<String>,
+    live: &HashSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let mut apply = |(ch, present): (String, bool)| {
+        if present {
+            desired.insert(ch);
+        } else {
+            desired.remove(&ch);
+        }
+    };
+    if let Some(f) = first {
+        apply(f);
+    }
+    while let Ok(c) = rx.try_recv() {
+        apply(c);
+    }
+    let add = desired.difference(live).cloned().collect();
+    let remove = live.difference(desired).cloned().collect();
+    (add, remove)
+}
+
+async fn standalone_subscribe_loop(
+    inner: Arc<Inner>,
+    first: redis::aio::PubSub,
+    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+) {
+    let Endpoint::Standalone(url) = inner.cfg.endpoint.clone() else {
+        return;
+    };
+    let mut desired: HashSet<String> = HashSet::new();
+    let mut next = Some(first);
+    let mut lost_at: Option<Instant> = None;
+    let mut attempt = 0u32;
+    loop {
+        let pubsub = match next.take() {
+            Some(p) => p,
+            None => match standalone_subscriber(&url, inner.cfg.connect_timeout).await {
+                Ok(p) => p,
+                Err(_) => {
+                    inner.state.store(STATE_CONNECTING, Ordering::Release);
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            },
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut live: HashSet<String> = HashSet::new();
+        let (add, _) = drain_interest(None, &mut rx, &mut desired, &live);
+        if !add.is_empty() {
+            if sink.subscribe(&add).await.is_err() {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+            live.extend(add);
+        }
+        inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
+        inner.state.store(STATE_CONNECTED, Ordering::Release);
+        attempt = 0;
+        if let Some(t) = lost_at.take() {
+            inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            // The publisher may be waiting on a dead connection: wake it.
+            inner.queue_notify.notify_one();
+            inner.log.warn(|| {
+                format!(
+                    "Redis reconnected after {} ms; resubscribed {} channel(s) | {}",
+                    t.elapsed().as_millis(),
+                    live.len(),
+                    inner.cfg.display
+                )
+            });
+        }
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let lost = loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
+                    if !add.is_empty() {
+                        if let Err(e) = sink.subscribe(&add).await { break e.to_string(); }
+                        live.extend(add);
+                    }
+                    if !remove.is_empty() {
+                        if let Err(e) = sink.unsubscribe(&remove).await { break e.to_string(); }
+                        for r in &remove { live.remove(r); }
+                    }
+                    inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break "connection closed".to_string() };
+                    inner.received.fetch_add(1, Ordering::Relaxed);
+                    match std::str::from_utf8(msg.get_payload_bytes()) {
+                        Ok(payload) => inner.inbound.deliver(msg.get_channel_name(), payload),
+                        Err(_) => inner.log.error(|| format!("Redis message is not UTF-8 | channel: {}", msg.get_channel_name())),
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(Duration::from_secs(5), sink.ping::<String>()).await;
+                    if !matches!(alive, Ok(Ok(_))) { break "ping failed".to_string(); }
+                }
+                _ = inner.close_notify.notified() => return,
+            }
+        };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        inner.state.store(STATE_DISCONNECTED, Ordering::Release);
+        lost_at = Some(Instant::now());
+        inner.log.error(|| {
+            format!(
+                "Redis subscriber connection lost ({lost}); local delivery continues, reconnecting | {}",
+                inner.cfg.display
+            )
+        });
+    }
+}
+
+async fn cluster_subscribe_loop(
+    inner: Arc<Inner>,
+    mut conn: ClusterConnection,
+    sharded: bool,
+    mut push: mpsc::UnboundedReceiver<PushInfo>,
+    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+) {
+    // The cluster connection resubscribes by itself after node failures.
+    let mut desired: HashSet<String> = HashSet::new();
+    let mut live: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
+                for ch in add {
+                    let r = if sharded { conn.ssubscribe(&ch).await } else { conn.subscribe(&ch).await };
+                    match r {
+                        Ok(()) => { live.insert(ch); }
+                        Err(e) => {
+                            inner.log.error(|| format!("Redis cluster subscribe failed | channel: {ch} | error: {e}"));
+                            // Retry with the next change or after a pause.
+                            let tx = inner.interest_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(BACKOFF_MAX).await;
+                                let _ = tx.send((ch, true));
+                            });
+                        }
+                    }
+                }
+                for ch in remove {
+                    let r = if sharded { conn.sunsubscribe(&ch).await } else { conn.unsubscribe(&ch).await };
+                    if r.is_ok() { live.remove(&ch); }
+                }
+                inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
+            }
+            info = push.recv() => {
+                let Some(info) = info else { return };
+                if let Some(msg) = redis::Msg::from_push_info(info) {
+                    inner.received.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
+                        inner.inbound.deliver(msg.get_channel_name(), payload);
+                    }
+                }
+            }
+            _ = inner.close_notify.notified() => return,
+        }
+    }
+}
+
+/// A publisher only, for `WebSocketEmitter`: every publication is awaited
+/// and either reaches Redis or fails with an error naming the address.
+pub struct RedisEmitter {
+    cfg: RedisConfig,
+    cluster_client: Option<redis::cluster::ClusterClient>,
+    conn: tokio::sync::Mutex<Option<Publisher>>,
+}
+
+impl RedisEmitter {
+    pub async fn connect(cfg: RedisConfig) -> Result<RedisEmitter, String> {
+        let mut e = RedisEmitter {
+            cfg,
+            cluster_client: None,
+            conn: tokio::sync::Mutex::new(None),
+        };
+        if let Endpoint::Cluster { nodes, .. } = &e.cfg.endpoint {
+            e.cluster_client = Some(
+                ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(e.cfg.connect_timeout)
+                    .response_timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|err| e.error(&err.to_string()))?,
+            );
+        }
+        let c = e.open().await?;
+        *e.conn.lock().await = Some(c);
+        Ok(e)
+    }
+
+    fn error(&self, why: &str) -> String {
+        format!("Redis at {} unavailable: {why}", self.cfg.display)
+    }
+
+    async fn open(&self) -> Result<Publisher, String> {
+        let t = self.cfg.connect_timeout;
+        let r = match &self.cfg.endpoint {
+            Endpoint::Standalone(url) => tokio::time::timeout(t, standalone_publisher(url, t))
+                .await
+                .map_err(|_| self.error("connection timed out"))?
+                .map(Publisher::Standalone),
+            Endpoint::Cluster { sharded, .. } => {
+                let client = self.cluster_client.as_ref().expect("set for clusters");
+                tokio::time::timeout(t, client.get_async_connection())
+                    .await
+                    .map_err(|_| self.error("connection timed out"))?
+                    .map(|c| Publisher::Cluster(c, *sharded))
+            }
+        };
+        r.map_err(|e| self.error(&e.to_string()))
+    }
+
+    /// Publishes one message; on a broken connection reconnects once and
+    /// retries before giving up.
+    pub async fn publish(&self, channel: String, payload: String) -> Result<(), String> {
+        let batch = [(channel, payload)];
+        let mut guard = self.conn.lock().await;
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.open().await?);
+            }
+            let conn = guard.as_mut().expect("just set");
+            match conn.publish_batch(&batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt == 0 => {
+                    let _ = e;
+                    *guard = None;
+                }
+                Err(e) => return Err(self.error(&e.to_string())),
+            }
+        }
+        Err(self.error("publish failed"))
+    }
+
+    pub async fn close(&self) {
+        self.conn.lock().await.take();
+    }
+}
