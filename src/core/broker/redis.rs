@@ -58,7 +58,12 @@ const STATE_CLOSED: u8 = 3;
 const PUBLISH_BATCH: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// After an outage, publications wait this long once the link is back, so
+/// that the other instances (reconnecting on the same backoff) have
+/// resubscribed before the buffered messages go out: Redis keeps nothing
+/// for a channel nobody is subscribed to.
+const RESUBSCRIBE_GRACE: Duration = Duration::from_millis(350);
 
 /// The two connection flavours behind one small surface.
 #[derive(Clone)]
@@ -107,6 +112,8 @@ struct Inner {
     reconnects: AtomicU64,
     published: AtomicU64,
     publish_dropped: AtomicU64,
+    /// Publications taken from the queue and not yet confirmed.
+    in_flight: AtomicU64,
     received: AtomicU64,
     subscribed: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -211,6 +218,7 @@ impl RedisBroker {
             reconnects: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             received: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
@@ -286,7 +294,7 @@ impl Broker for RedisBroker {
             reconnects: i.reconnects.load(Ordering::Relaxed),
             published: i.published.load(Ordering::Relaxed),
             publish_dropped: i.publish_dropped.load(Ordering::Relaxed),
-            publish_buffered: i.queue.lock().len() as u64,
+            publish_buffered: i.queue.lock().len() as u64 + i.in_flight.load(Ordering::Relaxed),
             received: i.received.load(Ordering::Relaxed),
             subscribed_channels: i.subscribed.load(Ordering::Relaxed),
         }
@@ -329,10 +337,24 @@ impl Broker for RedisBroker {
 async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
     let mut healthy = true;
     let mut attempt = 0u32;
+    let mut link_was_up = true;
     loop {
+        // While the subscriber link is down, Redis is down for us too: keep
+        // the queue (bounded) instead of hammering a dead server.
+        let link_up = inner.state.load(Ordering::Acquire) == STATE_CONNECTED;
+        if !link_up {
+            link_was_up = false;
+            let _ = tokio::time::timeout(BACKOFF_MAX, inner.queue_notify.notified()).await;
+            continue;
+        }
+        if !link_was_up {
+            link_was_up = true;
+            tokio::time::sleep(RESUBSCRIBE_GRACE).await;
+        }
         let batch: Vec<(String, String)> = {
             let mut q = inner.queue.lock();
             let n = q.len().min(PUBLISH_BATCH);
+            inner.in_flight.store(n as u64, Ordering::Relaxed);
             q.drain(..n).collect()
         };
         if batch.is_empty() {
@@ -356,6 +378,7 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
         }
         match conn.publish_batch(&batch).await {
             Ok(()) => {
+                inner.in_flight.store(0, Ordering::Relaxed);
                 inner
                     .published
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -377,6 +400,7 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
 
 fn requeue_front(inner: &Inner, batch: Vec<(String, String)>) {
     let mut q = inner.queue.lock();
+    inner.in_flight.store(0, Ordering::Relaxed);
     for item in batch.into_iter().rev() {
         q.push_front(item);
     }

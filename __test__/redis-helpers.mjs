@@ -1,0 +1,100 @@
+// Real redis-server processes for the tests: one per test file (or the one
+// named by REDIS_URL), and clusters of three masters.
+import { spawn, execFileSync } from 'node:child_process';
+import net from 'node:net';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { sleep } from './helpers.mjs';
+
+export async function freePort() {
+  const srv = net.createServer();
+  await new Promise(r => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address();
+  await new Promise(r => srv.close(r));
+  return port;
+}
+
+async function waitForPort(port, timeout = 5000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const ok = await new Promise(resolve => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > end) throw new Error(`redis-server on ${port} did not start`);
+    await sleep(20);
+  }
+}
+
+/** A redis-server of our own on a free port; `stop()` kills it, `start()` brings it back on the same port. */
+export async function startRedis(extraArgs = [], dir) {
+  const port = await freePort();
+  const r = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    proc: null,
+    async start() {
+      const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs];
+      r.proc = spawn('redis-server', args, { stdio: 'ignore', cwd: dir });
+      await waitForPort(port);
+    },
+    async stop() {
+      if (!r.proc) return;
+      const p = r.proc;
+      r.proc = null;
+      const gone = new Promise(res => p.once('exit', res));
+      p.kill('SIGKILL');
+      await gone;
+    },
+    cli(...args) {
+      return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).trim();
+    },
+  };
+  await r.start();
+  return r;
+}
+
+/** REDIS_URL when set, otherwise a fresh redis-server. */
+export async function sharedRedis() {
+  if (process.env.REDIS_URL) {
+    const u = new URL(process.env.REDIS_URL);
+    const port = Number(u.port || 6379);
+    return {
+      url: process.env.REDIS_URL,
+      port,
+      async stop() {},
+      cli: (...args) => execFileSync('redis-cli', ['-u', process.env.REDIS_URL, ...args], { encoding: 'utf8' }).trim(),
+    };
+  }
+  return startRedis();
+}
+
+/** Three masters, no replicas: `redis-cli --cluster create`. */
+export async function startCluster() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ignis-ws-cluster-'));
+  const nodes = [];
+  for (let i = 0; i < 3; i++) {
+    const nodeDir = path.join(dir, String(i));
+    fs.mkdirSync(nodeDir);
+    nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000'], nodeDir));
+  }
+  execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map(n => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+    stdio: 'ignore',
+  });
+  const end = Date.now() + 10_000;
+  while (!nodes.every(n => n.cli('cluster', 'info').includes('cluster_state:ok'))) {
+    if (Date.now() > end) throw new Error('cluster did not become ok');
+    await sleep(100);
+  }
+  return {
+    nodes,
+    seeds: nodes.map(n => ({ host: '127.0.0.1', port: n.port })),
+    async stop() {
+      await Promise.all(nodes.map(n => n.stop()));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
