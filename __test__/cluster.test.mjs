@@ -1,0 +1,62 @@
+// Redis Cluster: a real three-master cluster, classic PUBLISH/SUBSCRIBE
+// (compatible with the original) and opt-in sharded SPUBLISH/SSUBSCRIBE.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Client, lib, startServer, stopAll, sleep, until } from './helpers.mjs';
+import { startCluster } from './redis-helpers.mjs';
+
+let cluster;
+before(async () => {
+  cluster = await startCluster();
+});
+after(async () => {
+  await stopAll();
+  await cluster?.stop();
+});
+
+async function joined(s, token, rooms) {
+  const c = await Client.auth(s.url, { token, userId: 'user-' + token });
+  c.emit('join', { rooms });
+  await until(() => rooms.every(r => s.ws.getClients({ id: c.id })?.rooms.has(r)), 2000, 'join');
+  return c;
+}
+
+for (const sharded of [false, true]) {
+  describe(`cluster, ${sharded ? 'sharded' : 'classic'} pub/sub`, () => {
+    test('rooms, users, clients and broadcasts cross instances; the emitter reaches them', async () => {
+      const redis = { nodes: cluster.seeds, sharded };
+      const a = await startServer({ redis, validateRoomFn: ({ rooms }) => rooms });
+      const b = await startServer({ redis, validateRoomFn: ({ rooms }) => rooms });
+      assert.equal(a.ws.stats().bus, 'redis-cluster');
+      // Room names chosen to land on different slots / masters.
+      const rooms = ['alpha', 'bravo', 'charlie', 'delta'];
+      const a1 = await joined(a, `a${sharded}`, rooms);
+      const b1 = await joined(b, `b${sharded}`, rooms);
+      await sleep(300);
+      for (const room of rooms) {
+        a.ws.send({ destination: room, payload: { topic: 'r', data: room } });
+        assert.equal((await b1.next('r')).data, room);
+        assert.equal((await a1.next('r')).data, room);
+      }
+      a.ws.send({ destination: b1.id, payload: { topic: 'c', data: 1 } });
+      await b1.next('c');
+      a.ws.send({ payload: { topic: 'all', data: 1 } });
+      await a1.next('all');
+      await b1.next('all');
+      const emitter = new lib.WebSocketEmitter({ redis });
+      await emitter.configure();
+      await emitter.toUser({ userId: `user-a${sharded}`, event: 'u', data: 1 });
+      await a1.next('u');
+      await emitter.toRoom({ room: 'charlie', event: 'e', data: 2, exclude: [a1.id] });
+      await b1.next('e');
+      await emitter.shutdown();
+      await sleep(200);
+      assert.deepEqual(a1.frames, []);
+      assert.deepEqual(b1.frames, []);
+      a1.close();
+      b1.close();
+      await a.ws.shutdown();
+      await b.ws.shutdown();
+    });
+  });
+}
