@@ -133,6 +133,18 @@ export interface NativeRedisOptions {
   publishBuffer: number
   /** The address as shown in messages (no password). */
   display: string
+  /** TLS details beyond `rediss://` (ioredis-style `tls` object). */
+  tls?: NativeRedisTls
+}
+
+export interface NativeRedisTls {
+  /** PEM CA certificate(s) to trust instead of the system store. */
+  ca?: string
+  /** PEM client certificate and key, for mutual TLS. */
+  cert?: string
+  key?: string
+  /** `rejectUnauthorized: false`: no certificate verification. */
+  insecure: boolean
 }
 
 export interface NativeStats {

@@ -98,3 +98,35 @@ export async function startCluster() {
     },
   };
 }
+
+/** A CA and a server certificate for 127.0.0.1, made with openssl. */
+export function makeCertificates() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ignis-ws-tls-'));
+  const run = args => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  run(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca']);
+  run(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
+  fs.writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n');
+  run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '1', '-extfile', 'ext.cnf']);
+  const read = f => fs.readFileSync(path.join(dir, f), 'utf8');
+  return { dir, ca: read('ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key'), caFile: path.join(dir, 'ca.pem') };
+}
+
+/** redis-server speaking only TLS on its port. */
+export async function startTlsRedis(certs) {
+  const port = await freePort();
+  const proc = spawn(
+    'redis-server',
+    ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--tls-cert-file', certs.cert, '--tls-key-file', certs.key, '--tls-ca-cert-file', certs.caFile, '--tls-auth-clients', 'no'],
+    { stdio: 'ignore' },
+  );
+  await waitForPort(port);
+  return {
+    port,
+    async stop() {
+      const gone = new Promise(r => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await gone;
+    },
+  };
+}

@@ -2,7 +2,7 @@
 //! already normalised and validated by `ts/options.ts`; this file converts
 //! them, starts the core on napi's tokio runtime and exposes the hub.
 
-use crate::core::broker::redis::{Endpoint, RedisConfig};
+use crate::core::broker::redis::{Endpoint, RedisConfig, TlsSettings};
 use crate::core::config::Config;
 use crate::core::envelope::Kind;
 use crate::core::hub::ClientSnapshot;
@@ -33,6 +33,19 @@ pub struct NativeRedisOptions {
     pub publish_buffer: f64,
     /// The address as shown in messages (no password).
     pub display: String,
+    /// TLS details beyond `rediss://` (ioredis-style `tls` object).
+    pub tls: Option<NativeRedisTls>,
+}
+
+#[napi(object)]
+pub struct NativeRedisTls {
+    /// PEM CA certificate(s) to trust instead of the system store.
+    pub ca: Option<String>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// `rejectUnauthorized: false`: no certificate verification.
+    pub insecure: bool,
 }
 
 pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
@@ -54,6 +67,12 @@ pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
         connect_timeout: millis("redis.connectTimeout", o.connect_timeout)?,
         publish_buffer: o.publish_buffer.max(1.0) as usize,
         display: o.display.clone(),
+        tls: o.tls.as_ref().map(|t| TlsSettings {
+            ca: t.ca.as_ref().map(|s| s.as_bytes().to_vec()),
+            cert: t.cert.as_ref().map(|s| s.as_bytes().to_vec()),
+            key: t.key.as_ref().map(|s| s.as_bytes().to_vec()),
+            insecure: t.insecure,
+        }),
     })
 }
 

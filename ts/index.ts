@@ -4,7 +4,7 @@
 export { WebSocketServer, WebSocketServerHelper } from './server';
 export { WebSocketEmitter } from './emitter';
 export { WebSocketOptionError } from './options';
-export type { IRedisOptions, IRedisEndpoint, TRedisOption } from './redis-options';
+export type { IRedisOptions, IRedisEndpoint, IRedisTlsOptions, TRedisOption } from './redis-options';
 export {
   WebSocketEvents,
   WebSocketChannels,

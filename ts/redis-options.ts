@@ -2,7 +2,7 @@
 // needs: a URL, or cluster seed URLs. Clients and helpers are only read for
 // their connection options; their sockets are never used.
 
-import type { NativeRedisOptions } from '../index';
+import type { NativeRedisOptions, NativeRedisTls } from '../index';
 import { WebSocketOptionError, describe } from './options';
 
 export interface IRedisEndpoint {
@@ -16,8 +16,11 @@ export interface IRedisOptions extends IRedisEndpoint {
   username?: string;
   password?: string;
   db?: number;
-  /** `true` or a TLS options object: connect with `rediss://`. */
-  tls?: boolean | object;
+  /**
+   * `true` or ioredis-style `{ ca, cert, key, rejectUnauthorized }`: connect
+   * with TLS (`rediss://`). `ca` replaces the system trust store.
+   */
+  tls?: boolean | IRedisTlsOptions;
   /** Redis Cluster seed nodes. */
   nodes?: Array<IRedisEndpoint | string>;
   /** Cluster only: SSUBSCRIBE/SPUBLISH. Not compatible with original instances. */
@@ -26,6 +29,26 @@ export interface IRedisOptions extends IRedisEndpoint {
   connectTimeout?: number;
   /** Publications kept while Redis is unreachable; beyond, the oldest are dropped and counted. Default 10000. */
   publishBuffer?: number;
+}
+
+export interface IRedisTlsOptions {
+  ca?: string | Buffer | Array<string | Buffer>;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  rejectUnauthorized?: boolean;
+}
+
+function pem(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (Array.isArray(v)) return v.map(pem).filter(Boolean).join('\n');
+  return Buffer.isBuffer(v) ? v.toString('utf8') : String(v);
+}
+
+function tlsDetails(tls: unknown): NativeRedisTls | undefined {
+  if (!tls || typeof tls !== 'object') return undefined;
+  const t = tls as IRedisTlsOptions;
+  const out = { ca: pem(t.ca), cert: pem(t.cert), key: pem(t.key), insecure: t.rejectUnauthorized === false };
+  return out.ca || out.cert || out.insecure ? out : undefined;
 }
 
 export type TRedisOption = string | IRedisOptions | { getClient(): unknown } | Record<string, unknown>;
@@ -103,6 +126,7 @@ export function normaliseRedis(option: string, value: unknown): NativeRedisOptio
       connectTimeout,
       publishBuffer,
       display: `cluster ${nodes.map(hidePassword).join(', ')}`,
+      tls: tlsDetails(o.tls),
     };
   }
   let url: string;
@@ -112,5 +136,5 @@ export function normaliseRedis(option: string, value: unknown): NativeRedisOptio
   } else {
     url = buildUrl(o, o.host ?? '127.0.0.1', Number(o.port ?? 6379), true);
   }
-  return { url, sharded: false, connectTimeout, publishBuffer, display: hidePassword(url) };
+  return { url, sharded: false, connectTimeout, publishBuffer, display: hidePassword(url), tls: tlsDetails(o.tls) };
 }

@@ -40,9 +40,41 @@ pub enum Endpoint {
     Cluster { nodes: Vec<String>, sharded: bool },
 }
 
+/// TLS beyond what a `rediss://` URL says: a private CA, a client
+/// certificate (mTLS), or no verification at all.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// PEM root certificate(s) to trust instead of the system store.
+    pub ca: Option<Vec<u8>>,
+    /// PEM client certificate and key.
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    /// Skip certificate verification (`rejectUnauthorized: false`).
+    pub insecure: bool,
+}
+
+impl TlsSettings {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.cert.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                    client_cert: c.clone(),
+                    client_key: k.clone(),
+                }),
+                _ => None,
+            },
+            root_cert: self.ca.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub endpoint: Endpoint,
+    pub tls: Option<TlsSettings>,
     /// How long `configure()` waits for the first connection.
     pub connect_timeout: Duration,
     /// Publications kept while Redis is unreachable.
@@ -132,8 +164,28 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(0.75 + f64::from(jitter) / 4000.0)
 }
 
-async fn standalone_publisher(url: &str, timeout: Duration) -> RedisResult<MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
+/// A client for a standalone server, with the TLS settings applied.
+fn standalone_client(url: &str, tls: Option<&TlsSettings>) -> RedisResult<redis::Client> {
+    let Some(tls) = tls else {
+        return redis::Client::open(url);
+    };
+    let url = if tls.insecure && !url.contains('#') {
+        format!("{url}#insecure")
+    } else {
+        url.to_string()
+    };
+    match tls.certificates() {
+        Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+        None => redis::Client::open(url.as_str()),
+    }
+}
+
+async fn standalone_publisher(
+    url: &str,
+    tls: Option<&TlsSettings>,
+    timeout: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let client = standalone_client(url, tls)?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(Duration::from_secs(5)));
@@ -142,8 +194,12 @@ async fn standalone_publisher(url: &str, timeout: Duration) -> RedisResult<Multi
         .await
 }
 
-async fn standalone_subscriber(url: &str, timeout: Duration) -> RedisResult<redis::aio::PubSub> {
-    let client = redis::Client::open(url)?;
+async fn standalone_subscriber(
+    url: &str,
+    tls: Option<&TlsSettings>,
+    timeout: Duration,
+) -> RedisResult<redis::aio::PubSub> {
+    let client = standalone_client(url, tls)?;
     match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
         Ok(r) => r,
         Err(_) => Err(redis::RedisError::from(std::io::Error::new(
@@ -151,6 +207,19 @@ async fn standalone_subscriber(url: &str, timeout: Duration) -> RedisResult<redi
             "connection timed out",
         ))),
     }
+}
+
+fn cluster_builder(nodes: &[String], tls: Option<&TlsSettings>) -> ClusterClientBuilder {
+    let mut b = ClusterClientBuilder::new(nodes.to_vec());
+    if let Some(tls) = tls {
+        if let Some(certs) = tls.certificates() {
+            b = b.certs(certs);
+        }
+        if tls.insecure {
+            b = b.tls(redis::TlsMode::Insecure);
+        }
+    }
+    b
 }
 
 impl RedisBroker {
@@ -172,8 +241,10 @@ impl RedisBroker {
         let (publisher, sub, push_rx, cluster_client) = match &cfg.endpoint {
             Endpoint::Standalone(url) => {
                 let connect = async {
-                    let p = standalone_publisher(url, cfg.connect_timeout).await?;
-                    let s = standalone_subscriber(url, cfg.connect_timeout).await?;
+                    let p =
+                        standalone_publisher(url, cfg.tls.as_ref(), cfg.connect_timeout).await?;
+                    let s =
+                        standalone_subscriber(url, cfg.tls.as_ref(), cfg.connect_timeout).await?;
                     RedisResult::Ok((p, s))
                 };
                 let (p, s) = tokio::time::timeout(cfg.connect_timeout, connect)
@@ -184,7 +255,7 @@ impl RedisBroker {
             }
             Endpoint::Cluster { nodes, sharded } => {
                 let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
-                let client = ClusterClientBuilder::new(nodes.clone())
+                let client = cluster_builder(nodes, cfg.tls.as_ref())
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(tx)
                     .connection_timeout(cfg.connect_timeout)
@@ -412,10 +483,12 @@ fn requeue_front(inner: &Inner, batch: Vec<(String, String)>) {
 
 async fn reconnect_publisher(inner: &Inner) -> Option<Publisher> {
     match &inner.cfg.endpoint {
-        Endpoint::Standalone(url) => standalone_publisher(url, inner.cfg.connect_timeout)
-            .await
-            .ok()
-            .map(Publisher::Standalone),
+        Endpoint::Standalone(url) => {
+            standalone_publisher(url, inner.cfg.tls.as_ref(), inner.cfg.connect_timeout)
+                .await
+                .ok()
+                .map(Publisher::Standalone)
+        }
         Endpoint::Cluster { sharded, .. } => {
             let client = inner.cluster_client.as_ref()?;
             client
@@ -468,15 +541,19 @@ async fn standalone_subscribe_loop(
     loop {
         let pubsub = match next.take() {
             Some(p) => p,
-            None => match standalone_subscriber(&url, inner.cfg.connect_timeout).await {
-                Ok(p) => p,
-                Err(_) => {
-                    inner.state.store(STATE_CONNECTING, Ordering::Release);
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
+            None => {
+                match standalone_subscriber(&url, inner.cfg.tls.as_ref(), inner.cfg.connect_timeout)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(_) => {
+                        inner.state.store(STATE_CONNECTING, Ordering::Release);
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let (mut sink, mut stream) = pubsub.split();
         let mut live: HashSet<String> = HashSet::new();
@@ -618,7 +695,7 @@ impl RedisEmitter {
         };
         if let Endpoint::Cluster { nodes, .. } = &e.cfg.endpoint {
             e.cluster_client = Some(
-                ClusterClientBuilder::new(nodes.clone())
+                cluster_builder(nodes, e.cfg.tls.as_ref())
                     .connection_timeout(e.cfg.connect_timeout)
                     .response_timeout(Duration::from_secs(5))
                     .build()
@@ -637,10 +714,12 @@ impl RedisEmitter {
     async fn open(&self) -> Result<Publisher, String> {
         let t = self.cfg.connect_timeout;
         let r = match &self.cfg.endpoint {
-            Endpoint::Standalone(url) => tokio::time::timeout(t, standalone_publisher(url, t))
-                .await
-                .map_err(|_| self.error("connection timed out"))?
-                .map(Publisher::Standalone),
+            Endpoint::Standalone(url) => {
+                tokio::time::timeout(t, standalone_publisher(url, self.cfg.tls.as_ref(), t))
+                    .await
+                    .map_err(|_| self.error("connection timed out"))?
+                    .map(Publisher::Standalone)
+            }
             Endpoint::Cluster { sharded, .. } => {
                 let client = self.cluster_client.as_ref().expect("set for clusters");
                 tokio::time::timeout(t, client.get_async_connection())
