@@ -21,6 +21,22 @@ async function joined(s, token, rooms) {
   return c;
 }
 
+test('an ioredis Cluster client is read for its startup nodes', async () => {
+  const { default: IORedis } = await import('ioredis');
+  const ioCluster = new IORedis.Cluster(cluster.seeds, { lazyConnect: true });
+  const a = await startServer({ redis: ioCluster, validateRoomFn: ({ rooms }) => rooms });
+  assert.equal(a.ws.stats().bus, 'redis-cluster');
+  const c = await joined(a, 'io', ['io-room']);
+  await sleep(200);
+  const emitter = new lib.WebSocketEmitter({ redis: { nodes: cluster.seeds } });
+  await emitter.configure();
+  await emitter.toRoom({ room: 'io-room', event: 'x', data: 1 });
+  await c.next('x');
+  await emitter.shutdown();
+  c.close();
+  await a.ws.shutdown();
+});
+
 for (const sharded of [false, true]) {
   describe(`cluster, ${sharded ? 'sharded' : 'classic'} pub/sub`, () => {
     test('rooms, users, clients and broadcasts cross instances; the emitter reaches them', async () => {

@@ -156,6 +156,39 @@ describe('subscriptions follow local interest', () => {
   });
 });
 
+describe('redis option forms', () => {
+  test('a URL, an options object, an ioredis client and an Ignis RedisHelper all connect', async () => {
+    const { default: IORedis } = await import('ioredis');
+    const { RedisHelper } = await import('@venizia/ignis-helpers');
+    const port = Number(new URL(redis.url).port || 6379);
+    const ioredis = new IORedis({ host: '127.0.0.1', port, lazyConnect: true });
+    const helper = new RedisHelper({ name: 'forms', host: '127.0.0.1', port, autoConnect: false });
+    const forms = [redis.url, { host: '127.0.0.1', port, db: 0 }, ioredis, helper];
+    const servers = [];
+    for (const form of forms) servers.push(await startServer({ redis: form }));
+    for (const s of servers) assert.equal(s.ws.stats().busState, 'connected');
+    const c = await Client.auth(servers[3].url, { token: 'form', userId: 'form-user' });
+    await settle();
+    servers[0].ws.send({ destination: c.id, payload: { topic: 'via-url', data: 1 } });
+    await c.next('via-url');
+    assert.equal(ioredis.status, 'wait', 'the ioredis client itself is never connected');
+    c.close();
+  });
+
+  test('malformed redis options are refused with the option named', () => {
+    const auth = () => ({});
+    for (const [redisOpt, re] of [
+      [42, /redis/],
+      ['http://localhost', /redis:\/\//],
+      [{ nodes: [] }, /redis\.nodes/],
+      [{ url: redis.url, connectTimeout: -1 }, /redis\.connectTimeout/],
+    ]) {
+      assert.throws(() => new lib.WebSocketServer({ authenticateFn: auth, redis: redisOpt }), re);
+    }
+    assert.throws(() => new lib.WebSocketEmitter({}), /Invalid redis connection/);
+  });
+});
+
 describe('bad envelopes', () => {
   test('non-JSON and wrongly shaped envelopes are logged and ignored; the subscriber keeps going', async () => {
     const lines = [];
