@@ -22,7 +22,7 @@ export declare class NativeEmitter {
 
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
-  constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: Array<JsEvent>) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null)
+  constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: Array<JsEvent>) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
   /** Binds and starts serving; resolves with the bound port. */
   start(): Promise<number>
   /** Closes every socket (1001), runs the disconnect callbacks, stops. */
@@ -109,6 +109,7 @@ export interface NativeOptions {
   /** milliseconds */
   heartbeatTimeout: number
   requireEncryption: boolean
+  encryptedBatchLimit: number
   maxPayloadLength: number
   /** seconds, 0 disables */
   idleTimeout: number
@@ -179,5 +180,14 @@ export interface NativeStats {
 /** Adapter's answer for `validateRoomFn`. */
 export interface RoomsResult {
   rooms: Array<string>
+  error?: string
+}
+
+/**
+ * Adapter's answer for `outboundTransformer`: `frame` is the text to send
+ * instead (absent: send the original), `error` a throw or rejection.
+ */
+export interface TransformResult {
+  frame?: string
   error?: string
 }

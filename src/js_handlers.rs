@@ -46,6 +46,14 @@ pub struct RoomsResult {
     pub error: Option<String>,
 }
 
+/// Adapter's answer for `outboundTransformer`: `frame` is the text to send
+/// instead (absent: send the original), `error` a throw or rejection.
+#[napi(object)]
+pub struct TransformResult {
+    pub frame: Option<String>,
+    pub error: Option<String>,
+}
+
 /// One application event in a delivered batch. `kind`: 0 connected,
 /// 1 disconnected, 2 message (with `frame`, the client's raw JSON text).
 #[napi(object)]
@@ -62,6 +70,7 @@ pub type AuthFn = Tsfn<FnArgs<(String, String)>, Promise<AuthResult>>;
 pub type HandshakeFn = Tsfn<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>;
 pub type RoomsFn = Tsfn<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>;
 pub type DeliverFn = Tsfn<Vec<JsEvent>, ()>;
+pub type TransformFn = Tsfn<FnArgs<(String, String)>, Promise<TransformResult>>;
 pub type LogFn = Tsfn<FnArgs<(String, String)>, ()>;
 
 pub fn weak<
@@ -80,6 +89,7 @@ pub struct JsHandlers {
     pub authenticate: Arc<AuthFn>,
     pub handshake: Option<Arc<HandshakeFn>>,
     pub validate_rooms: Option<Arc<RoomsFn>>,
+    pub transform: Option<Arc<TransformFn>>,
     pub deliver: Arc<DeliverFn>,
     pub wants_messages: bool,
 }
@@ -171,6 +181,29 @@ impl Handlers for JsHandlers {
                 match settled(f.call_async_catch(args).await).await {
                     Ok(RoomsResult { error: Some(e), .. }) => Err(e),
                     Ok(r) => Ok(r.rooms),
+                    Err(e) => Err(reason(e)),
+                }
+            }
+            .boxed(),
+        )
+    }
+
+    fn has_transformer(&self) -> bool {
+        self.transform.is_some()
+    }
+
+    fn transform(
+        &self,
+        client_id: &str,
+        frame: &str,
+    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
+        let f = self.transform.clone()?;
+        let args = FnArgs::from((client_id.to_string(), frame.to_string()));
+        Some(
+            async move {
+                match settled(f.call_async_catch(args).await).await {
+                    Ok(TransformResult { error: Some(e), .. }) => Err(e),
+                    Ok(r) => Ok(r.frame),
                     Err(e) => Err(reason(e)),
                 }
             }

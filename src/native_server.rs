@@ -10,7 +10,7 @@ use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
 use crate::core::server::Server;
 use crate::js_handlers::{
-    weak, AuthResult, HandshakeResult, JsEvent, JsHandlers, JsLog, RoomsResult,
+    weak, AuthResult, HandshakeResult, JsEvent, JsHandlers, JsLog, RoomsResult, TransformResult,
 };
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
@@ -92,6 +92,7 @@ pub struct NativeOptions {
     /// milliseconds
     pub heartbeat_timeout: f64,
     pub require_encryption: bool,
+    pub encrypted_batch_limit: u32,
     pub max_payload_length: f64,
     /// seconds, 0 disables
     pub idle_timeout: f64,
@@ -210,6 +211,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         heartbeat_interval: millis("heartbeatInterval", o.heartbeat_interval)?,
         heartbeat_timeout: millis("heartbeatTimeout", o.heartbeat_timeout)?,
         require_encryption: o.require_encryption,
+        encrypted_batch_limit: o.encrypted_batch_limit.max(1) as usize,
         max_payload_length: o.max_payload_length.max(1.0) as usize,
         idle_timeout: millis("serverOptions.idleTimeout", o.idle_timeout * 1000.0)?,
         backpressure_limit: o.backpressure_limit.max(1.0) as usize,
@@ -245,6 +247,7 @@ impl NativeServer {
         >,
         deliver: Function<Vec<JsEvent>, ()>,
         log: Option<Function<FnArgs<(String, String)>, ()>>,
+        transform: Option<Function<FnArgs<(String, String)>, Promise<TransformResult>>>,
     ) -> Result<Self> {
         let config = to_config(&options)?;
         let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
@@ -253,6 +256,7 @@ impl NativeServer {
             authenticate: Arc::new(weak(&authenticate)?),
             validate_rooms: validate_rooms.map(|f| weak(&f)).transpose()?.map(Arc::new),
             handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
+            transform: transform.map(|f| weak(&f)).transpose()?.map(Arc::new),
             deliver: Arc::new(weak(&deliver)?),
             wants_messages: options.has_message_handler,
         });

@@ -52,6 +52,16 @@ impl Handlers for Fake {
             async move { Ok(rooms.into_iter().filter(|r| r != "denied").collect()) }.boxed()
         })
     }
+    fn has_transformer(&self) -> bool {
+        false
+    }
+    fn transform(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
+        None
+    }
     fn wants_messages(&self) -> bool {
         true
     }

@@ -4,7 +4,7 @@
 // values), and building the client records the original returns.
 
 import { NativeServer } from '../index';
-import type { AuthResult, HandshakeResult, JsEvent, NativeClient, RoomsResult } from '../index';
+import type { AuthResult, HandshakeResult, JsEvent, NativeClient, RoomsResult, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
 import type {
@@ -66,6 +66,7 @@ export class WebSocketServer<
         heartbeatInterval: s.heartbeatInterval,
         heartbeatTimeout: s.heartbeatTimeout,
         requireEncryption: s.requireEncryption,
+        encryptedBatchLimit: s.encryptedBatchLimit,
         maxPayloadLength: s.maxPayloadLength,
         idleTimeout: s.idleTimeout,
         backpressureLimit: s.backpressureLimit,
@@ -79,6 +80,7 @@ export class WebSocketServer<
       opts.handshakeFn ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
       events => this.deliver(events),
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
+      opts.outboundTransformer ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
     if (s.requireEncryption && !opts.handshakeFn) {
       this.log('warn', 'requireEncryption is true but no handshakeFn is set: every client will be closed with 4004');
@@ -280,6 +282,23 @@ export class WebSocketServer<
       return { rooms: allowed.filter((r): r is string => typeof r === 'string' && r.length > 0) };
     } catch (e) {
       return { rooms: [], error: errorText(e) };
+    }
+  }
+
+  /**
+   * `outboundTransformer` for one frame to an encrypted client (the native
+   * side calls this only for those, never for `connected`).
+   */
+  private async runTransform(clientId: string, frame: string): Promise<TransformResult> {
+    try {
+      const { event, data } = JSON.parse(frame) as { event: string; data: unknown };
+      const client = this.getClients({ id: clientId });
+      if (!client) return {};
+      const transformed = await this.opts.outboundTransformer!({ client, event, data });
+      if (transformed === null || transformed === undefined) return {};
+      return { frame: JSON.stringify(transformed) };
+    } catch (e) {
+      return { error: errorText(e) };
     }
   }
 

@@ -9,7 +9,7 @@ use crate::core::stats::Stats;
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, Notify};
 
 pub type ClientId = Arc<str>;
@@ -75,6 +75,9 @@ pub struct Client {
     close_request: Mutex<Option<CloseRequest>>,
     pub close_notify: Notify,
     stats: Arc<Stats>,
+    /// Set once the client is encrypted and an outbound transformer is
+    /// bound: frames then go through the transformer before the socket.
+    transformer: OnceLock<mpsc::UnboundedSender<Frame>>,
 }
 
 /// The receiving end of a client's queue, owned by its connection task.
@@ -118,6 +121,7 @@ impl Client {
             close_request: Mutex::new(None),
             close_notify: Notify::new(),
             stats,
+            transformer: OnceLock::new(),
         });
         (client, Outbox { rx })
     }
@@ -138,10 +142,29 @@ impl Client {
         self.last_activity.store(now, Ordering::Relaxed);
     }
 
-    /// Queues a frame without waiting. A frame is always accepted into an
-    /// empty queue (however large); beyond that the queue holds at most
-    /// `backpressure_limit` bytes.
+    /// Routes this client's frames through `tx` (the transformer task).
+    pub fn set_transformer(&self, tx: mpsc::UnboundedSender<Frame>) {
+        let _ = self.transformer.set(tx);
+    }
+
+    /// Queues a frame without waiting, through the outbound transformer when
+    /// the client has one. A frame is always accepted into an empty queue
+    /// (however large); beyond that the queue (frames waiting for the
+    /// transformer included) holds at most `backpressure_limit` bytes.
     pub fn offer(&self, frame: &Frame) -> Offer {
+        match self.transformer.get() {
+            None => self.offer_plain(frame),
+            Some(tx) => self.enqueue(frame, |f| tx.send(f).is_ok()),
+        }
+    }
+
+    /// Queues a frame for the socket as it is, bypassing any transformer
+    /// (`connected`, and frames the transformer already produced).
+    pub fn offer_plain(&self, frame: &Frame) -> Offer {
+        self.enqueue(frame, |f| self.outbound.send(f).is_ok())
+    }
+
+    fn enqueue(&self, frame: &Frame, send: impl FnOnce(Frame) -> bool) -> Offer {
         let len = frame.len();
         let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         if queued > 0 && queued + len > self.backpressure_limit {
@@ -156,7 +179,7 @@ impl Client {
             }
             return Offer::Dropped;
         }
-        if self.outbound.send(frame.clone()).is_err() {
+        if !send(frame.clone()) {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Offer::Closed;
         }

@@ -17,6 +17,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub require_encryption: bool,
+    /// `outboundTransformer` calls in flight at most, server-wide.
+    pub encrypted_batch_limit: usize,
     /// Largest inbound message; larger ones close the socket with 1009.
     pub max_payload_length: usize,
     /// Close a socket that sent nothing (not even a pong) for this long;
@@ -53,6 +55,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(30_000),
             heartbeat_timeout: Duration::from_millis(90_000),
             require_encryption: false,
+            encrypted_batch_limit: 10,
             max_payload_length: 128 * 1024,
             idle_timeout: Duration::from_secs(60),
             backpressure_limit: 1024 * 1024,

@@ -435,6 +435,9 @@ impl Connection {
         match flow {
             AuthFlow::Ok { user_id, keys } => {
                 let frame_keys = keys.clone();
+                if keys.is_some() && shared.handlers.has_transformer() {
+                    crate::core::transform::attach(&shared, &self.client);
+                }
                 if !shared.hub.authenticate(
                     &self.client,
                     user_id.as_deref(),
@@ -449,7 +452,9 @@ impl Connection {
                     protocol::now_ms(),
                     frame_keys.as_ref().map(|(k, s)| (k.as_str(), s.as_str())),
                 );
-                self.client.offer(&frame);
+                // `connected` is never transformed: it carries the keys the
+                // client needs to read what the transformer produces.
+                self.client.offer_plain(&frame);
                 shared.log.info(|| {
                     format!(
                         "Authenticated | id: {id} | userId: {} | encrypted: {}",

@@ -70,6 +70,19 @@ pub trait Handlers: Send + Sync + 'static {
         rooms: Vec<String>,
     ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>>;
 
+    /// Whether an `outboundTransformer` is bound.
+    fn has_transformer(&self) -> bool;
+
+    /// `outboundTransformer({client, event, data})` for a frame to an
+    /// encrypted client; `None` when none is bound. `Ok(None)`: send the
+    /// original; `Ok(Some(text))`: send this frame text instead; `Err`: the
+    /// transformer failed and the message is dropped.
+    fn transform(
+        &self,
+        client_id: &str,
+        frame: &str,
+    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>>;
+
     /// Whether application messages are wanted at all; without a
     /// `messageHandler` they are dropped before they are queued.
     fn wants_messages(&self) -> bool;

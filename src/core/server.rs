@@ -29,6 +29,8 @@ pub struct Shared {
     pub log: Logger,
     pub stats: Arc<Stats>,
     pub broker: Arc<dyn Broker>,
+    /// Outbound transformer calls allowed in flight (`encryptedBatchLimit`).
+    pub transform_permits: Arc<tokio::sync::Semaphore>,
     /// Envelopes from the bus that were not JSON or not shaped right.
     pub invalid_envelopes: AtomicU64,
     events: Mutex<Option<mpsc::Sender<AppEvent>>>,
@@ -140,12 +142,16 @@ impl Server {
             router,
         } = parts;
         let (tx, rx) = mpsc::channel(config.event_queue_capacity.max(1));
+        let transform_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.encrypted_batch_limit.max(1),
+        ));
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             hub: Hub::new(),
             handlers,
             log,
             stats: Arc::new(Stats::default()),
+            transform_permits,
             broker: broker.clone(),
             invalid_envelopes: AtomicU64::new(0),
             events: Mutex::new(Some(tx)),
