@@ -49,6 +49,8 @@ export declare class NativeServer {
   client(clientId: string): NativeClient | null
   clientsByUser(userId: string): Array<NativeClient>
   clientsByRoom(room: string): Array<NativeClient>
+  /** Prometheus text exposition of the gauges and counters. */
+  metrics(): string
   stats(): NativeStats
 }
 
@@ -119,6 +121,16 @@ export interface NativeOptions {
   /** "silent" | "error" | "warn" | "info" | "debug" */
   logLevel: string
   hasMessageHandler: boolean
+  allowedOrigins: Array<string>
+  maxConnections: number
+  maxConnectionsPerIp: number
+  maxRoomsPerClient: number
+  maxFramesPerSecond: number
+  maxPendingAuth: number
+  metricsPath?: string
+  /** PEM certificate chain and key: serve wss://. */
+  tlsCert?: string
+  tlsKey?: string
 }
 
 /** Redis connection, normalised by `ts/redis-options.ts`. */
@@ -164,6 +176,10 @@ export interface NativeStats {
   handlerErrors: number
   joinsRefused: number
   oversizedFrames: number
+  connectionsRefused: number
+  rateLimited: number
+  authBusy: number
+  roomsLimited: number
   /** "local", "redis" or "redis-cluster" */
   bus: string
   /** "connected", "connecting", "disconnected" or "closed" */

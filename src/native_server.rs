@@ -102,6 +102,16 @@ pub struct NativeOptions {
     /// "silent" | "error" | "warn" | "info" | "debug"
     pub log_level: String,
     pub has_message_handler: bool,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub max_rooms_per_client: u32,
+    pub max_frames_per_second: u32,
+    pub max_pending_auth: u32,
+    pub metrics_path: Option<String>,
+    /// PEM certificate chain and key: serve wss://.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 #[napi(object)]
@@ -154,6 +164,10 @@ pub struct NativeStats {
     pub handler_errors: f64,
     pub joins_refused: f64,
     pub oversized_frames: f64,
+    pub connections_refused: f64,
+    pub rate_limited: f64,
+    pub auth_busy: f64,
+    pub rooms_limited: f64,
     /// "local", "redis" or "redis-cluster"
     pub bus: String,
     /// "connected", "connecting", "disconnected" or "closed"
@@ -217,6 +231,23 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         backpressure_limit: o.backpressure_limit.max(1.0) as usize,
         close_on_backpressure_limit: o.close_on_backpressure_limit,
         send_pings: o.send_pings,
+        allowed_origins: o.allowed_origins.clone(),
+        max_connections: o.max_connections as usize,
+        max_connections_per_ip: o.max_connections_per_ip as usize,
+        max_rooms_per_client: o.max_rooms_per_client as usize,
+        max_frames_per_second: o.max_frames_per_second,
+        max_pending_auth: o.max_pending_auth as usize,
+        metrics_path: o.metrics_path.clone(),
+        tls: match (&o.tls_cert, &o.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_bytes().to_vec(), k.as_bytes().to_vec())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "tls: both cert and key are required",
+                ))
+            }
+        },
         ..Config::default()
     })
 }
@@ -463,6 +494,12 @@ impl NativeServer {
         )
     }
 
+    /// Prometheus text exposition of the gauges and counters.
+    #[napi]
+    pub fn metrics(&self) -> String {
+        self.with(|s| crate::core::metrics::render(s.shared()), String::new())
+    }
+
     #[napi]
     pub fn stats(&self) -> NativeStats {
         use crate::core::client::ClientState::*;
@@ -506,6 +543,10 @@ impl NativeServer {
             handler_errors: snap.handler_errors as f64,
             joins_refused: snap.joins_refused as f64,
             oversized_frames: snap.oversized_frames as f64,
+            connections_refused: snap.connections_refused as f64,
+            rate_limited: snap.rate_limited as f64,
+            auth_busy: snap.auth_busy as f64,
+            rooms_limited: snap.rooms_limited as f64,
             bus: if bus.kind.is_empty() {
                 "local"
             } else {

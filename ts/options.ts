@@ -30,6 +30,15 @@ export interface NormalisedOptions {
   closeOnBackpressureLimit: boolean;
   sendPings: boolean;
   logLevel: TLogLevel;
+  allowedOrigins: string[];
+  maxConnections: number;
+  maxConnectionsPerIp: number;
+  maxRoomsPerClient: number;
+  maxFramesPerSecond: number;
+  maxPendingAuth: number;
+  metricsPath: string | undefined;
+  tlsCert: string | undefined;
+  tlsKey: string | undefined;
 }
 
 function num(option: string, value: unknown, fallback: number, opts: { min: number; integer?: boolean }): number {
@@ -120,7 +129,42 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   ] as const) {
     optionalFn(name, opts[name]);
   }
+  let allowedOrigins: string[] = [];
+  if (opts.allowedOrigins !== undefined && opts.allowedOrigins !== null) {
+    if (!Array.isArray(opts.allowedOrigins) || !opts.allowedOrigins.every(o => typeof o === 'string' && o.length > 0)) {
+      throw new WebSocketOptionError('allowedOrigins', 'expected an array of origins such as "https://app.example.com"');
+    }
+    allowedOrigins = [...opts.allowedOrigins];
+  }
+  const limits = opts.limits ?? {};
+  if (typeof limits !== 'object') throw new WebSocketOptionError('limits', `expected an object, got ${describe(limits)}`);
+  const metricsPath = opts.metricsPath === undefined || opts.metricsPath === null ? undefined : str('metricsPath', opts.metricsPath, '');
+  if (metricsPath !== undefined && (!metricsPath.startsWith('/') || metricsPath === path)) {
+    throw new WebSocketOptionError('metricsPath', `must start with "/" and differ from path, got ${describe(metricsPath)}`);
+  }
+  let tlsCert: string | undefined;
+  let tlsKey: string | undefined;
+  if (opts.tls !== undefined && opts.tls !== null) {
+    const pemText = (name: string, v: unknown): string => {
+      if (typeof v === 'string' && v.includes('-----BEGIN')) return v;
+      if (Buffer.isBuffer(v)) return v.toString('utf8');
+      throw new WebSocketOptionError(name, 'expected PEM text (string or Buffer)');
+    };
+    tlsCert = pemText('tls.cert', (opts.tls as { cert?: unknown }).cert);
+    tlsKey = pemText('tls.key', (opts.tls as { key?: unknown }).key);
+  }
+  const limit = (name: keyof typeof limits, fallback: number) =>
+    num(`limits.${name}`, limits[name], fallback, { min: 0, integer: true });
   return {
+    allowedOrigins,
+    maxConnections: limit('maxConnections', 100_000),
+    maxConnectionsPerIp: limit('maxConnectionsPerIp', 0),
+    maxRoomsPerClient: limit('maxRoomsPerClient', 1_000),
+    maxFramesPerSecond: limit('maxFramesPerSecond', 1_000),
+    maxPendingAuth: limit('maxPendingAuthentications', 10_000),
+    metricsPath,
+    tlsCert,
+    tlsKey,
     identifier: str('identifier', opts.identifier, 'WEBSOCKET_SERVER'),
     host: str('host', opts.host, '0.0.0.0'),
     port: num('port', opts.port, 0, { min: 0, integer: true }),

@@ -74,6 +74,15 @@ export class WebSocketServer<
         sendPings: s.sendPings,
         logLevel: s.logLevel,
         hasMessageHandler: typeof opts.messageHandler === 'function',
+        allowedOrigins: s.allowedOrigins,
+        maxConnections: s.maxConnections,
+        maxConnectionsPerIp: s.maxConnectionsPerIp,
+        maxRoomsPerClient: s.maxRoomsPerClient,
+        maxFramesPerSecond: s.maxFramesPerSecond,
+        maxPendingAuth: s.maxPendingAuth,
+        metricsPath: s.metricsPath,
+        tlsCert: s.tlsCert,
+        tlsKey: s.tlsKey,
       },
       (clientId, dataJson) => this.runAuthenticate(clientId, dataJson),
       opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
@@ -126,6 +135,11 @@ export class WebSocketServer<
 
   stats(): IWebSocketStats {
     return this.native.stats();
+  }
+
+  /** Prometheus text exposition (also served at `metricsPath` when set). */
+  metrics(): string {
+    return this.native.metrics();
   }
 
   // ---- delivery ---------------------------------------------------------

@@ -152,10 +152,37 @@ export interface IWebSocketServerOptions<
   messageHandler?: TWebSocketMessageHandler;
   outboundTransformer?: TWebSocketOutboundTransformer<unknown, MetadataType>;
   handshakeFn?: TWebSocketHandshakeFn<AuthDataType>;
+  /**
+   * Origins allowed to open sockets, against cross-site WebSocket hijacking:
+   * exact origins (`https://app.example.com`) or `*.example.com`. Others get
+   * HTTP 403. Default: any origin (an explicit list is recommended for
+   * browser-facing servers). Requests without an Origin header (non-browser
+   * clients) are always allowed.
+   */
+  allowedOrigins?: string[];
+  /** Abuse limits; see the README for defaults and close codes. */
+  limits?: IWebSocketLimits;
+  /** Serve Prometheus text at this path on the server's port (plain GET). */
+  metricsPath?: string;
+  /** PEM certificate chain and private key: serve `wss://` natively. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
   /** Most verbose level written. Default `info` (nothing per message at info). */
   logLevel?: TLogLevel;
   /** Receives log lines instead of stderr. */
   logger?: IWebSocketLogger;
+}
+
+export interface IWebSocketLimits {
+  /** Open connections at most; beyond, upgrades get HTTP 503. Default 100000; 0 = none. */
+  maxConnections?: number;
+  /** Open connections per remote IP; beyond, HTTP 429. Default 0 (off: behind a load balancer every client shares its IP). */
+  maxConnectionsPerIp?: number;
+  /** Rooms one client may join through `join` (own and default rooms not counted). Default 1000. */
+  maxRoomsPerClient?: number;
+  /** Inbound frames per second per client; beyond, close 1008 "Rate limit exceeded". Default 1000; 0 = none. */
+  maxFramesPerSecond?: number;
+  /** `authenticateFn` calls in flight; beyond, close 1013 "Too many pending authentications". Default 10000; 0 = none. */
+  maxPendingAuthentications?: number;
 }
 
 export interface IWebSocketEmitterOptions {
@@ -181,6 +208,14 @@ export interface IWebSocketStats {
   handlerErrors: number;
   joinsRefused: number;
   oversizedFrames: number;
+  /** Upgrades refused at maxConnections / maxConnectionsPerIp. */
+  connectionsRefused: number;
+  /** Clients closed for exceeding maxFramesPerSecond. */
+  rateLimited: number;
+  /** Clients closed because maxPendingAuthentications was reached. */
+  authBusy: number;
+  /** Joins cut at maxRoomsPerClient. */
+  roomsLimited: number;
   /** `local` (no Redis), `redis` or `redis-cluster`. */
   bus: string;
   /** `connected`, `connecting`, `disconnected` or `closed`. */

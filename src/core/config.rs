@@ -40,6 +40,22 @@ pub struct Config {
     pub event_batch_max: usize,
     /// How long `shutdown()` waits for sockets to finish their close handshake.
     pub shutdown_grace: Duration,
+    /// Origins allowed to open sockets (empty: any). Others get HTTP 403.
+    pub allowed_origins: Vec<String>,
+    /// Open connections at most (0: no limit); beyond, upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// Open connections per remote IP at most (0: no limit); beyond, HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// Rooms one client may be in through `join` (own and default rooms not counted).
+    pub max_rooms_per_client: usize,
+    /// Inbound frames per second per client (0: no limit); beyond, close 1008.
+    pub max_frames_per_second: u32,
+    /// `authenticateFn` calls in flight at most (0: no limit); beyond, close 1013.
+    pub max_pending_auth: usize,
+    /// Serve Prometheus text at this path (plain GET on the same port).
+    pub metrics_path: Option<String>,
+    /// PEM certificate chain and private key: serve `wss://`.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for Config {
@@ -66,6 +82,14 @@ impl Default for Config {
             event_queue_capacity: 16 * 1024,
             event_batch_max: 1024,
             shutdown_grace: Duration::from_secs(2),
+            allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_rooms_per_client: 1_000,
+            max_frames_per_second: 1_000,
+            max_pending_auth: 10_000,
+            metrics_path: None,
+            tls: None,
         }
     }
 }

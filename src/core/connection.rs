@@ -82,6 +82,8 @@ where
         auth: None,
         auth_deadline: None,
         joins: FuturesUnordered::new(),
+        window_start: Instant::now(),
+        window_frames: 0,
     };
     if let Err(panic) = AssertUnwindSafe(conn.drive(ws, outbox))
         .catch_unwind()
@@ -119,6 +121,20 @@ struct Connection {
     /// Set when `authenticate` arrives: the in-progress deadline.
     auth_deadline: Option<Instant>,
     joins: FuturesUnordered<BoxFuture<'static, JoinDone>>,
+    /// Start of the current one-second rate window, and frames seen in it.
+    window_start: Instant,
+    window_frames: u32,
+}
+
+/// Counts an `authenticateFn` call in flight for as long as it lives.
+struct PendingAuth(Arc<Shared>);
+
+impl Drop for PendingAuth {
+    fn drop(&mut self) {
+        self.0
+            .pending_auth
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// What the read side asks the loop to do next.
@@ -293,10 +309,36 @@ impl Connection {
         self.client.offer(&protocol::error_frame(message));
     }
 
+    /// One more inbound frame in the rate window; false when over the limit.
+    fn within_rate(&mut self) -> bool {
+        let max = self.shared.config.max_frames_per_second;
+        if max == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.window_frames = 0;
+        }
+        self.window_frames += 1;
+        self.window_frames <= max
+    }
+
     fn on_text(&mut self, text: &str) -> Next {
         let shared = self.shared.clone();
         self.client.touch(protocol::now_ms());
         bump(&shared.stats.messages_in);
+        if !self.within_rate() {
+            bump(&shared.stats.rate_limited);
+            shared.log.warn(|| {
+                format!(
+                    "Rate limit exceeded ({} frames/s); closing | id: {}",
+                    shared.config.max_frames_per_second, self.client.id
+                )
+            });
+            let (code, reason) = close::RATE_LIMIT;
+            return Next::Close(code, reason);
+        }
         let frame = match protocol::parse_inbound(text) {
             Ok(f) => f,
             Err(_) => {
@@ -324,9 +366,26 @@ impl Connection {
             Some(events::AUTHENTICATE) => {
                 if self.client.state() != ClientState::Unauthorized {
                     self.send_error(errors::ALREADY_AUTHENTICATED);
-                } else {
-                    self.start_auth(protocol::auth_payload(frame.data).to_string());
+                    return Next::Continue;
                 }
+                let max = shared.config.max_pending_auth;
+                let pending = shared
+                    .pending_auth
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let guard = PendingAuth(shared.clone());
+                if max > 0 && pending >= max {
+                    drop(guard);
+                    bump(&shared.stats.auth_busy);
+                    shared.log.warn(|| {
+                        format!(
+                            "Too many pending authentications ({max}); closing | id: {}",
+                            self.client.id
+                        )
+                    });
+                    let (code, reason) = close::AUTH_BUSY;
+                    return Next::Close(code, reason);
+                }
+                self.start_auth(protocol::auth_payload(frame.data).to_string(), guard);
                 return Next::Continue;
             }
             _ => {}
@@ -391,14 +450,16 @@ impl Connection {
         }
     }
 
-    fn start_auth(&mut self, data_json: String) {
+    fn start_auth(&mut self, data_json: String, pending: PendingAuth) {
         self.client.set_state(ClientState::Authenticating);
         self.auth_deadline = Some(Instant::now() + self.shared.config.auth_timeout * 3);
         let handlers = self.shared.handlers.clone();
         let require_encryption = self.shared.config.require_encryption;
         let id = self.client.id.clone();
         let fut = async move {
-            let user_id = match handlers.authenticate(&id, &data_json).await {
+            let authenticated = handlers.authenticate(&id, &data_json).await;
+            drop(pending);
+            let user_id = match authenticated {
                 AuthOutcome::Accepted { user_id } => user_id,
                 AuthOutcome::Rejected => return AuthFlow::Rejected,
                 AuthOutcome::Failed(e) => return AuthFlow::Error(e),
@@ -555,8 +616,23 @@ impl Connection {
                     )
                 });
             }
-            Ok(allowed) => {
+            Ok(mut allowed) => {
                 if self.client.state() == ClientState::Authenticated {
+                    // Own and default rooms do not count against the limit.
+                    let fixed = 1 + shared.config.default_rooms.len();
+                    let current = self.client.details.lock().rooms.len().saturating_sub(fixed);
+                    let room_left = shared.config.max_rooms_per_client.saturating_sub(current);
+                    if allowed.len() > room_left {
+                        bump(&shared.stats.rooms_limited);
+                        shared.log.warn(|| {
+                            format!(
+                                "Room limit ({}) reached; {} room(s) not joined | id: {id}",
+                                shared.config.max_rooms_per_client,
+                                allowed.len() - room_left
+                            )
+                        });
+                        allowed.truncate(room_left);
+                    }
                     shared.hub.join(id, &allowed);
                     shared
                         .log

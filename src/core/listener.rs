@@ -1,37 +1,81 @@
-//! Accepting TCP connections and upgrading them to WebSocket at `path`.
-//! Any upgrade at the path is accepted: authentication happens afterwards,
-//! in the protocol (PROTOCOL §1).
+//! Accepting connections: TLS when configured, connection limits, the HTTP
+//! request head (404 / 403 / 426 / 429 / 503 / metrics), then the upgrade
+//! to WebSocket at `path`. Authentication happens later, in the protocol
+//! (PROTOCOL §1): any upgrade that passes these checks is accepted.
 
 use crate::core::connection;
+use crate::core::http::{self, Prefixed};
+use crate::core::metrics;
 use crate::core::server::Shared;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// A client that opened TCP but never finished the HTTP upgrade is dropped
-/// after this long.
+/// A client that opened TCP but never finished its TLS and HTTP handshakes
+/// is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Builds the TLS acceptor from PEM certificate chain and key.
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.cert: no PEM certificate found".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: {e}"))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                shared.connection_started();
+                let tls = tls.clone();
+                shared.connection_started(addr.ip());
                 tokio::spawn(async move {
-                    serve_socket(shared.clone(), stream, addr.to_string()).await;
-                    shared.connection_finished();
+                    accept_one(shared.clone(), stream, addr, tls).await;
+                    shared.connection_finished(addr.ip());
                 });
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off, keep serving.
                 shared.log.error(|| format!("accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_one(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
+    match tls {
+        None => serve_socket(shared, stream, addr).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_socket(shared, tls_stream, addr).await,
+                Ok(Err(e)) => shared
+                    .log
+                    .debug(|| format!("TLS handshake failed | remote: {addr} | error: {e}")),
+                Err(_) => shared
+                    .log
+                    .debug(|| format!("TLS handshake timed out | remote: {addr}")),
             }
         }
     }
@@ -47,32 +91,97 @@ pub fn ws_config(max_payload: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_payload))
 }
 
-/// Upgrades one accepted socket and runs it as a connection.
-// The error type of the upgrade callback is tungstenite's, not ours.
-#[allow(clippy::result_large_err)]
-pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, remote: String)
+/// Why a request head is refused before the upgrade.
+fn refusal(shared: &Shared, head: &http::Head, ip: IpAddr) -> Option<(u16, &'static str)> {
+    let cfg = &shared.config;
+    if head.path != cfg.path {
+        return Some((404, "Not Found"));
+    }
+    if !head.upgrade_websocket {
+        return Some((426, "Upgrade Required"));
+    }
+    if !http::origin_allowed(&cfg.allowed_origins, head.origin.as_deref()) {
+        return Some((403, "Forbidden"));
+    }
+    if cfg.max_connections > 0 && shared.hub.client_count() >= cfg.max_connections {
+        return Some((503, "Service Unavailable"));
+    }
+    if cfg.max_connections_per_ip > 0 && shared.connections_from(ip) > cfg.max_connections_per_ip {
+        return Some((429, "Too Many Requests"));
+    }
+    None
+}
+
+/// Reads the request head, answers what is not an acceptable upgrade, and
+/// runs the rest as a connection.
+pub async fn serve_socket<S>(shared: Arc<Shared>, mut stream: S, addr: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let path = shared.config.path.clone();
-    let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == path {
-            Ok(resp)
-        } else {
-            let mut err = ErrorResponse::new(Some("Not Found".to_string()));
-            *err.status_mut() = StatusCode::NOT_FOUND;
-            Err(err)
+    let remote = addr.to_string();
+    let (head, bytes) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, http::read_head(&mut stream)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                shared
+                    .log
+                    .debug(|| format!("Bad request head | remote: {remote} | error: {e}"));
+                http::respond(
+                    &mut stream,
+                    400,
+                    "Bad Request",
+                    "text/plain",
+                    "Bad Request\n",
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                shared
+                    .log
+                    .debug(|| format!("Request head timed out | remote: {remote}"));
+                return;
+            }
+        };
+    if head.method == "GET" && shared.config.metrics_path.as_deref() == Some(head.path.as_str()) {
+        let body = metrics::render(&shared);
+        http::respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body).await;
+        return;
+    }
+    if let Some((status, reason)) = refusal(&shared, &head, addr.ip()) {
+        shared.log.log(
+            if status == 403 || status >= 429 {
+                crate::core::log::Level::Warn
+            } else {
+                crate::core::log::Level::Debug
+            },
+            || {
+                format!(
+                    "Upgrade refused: {status} {reason} | remote: {remote} | path: {} | origin: {}",
+                    head.path,
+                    head.origin.as_deref().unwrap_or("-")
+                )
+            },
+        );
+        if status >= 429 {
+            crate::core::stats::bump(&shared.stats.connections_refused);
         }
-    };
+        http::respond(
+            &mut stream,
+            status,
+            reason,
+            "text/plain",
+            &format!("{reason}\n"),
+        )
+        .await;
+        return;
+    }
     let config = ws_config(shared.config.max_payload_length);
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => connection::run(shared, ws, remote).await,
-        Ok(Err(e)) => shared
+    let replay = Prefixed::new(bytes, stream);
+    match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
+        Ok(ws) => connection::run(shared, ws, remote).await,
+        Err(e) => shared
             .log
-            .debug(|| format!("Upgrade refused | remote: {remote} | error: {e}")),
-        Err(_) => shared
-            .log
-            .debug(|| format!("Upgrade timed out | remote: {remote}")),
+            .debug(|| format!("Upgrade failed | remote: {remote} | error: {e}")),
     }
 }

@@ -37,6 +37,8 @@ pub mod close {
     pub const IDLE: (u16, &str) = (1001, "Idle timeout");
     pub const TOO_BIG: (u16, &str) = (1009, "Message too big");
     pub const BACKPRESSURE: (u16, &str) = (1013, "Backpressure limit exceeded");
+    pub const RATE_LIMIT: (u16, &str) = (1008, "Rate limit exceeded");
+    pub const AUTH_BUSY: (u16, &str) = (1013, "Too many pending authentications");
     pub const INTERNAL: (u16, &str) = (1011, "Internal error");
     pub const AUTH_TIMEOUT: (u16, &str) = (4001, "Authentication timeout");
     pub const HEARTBEAT_TIMEOUT: (u16, &str) = (4002, "Heartbeat timeout");

@@ -13,8 +13,9 @@ use crate::core::log::Logger;
 use crate::core::protocol::{self, close, Frame};
 use crate::core::stats::Stats;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use tokio::net::TcpListener;
@@ -37,6 +38,9 @@ pub struct Shared {
     shutting_down: AtomicBool,
     live_connections: AtomicUsize,
     all_closed: Notify,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// `authenticateFn` calls in flight.
+    pub pending_auth: AtomicUsize,
 }
 
 impl Shared {
@@ -62,19 +66,37 @@ impl Shared {
         }
     }
 
-    pub(crate) fn connection_started(&self) {
+    pub(crate) fn connection_started(&self, ip: IpAddr) {
         self.live_connections.fetch_add(1, Ordering::AcqRel);
+        if self.config.max_connections_per_ip > 0 {
+            *self.per_ip.lock().entry(ip).or_insert(0) += 1;
+        }
     }
 
-    pub(crate) fn connection_finished(&self) {
+    pub(crate) fn connection_finished(&self, ip: IpAddr) {
+        if self.config.max_connections_per_ip > 0 {
+            let mut map = self.per_ip.lock();
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
         if self.live_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_closed.notify_waiters();
         }
+    }
+
+    /// Open TCP connections from `ip` (counted only when a per-IP limit is set).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip.lock().get(&ip).copied().unwrap_or(0)
     }
 }
 
 /// What a server is assembled from besides its config.
 struct Parts {
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handlers: Arc<dyn Handlers>,
     log: Logger,
     broker: Arc<dyn Broker>,
@@ -120,7 +142,18 @@ impl Server {
             }
         };
         let local_addr = listener.local_addr()?;
+        let tls = match &config.tls {
+            None => None,
+            Some((cert, key)) => match listener::tls_acceptor(cert, key) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    broker.shutdown().await;
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+                }
+            },
+        };
         let parts = Parts {
+            tls,
             handlers,
             log,
             broker,
@@ -136,6 +169,7 @@ impl Server {
         local_addr: SocketAddr,
     ) -> Server {
         let Parts {
+            tls,
             handlers,
             log,
             broker,
@@ -158,13 +192,15 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
+            per_ip: Mutex::new(HashMap::new()),
+            pending_auth: AtomicUsize::new(0),
         });
         let _ = router.shared.set(Arc::downgrade(&shared));
         shared
             .hub
             .set_interest_listener(Arc::new(BrokerInterest(broker)));
         let dispatcher = tokio::spawn(dispatch_events(shared.clone(), rx));
-        let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener));
+        let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tls));
         let sweep = tokio::spawn(heartbeat_sweep(shared.clone()));
         shared.log.info(|| {
             format!(

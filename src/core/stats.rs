@@ -14,6 +14,10 @@ pub struct Stats {
     pub handler_errors: AtomicU64,
     pub joins_refused: AtomicU64,
     pub oversized_frames: AtomicU64,
+    pub rooms_limited: AtomicU64,
+    pub auth_busy: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -27,6 +31,10 @@ pub struct StatsSnapshot {
     pub handler_errors: u64,
     pub joins_refused: u64,
     pub oversized_frames: u64,
+    pub rooms_limited: u64,
+    pub auth_busy: u64,
+    pub rate_limited: u64,
+    pub connections_refused: u64,
 }
 
 impl Stats {
@@ -42,6 +50,10 @@ impl Stats {
             handler_errors: g(&self.handler_errors),
             joins_refused: g(&self.joins_refused),
             oversized_frames: g(&self.oversized_frames),
+            rooms_limited: g(&self.rooms_limited),
+            auth_busy: g(&self.auth_busy),
+            rate_limited: g(&self.rate_limited),
+            connections_refused: g(&self.connections_refused),
         }
     }
 }

@@ -1,0 +1,219 @@
+//! The HTTP side of a new connection: read the request head ourselves, so
+//! the server can answer what is not a WebSocket upgrade (404, 403 for a
+//! foreign Origin, 426, 503 when full, the metrics page) before any
+//! WebSocket machinery runs, then hand the already-read bytes back to the
+//! upgrade through [`Prefixed`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Largest request head accepted (request line + headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// What the server needs to know about an upgrade request.
+#[derive(Debug, Default)]
+pub struct Head {
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    pub upgrade_websocket: bool,
+    pub origin: Option<String>,
+}
+
+/// Reads until the end of the request head. Returns the parsed head and
+/// every byte read so far (head and anything after it).
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Head, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before the request head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let mut head = Head {
+                    method: req.method.unwrap_or("").to_string(),
+                    path: req
+                        .path
+                        .unwrap_or("/")
+                        .split('?')
+                        .next()
+                        .unwrap_or("/")
+                        .to_string(),
+                    ..Head::default()
+                };
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("upgrade") {
+                        head.upgrade_websocket = String::from_utf8_lossy(h.value)
+                            .split(',')
+                            .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
+                    } else if h.name.eq_ignore_ascii_case("origin") {
+                        head.origin = Some(String::from_utf8_lossy(h.value).into_owned());
+                    }
+                }
+                return Ok((head, buf));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request head too large",
+                ))
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+}
+
+/// Writes a small complete HTTP response and shuts the write side.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &str,
+) {
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A stream that first replays bytes already read from it.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                // The replayed bytes are not needed any more.
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Whether `origin` may open a socket. `allowed` empty: any origin (and
+/// requests without one, such as non-browser clients). `"*"` allows all.
+/// Entries match the whole origin (`https://app.example.com`) or, written
+/// `*.example.com`, any subdomain of it on any scheme.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    let Some(origin) = origin else {
+        // Browsers always send Origin on WebSocket upgrades; a request
+        // without one is not a cross-site browser request.
+        return true;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        let a = a.trim_end_matches('/').to_ascii_lowercase();
+        if let Some(suffix) = a.strip_prefix("*.") {
+            let host = origin.split("://").nth(1).unwrap_or(&origin);
+            let host = host.split(':').next().unwrap_or(host);
+            host.ends_with(&format!(".{suffix}"))
+        } else {
+            a == origin
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let list = vec![
+            "https://app.example.com".to_string(),
+            "*.trusted.io".to_string(),
+        ];
+        assert!(origin_allowed(&[], Some("https://evil.com")));
+        assert!(origin_allowed(&list, Some("https://app.example.com")));
+        assert!(origin_allowed(&list, Some("HTTPS://APP.EXAMPLE.COM/")));
+        assert!(origin_allowed(&list, Some("https://a.b.trusted.io:8443")));
+        assert!(!origin_allowed(&list, Some("https://trusted.io.evil.com")));
+        assert!(!origin_allowed(&list, Some("https://evil.com")));
+        assert!(!origin_allowed(&list, Some("null")));
+        assert!(origin_allowed(&list, None));
+    }
+
+    #[tokio::test]
+    async fn head_is_read_and_replayed() {
+        let raw = b"GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nOrigin: https://o\r\n\r\nEXTRA";
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(raw).await.unwrap();
+        let (head, bytes) = read_head(&mut server).await.unwrap();
+        assert_eq!(head.path, "/ws");
+        assert!(head.upgrade_websocket);
+        assert_eq!(head.origin.as_deref(), Some("https://o"));
+        let mut replay = Prefixed::new(bytes, server);
+        let mut out = vec![0u8; raw.len()];
+        replay.read_exact(&mut out).await.unwrap();
+        assert_eq!(&out[..], &raw[..]);
+    }
+}
