@@ -25,6 +25,13 @@ struct Fake {
 impl Handlers for Fake {
     fn authenticate(&self, _id: &str, data: &str) -> BoxFuture<'static, AuthOutcome> {
         let v: Value = serde_json::from_str(data).unwrap();
+        match v.get("token").and_then(Value::as_str) {
+            // Injected faults: a panic while the connection task calls the
+            // handler, and one while it polls the returned future.
+            Some("panic-now") => panic!("injected panic in authenticate"),
+            Some("panic-later") => return async { panic!("injected panic while polling") }.boxed(),
+            _ => {}
+        }
         let out = match v.get("token").and_then(Value::as_str) {
             Some("throw") => AuthOutcome::Failed("boom".into()),
             Some(t) => AuthOutcome::Accepted {
@@ -271,5 +278,58 @@ async fn oversized_frame_closes_1009() {
     let (mut ws, _) = authed(&server, "a").await;
     send(&mut ws, json!({"event":"chat","data":"x".repeat(4096)})).await;
     assert_eq!(recv(&mut ws).await["close"], 1009);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panic_in_one_connection_closes_only_that_connection() {
+    let fake = Arc::new(Fake::default());
+    let server = start(Config::default(), fake.clone()).await;
+    let (mut bystander, by_id) = authed(&server, "calm").await;
+    for token in ["panic-now", "panic-later"] {
+        let mut victim = connect(&server).await;
+        send(
+            &mut victim,
+            json!({"event":"authenticate","data":{"token":token}}),
+        )
+        .await;
+        // The victim's socket goes away (no close frame: its task unwound).
+        let end = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match victim.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "victim closed after {token}");
+    }
+    for _ in 0..100 {
+        if server.hub().client_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.hub().client_count(),
+        1,
+        "panicked clients were removed from the hub"
+    );
+    let frame = encode_frame("still", None);
+    assert_eq!(server.send_to_client(&by_id, &frame), 1);
+    assert_eq!(recv(&mut bystander).await, json!({"event":"still"}));
+    let (_, fresh) = authed(&server, "fresh").await;
+    assert!(
+        server.hub().has_client(&fresh),
+        "the server keeps accepting"
+    );
+    let gone = fake
+        .events
+        .lock()
+        .iter()
+        .filter(|e| matches!(e, AppEvent::Disconnected { .. }))
+        .count();
+    assert_eq!(gone, 2, "disconnect reported for both panicked connections");
     server.shutdown().await;
 }
