@@ -136,6 +136,11 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     }
     allowedOrigins = [...opts.allowedOrigins];
   }
+  if (opts.shutdownSignals !== undefined && typeof opts.shutdownSignals !== 'boolean') {
+    if (!Array.isArray(opts.shutdownSignals) || !opts.shutdownSignals.every(x => typeof x === 'string' && x.startsWith('SIG'))) {
+      throw new WebSocketOptionError('shutdownSignals', 'expected true, false or an array of signal names such as "SIGTERM"');
+    }
+  }
   const limits = opts.limits ?? {};
   if (typeof limits !== 'object') throw new WebSocketOptionError('limits', `expected an object, got ${describe(limits)}`);
   const metricsPath = opts.metricsPath === undefined || opts.metricsPath === null ? undefined : str('metricsPath', opts.metricsPath, '');

@@ -45,6 +45,7 @@ export class WebSocketServer<
   private readonly native: NativeServer;
   private readonly metadata = new Map<string, MetadataType>();
   private keepAlive: ReturnType<typeof setInterval> | undefined;
+  private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private state: 'idle' | 'starting' | 'running' | 'stopped' = 'idle';
 
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
@@ -114,12 +115,35 @@ export class WebSocketServer<
     // native side's callbacks are weak and never do.
     this.keepAlive = setInterval(() => {}, 1 << 30);
     this.state = 'running';
+    this.installSignalHandlers();
+  }
+
+  private installSignalHandlers(): void {
+    const opt = this.opts.shutdownSignals;
+    if (!opt) return;
+    const signals: NodeJS.Signals[] = opt === true ? ['SIGTERM', 'SIGINT'] : opt;
+    for (const sig of signals) {
+      const handler = () => {
+        this.log('info', `${sig} received: shutting down`);
+        this.shutdown().then(
+          () => {
+            // Nobody else handles it: let it terminate the process as usual.
+            if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+          },
+          e => this.log('error', `shutdown on ${sig} failed: ${errorText(e)}`),
+        );
+      };
+      process.once(sig, handler);
+      this.signalHandlers.push([sig, handler]);
+    }
   }
 
   /** Closes every socket with 1001, runs disconnect callbacks, stops. */
   async shutdown(): Promise<void> {
     if (this.state === 'stopped') return;
     this.state = 'stopped';
+    for (const [sig, handler] of this.signalHandlers) process.off(sig, handler);
+    this.signalHandlers = [];
     try {
       await this.native.shutdown();
     } finally {

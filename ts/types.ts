@@ -166,6 +166,12 @@ export interface IWebSocketServerOptions<
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * Shut down gracefully (every client gets 1001, disconnect handlers run)
+   * on these signals, then let the signal take its course. `true` means
+   * `['SIGTERM', 'SIGINT']`. Default: off (the application decides).
+   */
+  shutdownSignals?: boolean | NodeJS.Signals[];
   /** Most verbose level written. Default `info` (nothing per message at info). */
   logLevel?: TLogLevel;
   /** Receives log lines instead of stderr. */

@@ -1,0 +1,204 @@
+// Reliability under load, against a server in its own process: churn with
+// 10 000 clients (no leak, indexes empty), a slow consumer (memory bounded),
+// SIGTERM under load (1001 for everyone, disconnect handlers, exit), and a
+// 30 s Redis outage under traffic.
+//
+// Durations: CHURN_SECONDS (default 60) and OUTAGE_SECONDS (default 30).
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import { Client, startServer, stopAll, sleep, until, rawSocket, maskedFrame } from './helpers.mjs';
+import { soakServer } from './soak-helpers.mjs';
+import { startRedis } from './redis-helpers.mjs';
+
+const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
+const OUTAGE_SECONDS = Number(process.env.OUTAGE_SECONDS ?? 30);
+const MB = 1024 * 1024;
+const figure = line => process.stderr.write(`# figure: ${line}\n`);
+
+after(stopAll);
+
+/** Opens, authenticates and joins; resolves with the open socket. */
+function session(url, i, rooms) {
+  return new Promise((resolve, reject) => {
+    const s = new WebSocket(url);
+    s.once('error', reject);
+    s.once('open', () => s.send(JSON.stringify({ event: 'authenticate', data: { userId: 'churn-' + (i % 500) } })));
+    s.once('message', () => {
+      s.send(JSON.stringify({ event: 'join', data: { rooms } }));
+      resolve(s);
+    });
+  });
+}
+
+function closeAll(sockets) {
+  return Promise.all(
+    sockets.map(
+      s =>
+        new Promise(r => {
+          s.once('close', r);
+          s.close();
+        }),
+    ),
+  );
+}
+
+/** 10 000 clients at once: connect, authenticate, join two rooms, leave one, close. */
+async function wave(url, n = 10_000) {
+  const sockets = [];
+  for (let i = 0; i < n; i += 500) {
+    const batch = [];
+    for (let k = i; k < Math.min(n, i + 500); k++) batch.push(session(url, k, [`shared-${k % 100}`, `solo-${k}`]));
+    sockets.push(...(await Promise.all(batch)));
+  }
+  for (const [k, s] of sockets.entries()) s.send(JSON.stringify({ event: 'leave', data: { rooms: [`solo-${k}`] } }));
+  await sleep(200);
+  await closeAll(sockets);
+}
+
+describe('churn', () => {
+  test(`10 000 clients connecting, authenticating, joining and leaving for ${CHURN_SECONDS} s: no leak, indexes empty`, async () => {
+    const srv = await soakServer();
+    try {
+      const empty = async () => {
+        await until(async () => (await srv.stats()).connections === 0, 20_000, 'all disconnected');
+        const s = await srv.stats();
+        assert.equal(s.rooms, 0, 'no rooms left');
+        assert.equal(s.users, 0, 'no users left');
+      };
+      const start = Date.now();
+      await wave(srv.url);
+      await empty();
+      const baseline = await srv.rss();
+      let sessions = 10_000;
+      let waves = 1;
+      // Keep churning: 10 000 at a time, plus short sessions in between.
+      while (Date.now() - start < CHURN_SECONDS * 1000) {
+        await wave(srv.url);
+        sessions += 10_000;
+        waves++;
+        const burst = [];
+        for (let i = 0; i < 200; i++) burst.push(session(srv.url, i, ['burst']).then(s => closeAll([s])));
+        await Promise.all(burst);
+        sessions += 200;
+      }
+      await empty();
+      const after = await srv.rss();
+      const stats = await srv.stats();
+      figure(
+        `churn ${sessions} sessions in ${waves} waves of 10 000 over ${((Date.now() - start) / 1000).toFixed(0)} s; ` +
+          `server RSS after the first wave ${(baseline / MB).toFixed(1)} MiB, at the end ${(after / MB).toFixed(1)} MiB`,
+      );
+      assert.equal(stats.connectionsTotal, sessions);
+      assert.ok(after <= baseline * 1.15 + 8 * MB, `RSS grew from ${baseline} to ${after}`);
+    } finally {
+      await srv.stop();
+    }
+  });
+});
+
+describe('slow consumer', () => {
+  test('a client that stops reading: memory bounded by backpressureLimit, drops counted, others unaffected', async () => {
+    const srv = await soakServer({ serverOptions: { backpressureLimit: 1 * MB } });
+    try {
+      const fast = await Client.auth(srv.url, { userId: 'fast' });
+      fast.emit('join', { rooms: ['firehose'] });
+      const raw = await rawSocket(srv.port);
+      raw.sock.write(maskedFrame(1, Buffer.from(JSON.stringify({ event: 'authenticate', data: { userId: 'slow' } }))));
+      await sleep(100);
+      raw.sock.write(maskedFrame(1, Buffer.from(JSON.stringify({ event: 'join', data: { rooms: ['firehose'] } }))));
+      raw.sock.pause(); // stops reading: the kernel buffers fill, then ours
+      await until(async () => (await srv.stats()).rooms >= 1, 2000, 'joined');
+      await sleep(200);
+      const before = await srv.rss();
+      let received = 0;
+      fast.sock.on('message', () => received++);
+      await srv.fill('firehose', 2000, 32 * 1024); // 64 MiB to each member
+      await until(() => received + fast.frames.length >= 2000, 30_000, 'fast client got everything');
+      const afterFill = await srv.rss();
+      const stats = await srv.stats();
+      figure(
+        `slow consumer: 64 MiB sent to a room with a stalled member (backpressureLimit 1 MiB): server RSS ` +
+          `${(before / MB).toFixed(1)} → ${(afterFill / MB).toFixed(1)} MiB, ${stats.droppedBackpressure} frames dropped for it`,
+      );
+      assert.ok(stats.droppedBackpressure > 1500, `dropped ${stats.droppedBackpressure}`);
+      assert.ok(afterFill - before < 24 * MB, `RSS grew by ${((afterFill - before) / MB).toFixed(1)} MiB`);
+      raw.sock.destroy();
+      fast.close();
+    } finally {
+      await srv.stop();
+    }
+  });
+});
+
+describe('signals', () => {
+  test('SIGTERM under load: every client gets 1001, disconnect handlers run, the process exits', async () => {
+    const srv = await soakServer({ shutdownSignals: true }, { SOAK_REPORT_DISCONNECTS: '1' });
+    const clients = [];
+    for (let i = 0; i < 200; i++) clients.push(session(srv.url, i, ['load']));
+    const sockets = await Promise.all(clients);
+    const closes = sockets.map(s => new Promise(r => s.once('close', code => r(code))));
+    const traffic = setInterval(() => {
+      for (const s of sockets) if (s.readyState === 1) s.send(JSON.stringify({ event: 'chat', data: 'x'.repeat(100) }));
+    }, 5);
+    await sleep(300);
+    srv.child.kill('SIGTERM');
+    const codes = await Promise.all(closes);
+    clearInterval(traffic);
+    const exit = await srv.exited;
+    assert.ok(codes.every(c => c === 1001), `close codes: ${[...new Set(codes)]}`);
+    assert.equal(exit.signal, 'SIGTERM', 'the signal then took its course');
+    assert.equal(srv.output().match(/DISCONNECTED/g)?.length, 200, 'clientDisconnectedFn ran for every client');
+  });
+});
+
+describe('Redis outage under traffic', () => {
+  test(`Redis unreachable for ${OUTAGE_SECONDS} s: no crash, local delivery continues, subscriptions restored quickly`, async () => {
+    const redis = await startRedis();
+    try {
+      const a = await startServer({ redis: redis.url, validateRoomFn: ({ rooms }) => rooms });
+      const b = await startServer({ redis: redis.url, validateRoomFn: ({ rooms }) => rooms });
+      const a1 = await Client.auth(a.url, { token: 'a1', userId: 'a1' });
+      const b1 = await Client.auth(b.url, { token: 'b1', userId: 'b1' });
+      for (const [s, c] of [[a, a1], [b, b1]]) {
+        c.emit('join', { rooms: ['ops'] });
+        await until(() => s.ws.getClients({ id: c.id }).rooms.has('ops'), 2000, 'join');
+      }
+      await sleep(200);
+      let n = 0;
+      const sendOne = () => a.ws.send({ destination: 'ops', payload: { topic: 't', data: n++ } });
+      sendOne();
+      await b1.next('t');
+      await a1.next('t');
+
+      await redis.stop();
+      const outageEnd = Date.now() + OUTAGE_SECONDS * 1000;
+      let local = 0;
+      while (Date.now() < outageEnd) {
+        sendOne();
+        await a1.next('t', 2000);
+        local++;
+        await sleep(100);
+      }
+      assert.ok(local > OUTAGE_SECONDS * 5, 'local delivery kept going');
+      assert.notEqual(a.ws.stats().busState, 'connected');
+
+      await redis.start();
+      const back = Date.now();
+      b1.frames.length = 0;
+      let recovered = 0;
+      while (!recovered) {
+        const probe = `probe-${Date.now()}`;
+        a.ws.send({ destination: 'ops', payload: { topic: probe, data: 1 } });
+        if (await b1.next(probe, 100).catch(() => null)) recovered = Date.now() - back;
+        if (Date.now() - back > 10_000) throw new Error('no recovery within 10 s');
+      }
+      figure(`redis outage ${OUTAGE_SECONDS} s under traffic: ${local} local deliveries during it; cross-instance delivery back ${recovered} ms after redis-server restarted`);
+      assert.ok(recovered < 1000, `recovered in ${recovered} ms`);
+      await a.ws.shutdown();
+      await b.ws.shutdown();
+    } finally {
+      await redis.stop();
+    }
+  });
+});

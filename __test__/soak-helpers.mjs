@@ -1,0 +1,48 @@
+// Spawns the soak-server fixture and talks to it over IPC.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { until } from './helpers.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+export async function soakServer(options = {}, env = {}) {
+  const child = spawn(process.execPath.includes('bun') ? 'node' : process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'soak-server.mjs')], {
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+    env: { ...process.env, ...env, SOAK_OPTIONS: JSON.stringify(options) },
+  });
+  let out = '';
+  child.stdout.on('data', d => (out += d));
+  const exited = new Promise(r => child.once('exit', (code, signal) => r({ code, signal })));
+  await until(() => /PORT (\d+)/.test(out), 10_000, 'soak server');
+  const port = Number(/PORT (\d+)/.exec(out)[1]);
+  const ask = msg =>
+    new Promise(resolve => {
+      const key = Object.keys(msg)[0];
+      const on = m => {
+        if (key === 'fill' ? m.filled : m[key] !== undefined) {
+          child.off('message', on);
+          resolve(key === 'fill' ? true : m[key]);
+        }
+      };
+      child.on('message', on);
+      child.send(msg);
+    });
+  return {
+    child,
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    output: () => out,
+    exited,
+    rss: () => ask({ rss: true }),
+    stats: () => ask({ stats: true }),
+    fill: (room, count, size) => ask({ fill: { room, count, size } }),
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.send({ stop: true });
+        await Promise.race([exited, new Promise(r => setTimeout(r, 5000))]);
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+    },
+  };
+}
