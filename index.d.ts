@@ -120,6 +120,8 @@ export interface NativeOptions {
   sendPings: boolean
   /** "silent" | "error" | "warn" | "info" | "debug" */
   logLevel: string
+  /** "text" or "json" */
+  logFormat: string
   hasMessageHandler: boolean
   allowedOrigins: Array<string>
   maxConnections: number

@@ -170,3 +170,39 @@ describe('wss:// and metrics', () => {
     c.close();
   });
 });
+
+describe('logs', () => {
+  test('logFormat json: one object per line with level, server, msg and the client id; no tokens in any line', async () => {
+    const lines = [];
+    const sink = l => lines.push(l);
+    const secret = 'SECRET-TOKEN-8d1f';
+    const { url, ws } = await startServer({
+      identifier: 'json-logs',
+      logFormat: 'json',
+      logLevel: 'debug',
+      logger: { error: sink, warn: sink, info: sink, debug: sink },
+      authenticateFn: d => (d.token === secret ? { userId: 'alice' } : null),
+      messageHandler: () => {
+        throw new Error('handler failed');
+      },
+    });
+    const c = await Client.auth(url, { token: secret });
+    c.emit('chat', { password: secret });
+    const bad = await Client.open(url);
+    bad.emit('authenticate', { token: 'wrong-' + secret });
+    await bad.closed;
+    await until(() => lines.some(l => l.includes('handler failed')), 2000, 'handler error logged');
+    c.close();
+    await until(() => lines.some(l => l.includes('Client disconnected')), 2000, 'disconnect logged');
+    const parsed = lines.map(l => JSON.parse(l));
+    const auth = parsed.find(p => p.msg === 'Authenticated');
+    assert.equal(auth.id, c.id);
+    assert.equal(auth.userId, 'alice');
+    assert.equal(auth.server, 'json-logs');
+    assert.equal(auth.level, 'info');
+    assert.ok(!Number.isNaN(Date.parse(auth.time)));
+    assert.ok(parsed.some(p => p.level === 'error' && p.id === c.id), 'handler errors carry the client id');
+    assert.ok(lines.every(l => !l.includes(secret)), 'no token or message content in logs');
+    await ws.shutdown();
+  });
+});

@@ -257,6 +257,8 @@ impl Handlers for JsHandlers {
 pub struct JsLog {
     pub f: LogFn,
     pub max: Option<Level>,
+    /// Hand over JSON lines instead of text.
+    pub json_server: Option<String>,
 }
 
 impl Log for JsLog {
@@ -264,6 +266,10 @@ impl Log for JsLog {
         self.max
     }
     fn write(&self, level: Level, line: String) {
+        let line = match &self.json_server {
+            Some(server) => crate::core::log::json_line(server, level, &line),
+            None => line,
+        };
         self.f.call(
             FnArgs::from((level.as_str().to_string(), line)),
             ThreadsafeFunctionCallMode::NonBlocking,

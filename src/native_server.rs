@@ -101,6 +101,8 @@ pub struct NativeOptions {
     pub send_pings: bool,
     /// "silent" | "error" | "warn" | "info" | "debug"
     pub log_level: String,
+    /// "text" or "json"
+    pub log_format: String,
     pub has_message_handler: bool,
     pub allowed_origins: Vec<String>,
     pub max_connections: u32,
@@ -291,11 +293,17 @@ impl NativeServer {
             deliver: Arc::new(weak(&deliver)?),
             wants_messages: options.has_message_handler,
         });
+        let json = options.log_format == "json";
         let logger = match log {
-            Some(f) => Logger::new(Arc::new(JsLog { f: weak(&f)?, max })),
-            None => Logger::new(Arc::new(StderrLog {
-                prefix: format!("ignis-ws:{}", config.identifier),
+            Some(f) => Logger::new(Arc::new(JsLog {
+                f: weak(&f)?,
                 max,
+                json_server: json.then(|| config.identifier.clone()),
+            })),
+            None => Logger::new(Arc::new(StderrLog {
+                server: config.identifier.clone(),
+                max,
+                json,
             })),
         };
         Ok(NativeServer {

@@ -30,6 +30,7 @@ export interface NormalisedOptions {
   closeOnBackpressureLimit: boolean;
   sendPings: boolean;
   logLevel: TLogLevel;
+  logFormat: 'text' | 'json';
   allowedOrigins: string[];
   maxConnections: number;
   maxConnectionsPerIp: number;
@@ -129,6 +130,10 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   ] as const) {
     optionalFn(name, opts[name]);
   }
+  const logFormat = opts.logFormat ?? 'text';
+  if (logFormat !== 'text' && logFormat !== 'json') {
+    throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
+  }
   let allowedOrigins: string[] = [];
   if (opts.allowedOrigins !== undefined && opts.allowedOrigins !== null) {
     if (!Array.isArray(opts.allowedOrigins) || !opts.allowedOrigins.every(o => typeof o === 'string' && o.length > 0)) {
@@ -161,6 +166,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   const limit = (name: keyof typeof limits, fallback: number) =>
     num(`limits.${name}`, limits[name], fallback, { min: 0, integer: true });
   return {
+    logFormat,
     allowedOrigins,
     maxConnections: limit('maxConnections', 100_000),
     maxConnectionsPerIp: limit('maxConnectionsPerIp', 0),

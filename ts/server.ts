@@ -74,6 +74,7 @@ export class WebSocketServer<
         closeOnBackpressureLimit: s.closeOnBackpressureLimit,
         sendPings: s.sendPings,
         logLevel: s.logLevel,
+        logFormat: s.logFormat,
         hasMessageHandler: typeof opts.messageHandler === 'function',
         allowedOrigins: s.allowedOrigins,
         maxConnections: s.maxConnections,
@@ -384,8 +385,18 @@ export class WebSocketServer<
 
   // ---- logging ----------------------------------------------------------
 
+  /** Lines from this file; the native side formats its own. */
   private log(level: TLogLevel, line: string): void {
     if (LEVEL_RANK[level] > LEVEL_RANK[this.settings.logLevel]) return;
+    if (this.settings.logFormat === 'json') {
+      const [msg, ...parts] = line.split(' | ');
+      const obj: Record<string, string> = { time: new Date().toISOString(), level, server: this.identifier, msg };
+      for (const p of parts) {
+        const i = p.indexOf(': ');
+        if (i > 0) obj[p.slice(0, i)] = p.slice(i + 2);
+      }
+      line = JSON.stringify(obj);
+    }
     this.writeLog(level, line);
   }
 
@@ -400,7 +411,8 @@ export class WebSocketServer<
       }
       return;
     }
-    process.stderr.write(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
+    if (this.settings.logFormat === 'json' && line.startsWith('{')) process.stderr.write(`${line}\n`);
+    else process.stderr.write(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
   }
 }
 

@@ -174,6 +174,8 @@ export interface IWebSocketServerOptions<
   shutdownSignals?: boolean | NodeJS.Signals[];
   /** Most verbose level written. Default `info` (nothing per message at info). */
   logLevel?: TLogLevel;
+  /** `text` (default) or `json`: one JSON object per line with `time`, `level`, `server`, `msg` and the line's keys (`id` is the client id). */
+  logFormat?: 'text' | 'json';
   /** Receives log lines instead of stderr. */
   logger?: IWebSocketLogger;
 }

@@ -65,10 +65,43 @@ impl Logger {
     }
 }
 
-/// Concise lines on stderr: `[ignis-ws:<identifier>] warn  <text>`.
+/// Turns a line written as `Message | key: value | key: value` (the form
+/// every line of the core uses) into one JSON object:
+/// `{"time":…,"level":…,"server":…,"msg":"Message","key":"value",…}`.
+pub fn json_line(server: &str, level: Level, line: &str) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert(
+        "time".into(),
+        crate::core::protocol::iso_time(crate::core::protocol::now_ms()).into(),
+    );
+    obj.insert("level".into(), level.as_str().into());
+    obj.insert("server".into(), server.into());
+    let mut parts = line.split(" | ");
+    obj.insert("msg".into(), parts.next().unwrap_or("").into());
+    for part in parts {
+        match part.split_once(": ") {
+            Some((k, v)) if !k.contains(' ') => {
+                obj.insert(k.to_string(), v.into());
+            }
+            _ => {
+                let msg = obj
+                    .get("msg")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                obj.insert("msg".into(), format!("{msg} | {part}").into());
+            }
+        }
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// Lines on stderr: concise text (`[ignis-ws:<identifier>] warn  <text>`)
+/// or one JSON object per line.
 pub struct StderrLog {
-    pub prefix: String,
+    pub server: String,
     pub max: Option<Level>,
+    pub json: bool,
 }
 
 impl Log for StderrLog {
@@ -76,7 +109,11 @@ impl Log for StderrLog {
         self.max
     }
     fn write(&self, level: Level, line: String) {
-        eprintln!("[{}] {:<5} {}", self.prefix, level.as_str(), line);
+        if self.json {
+            eprintln!("{}", json_line(&self.server, level, &line));
+        } else {
+            eprintln!("[ignis-ws:{}] {:<5} {}", self.server, level.as_str(), line);
+        }
     }
 }
 
@@ -88,4 +125,24 @@ impl Log for NullLog {
         None
     }
     fn write(&self, _: Level, _: String) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_keep_keys() {
+        let v: serde_json::Value = serde_json::from_str(&json_line(
+            "s1",
+            Level::Warn,
+            "Auth timeout | id: abc | remote: 1.2.3.4:5",
+        ))
+        .unwrap();
+        assert_eq!(v["msg"], "Auth timeout");
+        assert_eq!(v["id"], "abc");
+        assert_eq!(v["remote"], "1.2.3.4:5");
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["server"], "s1");
+    }
 }
