@@ -66,10 +66,10 @@ async fn accept_one(
     tls: Option<TlsAcceptor>,
 ) {
     match tls {
-        None => serve_socket(shared, stream, addr).await,
+        None => Box::pin(serve_socket(shared, stream, addr)).await,
         Some(acceptor) => {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_socket(shared, tls_stream, addr).await,
+                Ok(Ok(tls_stream)) => Box::pin(serve_socket(shared, tls_stream, addr)).await,
                 Ok(Err(e)) => shared
                     .log
                     .debug(|| format!("TLS handshake failed | remote: {addr} | error: {e}")),
@@ -112,9 +112,24 @@ fn refusal(shared: &Shared, head: &http::Head, ip: IpAddr) -> Option<(u16, &'sta
     None
 }
 
+/// Upgrades the socket (or answers it), then runs it as a connection.
+pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upgraded = Box::pin(upgrade(shared.clone(), stream, addr)).await;
+    if let Some(ws) = upgraded {
+        Box::pin(connection::run(shared, ws, addr.to_string())).await;
+    }
+}
+
 /// Reads the request head, answers what is not an acceptable upgrade, and
-/// runs the rest as a connection.
-pub async fn serve_socket<S>(shared: Arc<Shared>, mut stream: S, addr: SocketAddr)
+/// completes the WebSocket handshake for the rest.
+async fn upgrade<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    addr: SocketAddr,
+) -> Option<tokio_tungstenite::WebSocketStream<Prefixed<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -134,19 +149,19 @@ where
                     "Bad Request\n",
                 )
                 .await;
-                return;
+                return None;
             }
             Err(_) => {
                 shared
                     .log
                     .debug(|| format!("Request head timed out | remote: {remote}"));
-                return;
+                return None;
             }
         };
     if head.method == "GET" && shared.config.metrics_path.as_deref() == Some(head.path.as_str()) {
         let body = metrics::render(&shared);
         http::respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body).await;
-        return;
+        return None;
     }
     if let Some((status, reason)) = refusal(&shared, &head, addr.ip()) {
         shared.log.log(
@@ -174,14 +189,17 @@ where
             &format!("{reason}\n"),
         )
         .await;
-        return;
+        return None;
     }
     let config = ws_config(shared.config.max_payload_length);
     let replay = Prefixed::new(bytes, stream);
     match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
-        Ok(ws) => connection::run(shared, ws, remote).await,
-        Err(e) => shared
-            .log
-            .debug(|| format!("Upgrade failed | remote: {remote} | error: {e}")),
+        Ok(ws) => Some(ws),
+        Err(e) => {
+            shared
+                .log
+                .debug(|| format!("Upgrade failed | remote: {remote} | error: {e}"));
+            None
+        }
     }
 }
