@@ -69,4 +69,18 @@ describe('encryption handshake (§4.4)', () => {
     await c.next('connected');
     c.close();
   });
+
+  test('handshakeFn returning the wrong types is an error (4003); one that never settles hits the 4001 timer', async () => {
+    const a = await startServer({ requireEncryption: true, handshakeFn: () => ({ serverPublicKey: 5, salt: null }) });
+    const c = await Client.open(a.url);
+    c.emit('authenticate', { token: 't' });
+    assert.deepEqual((await c.next('error')).data, { message: 'Authentication error' });
+    assert.deepEqual(await c.closed, { code: 4003, reason: 'Authentication failed' });
+
+    const b = await startServer({ requireEncryption: true, authTimeout: 100, handshakeFn: () => new Promise(() => {}) });
+    const d = await Client.open(b.url);
+    d.emit('authenticate', { token: 't' });
+    globalThis.Bun?.gc(true);
+    assert.deepEqual(await d.closed, { code: 4001, reason: 'Authentication timeout' });
+  });
 });
