@@ -1,0 +1,371 @@
+// WebSocketClient: the browser / Node / Bun client for the Ignis protocol.
+// No dependency in the browser build; on Node 20 (no global WebSocket) it
+// uses the `ws` package when installed, or a constructor passed in.
+
+export type TClientState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'disconnected';
+
+export interface IConnectedPayload {
+  id: string;
+  userId?: string;
+  time: string;
+  serverPublicKey?: string;
+  salt?: string;
+}
+
+export interface IReconnectOptions {
+  /** First delay in ms. Default 500. */
+  minDelay?: number;
+  /** Largest delay in ms. Default 30000. */
+  maxDelay?: number;
+  /** Growth per attempt. Default 2. */
+  factor?: number;
+  /** Random spread, 0..1, applied to each delay. Default 0.5. */
+  jitter?: number;
+  /** Give up after this many failed attempts in a row. Default: never. */
+  maxAttempts?: number;
+}
+
+export interface IWebSocketClientOptions<AuthData = Record<string, unknown>> {
+  url: string;
+  /** Called before every (re)connection; its result is the `authenticate` data. */
+  auth: () => AuthData | Promise<AuthData>;
+  /** ms between heartbeats while connected; 0 disables. Default 30000. */
+  heartbeatInterval?: number;
+  /** Reconnect with jittered exponential backoff (default), or `false`. */
+  reconnect?: boolean | IReconnectOptions;
+  /** Events `emit`ted while not connected, kept for the next connection. Default 100. */
+  queueLimit?: number;
+  /**
+   * End-to-end encryption with the documented scheme (ECDH P-256, HKDF-SHA-256,
+   * AES-256-GCM): a public key is added to the authenticate data as
+   * `publicKey`, and `encrypted` frames are decrypted transparently. Default:
+   * on when WebCrypto is available (the server decides whether to use it).
+   */
+  encryption?: boolean;
+  /** A WebSocket constructor, for runtimes without a global one. */
+  WebSocket?: unknown;
+}
+
+export interface IDisconnectInfo {
+  code: number;
+  reason: string;
+  /** Whether the client will try again. */
+  willReconnect: boolean;
+}
+
+type Listener = (data: any) => void;
+
+/** Close codes after which reconnecting cannot help. */
+const FINAL_CODES = new Set([4003, 4004]);
+const HKDF_INFO = 'ignis-ecdh-p256-aes-256-gcm-v1';
+
+interface ISocket {
+  readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+function b64encode(bytes: Uint8Array): string {
+  let s = '';
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s);
+}
+
+function b64decode(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function findWebSocket(given: unknown): new (url: string) => ISocket {
+  if (given) return given as new (url: string) => ISocket;
+  const g = (globalThis as { WebSocket?: unknown }).WebSocket;
+  if (g) return g as new (url: string) => ISocket;
+  try {
+    // Node 20 has no global WebSocket; the `ws` package speaks the same API.
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const req = typeof require === 'function' ? require : undefined;
+    if (req) return req('ws') as new (url: string) => ISocket;
+  } catch {
+    // fall through
+  }
+  throw new Error('[ignis-ws-native/client] no WebSocket implementation: install "ws" or pass options.WebSocket');
+}
+
+export class WebSocketClient<AuthData extends Record<string, unknown> = Record<string, unknown>> {
+  /** The `connected` payload of the current connection. */
+  session: IConnectedPayload | undefined;
+
+  private readonly opts: IWebSocketClientOptions<AuthData>;
+  private readonly Ctor: new (url: string) => ISocket;
+  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly rooms = new Set<string>();
+  private readonly queue: string[] = [];
+  private socket: ISocket | undefined;
+  private _state: TClientState = 'idle';
+  private attempts = 0;
+  private heartbeat: ReturnType<typeof setInterval> | undefined;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private closedByUser = false;
+  // WebCrypto key objects (typed loosely: the package builds without DOM typings).
+  private key: any;
+  private keyPair: { publicKey: any; privateKey: any } | undefined;
+  private decryptChain: Promise<void> = Promise.resolve();
+  private firstConnect: { resolve: (p: IConnectedPayload) => void; reject: (e: Error) => void } | undefined;
+
+  constructor(opts: IWebSocketClientOptions<AuthData>) {
+    if (!opts || typeof opts.url !== 'string') throw new TypeError('[ignis-ws-native/client] options.url is required');
+    if (typeof opts.auth !== 'function') throw new TypeError('[ignis-ws-native/client] options.auth must be a function');
+    this.opts = opts;
+    this.Ctor = findWebSocket(opts.WebSocket);
+  }
+
+  get state(): TClientState {
+    return this._state;
+  }
+
+  /** Opens the connection; resolves with the `connected` payload. */
+  connect(): Promise<IConnectedPayload> {
+    if (this._state === 'connected' && this.session) return Promise.resolve(this.session);
+    this.closedByUser = false;
+    const p = new Promise<IConnectedPayload>((resolve, reject) => (this.firstConnect = { resolve, reject }));
+    if (this._state === 'idle' || this._state === 'disconnected') void this.open();
+    return p;
+  }
+
+  on(event: string, fn: Listener): this {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return this;
+  }
+
+  off(event: string, fn: Listener): this {
+    this.listeners.get(event)?.delete(fn);
+    return this;
+  }
+
+  once(event: string, fn: Listener): this {
+    const wrapped: Listener = data => {
+      this.off(event, wrapped);
+      fn(data);
+    };
+    return this.on(event, wrapped);
+  }
+
+  /** Sends an application event; queued (bounded) while not connected. Returns false when dropped. */
+  emit(event: string, data?: unknown): boolean {
+    const frame = JSON.stringify(data === undefined ? { event } : { event, data });
+    if (this._state === 'connected' && this.socket?.readyState === 1) {
+      this.socket.send(frame);
+      return true;
+    }
+    if (this.closedByUser) return false;
+    const limit = this.opts.queueLimit ?? 100;
+    if (this.queue.length >= limit) {
+      this.dispatch('dropped', { event, data });
+      return false;
+    }
+    this.queue.push(frame);
+    return true;
+  }
+
+  /** Joins rooms now and again after every reconnection. */
+  join(rooms: string | string[]): void {
+    const list = Array.isArray(rooms) ? rooms : [rooms];
+    for (const r of list) this.rooms.add(r);
+    if (this._state === 'connected') this.send({ event: 'join', data: { rooms: list } });
+  }
+
+  leave(rooms: string | string[]): void {
+    const list = Array.isArray(rooms) ? rooms : [rooms];
+    for (const r of list) this.rooms.delete(r);
+    if (this._state === 'connected') this.send({ event: 'leave', data: { rooms: list } });
+  }
+
+  /** Closes for good (no reconnection). */
+  close(code = 1000, reason = ''): void {
+    this.closedByUser = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.stopHeartbeat();
+    const s = this.socket;
+    if (s && s.readyState <= 1) s.close(code, reason);
+    else this.setState('disconnected', { code, reason, willReconnect: false });
+  }
+
+  // ---- internals --------------------------------------------------------
+
+  private send(msg: unknown): void {
+    if (this.socket?.readyState === 1) this.socket.send(JSON.stringify(msg));
+  }
+
+  private dispatch(event: string, data: unknown): void {
+    for (const fn of [...(this.listeners.get(event) ?? [])]) {
+      try {
+        fn(data);
+      } catch (e) {
+        if (event !== 'listenerError') this.dispatch('listenerError', e);
+      }
+    }
+  }
+
+  private setState(state: TClientState, info?: unknown): void {
+    this._state = state;
+    this.dispatch('state', state);
+    this.dispatch(state, info);
+  }
+
+  private wantsEncryption(): boolean {
+    return this.opts.encryption !== false && !!globalThis.crypto?.subtle;
+  }
+
+  private async open(): Promise<void> {
+    this.setState(this.attempts === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempts });
+    let data: Record<string, unknown>;
+    try {
+      data = { ...((await this.opts.auth()) ?? {}) };
+      if (this.wantsEncryption()) {
+        this.keyPair = (await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits'])) as {
+          publicKey: any;
+          privateKey: any;
+        };
+        data.publicKey = b64encode(new Uint8Array(await crypto.subtle.exportKey('raw', this.keyPair.publicKey)));
+      }
+    } catch (e) {
+      this.dispatch('error', e);
+      this.scheduleRetry({ code: 0, reason: 'auth() failed' });
+      return;
+    }
+    if (this.closedByUser) return;
+    let socket: ISocket;
+    try {
+      socket = new this.Ctor(this.opts.url);
+    } catch (e) {
+      this.dispatch('error', e);
+      this.scheduleRetry({ code: 0, reason: String(e) });
+      return;
+    }
+    this.socket = socket;
+    this.key = undefined;
+    socket.onopen = () => socket.send(JSON.stringify({ event: 'authenticate', data }));
+    socket.onmessage = ev => this.onFrame(socket, ev.data);
+    socket.onerror = ev => this.dispatch('error', ev);
+    socket.onclose = ev => this.onClose(socket, ev.code, ev.reason);
+  }
+
+  private onFrame(socket: ISocket, raw: unknown): void {
+    if (socket !== this.socket) return;
+    let msg: { event: string; data?: any };
+    try {
+      msg = JSON.parse(typeof raw === 'string' ? raw : String(raw));
+    } catch {
+      return;
+    }
+    if (msg.event === 'connected') {
+      // Decryption must wait for the key; chain it so frames stay in order.
+      this.decryptChain = this.decryptChain.then(() => this.onConnected(msg.data as IConnectedPayload));
+      return;
+    }
+    if (msg.event === 'encrypted') {
+      this.decryptChain = this.decryptChain.then(async () => {
+        if (!this.key) return this.dispatch('encrypted', msg.data);
+        try {
+          const pt = await crypto.subtle.decrypt(
+            { name: 'AES-GCM', iv: b64decode(msg.data.iv) },
+            this.key,
+            b64decode(msg.data.ct),
+          );
+          const inner = JSON.parse(new TextDecoder().decode(pt)) as { event: string; data?: unknown };
+          this.dispatch(inner.event, inner.data);
+        } catch (e) {
+          this.dispatch('error', e);
+        }
+      });
+      return;
+    }
+    this.decryptChain = this.decryptChain.then(() => this.dispatch(msg.event, msg.data));
+  }
+
+  private async onConnected(payload: IConnectedPayload): Promise<void> {
+    if (payload.serverPublicKey && payload.salt && this.keyPair) {
+      try {
+        const peer = await crypto.subtle.importKey('raw', b64decode(payload.serverPublicKey), { name: 'ECDH', namedCurve: 'P-256' }, false, []);
+        const bits = await crypto.subtle.deriveBits({ name: 'ECDH', public: peer }, this.keyPair.privateKey, 256);
+        const hkdf = await crypto.subtle.importKey('raw', bits, 'HKDF', false, ['deriveKey']);
+        this.key = await crypto.subtle.deriveKey(
+          { name: 'HKDF', hash: 'SHA-256', salt: b64decode(payload.salt), info: new TextEncoder().encode(HKDF_INFO) },
+          hkdf,
+          { name: 'AES-GCM', length: 256 },
+          false,
+          ['decrypt'],
+        );
+      } catch (e) {
+        this.dispatch('error', e);
+      }
+    }
+    this.session = payload;
+    this.attempts = 0;
+    this.setState('connected', payload);
+    this.startHeartbeat();
+    if (this.rooms.size) this.send({ event: 'join', data: { rooms: [...this.rooms] } });
+    while (this.queue.length && this.socket?.readyState === 1) this.socket.send(this.queue.shift()!);
+    this.firstConnect?.resolve(payload);
+    this.firstConnect = undefined;
+  }
+
+  private onClose(socket: ISocket, code: number, reason: string): void {
+    if (socket !== this.socket) return;
+    this.stopHeartbeat();
+    this.socket = undefined;
+    this.session = undefined;
+    if (this.closedByUser) {
+      this.setState('disconnected', { code, reason, willReconnect: false });
+      this.firstConnect?.reject(new Error(`closed (${code})`));
+      this.firstConnect = undefined;
+      return;
+    }
+    this.scheduleRetry({ code, reason });
+  }
+
+  private scheduleRetry(close: { code: number; reason: string }): void {
+    const r = this.opts.reconnect ?? true;
+    const cfg: IReconnectOptions = typeof r === 'object' ? r : {};
+    const final = FINAL_CODES.has(close.code);
+    const exhausted = cfg.maxAttempts !== undefined && this.attempts >= cfg.maxAttempts;
+    const willReconnect = r !== false && !final && !exhausted && !this.closedByUser;
+    this.setState('disconnected', { ...close, willReconnect } satisfies IDisconnectInfo);
+    if (!willReconnect) {
+      this.firstConnect?.reject(new Error(`connection closed (${close.code}${close.reason ? ' ' + close.reason : ''})`));
+      this.firstConnect = undefined;
+      return;
+    }
+    const min = cfg.minDelay ?? 500;
+    const max = cfg.maxDelay ?? 30_000;
+    const factor = cfg.factor ?? 2;
+    const jitter = Math.min(1, Math.max(0, cfg.jitter ?? 0.5));
+    const base = Math.min(max, min * factor ** this.attempts);
+    const delay = base * (1 - jitter + Math.random() * jitter * 2);
+    this.attempts++;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (!this.closedByUser) void this.open();
+    }, Math.min(max, delay));
+  }
+
+  private startHeartbeat(): void {
+    this.stopHeartbeat();
+    const every = this.opts.heartbeatInterval ?? 30_000;
+    if (every > 0) this.heartbeat = setInterval(() => this.send({ event: 'heartbeat' }), every);
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+  }
+}
