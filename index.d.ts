@@ -23,8 +23,13 @@ export declare class NativeEmitter {
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
   constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: Array<JsEvent>) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
-  /** Binds and starts serving; resolves with the bound port. */
-  start(): Promise<number>
+  /** Whether `start()` binds host:port (false: attached sockets only). */
+  setListen(listen: boolean): void
+  /**
+   * Binds and starts serving; resolves with the bound port (none when
+   * not listening).
+   */
+  start(): Promise<number | null>
   /** Closes every socket (1001), runs the disconnect callbacks, stops. */
   shutdown(): Promise<void>
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
@@ -41,6 +46,13 @@ export declare class NativeServer {
   publish(kind: string, target: string | undefined | null, event: string, dataJson?: string | undefined | null, exclude?: Array<string> | undefined | null): void
   joinRoom(clientId: string, room: string): boolean
   leaveRoom(clientId: string, room: string): boolean
+  /**
+   * Takes over a TCP socket that an HTTP server accepted and is about to
+   * upgrade: duplicates `fd` (the caller then closes its own), and serves
+   * it, replaying `head` (the reconstructed request head plus any bytes
+   * read past it).
+   */
+  adoptSocket(fd: number, head: Buffer): void
   /** Closes one client's socket with `code` and `reason`. */
   closeClient(clientId: string, code: number, reason: string): boolean
   hasClient(clientId: string): boolean
@@ -102,6 +114,8 @@ export interface NativeOptions {
   redis?: NativeRedisOptions
   host: string
   port: number
+  /** Bind host:port (false: only sockets handed over with adoptSocket). */
+  listen: boolean
   path: string
   defaultRooms: Array<string>
   /** milliseconds */

@@ -83,6 +83,8 @@ pub struct NativeOptions {
     pub redis: Option<NativeRedisOptions>,
     pub host: String,
     pub port: u32,
+    /// Bind host:port (false: only sockets handed over with adoptSocket).
+    pub listen: bool,
     pub path: String,
     pub default_rooms: Vec<String>,
     /// milliseconds
@@ -221,6 +223,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         server_id: o.server_id.clone(),
         host: o.host.clone(),
         port,
+        listen: o.listen,
         path: o.path.clone(),
         default_rooms: o.default_rooms.clone(),
         auth_timeout: millis("authTimeout", o.auth_timeout)?,
@@ -315,9 +318,16 @@ impl NativeServer {
         })
     }
 
-    /// Binds and starts serving; resolves with the bound port.
+    /// Whether `start()` binds host:port (false: attached sockets only).
     #[napi]
-    pub async fn start(&self) -> Result<u32> {
+    pub fn set_listen(&mut self, listen: bool) {
+        self.config.listen = listen;
+    }
+
+    /// Binds and starts serving; resolves with the bound port (none when
+    /// not listening).
+    #[napi]
+    pub async fn start(&self) -> Result<Option<u32>> {
         if self.server.lock().is_some() {
             return Err(Error::new(
                 Status::GenericFailure,
@@ -332,7 +342,7 @@ impl NativeServer {
         )
         .await
         .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
-        let port = server.local_addr().port() as u32;
+        let port = server.local_addr().map(|a| u32::from(a.port()));
         *self.server.lock() = Some(Arc::new(server));
         Ok(port)
     }
@@ -424,6 +434,54 @@ impl NativeServer {
     #[napi]
     pub fn leave_room(&self, client_id: String, room: String) -> bool {
         self.with(|s| !s.hub().leave(&client_id, &[room]).is_empty(), false)
+    }
+
+    /// Takes over a TCP socket that an HTTP server accepted and is about to
+    /// upgrade: duplicates `fd` (the caller then closes its own), and serves
+    /// it, replaying `head` (the reconstructed request head plus any bytes
+    /// read past it).
+    #[napi]
+    pub fn adopt_socket(&self, fd: i32, head: napi::bindgen_prelude::Buffer) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::BorrowedFd;
+            if fd < 0 {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    "adoptSocket: invalid file descriptor",
+                ));
+            }
+            // SAFETY: the caller owns `fd` for the duration of this call; we
+            // only duplicate it.
+            let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(|e| {
+                    Error::new(
+                        Status::GenericFailure,
+                        format!("adoptSocket: dup failed: {e}"),
+                    )
+                })?;
+            let stream = std::net::TcpStream::from(owned);
+            let server = self.server.lock().clone();
+            let Some(server) = server else {
+                return Err(Error::new(
+                    Status::GenericFailure,
+                    "adoptSocket: server is not running",
+                ));
+            };
+            napi::bindgen_prelude::within_runtime_if_available(|| {
+                server.adopt(stream, head.to_vec())
+            })
+            .map_err(|e| Error::new(Status::GenericFailure, format!("adoptSocket: {e}")))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (fd, head);
+            Err(Error::new(
+                Status::GenericFailure,
+                "adoptSocket is only supported on Unix",
+            ))
+        }
     }
 
     /// Closes one client's socket with `code` and `reason`.

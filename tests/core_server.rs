@@ -92,7 +92,7 @@ async fn start(cfg: Config, fake: Arc<Fake>) -> Server {
 }
 
 async fn connect(server: &Server) -> Ws {
-    let url = format!("ws://{}/ws", server.local_addr());
+    let url = format!("ws://{}/ws", server.local_addr().expect("listening"));
     connect_async(url).await.unwrap().0
 }
 

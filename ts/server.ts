@@ -37,7 +37,7 @@ export class WebSocketServer<
   readonly identifier: string;
   /** This instance's id on the bus (a UUID), as in the original. */
   readonly serverId: string;
-  /** The bound port, once `configure()` resolved. */
+  /** The bound port, once `configure()` resolved (undefined with `noServer` or attach-only). */
   port: number | undefined;
 
   private readonly opts: IWebSocketServerOptions<AuthDataType, MetadataType>;
@@ -47,6 +47,7 @@ export class WebSocketServer<
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private state: 'idle' | 'starting' | 'running' | 'stopped' = 'idle';
+  private attached: Array<{ server: import('node:http').Server; listener: (...a: any[]) => void }> = [];
 
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
     this.settings = normaliseOptions(opts);
@@ -61,6 +62,7 @@ export class WebSocketServer<
         redis: normaliseRedis(opts.redis !== undefined ? 'redis' : 'redisConnection', opts.redis ?? opts.redisConnection),
         host: s.host,
         port: s.port,
+        listen: true,
         path: s.path,
         defaultRooms: s.defaultRooms,
         authTimeout: s.authTimeout,
@@ -106,8 +108,10 @@ export class WebSocketServer<
       throw new Error(`[ignis-ws-native] configure() called twice (server is ${this.state})`);
     }
     this.state = 'starting';
+    const listen = !(this.opts.noServer || (this.attached.length > 0 && this.opts.port === undefined));
+    this.native.setListen(listen);
     try {
-      this.port = await this.native.start();
+      this.port = (await this.native.start()) ?? undefined;
     } catch (e) {
       this.state = 'idle';
       throw new Error(`[ignis-ws-native] ${this.identifier}: ${errorText(e)}`);
@@ -145,6 +149,8 @@ export class WebSocketServer<
     this.state = 'stopped';
     for (const [sig, handler] of this.signalHandlers) process.off(sig, handler);
     this.signalHandlers = [];
+    for (const { server, listener } of this.attached) server.off('upgrade', listener);
+    this.attached = [];
     try {
       await this.native.shutdown();
     } finally {
@@ -152,6 +158,60 @@ export class WebSocketServer<
       this.keepAlive = undefined;
       this.metadata.clear();
     }
+  }
+
+  /**
+   * Serves WebSocket upgrades at `path` that arrive at an application's own
+   * Node `http.Server` (Express, Fastify, Hono's node-server…), so REST and
+   * WebSocket share one port. The socket is handed to the native server
+   * (its file descriptor is duplicated; Node lets go of its copy). Attached
+   * before `configure()` and without a `port`, the server opens no port of
+   * its own. Not for `https` servers (TLS lives in Node there): terminate
+   * TLS in front, or use the `tls` option on a port of its own.
+   */
+  attach(server: import('node:http').Server): this {
+    const listener = (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) =>
+      this.handleUpgrade(server, req, socket, head);
+    server.on('upgrade', listener);
+    this.attached.push({ server, listener });
+    return this;
+  }
+
+  private handleUpgrade(
+    server: import('node:http').Server,
+    req: import('node:http').IncomingMessage,
+    socket: import('node:net').Socket,
+    head: Buffer,
+  ): void {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== this.settings.path) {
+      // Someone else's upgrade; answer it only if nobody else listens.
+      if (server.listenerCount('upgrade') === this.attached.filter(a => a.server === server).length) {
+        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      }
+      return;
+    }
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (this.state !== 'running' || (socket as { encrypted?: boolean }).encrypted || typeof fd !== 'number' || fd < 0) {
+      const why = this.state !== 'running' ? 'server not running' : 'socket has no file descriptor (TLS or this runtime)';
+      this.log('error', `Cannot take over upgrade | reason: ${why}`);
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      return;
+    }
+    let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+    const raw = req.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) text += `${raw[i]}: ${raw[i + 1]}\r\n`;
+    text += '\r\n';
+    try {
+      socket.pause();
+      this.native.adoptSocket(fd, Buffer.concat([Buffer.from(text, 'latin1'), head]));
+    } catch (e) {
+      this.log('error', `Cannot take over upgrade | error: ${errorText(e)}`);
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      return;
+    }
+    // Our duplicate keeps the connection; Node closes only its descriptor.
+    socket.destroy();
   }
 
   getPath(): string {

@@ -127,6 +127,8 @@ export interface IWebSocketServerOptions<
   host?: string;
   /** TCP port; 0 picks a free one (read it from `ws.port` after `configure()`). Default 0. */
   port?: number;
+  /** Open no port: serve only upgrades handed over by `attach(httpServer)`. */
+  noServer?: boolean;
   /** Upgrade path. Default `/ws`. */
   path?: string;
   /**

@@ -11,6 +11,9 @@ pub struct Config {
     pub host: String,
     /// 0 binds an ephemeral port.
     pub port: u16,
+    /// Bind `host:port`; false serves only sockets handed over by
+    /// `Server::adopt` (an application's own HTTP server).
+    pub listen: bool,
     pub path: String,
     pub default_rooms: Vec<String>,
     pub auth_timeout: Duration,
@@ -65,6 +68,7 @@ impl Default for Config {
             server_id: uuid::Uuid::new_v4().to_string(),
             host: "0.0.0.0".into(),
             port: 0,
+            listen: true,
             path: "/ws".into(),
             default_rooms: vec!["ws-default".into(), "ws-notification".into()],
             auth_timeout: Duration::from_millis(5_000),

@@ -81,6 +81,17 @@ async fn accept_one(
     }
 }
 
+/// A connection accepted by someone else (plain TCP), with the bytes
+/// already read from it.
+pub async fn serve_adopted(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    head: Vec<u8>,
+    addr: SocketAddr,
+) {
+    Box::pin(serve_socket(shared, Prefixed::new(head, stream), addr)).await
+}
+
 /// Socket settings: small buffers (a socket mostly idles), inbound messages
 /// capped at `maxPayloadLength`.
 pub fn ws_config(max_payload: usize) -> WebSocketConfig {

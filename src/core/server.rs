@@ -18,7 +18,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -105,7 +105,7 @@ struct Parts {
 
 pub struct Server {
     shared: Arc<Shared>,
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -130,18 +130,21 @@ impl Server {
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
             ),
         };
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener = match TcpListener::bind(&addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                broker.shutdown().await;
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {addr} (option host/port): {e}"),
-                ));
+        let listener = if config.listen {
+            let addr = format!("{}:{}", config.host, config.port);
+            match TcpListener::bind(&addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    broker.shutdown().await;
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr} (option host/port): {e}"),
+                    ));
+                }
             }
+        } else {
+            None
         };
-        let local_addr = listener.local_addr()?;
         let tls = match &config.tls {
             None => None,
             Some((cert, key)) => match listener::tls_acceptor(cert, key) {
@@ -159,15 +162,11 @@ impl Server {
             broker,
             router,
         };
-        Ok(Self::with_listener(config, parts, listener, local_addr))
+        Ok(Self::with_listener(config, parts, listener))
     }
 
-    fn with_listener(
-        config: Config,
-        parts: Parts,
-        listener: TcpListener,
-        local_addr: SocketAddr,
-    ) -> Server {
+    fn with_listener(config: Config, parts: Parts, listener: Option<TcpListener>) -> Server {
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let Parts {
             tls,
             handlers,
@@ -200,24 +199,49 @@ impl Server {
             .hub
             .set_interest_listener(Arc::new(BrokerInterest(broker)));
         let dispatcher = tokio::spawn(dispatch_events(shared.clone(), rx));
-        let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tls));
-        let sweep = tokio::spawn(heartbeat_sweep(shared.clone()));
+        let mut tasks = vec![tokio::spawn(heartbeat_sweep(shared.clone()))];
+        if let Some(l) = listener {
+            tasks.push(tokio::spawn(listener::accept_loop(shared.clone(), l, tls)));
+        }
         shared.log.info(|| {
             format!(
-                "WebSocket Server READY | id: {} | address: {local_addr} | path: {}",
-                shared.config.identifier, shared.config.path
+                "WebSocket Server READY | id: {} | address: {} | path: {}",
+                shared.config.identifier,
+                local_addr.map_or("attached sockets only".to_string(), |a| a.to_string()),
+                shared.config.path
             )
         });
         Server {
             shared,
             local_addr,
-            tasks: Mutex::new(vec![accept, sweep]),
+            tasks: Mutex::new(tasks),
             dispatcher: Mutex::new(Some(dispatcher)),
         }
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The bound address; `None` when the server only serves attached sockets.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Serves a TCP connection accepted elsewhere (an HTTP server's
+    /// `upgrade` event): `head` is every byte already read from it, starting
+    /// with the request line, which the upgrade reads first.
+    pub fn adopt(&self, stream: std::net::TcpStream, head: Vec<u8>) -> io::Result<()> {
+        if self.shared.is_shutting_down() {
+            return Err(io::Error::other("server is shutting down"));
+        }
+        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        let addr = stream.peer_addr()?;
+        let stream = TcpStream::from_std(stream)?;
+        let shared = self.shared.clone();
+        shared.connection_started(addr.ip());
+        tokio::spawn(async move {
+            listener::serve_adopted(shared.clone(), stream, head, addr).await;
+            shared.connection_finished(addr.ip());
+        });
+        Ok(())
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
