@@ -311,10 +311,13 @@ export class WebSocketClient<AuthData extends Record<string, unknown> = Record<s
     }
     this.session = payload;
     this.attempts = 0;
-    this.setState('connected', payload);
+    this._state = 'connected';
     this.startHeartbeat();
+    // Rooms and queued events go out before listeners hear `connected`, so
+    // whatever they send follows the re-join.
     if (this.rooms.size) this.send({ event: 'join', data: { rooms: [...this.rooms] } });
     while (this.queue.length && this.socket?.readyState === 1) this.socket.send(this.queue.shift()!);
+    this.setState('connected', payload);
     this.firstConnect?.resolve(payload);
     this.firstConnect = undefined;
   }

@@ -1,0 +1,124 @@
+// Browser end to end, in Debian's Chromium driven by playwright-core: the
+// demo page in two tabs chatting through the server, and an encrypted
+// session decrypted in the page by the client SDK with WebCrypto.
+// Runs under Node (the demo is a Node app serving the page).
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer, stopAll } from './helpers.mjs';
+import { serverEncryption } from './crypto-helpers.mjs';
+import { startInstance } from '../demo/server.mjs';
+import { startRedis } from './redis-helpers.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+let browser;
+const cleanups = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await Promise.all(cleanups.map(f => f()));
+  await stopAll();
+});
+
+async function joinAs(page, base, name, room = 'lobby') {
+  await page.goto(base);
+  await page.fill('#name', name);
+  await page.fill('#room', room);
+  await page.click('#join button');
+  await page.waitForSelector('#app:not([hidden])');
+}
+
+describe('demo in Chromium', () => {
+  test('two pages join a room, see each other online and exchange messages', async () => {
+    const demo = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent' });
+    cleanups.push(() => demo.stop());
+    const base = `http://127.0.0.1:${demo.port}/`;
+    const ctx = await browser.newContext({ viewport: { width: 1100, height: 640 } });
+    const ada = await ctx.newPage();
+    const bob = await ctx.newPage();
+    await joinAs(ada, base, 'ada');
+    await joinAs(bob, base, 'bob');
+    for (const p of [ada, bob]) {
+      await p.waitForSelector('#online li[data-name="ada"]');
+      await p.waitForSelector('#online li[data-name="bob"]');
+    }
+    await ada.fill('#text', 'hello bob');
+    await ada.press('#text', 'Enter');
+    await bob.waitForSelector('#messages li:has-text("hello bob")');
+    await bob.fill('#text', 'hi ada');
+    await bob.press('#text', 'Enter');
+    await ada.waitForSelector('#messages li:has-text("hi ada")');
+    assert.match(await ada.textContent('#status'), /connected as ada to instance 1/);
+    await ada.screenshot({ path: path.join(here, '..', 'docs', 'demo.png') });
+    await bob.close();
+    await ada.waitForSelector('#messages li:has-text("bob left")');
+    await ctx.close();
+  });
+
+  test('two instances on Redis: each page shows which instance every user is on, messages cross', async () => {
+    const redis = await startRedis();
+    cleanups.push(() => redis.stop());
+    const one = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent', redis: redis.url });
+    const two = await startInstance(1, 0, { host: '127.0.0.1', logLevel: 'silent', redis: redis.url });
+    cleanups.push(() => one.stop(), () => two.stop());
+    const ctx = await browser.newContext();
+    const ada = await ctx.newPage();
+    const bob = await ctx.newPage();
+    await joinAs(ada, `http://127.0.0.1:${one.port}/`, 'ada', 'ops');
+    await joinAs(bob, `http://127.0.0.1:${two.port}/`, 'bob', 'ops');
+    for (const p of [ada, bob]) {
+      await p.waitForSelector(`#online li[data-name="ada"]:has-text("instance 1 (:${one.port})")`);
+      await p.waitForSelector(`#online li[data-name="bob"]:has-text("instance 2 (:${two.port})")`);
+    }
+    await bob.fill('#text', 'from the other instance');
+    await bob.press('#text', 'Enter');
+    await ada.waitForSelector('#messages li:has-text("from the other instance")');
+    await ctx.close();
+  });
+
+  test('an encrypted session decrypts in the page (ECDH P-256 / HKDF / AES-256-GCM)', async () => {
+    const { ws } = await startServer({ requireEncryption: true, ...serverEncryption() });
+    const page = http.createServer((req, res) => {
+      if (req.url === '/client.js') {
+        res.writeHead(200, { 'content-type': 'text/javascript' });
+        fs.createReadStream(path.join(here, '..', 'dist', 'browser', 'client.js')).pipe(res);
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/html' }).end(`<!doctype html><script type="module">
+        import { WebSocketClient } from '/client.js';
+        const c = new WebSocketClient({ url: 'ws://127.0.0.1:${ws.port}/ws', auth: () => ({ token: 'browser' }) });
+        window.received = [];
+        c.on('secret', d => window.received.push(d));
+        window.session = await c.connect();
+      </script>`);
+    });
+    await new Promise(r => page.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise(r => page.close(r)));
+    const tab = await browser.newPage();
+    const wire = [];
+    tab.on('websocket', sock => sock.on('framereceived', f => wire.push(String(f.payload))));
+    await tab.goto(`http://127.0.0.1:${page.address().port}/`);
+    await tab.waitForFunction(() => window.session?.id);
+    const session = await tab.evaluate(() => window.session);
+    assert.ok(session.serverPublicKey && session.salt, 'connected carries the server key in plain JSON');
+    ws.sendToClient({ clientId: session.id, event: 'secret', data: { card: '4242' } });
+    await tab.waitForFunction(() => window.received.length === 1);
+    assert.deepEqual(await tab.evaluate(() => window.received[0]), { card: '4242' });
+    const onWire = wire.map(w => JSON.parse(w)).filter(m => m.event !== 'connected');
+    assert.ok(onWire.length >= 1 && onWire.every(m => m.event === 'encrypted' && m.data.iv && m.data.ct), 'only ciphertext on the wire');
+    assert.ok(!wire.some(w => w.includes('4242')));
+    await tab.close();
+  });
+});
