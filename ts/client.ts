@@ -55,6 +55,17 @@ export interface IDisconnectInfo {
 
 type Listener = (data: any) => void;
 
+/** Events the client itself emits, with their payloads. */
+export interface IClientEvents {
+  connecting: { attempt: number };
+  reconnecting: { attempt: number };
+  connected: IConnectedPayload;
+  disconnected: IDisconnectInfo;
+  state: TClientState;
+  error: unknown;
+  dropped: { event: string; data: unknown };
+}
+
 /** Close codes after which reconnecting cannot help. */
 const FINAL_CODES = new Set([4003, 4004]);
 const HKDF_INFO = 'ignis-ecdh-p256-aes-256-gcm-v1';
@@ -97,7 +108,14 @@ function findWebSocket(given: unknown): new (url: string) => ISocket {
   throw new Error('[ignis-ws-native/client] no WebSocket implementation: install "ws" or pass options.WebSocket');
 }
 
-export class WebSocketClient<AuthData extends Record<string, unknown> = Record<string, unknown>> {
+/**
+ * `Events` maps application event names to their `data` types, so
+ * `on('chat', m => …)` is typed: `new WebSocketClient<Auth, { chat: Msg }>(…)`.
+ */
+export class WebSocketClient<
+  AuthData extends Record<string, unknown> = Record<string, unknown>,
+  Events extends Record<string, any> = Record<string, any>,
+> {
   /** The `connected` payload of the current connection. */
   session: IConnectedPayload | undefined;
 
@@ -138,28 +156,30 @@ export class WebSocketClient<AuthData extends Record<string, unknown> = Record<s
     return p;
   }
 
-  on(event: string, fn: Listener): this {
+  on<K extends keyof (Events & IClientEvents) & string>(event: K, fn: (data: (Events & IClientEvents)[K]) => void): this {
     let set = this.listeners.get(event);
     if (!set) this.listeners.set(event, (set = new Set()));
-    set.add(fn);
+    set.add(fn as Listener);
     return this;
   }
 
-  off(event: string, fn: Listener): this {
-    this.listeners.get(event)?.delete(fn);
+  off<K extends keyof (Events & IClientEvents) & string>(event: K, fn: (data: (Events & IClientEvents)[K]) => void): this {
+    this.listeners.get(event)?.delete(fn as Listener);
     return this;
   }
 
-  once(event: string, fn: Listener): this {
-    const wrapped: Listener = data => {
+  once<K extends keyof (Events & IClientEvents) & string>(event: K, fn: (data: (Events & IClientEvents)[K]) => void): this {
+    const wrapped = (data: (Events & IClientEvents)[K]) => {
       this.off(event, wrapped);
       fn(data);
     };
     return this.on(event, wrapped);
   }
 
+  /** Sends an application event (see `emit`), typed by `Events`. */
+
   /** Sends an application event; queued (bounded) while not connected. Returns false when dropped. */
-  emit(event: string, data?: unknown): boolean {
+  emit<K extends keyof Events & string>(event: K, data?: Events[K]): boolean {
     const frame = JSON.stringify(data === undefined ? { event } : { event, data });
     if (this._state === 'connected' && this.socket?.readyState === 1) {
       this.socket.send(frame);

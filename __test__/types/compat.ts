@@ -76,3 +76,15 @@ async function main(): Promise<void> {
   await helper.shutdown();
 }
 void main;
+
+// The client SDK's typed events.
+import { WebSocketClient } from 'ignis-ws-native/client';
+type ChatEvents = { chat: { text: string; from: string } };
+const client = new WebSocketClient<{ token: string }, ChatEvents>({ url: 'ws://x/ws', auth: () => ({ token: 't' }) });
+client.on('chat', m => void m.text.toUpperCase());
+client.on('disconnected', d => void (d.code + 1));
+client.emit('chat', { text: 'hi', from: 'me' });
+// @ts-expect-error: `chat` payloads have no `nope`
+client.on('chat', m => void m.nope);
+// @ts-expect-error: wrong payload type for `chat`
+client.emit('chat', { text: 1 });
