@@ -125,6 +125,8 @@ export interface NativeOptions {
   /** milliseconds */
   heartbeatTimeout: number
   requireEncryption: boolean
+  /** Built-in ECDH P-256 / AES-256-GCM encryption done in Rust. */
+  nativeEncryption: boolean
   encryptedBatchLimit: number
   maxPayloadLength: number
   /** seconds, 0 disables */

@@ -94,6 +94,8 @@ pub struct NativeOptions {
     /// milliseconds
     pub heartbeat_timeout: f64,
     pub require_encryption: bool,
+    /// Built-in ECDH P-256 / AES-256-GCM encryption done in Rust.
+    pub native_encryption: bool,
     pub encrypted_batch_limit: u32,
     pub max_payload_length: f64,
     /// seconds, 0 disables
@@ -231,6 +233,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         heartbeat_timeout: millis("heartbeatTimeout", o.heartbeat_timeout)?,
         require_encryption: o.require_encryption,
         encrypted_batch_limit: o.encrypted_batch_limit.max(1) as usize,
+        native_encryption: o.native_encryption,
         max_payload_length: o.max_payload_length.max(1.0) as usize,
         idle_timeout: millis("serverOptions.idleTimeout", o.idle_timeout * 1000.0)?,
         backpressure_limit: o.backpressure_limit.max(1.0) as usize,

@@ -24,6 +24,7 @@ export interface NormalisedOptions {
   heartbeatTimeout: number;
   encryptedBatchLimit: number;
   requireEncryption: boolean;
+  nativeEncryption: boolean;
   maxPayloadLength: number;
   idleTimeout: number;
   backpressureLimit: number;
@@ -130,6 +131,9 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   ] as const) {
     optionalFn(name, opts[name]);
   }
+  if (opts.encryption !== undefined && opts.encryption !== null && opts.encryption !== 'ecdh-p256-aes-256-gcm') {
+    throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
+  }
   const logFormat = opts.logFormat ?? 'text';
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
@@ -188,7 +192,8 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
       min: 1,
       integer: true,
     }),
-    requireEncryption: bool('requireEncryption', opts.requireEncryption, false),
+    requireEncryption: bool('requireEncryption', opts.requireEncryption, false) || opts.encryption === 'ecdh-p256-aes-256-gcm',
+    nativeEncryption: opts.encryption === 'ecdh-p256-aes-256-gcm',
     maxPayloadLength: num('serverOptions.maxPayloadLength', so.maxPayloadLength, WebSocketDefaults.MAX_PAYLOAD_LENGTH, {
       min: 1,
       integer: true,

@@ -69,6 +69,7 @@ export class WebSocketServer<
         heartbeatInterval: s.heartbeatInterval,
         heartbeatTimeout: s.heartbeatTimeout,
         requireEncryption: s.requireEncryption,
+        nativeEncryption: s.nativeEncryption,
         encryptedBatchLimit: s.encryptedBatchLimit,
         maxPayloadLength: s.maxPayloadLength,
         idleTimeout: s.idleTimeout,
@@ -90,12 +91,15 @@ export class WebSocketServer<
       },
       (clientId, dataJson) => this.runAuthenticate(clientId, dataJson),
       opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
-      opts.handshakeFn ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
+      opts.handshakeFn && !s.nativeEncryption ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
       events => this.deliver(events),
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
-      opts.outboundTransformer ? (clientId, frame) => this.runTransform(clientId, frame) : null,
+      opts.outboundTransformer && !s.nativeEncryption ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
-    if (s.requireEncryption && !opts.handshakeFn) {
+    if (s.nativeEncryption && (opts.handshakeFn || opts.outboundTransformer)) {
+      this.log('warn', 'encryption is built in: handshakeFn and outboundTransformer are not used');
+    }
+    if (s.requireEncryption && !s.nativeEncryption && !opts.handshakeFn) {
       this.log('warn', 'requireEncryption is true but no handshakeFn is set: every client will be closed with 4004');
     }
   }

@@ -147,6 +147,15 @@ export interface IWebSocketServerOptions<
   heartbeatTimeout?: number;
   encryptedBatchLimit?: number;
   requireEncryption?: boolean;
+  /**
+   * Built-in end-to-end encryption, done in Rust: `'ecdh-p256-aes-256-gcm'`
+   * (the documented scheme, PROTOCOL §9). Every client must send a
+   * `publicKey` (base64 raw P-256) in its `authenticate` data; `connected`
+   * carries `serverPublicKey` and `salt`; every later frame is sent
+   * encrypted. No `handshakeFn` or `outboundTransformer` is needed (they
+   * are ignored when this is set).
+   */
+  encryption?: 'ecdh-p256-aes-256-gcm';
   authenticateFn: TWebSocketAuthenticateFn<AuthDataType, MetadataType>;
   validateRoomFn?: TWebSocketValidateRoomFn;
   clientConnectedFn?: TWebSocketClientConnectedFn<MetadataType>;

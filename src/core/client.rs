@@ -68,7 +68,7 @@ pub struct Client {
     pub encrypted: AtomicBool,
     pub backpressured: AtomicBool,
     pub details: Mutex<ClientDetails>,
-    outbound: mpsc::UnboundedSender<Frame>,
+    outbound: mpsc::UnboundedSender<Out>,
     queued_bytes: AtomicUsize,
     backpressure_limit: usize,
     close_on_backpressure_limit: bool,
@@ -78,11 +78,20 @@ pub struct Client {
     /// Set once the client is encrypted and an outbound transformer is
     /// bound: frames then go through the transformer before the socket.
     transformer: OnceLock<mpsc::UnboundedSender<Frame>>,
+    /// Set by the built-in encryption handshake: the connection task seals
+    /// every frame except those queued with `offer_plain`.
+    pub cipher: OnceLock<crate::core::crypto::ClientCipher>,
 }
 
 /// The receiving end of a client's queue, owned by its connection task.
 pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::UnboundedReceiver<Out>,
+}
+
+/// A queued frame; `plain` ones bypass the built-in encryption (`connected`).
+pub struct Out {
+    pub frame: Frame,
+    pub plain: bool,
 }
 
 /// What happened to a frame offered to a client.
@@ -122,6 +131,7 @@ impl Client {
             close_notify: Notify::new(),
             stats,
             transformer: OnceLock::new(),
+            cipher: OnceLock::new(),
         });
         (client, Outbox { rx })
     }
@@ -153,7 +163,14 @@ impl Client {
     /// transformer included) holds at most `backpressure_limit` bytes.
     pub fn offer(&self, frame: &Frame) -> Offer {
         match self.transformer.get() {
-            None => self.offer_plain(frame),
+            None => self.enqueue(frame, |frame| {
+                self.outbound
+                    .send(Out {
+                        frame,
+                        plain: false,
+                    })
+                    .is_ok()
+            }),
             Some(tx) => self.enqueue(frame, |f| tx.send(f).is_ok()),
         }
     }
@@ -161,7 +178,9 @@ impl Client {
     /// Queues a frame for the socket as it is, bypassing any transformer
     /// (`connected`, and frames the transformer already produced).
     pub fn offer_plain(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, |f| self.outbound.send(f).is_ok())
+        self.enqueue(frame, |frame| {
+            self.outbound.send(Out { frame, plain: true }).is_ok()
+        })
     }
 
     fn enqueue(&self, frame: &Frame, send: impl FnOnce(Frame) -> bool) -> Offer {
@@ -213,10 +232,10 @@ impl Client {
 }
 
 impl Outbox {
-    pub async fn recv(&mut self) -> Option<Frame> {
+    pub async fn recv(&mut self) -> Option<Out> {
         self.rx.recv().await
     }
-    pub fn try_recv(&mut self) -> Option<Frame> {
+    pub fn try_recv(&mut self) -> Option<Out> {
         self.rx.try_recv().ok()
     }
 }

@@ -20,6 +20,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub require_encryption: bool,
+    /// Built-in encryption (`encryption: 'ecdh-p256-aes-256-gcm'`): the
+    /// handshake and every outbound frame are done in Rust.
+    pub native_encryption: bool,
     /// `outboundTransformer` calls in flight at most, server-wide.
     pub encrypted_batch_limit: usize,
     /// Largest inbound message; larger ones close the socket with 1009.
@@ -76,6 +79,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_millis(90_000),
             require_encryption: false,
             encrypted_batch_limit: 10,
+            native_encryption: false,
             max_payload_length: 128 * 1024,
             idle_timeout: Duration::from_secs(60),
             backpressure_limit: 1024 * 1024,

@@ -6,7 +6,7 @@
 //! `validateRoomFn` never stops the socket from being read or written, and a
 //! socket that cannot be written never holds up anyone else.
 
-use crate::core::client::{Client, ClientState, CloseRequest, Outbox};
+use crate::core::client::{Client, ClientState, CloseRequest, Out, Outbox};
 use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
 use crate::core::protocol::{self, close, errors, events, EventName};
 use crate::core::server::Shared;
@@ -35,11 +35,26 @@ enum AuthFlow {
     Ok {
         user_id: Option<String>,
         keys: Option<(String, String)>,
+        cipher: Option<crate::core::crypto::ClientCipher>,
     },
     Rejected,
     Error(String),
     NoHandshakeHandler,
     HandshakeRejected,
+}
+
+/// The message that goes on the wire for a queued frame: sealed with the
+/// client's key when built-in encryption is on (here, on the connection's
+/// own task, so a fan-out's encryption spreads over the runtime's threads).
+fn wire(client: &Client, out: Out) -> Message {
+    match client.cipher.get() {
+        Some(cipher) if !out.plain => match cipher.seal(out.frame.as_bytes()) {
+            Some(sealed) => Message::Text(sealed.into()),
+            // Sealing only fails if the system RNG does; never send plaintext.
+            None => Message::Text(protocol::error_frame("Encryption failed")),
+        },
+        _ => Message::Text(out.frame),
+    }
 }
 
 struct JoinDone {
@@ -248,20 +263,20 @@ impl Connection {
         stats: &crate::core::stats::Stats,
         ws: &mut WebSocketStream<S>,
         outbox: &mut Outbox,
-        first: protocol::Frame,
+        first: Out,
     ) -> Result<(), WsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut bytes = first.len();
+        let mut bytes = first.frame.len();
         let mut count = 1u64;
         let res = async {
-            ws.feed(Message::Text(first)).await?;
+            ws.feed(wire(client, first)).await?;
             while (count as usize) < WRITE_BATCH {
                 let Some(f) = outbox.try_recv() else { break };
-                bytes += f.len();
+                bytes += f.frame.len();
                 count += 1;
-                ws.feed(Message::Text(f)).await?;
+                ws.feed(wire(client, f)).await?;
             }
             ws.flush().await
         }
@@ -291,8 +306,8 @@ impl Connection {
         };
         let _ = tokio::time::timeout(grace, async {
             while let Some(f) = outbox.try_recv() {
-                let len = f.len();
-                if ws.feed(Message::Text(f)).await.is_err() {
+                let len = f.frame.len();
+                if ws.feed(wire(client, f)).await.is_err() {
                     return;
                 }
                 client.sent(len);
@@ -455,6 +470,7 @@ impl Connection {
         self.auth_deadline = Some(Instant::now() + self.shared.config.auth_timeout * 3);
         let handlers = self.shared.handlers.clone();
         let require_encryption = self.shared.config.require_encryption;
+        let native_encryption = self.shared.config.native_encryption;
         let id = self.client.id.clone();
         let fut = async move {
             let authenticated = handlers.authenticate(&id, &data_json).await;
@@ -464,10 +480,28 @@ impl Connection {
                 AuthOutcome::Rejected => return AuthFlow::Rejected,
                 AuthOutcome::Failed(e) => return AuthFlow::Error(e),
             };
+            if native_encryption {
+                let key = serde_json::from_str::<serde_json::Value>(&data_json)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("publicKey")
+                            .and_then(|k| k.as_str())
+                            .map(str::to_string)
+                    });
+                return match key.as_deref().map(crate::core::crypto::handshake) {
+                    Some(Ok(hs)) => AuthFlow::Ok {
+                        user_id,
+                        keys: Some((hs.server_public_key, hs.salt)),
+                        cipher: Some(hs.cipher),
+                    },
+                    _ => AuthFlow::HandshakeRejected,
+                };
+            }
             if !require_encryption {
                 return AuthFlow::Ok {
                     user_id,
                     keys: None,
+                    cipher: None,
                 };
             }
             let Some(handshake) = handlers.handshake(&id, user_id.as_deref(), &data_json) else {
@@ -480,6 +514,7 @@ impl Connection {
                 } => AuthFlow::Ok {
                     user_id,
                     keys: Some((server_public_key, salt)),
+                    cipher: None,
                 },
                 HandshakeOutcome::Rejected => AuthFlow::HandshakeRejected,
                 HandshakeOutcome::Failed(e) => AuthFlow::Error(e),
@@ -494,9 +529,18 @@ impl Connection {
         let shared = self.shared.clone();
         let id = self.client.id.clone();
         match flow {
-            AuthFlow::Ok { user_id, keys } => {
+            AuthFlow::Ok {
+                user_id,
+                keys,
+                cipher,
+            } => {
                 let frame_keys = keys.clone();
-                if keys.is_some() && shared.handlers.has_transformer() {
+                let native = cipher.is_some();
+                if let Some(c) = cipher {
+                    // Before the client is visible as encrypted to any fan-out.
+                    let _ = self.client.cipher.set(c);
+                }
+                if keys.is_some() && !native && shared.handlers.has_transformer() {
                     crate::core::transform::attach(&shared, &self.client);
                 }
                 if !shared.hub.authenticate(

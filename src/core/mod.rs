@@ -5,6 +5,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod crypto;
 pub mod envelope;
 pub mod handlers;
 pub mod http;
