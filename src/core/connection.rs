@@ -35,7 +35,7 @@ enum AuthFlow {
     Ok {
         user_id: Option<String>,
         keys: Option<(String, String)>,
-        cipher: Option<crate::core::crypto::ClientCipher>,
+        cipher: Option<Box<crate::core::crypto::ClientCipher>>,
     },
     Rejected,
     Error(String),
@@ -492,7 +492,7 @@ impl Connection {
                     Some(Ok(hs)) => AuthFlow::Ok {
                         user_id,
                         keys: Some((hs.server_public_key, hs.salt)),
-                        cipher: Some(hs.cipher),
+                        cipher: Some(Box::new(hs.cipher)),
                     },
                     _ => AuthFlow::HandshakeRejected,
                 };
@@ -538,7 +538,7 @@ impl Connection {
                 let native = cipher.is_some();
                 if let Some(c) = cipher {
                     // Before the client is visible as encrypted to any fan-out.
-                    let _ = self.client.cipher.set(c);
+                    let _ = self.client.cipher.set(*c);
                 }
                 if keys.is_some() && !native && shared.handlers.has_transformer() {
                     crate::core::transform::attach(&shared, &self.client);
