@@ -4,7 +4,6 @@
 
 use crate::core::broker::redis::{Endpoint, RedisConfig, TlsSettings};
 use crate::core::config::Config;
-use crate::core::envelope::Kind;
 use crate::core::hub::ClientSnapshot;
 use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
@@ -399,34 +398,6 @@ impl NativeServer {
     #[napi]
     pub fn send(&self, destination: Option<String>, event: String, data_json: String) {
         self.with(|s| s.send(destination.as_deref(), &event, &data_json), ())
-    }
-
-    /// Publishes an envelope for the other instances.
-    #[napi]
-    pub fn publish(
-        &self,
-        kind: String,
-        target: Option<String>,
-        event: String,
-        data_json: Option<String>,
-        exclude: Option<Vec<String>>,
-    ) -> Result<()> {
-        let kind = Kind::parse(&kind).ok_or_else(|| {
-            Error::new(Status::InvalidArg, format!("unknown message type {kind:?}"))
-        })?;
-        self.with(
-            |s| {
-                s.publish(
-                    kind,
-                    target.as_deref(),
-                    &event,
-                    data_json.as_deref(),
-                    exclude.as_deref(),
-                )
-            },
-            (),
-        );
-        Ok(())
     }
 
     #[napi]
