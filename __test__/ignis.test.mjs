@@ -1,0 +1,128 @@
+// A real Ignis application (@venizia/ignis 0.0.7 BaseApplication) with this
+// project's WebSocketComponent, switched by changing only the import line.
+// On Node REST and WebSocket share the application's port.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { Client, until } from './helpers.mjs';
+import { freePort, startRedis } from './redis-helpers.mjs';
+
+const require = createRequire(import.meta.url);
+const { BaseApplication } = require('@venizia/ignis');
+const { RedisHelper } = require('@venizia/ignis-helpers');
+const { WebSocketComponent, WebSocketBindingKeys } = require('ignis-ws-native/ignis');
+const isBun = !!globalThis.Bun;
+
+let redis;
+const apps = [];
+before(async () => {
+  redis = await startRedis();
+});
+after(async () => {
+  for (const a of apps) {
+    await a.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE, isOptional: true })?.shutdown();
+    const server = a.getServerInstance();
+    server?.closeAllConnections?.();
+    if (isBun) server?.stop?.(true);
+    else await new Promise(r => server?.close(r) ?? r());
+  }
+  await redis?.stop();
+});
+
+function makeApp({ bindRedis = true, bindAuth = true, serverOptions = {}, events = [] } = {}) {
+  class App extends BaseApplication {
+    getAppInfo() {
+      return { name: 'ws-app', version: '1.0.0', description: 'test application' };
+    }
+    staticConfigure() {}
+    preConfigure() {
+      if (bindRedis) {
+        this.bind({ key: WebSocketBindingKeys.REDIS_CONNECTION }).toValue(
+          new RedisHelper({ name: 'ws-redis', host: '127.0.0.1', port: redis.port, autoConnect: false }),
+        );
+      }
+      if (bindAuth) {
+        this.bind({ key: WebSocketBindingKeys.AUTHENTICATE_HANDLER }).toValue(d => (d.token ? { userId: 'u-' + d.token, metadata: { t: d.token } } : null));
+      }
+      this.bind({ key: WebSocketBindingKeys.VALIDATE_ROOM_HANDLER }).toValue(({ rooms }) => rooms.filter(r => r.startsWith('public-')));
+      this.bind({ key: WebSocketBindingKeys.CLIENT_CONNECTED_HANDLER }).toValue(x => events.push(['connected', x.userId, x.metadata]));
+      this.bind({ key: WebSocketBindingKeys.CLIENT_DISCONNECTED_HANDLER }).toValue(x => events.push(['disconnected', x.userId]));
+      this.bind({ key: WebSocketBindingKeys.MESSAGE_HANDLER }).toValue(({ clientId, message }) => {
+        const ws = this.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE });
+        ws.sendToClient({ clientId, event: 'echo', data: message.data });
+      });
+      this.bind({ key: WebSocketBindingKeys.SERVER_OPTIONS }).toValue({ identifier: 'ignis-app', logLevel: 'silent', ...serverOptions });
+      this.component(WebSocketComponent);
+      this.getRootRouter().get('/hello', c => c.json({ hello: 'world' }));
+      // A "service" using the bound instance.
+      this.getRootRouter().post('/notify/:room', c => {
+        this.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }).sendToRoom({ room: c.req.param('room'), event: 'notice', data: 'from REST' });
+        return c.json({ ok: true });
+      });
+    }
+    postConfigure() {}
+    setupMiddlewares() {}
+  }
+  return App;
+}
+
+async function start(opts) {
+  const port = await freePort();
+  const App = makeApp(opts);
+  const app = new App({ scope: 'App', config: { host: '127.0.0.1', port, path: { base: '/api', isStrict: false } } });
+  app.init();
+  await app.start();
+  apps.push(app);
+  return { app, port };
+}
+
+describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, () => {
+  test('binding keys carry the original strings', () => {
+    assert.equal(WebSocketBindingKeys.SERVER_OPTIONS, '@app/websocket/server-options');
+    assert.equal(WebSocketBindingKeys.REDIS_CONNECTION, '@app/websocket/redis-connection');
+    assert.equal(WebSocketBindingKeys.AUTHENTICATE_HANDLER, '@app/websocket/authenticate-handler');
+    assert.equal(WebSocketBindingKeys.HANDSHAKE_HANDLER, '@app/websocket/handshake-handler');
+    assert.equal(WebSocketBindingKeys.WEBSOCKET_INSTANCE, '@app/websocket/instance');
+  });
+
+  test('missing bindings fail with the original messages', async () => {
+    await assert.rejects(start({ bindRedis: false }), /Invalid instance of redisConnection/);
+    await assert.rejects(start({ bindAuth: false }), /Invalid authenticateFn to setup WebSocket server/);
+  });
+
+  if (isBun) {
+    test('on Bun, sharing the application port is refused with a clear message; a port of its own works', async () => {
+      await assert.rejects(start(), /On Bun the WebSocket cannot share the application port yet/);
+      const own = await freePort();
+      const { app } = await start({ serverOptions: { port: own, host: '127.0.0.1' } });
+      const c = await Client.auth(`ws://127.0.0.1:${own}/ws`, { token: 'b' });
+      assert.equal(c.connected.userId, 'u-b');
+      assert.ok(app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }));
+      c.close();
+    });
+    return;
+  }
+
+  test('REST and WebSocket on the application port; the whole protocol through the bindings', async () => {
+    const events = [];
+    const { app, port } = await start({ events });
+    assert.deepEqual(await fetch(`http://127.0.0.1:${port}/api/hello`).then(r => r.json()), { hello: 'world' });
+    const c = await Client.auth(`ws://127.0.0.1:${port}/ws`, { token: 'n' });
+    assert.equal(c.connected.userId, 'u-n');
+    c.emit('ping', { n: 1 });
+    assert.deepEqual(await c.next('echo'), { event: 'echo', data: { n: 1 } });
+    c.emit('join', { rooms: ['public-news', 'private'] });
+    const ws = app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE });
+    await until(() => ws.getClients({ id: c.id })?.rooms.has('public-news'), 2000, 'join');
+    assert.ok(!ws.getClients({ id: c.id }).rooms.has('private'));
+    const res = await fetch(`http://127.0.0.1:${port}/api/notify/public-news`, { method: 'POST' }).then(r => r.json());
+    assert.deepEqual(res, { ok: true });
+    assert.deepEqual(await c.next('notice'), { event: 'notice', data: 'from REST' });
+    const bad = await Client.open(`ws://127.0.0.1:${port}/ws`);
+    bad.emit('authenticate', {});
+    assert.deepEqual(await bad.closed, { code: 4003, reason: 'Authentication failed' });
+    await c.close();
+    await until(() => events.some(e => e[0] === 'disconnected' && e[1] === 'u-n'), 2000, 'disconnect handler');
+    assert.deepEqual(events.find(e => e[0] === 'connected'), ['connected', 'u-n', { t: 'n' }]);
+  });
+});
