@@ -42,8 +42,6 @@ export declare class NativeServer {
    * `JSON.stringify(data)`.
    */
   send(destination: string | undefined | null, event: string, dataJson: string): void
-  /** Publishes an envelope for the other instances. */
-  publish(kind: string, target: string | undefined | null, event: string, dataJson?: string | undefined | null, exclude?: Array<string> | undefined | null): void
   joinRoom(clientId: string, room: string): boolean
   leaveRoom(clientId: string, room: string): boolean
   /**
