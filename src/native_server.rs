@@ -542,30 +542,21 @@ impl NativeServer {
 
     #[napi]
     pub fn stats(&self) -> NativeStats {
-        use crate::core::client::ClientState::*;
-        let (mut un, mut ing, mut ed) = (0u32, 0u32, 0u32);
         let (bus, invalid) = self.with(
             |s| (s.broker_status(), s.invalid_envelopes()),
             (Default::default(), 0),
         );
-        let (total, rooms, users, snap) = self.with(
+        let ([un, ing, ed], total, rooms, users, snap) = self.with(
             |s| {
-                for c in s.hub().all_clients() {
-                    match c.state() {
-                        Unauthorized => un += 1,
-                        Authenticating => ing += 1,
-                        Authenticated => ed += 1,
-                        Disconnected => {}
-                    }
-                }
                 (
+                    s.hub().count_by_state().map(|n| n as u32),
                     s.hub().client_count() as u32,
                     s.hub().room_count() as u32,
                     s.hub().user_count() as u32,
                     s.stats().snapshot(),
                 )
             },
-            (0, 0, 0, Default::default()),
+            ([0; 3], 0, 0, 0, Default::default()),
         );
         NativeStats {
             connections: total,

@@ -18,7 +18,6 @@ use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
 use ring::hkdf::{Salt, HKDF_SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 
-pub const SCHEME: &str = "ecdh-p256-aes-256-gcm";
 const INFO: &[u8] = b"ignis-ecdh-p256-aes-256-gcm-v1";
 
 /// One client's key, after the handshake.

@@ -253,6 +253,21 @@ impl Hub {
         self.state.read().users.len()
     }
 
+    /// Clients by state: `[unauthorized, authenticating, authenticated]`,
+    /// counted under the read lock without copying the index.
+    pub fn count_by_state(&self) -> [usize; 3] {
+        let mut counts = [0usize; 3];
+        for c in self.state.read().clients.values() {
+            match c.state() {
+                ClientState::Unauthorized => counts[0] += 1,
+                ClientState::Authenticating => counts[1] += 1,
+                ClientState::Authenticated => counts[2] += 1,
+                ClientState::Disconnected => {}
+            }
+        }
+        counts
+    }
+
     pub fn all_clients(&self) -> Vec<Arc<Client>> {
         self.state.read().clients.values().cloned().collect()
     }

@@ -1,21 +1,12 @@
 //! Prometheus text exposition of the server's gauges and counters, served
 //! at `metricsPath` on the server's own port.
 
-use crate::core::client::ClientState;
 use crate::core::server::Shared;
 use std::fmt::Write;
 
 pub fn render(shared: &Shared) -> String {
     let mut out = String::with_capacity(2048);
-    let (mut un, mut ing, mut ed) = (0u64, 0u64, 0u64);
-    for c in shared.hub.all_clients() {
-        match c.state() {
-            ClientState::Unauthorized => un += 1,
-            ClientState::Authenticating => ing += 1,
-            ClientState::Authenticated => ed += 1,
-            ClientState::Disconnected => {}
-        }
-    }
+    let [un, ing, ed] = shared.hub.count_by_state().map(|n| n as u64);
     let id = &shared.config.identifier;
     let mut gauge = |name: &str, help: &str, labels: &str, v: u64| {
         let _ = writeln!(
