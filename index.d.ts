@@ -26,6 +26,17 @@ export declare class NativeServer {
   /** Whether `start()` binds host:port (false: attached sockets only). */
   setListen(listen: boolean): void
   /**
+   * `host:port` of the application's HTTP server: every connection that
+   * does not open with a WebSocket upgrade at `path` is spliced to it.
+   */
+  setHttpFallback(address?: string | undefined | null): void
+  /**
+   * The real client (`ip:port`, `[ipv6]:port`) behind a connection
+   * spliced to `httpFallback`, by the local port the application sees as
+   * its peer's port.
+   */
+  forwardedPeer(port: number): string | null
+  /**
    * Binds and starts serving; resolves with the bound port (none when
    * not listening).
    */
@@ -193,6 +204,8 @@ export interface NativeStats {
   joinsRefused: number
   oversizedFrames: number
   connectionsRefused: number
+  httpForwarded: number
+  httpForwardErrors: number
   rateLimited: number
   authBusy: number
   roomsLimited: number

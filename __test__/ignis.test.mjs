@@ -1,9 +1,10 @@
 // A real Ignis application (@venizia/ignis 0.0.7 BaseApplication) with this
 // project's WebSocketComponent, switched by changing only the import line.
-// On Node REST and WebSocket share the application's port.
+// REST and WebSocket share the application's port on Node and on Bun.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import net from 'node:net';
 import { Client, until } from './helpers.mjs';
 import { freePort, startRedis } from './redis-helpers.mjs';
 
@@ -54,6 +55,10 @@ function makeApp({ bindRedis = true, bindAuth = true, serverOptions = {}, events
       this.bind({ key: WebSocketBindingKeys.SERVER_OPTIONS }).toValue({ identifier: 'ignis-app', logLevel: 'silent', ...serverOptions });
       this.component(WebSocketComponent);
       this.getRootRouter().get('/hello', c => c.json({ hello: 'world' }));
+      this.getRootRouter().get('/whoami', c => {
+        const ip = c.env?.requestIP?.(c.req.raw);
+        return c.json(ip ? { address: ip.address, port: ip.port } : {});
+      });
       // A "service" using the bound instance.
       this.getRootRouter().post('/notify/:room', c => {
         this.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }).sendToRoom({ room: c.req.param('room'), event: 'notice', data: 'from REST' });
@@ -90,19 +95,6 @@ describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, () => {
     await assert.rejects(start({ bindAuth: false }), /Invalid authenticateFn to setup WebSocket server/);
   });
 
-  if (isBun) {
-    test('on Bun, sharing the application port is refused with a clear message; a port of its own works', async () => {
-      await assert.rejects(start(), /On Bun the WebSocket cannot share the application port yet/);
-      const own = await freePort();
-      const { app } = await start({ serverOptions: { port: own, host: '127.0.0.1' } });
-      const c = await Client.auth(`ws://127.0.0.1:${own}/ws`, { token: 'b' });
-      assert.equal(c.connected.userId, 'u-b');
-      assert.ok(app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }));
-      c.close();
-    });
-    return;
-  }
-
   test('REST and WebSocket on the application port; the whole protocol through the bindings', async () => {
     const events = [];
     const { app, port } = await start({ events });
@@ -125,4 +117,42 @@ describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, () => {
     await until(() => events.some(e => e[0] === 'disconnected' && e[1] === 'u-n'), 2000, 'disconnect handler');
     assert.deepEqual(events.find(e => e[0] === 'connected'), ['connected', 'u-n', { t: 'n' }]);
   });
+
+  test('a port of its own, when the server options ask for one', async () => {
+    const own = await freePort();
+    const { app, port } = await start({ serverOptions: { port: own, host: '127.0.0.1' } });
+    const c = await Client.auth(`ws://127.0.0.1:${own}/ws`, { token: 'b' });
+    assert.equal(c.connected.userId, 'u-b');
+    assert.ok(app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }).isRunning());
+    assert.deepEqual(await fetch(`http://127.0.0.1:${port}/api/hello`).then(r => r.json()), { hello: 'world' });
+    c.close();
+  });
+
+  if (isBun) {
+    test('Bun: the application still sees the real client, and app.stop() frees the port', async () => {
+      const { app, port } = await start();
+      const seen = await new Promise((resolve, reject) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write('GET /api/whoami HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n'));
+        let got = '';
+        s.on('data', d => (got += d));
+        s.on('end', () => resolve({ body: JSON.parse(got.slice(got.indexOf('\r\n\r\n') + 4)), localPort: s.localPort }));
+        s.on('error', reject);
+      });
+      assert.deepEqual(seen.body, { address: '127.0.0.1', port: seen.localPort });
+      assert.equal(app.getServerInstance().port, port);
+      const ws = app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE });
+      app.stop();
+      await until(() => !ws.isRunning(), 3000, 'WebSocket server stopped with the application');
+      await until(
+        () =>
+          new Promise(resolve => {
+            const s = net.connect(port, '127.0.0.1');
+            s.on('connect', () => (s.destroy(), resolve(false)));
+            s.on('error', () => resolve(true));
+          }),
+        5000,
+        'port freed',
+      );
+    });
+  }
 });

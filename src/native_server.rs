@@ -170,6 +170,8 @@ pub struct NativeStats {
     pub joins_refused: f64,
     pub oversized_frames: f64,
     pub connections_refused: f64,
+    pub http_forwarded: f64,
+    pub http_forward_errors: f64,
     pub rate_limited: f64,
     pub auth_busy: f64,
     pub rooms_limited: f64,
@@ -324,6 +326,25 @@ impl NativeServer {
     #[napi]
     pub fn set_listen(&mut self, listen: bool) {
         self.config.listen = listen;
+    }
+
+    /// `host:port` of the application's HTTP server: every connection that
+    /// does not open with a WebSocket upgrade at `path` is spliced to it.
+    #[napi]
+    pub fn set_http_fallback(&mut self, address: Option<String>) {
+        self.config.http_fallback = address;
+    }
+
+    /// The real client (`ip:port`, `[ipv6]:port`) behind a connection
+    /// spliced to `httpFallback`, by the local port the application sees as
+    /// its peer's port.
+    #[napi]
+    pub fn forwarded_peer(&self, port: u32) -> Option<String> {
+        let port = u16::try_from(port).ok()?;
+        self.with(
+            |s| s.shared().forwarded_peers.get(port).map(|a| a.to_string()),
+            None,
+        )
     }
 
     /// Binds and starts serving; resolves with the bound port (none when
@@ -575,6 +596,8 @@ impl NativeServer {
             joins_refused: snap.joins_refused as f64,
             oversized_frames: snap.oversized_frames as f64,
             connections_refused: snap.connections_refused as f64,
+            http_forwarded: snap.http_forwarded as f64,
+            http_forward_errors: snap.http_forward_errors as f64,
             rate_limited: snap.rate_limited as f64,
             auth_busy: snap.auth_busy as f64,
             rooms_limited: snap.rooms_limited as f64,

@@ -1,7 +1,8 @@
 // `ignis-ws-native/ignis`: the Ignis WebSocketComponent, reading the same
 // bindings as `@venizia/ignis/websocket` and starting the native server in a
-// post-start hook. On Node it serves WebSocket on the application's own
-// port (the component attaches to the HTTP server Ignis started).
+// post-start hook, on the application's own port: on Node the component
+// attaches to the HTTP server Ignis started; on Bun the native server takes
+// the port over and hands every other request to the application's handler.
 //
 // `@venizia/ignis` is an optional peer dependency: only this entry point
 // loads it.
@@ -12,6 +13,12 @@ import { DefaultRedisHelper, getError, RuntimeModules } from '@venizia/ignis-hel
 import { WebSocketDefaults } from './constants';
 import { WebSocketServer } from './server';
 import type { IBunWebSocketConfig, IWebSocketServerOptions } from './types';
+
+interface BunServer {
+  port: number;
+  hostname: string;
+  stop(closeActiveConnections?: boolean): unknown;
+}
 
 export class WebSocketBindingKeys {
   static readonly WEBSOCKET_INSTANCE = '@app/websocket/instance';
@@ -96,6 +103,50 @@ export class WebSocketComponent extends BaseComponent {
     };
   }
 
+  /**
+   * Bun: the application's Bun.serve server offers no socket to hand over,
+   * so the native server takes its port. The application's Hono handler
+   * moves to a loopback Bun.serve that receives, byte for byte, every
+   * connection that is not a WebSocket upgrade at `path`. The application's
+   * server instance becomes that server as the application sees it (public
+   * port, real client in `requestIP`); its `stop()` also stops the
+   * WebSocket server, so `app.stop()` frees the port as before.
+   */
+  private async takeOverBunPort(
+    original: BunServer,
+    options: IServerOptions,
+    resolved: ReturnType<WebSocketComponent['resolveBindings']>,
+  ): Promise<WebSocketServer> {
+    const hono = this.application.getServer();
+    const port = original.port;
+    const host = this.application.getServerHost?.() ?? original.hostname;
+    const ws = new WebSocketServer({
+      ...options,
+      ...resolved,
+      host,
+      port,
+      fetch: (req: Request, server: object) => hono.fetch(req, server),
+    });
+    // The port is free between these two lines only, while the
+    // application is still starting.
+    await Promise.resolve(original.stop(false)).catch(() => undefined);
+    await ws.configure();
+    const front = ws.getFetchServer()!;
+    const app = this.application as unknown as { server: { instance: unknown } };
+    app.server.instance = new Proxy(front, {
+      get: (target, key) => {
+        if (key === 'stop') {
+          return (closeActiveConnections?: boolean) => {
+            void ws.shutdown();
+            return target.stop(closeActiveConnections);
+          };
+        }
+        return Reflect.get(target, key);
+      },
+    });
+    return ws;
+  }
+
   binding(): void {
     if (!this.application) {
       throw getError({ message: '[binding] Invalid application to bind WebSocketComponent' });
@@ -111,15 +162,17 @@ export class WebSocketComponent extends BaseComponent {
         }
         const onNode = RuntimeModules.detect() === RuntimeModules.NODE;
         const ownPort = options.port !== undefined || options.noServer === false;
-        if (!onNode && !ownPort) {
-          throw getError({
-            message:
-              '[WebSocketComponent] On Bun the WebSocket cannot share the application port yet: set `port` in the server options to serve it on a port of its own.',
-          });
+        let ws: WebSocketServer;
+        if (ownPort) {
+          ws = new WebSocketServer({ ...options, ...resolved });
+        } else if (onNode) {
+          // Node: upgrades arriving at the application's http.Server are handed over.
+          ws = new WebSocketServer({ ...options, ...resolved, noServer: true });
+          ws.attach(instance as import('node:http').Server);
+        } else {
+          ws = await this.takeOverBunPort(instance as BunServer, options, resolved);
         }
-        const ws = new WebSocketServer({ ...options, ...resolved, noServer: onNode && !ownPort });
-        if (onNode && !ownPort) ws.attach(instance as import('node:http').Server);
-        await ws.configure();
+        if (!ws.isRunning()) await ws.configure();
         this.application.bind({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE }).toValue(ws);
       },
     });

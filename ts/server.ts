@@ -30,6 +30,19 @@ function errorText(e: unknown): string {
   }
 }
 
+/** The part of Bun's `Server` used here. */
+export interface BunServerLike {
+  port: number;
+  stop(closeActiveConnections?: boolean): unknown;
+  requestIP(req: Request): { address: string; family: string; port: number } | null;
+}
+
+function fallbackAddress(opt: IWebSocketServerOptions['httpFallback']): string | null {
+  if (opt === undefined || opt === null) return null;
+  if (typeof opt === 'string') return opt;
+  return `${opt.host ?? '127.0.0.1'}:${opt.port}`;
+}
+
 export class WebSocketServer<
   AuthDataType extends Record<string, unknown> = Record<string, unknown>,
   MetadataType extends Record<string, unknown> = Record<string, unknown>,
@@ -47,6 +60,8 @@ export class WebSocketServer<
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private state: 'idle' | 'starting' | 'running' | 'stopped' = 'idle';
+  private fetchServer: BunServerLike | undefined;
+  private fetchFacade: BunServerLike | undefined;
   private attached: Array<{ server: import('node:http').Server; listener: (...a: any[]) => void }> = [];
 
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
@@ -115,9 +130,11 @@ export class WebSocketServer<
     const listen = !(this.opts.noServer || (this.attached.length > 0 && this.opts.port === undefined));
     this.native.setListen(listen);
     try {
+      this.native.setHttpFallback(this.opts.fetch ? this.startFetchServer(this.opts.fetch) : fallbackAddress(this.opts.httpFallback));
       this.port = (await this.native.start()) ?? undefined;
     } catch (e) {
       this.state = 'idle';
+      this.stopFetchServer();
       throw new Error(`[ignis-ws-native] ${this.identifier}: ${errorText(e)}`);
     }
     // A listening server keeps the process alive, as a net.Server does; the
@@ -147,6 +164,11 @@ export class WebSocketServer<
     }
   }
 
+  /** Whether `configure()` has completed and `shutdown()` has not begun. */
+  isRunning(): boolean {
+    return this.state === 'running';
+  }
+
   /** Closes every socket with 1001, runs disconnect callbacks, stops. */
   async shutdown(): Promise<void> {
     if (this.state === 'stopped') return;
@@ -158,10 +180,65 @@ export class WebSocketServer<
     try {
       await this.native.shutdown();
     } finally {
+      this.stopFetchServer();
       if (this.keepAlive) clearInterval(this.keepAlive);
       this.keepAlive = undefined;
       this.metadata.clear();
     }
+  }
+
+  /**
+   * Bun: serves `fetch` on a loopback port for the native listener to splice
+   * non-WebSocket connections to. Returns that address.
+   */
+  private startFetchServer(fetch: NonNullable<IWebSocketServerOptions['fetch']>): string {
+    const bun = (globalThis as { Bun?: { serve(o: unknown): BunServerLike } }).Bun;
+    if (!bun) {
+      throw new Error('the `fetch` option needs Bun; on Node pass your http.Server to attach() instead');
+    }
+    const native = this.native;
+    let facade: BunServerLike | undefined;
+    const server = bun.serve({
+      hostname: '127.0.0.1',
+      port: 0,
+      fetch: (req: Request) => fetch(req, facade),
+    });
+    // What the application sees as "its server": requestIP() answers with
+    // the real client, not the loopback hop; port/url are the public ones.
+    facade = new Proxy(server, {
+      get: (target, key) => {
+        if (key === 'requestIP') {
+          return (req: Request) => {
+            const hop = target.requestIP(req);
+            const real = hop ? native.forwardedPeer(hop.port) : null;
+            if (!real) return hop;
+            const cut = real.lastIndexOf(':');
+            const address = real.slice(0, cut).replace(/^\[|\]$/g, '');
+            return { address, family: address.includes(':') ? 'IPv6' : 'IPv4', port: Number(real.slice(cut + 1)) };
+          };
+        }
+        if (key === 'port' && this.port !== undefined) return this.port;
+        const value = Reflect.get(target, key, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    this.fetchServer = server;
+    this.fetchFacade = facade;
+    return `127.0.0.1:${server.port}`;
+  }
+
+  private stopFetchServer(): void {
+    this.fetchServer?.stop(true);
+    this.fetchServer = undefined;
+  }
+
+  /**
+   * With `fetch` (Bun): the `Bun.serve` server that runs it, as the
+   * application sees it (`requestIP` gives real clients, `port` the public
+   * port). Undefined otherwise.
+   */
+  getFetchServer(): BunServerLike | undefined {
+    return this.fetchServer ? this.fetchFacade : undefined;
   }
 
   /**

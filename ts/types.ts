@@ -129,6 +129,21 @@ export interface IWebSocketServerOptions<
   port?: number;
   /** Open no port: serve only upgrades handed over by `attach(httpServer)`. */
   noServer?: boolean;
+  /**
+   * Bun: the application's HTTP handler (`app.fetch` of Hono, Elysia…). The
+   * server listens on `host:port` for both: WebSocket upgrades at `path` are
+   * served natively, every other connection goes to this handler (served by
+   * `Bun.serve` on a loopback port, spliced byte for byte). The handler's
+   * second argument is that server, its `requestIP(req)` reporting the real
+   * client. On Node use `attach(httpServer)` instead.
+   */
+  fetch?: (request: Request, server: any) => Response | Promise<Response | undefined | void> | undefined | void;
+  /**
+   * Any runtime: the `host:port` (or `{ host, port }`) of an HTTP server to
+   * which every connection that does not open with a WebSocket upgrade at
+   * `path` is spliced, so both share this server's port. `fetch` sets it.
+   */
+  httpFallback?: string | { host?: string; port: number };
   /** Upgrade path. Default `/ws`. */
   path?: string;
   /**
@@ -229,6 +244,10 @@ export interface IWebSocketStats {
   oversizedFrames: number;
   /** Upgrades refused at maxConnections / maxConnectionsPerIp. */
   connectionsRefused: number;
+  /** Connections spliced to the application's HTTP server (`fetch` / `httpFallback`). */
+  httpForwarded: number;
+  /** Connections answered 502 because that HTTP server was unreachable. */
+  httpForwardErrors: number;
   /** Clients closed for exceeding maxFramesPerSecond. */
   rateLimited: number;
   /** Clients closed because maxPendingAuthentications was reached. */

@@ -62,6 +62,10 @@ pub struct Config {
     pub metrics_path: Option<String>,
     /// PEM certificate chain and private key: serve `wss://`.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// `host:port` of the application's HTTP server: connections that do
+    /// not open with a WebSocket upgrade at `path` are spliced to it
+    /// (one public port for both; see `forward`). None answers them 404/426.
+    pub http_fallback: Option<String>,
 }
 
 impl Default for Config {
@@ -98,6 +102,7 @@ impl Default for Config {
             max_pending_auth: 10_000,
             metrics_path: None,
             tls: None,
+            http_fallback: None,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Accepting connections: TLS when configured, connection limits, the HTTP
 //! request head (404 / 403 / 426 / 429 / 503 / metrics), then the upgrade
-//! to WebSocket at `path`. Authentication happens later, in the protocol
-//! (PROTOCOL §1): any upgrade that passes these checks is accepted.
+//! to WebSocket at `path`, or, with `httpFallback`, the splice of any other
+//! request to the application's HTTP server. Authentication happens later,
+//! in the protocol (PROTOCOL §1): any upgrade that passes these checks is
+//! accepted.
 
 use crate::core::connection;
+use crate::core::forward;
 use crate::core::http::{self, Prefixed};
 use crate::core::metrics;
 use crate::core::server::Shared;
@@ -176,6 +179,12 @@ where
         let body = metrics::render(&shared);
         http::respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body).await;
         return None;
+    }
+    if let Some(upstream) = shared.config.http_fallback.as_deref() {
+        if head.path != shared.config.path || !head.upgrade_websocket {
+            forward::splice(shared.clone(), stream, bytes, addr, upstream).await;
+            return None;
+        }
     }
     if let Some((status, reason)) = refusal(&shared, &head, addr.ip()) {
         shared.log.log(

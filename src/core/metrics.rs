@@ -79,6 +79,16 @@ pub fn render(shared: &Shared) -> String {
         s.connections_refused,
     );
     counter(
+        "http_forwarded",
+        "Connections spliced to the application's HTTP server.",
+        s.http_forwarded,
+    );
+    counter(
+        "http_forward_errors",
+        "Connections answered 502: the application's HTTP server was unreachable.",
+        s.http_forward_errors,
+    );
+    counter(
         "messages_in",
         "Frames received from clients.",
         s.messages_in,

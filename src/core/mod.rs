@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod envelope;
+pub mod forward;
 pub mod handlers;
 pub mod http;
 pub mod hub;

@@ -41,6 +41,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// `authenticateFn` calls in flight.
     pub pending_auth: AtomicUsize,
+    /// Real peers of connections spliced to `httpFallback`.
+    pub forwarded_peers: crate::core::forward::Peers,
 }
 
 impl Shared {
@@ -86,6 +88,19 @@ impl Shared {
         if self.live_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_closed.notify_waiters();
         }
+    }
+
+    /// A connection spliced to the application's HTTP server is not waited
+    /// for by `shutdown()` (browsers keep HTTP connections open for minutes);
+    /// it stops counting as live until it ends.
+    pub(crate) fn forwarding_started(&self) {
+        if self.live_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    pub(crate) fn forwarding_finished(&self) {
+        self.live_connections.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Open TCP connections from `ip` (counted only when a per-IP limit is set).
@@ -193,6 +208,7 @@ impl Server {
             all_closed: Notify::new(),
             per_ip: Mutex::new(HashMap::new()),
             pending_auth: AtomicUsize::new(0),
+            forwarded_peers: Default::default(),
         });
         let _ = router.shared.set(Arc::downgrade(&shared));
         shared

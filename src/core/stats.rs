@@ -18,6 +18,8 @@ pub struct Stats {
     pub auth_busy: AtomicU64,
     pub rate_limited: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub http_forwarded: AtomicU64,
+    pub http_forward_errors: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -35,6 +37,8 @@ pub struct StatsSnapshot {
     pub auth_busy: u64,
     pub rate_limited: u64,
     pub connections_refused: u64,
+    pub http_forwarded: u64,
+    pub http_forward_errors: u64,
 }
 
 impl Stats {
@@ -54,6 +58,8 @@ impl Stats {
             auth_busy: g(&self.auth_busy),
             rate_limited: g(&self.rate_limited),
             connections_refused: g(&self.connections_refused),
+            http_forwarded: g(&self.http_forwarded),
+            http_forward_errors: g(&self.http_forward_errors),
         }
     }
 }
