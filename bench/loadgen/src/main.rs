@@ -1,46 +1,90 @@
-//! Many WebSocket clients speaking the Ignis protocol, for benchmarks.
+//! Many WebSocket clients for the benchmarks, speaking the Ignis protocol or
+//! (`--proto socketio`) Socket.IO 4 over its WebSocket transport.
 //!
-//! `ignis-ws-loadgen idle --url ws://127.0.0.1:3000/ws --clients 10000 --hold 10`
+//! Modes (every mode prints one JSON line with its results and its own CPU
+//! seconds, so a reader can see the load generator was not the bottleneck):
+//!
+//! `idle --clients 10000 --hold 3`
 //!   connects and authenticates `clients` sockets (at most `--concurrency`
-//!   handshakes at a time), prints one JSON line with the connect+auth time,
-//!   then holds them open `--hold` seconds so the server's memory can be read.
+//!   handshakes at a time), reports the connect+auth time, then holds them
+//!   open `--hold` seconds so the server's memory can be read.
 //!
-//! `ignis-ws-loadgen receive --url … --clients 1000 --room bench --expect 2000`
-//!   connects, authenticates and joins `room`, prints `READY`, then counts
-//!   frames of event `--event` until every client has `--expect` of them;
-//!   prints deliveries/s and the time from the first to the last delivery.
+//! `receive --clients 1000 --room bench --event bench --expect 2000`
+//!   connects, authenticates, joins `room`, prints `READY`, then counts frames
+//!   of `event` until every client has `expect` of them (or `--timeout`
+//!   seconds pass). Reports deliveries/s, the time from the first to the last
+//!   delivery and, when frames carry `"t":<ms since the epoch>`, latency
+//!   percentiles. With `--send N --rate R`, the first client also sends N
+//!   `--send-event` frames (`{room, t}`) at R per second after READY.
 //!
-//! Its own CPU time is printed too, so a reader can see it was not the
-//! bottleneck.
+//! `echo --clients 50 --duration 5`
+//!   closed loop: each client sends `echo` and waits for the server's `echo`
+//!   answer before sending again; reports round trips/s and percentiles.
 
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+#[derive(Clone)]
 struct Args {
     mode: String,
     url: String,
+    proto: Proto,
     clients: usize,
     concurrency: usize,
     hold: u64,
     room: String,
     event: String,
     expect: u64,
+    timeout: u64,
+    send: u64,
+    rate: f64,
+    send_event: String,
+    duration: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    Ignis,
+    SocketIo,
+}
+
+impl Proto {
+    fn frame(self, event: &str, data: &str) -> String {
+        match self {
+            Proto::Ignis => format!(r#"{{"event":"{event}","data":{data}}}"#),
+            Proto::SocketIo => format!(r#"42["{event}",{data}]"#),
+        }
+    }
+
+    /// What a frame of `event` contains, to recognise it without parsing.
+    fn needle(self, event: &str) -> String {
+        match self {
+            Proto::Ignis => format!(r#""event":"{event}""#),
+            Proto::SocketIo => format!(r#"42["{event}""#),
+        }
+    }
 }
 
 fn args() -> Args {
     let mut a = Args {
         mode: String::new(),
         url: "ws://127.0.0.1:3000/ws".into(),
+        proto: Proto::Ignis,
         clients: 1000,
         concurrency: 200,
         hold: 5,
         room: "bench".into(),
         event: "bench".into(),
         expect: 1,
+        timeout: 60,
+        send: 0,
+        rate: 100.0,
+        send_event: "chat".into(),
+        duration: 5.0,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -48,12 +92,24 @@ fn args() -> Args {
         let v = it.next().unwrap_or_default();
         match k.as_str() {
             "--url" => a.url = v,
+            "--proto" => {
+                a.proto = match v.as_str() {
+                    "ignis" => Proto::Ignis,
+                    "socketio" => Proto::SocketIo,
+                    other => panic!("--proto ignis|socketio, got {other}"),
+                }
+            }
             "--clients" => a.clients = v.parse().expect("--clients"),
             "--concurrency" => a.concurrency = v.parse().expect("--concurrency"),
             "--hold" => a.hold = v.parse().expect("--hold"),
             "--room" => a.room = v,
             "--event" => a.event = v,
             "--expect" => a.expect = v.parse().expect("--expect"),
+            "--timeout" => a.timeout = v.parse().expect("--timeout"),
+            "--send" => a.send = v.parse().expect("--send"),
+            "--rate" => a.rate = v.parse().expect("--rate"),
+            "--send-event" => a.send_event = v,
+            "--duration" => a.duration = v.parse().expect("--duration"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -69,57 +125,122 @@ fn cpu_seconds() -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field(11) + field(12)) / 100.0
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
+}
+
+/// The number after `"t":` in a frame, if any.
+fn stamp(text: &str) -> Option<f64> {
+    let at = text.find(r#""t":"#)? + 4;
+    let rest = &text[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn percentiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return r#""p50_ms":null,"p99_ms":null,"max_ms":null"#.into();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        r#""p50_ms":{:.3},"p99_ms":{:.3},"max_ms":{:.3}"#,
+        p(0.5),
+        p(0.99),
+        v[v.len() - 1]
+    )
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects and authenticates one client; returns the socket after `connected`.
-async fn connect(url: &str, i: usize) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+/// Connects and authenticates one client; returns the socket once the
+/// server said it is in.
+async fn connect(a: &Args, i: usize) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(a.url.as_str())
         .await
         .expect("connect");
-    let auth = format!(r#"{{"event":"authenticate","data":{{"token":"t{i}","userId":"u{i}"}}}}"#);
-    ws.send(Message::Text(auth.into())).await.expect("send");
+    let auth = format!(r#"{{"token":"t{i}","userId":"u{i}"}}"#);
+    if a.proto == Proto::Ignis {
+        ws.send(Message::Text(a.proto.frame("authenticate", &auth).into()))
+            .await
+            .expect("send");
+    }
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains(r#""event":"connected""#) => {
-                return ws
+            Some(Ok(Message::Text(t))) => {
+                let t = t.as_str();
+                match a.proto {
+                    Proto::Ignis if t.contains(r#""event":"connected""#) => return ws,
+                    // Engine.IO open packet, then the namespace connect with auth.
+                    Proto::SocketIo if t.starts_with("0{") => ws
+                        .send(Message::Text(format!("40{auth}").into()))
+                        .await
+                        .expect("send"),
+                    Proto::SocketIo if t.starts_with("40") => return ws,
+                    Proto::SocketIo if t.starts_with("44") => panic!("refused: {t}"),
+                    _ => continue,
+                }
             }
             Some(Ok(_)) => continue,
-            other => panic!("no connected frame: {other:?}"),
+            other => panic!("not authenticated: {other:?}"),
         }
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
+/// Reads the next text frame, answering Engine.IO pings on the way.
+async fn next_text(ws: &mut Ws, proto: Proto) -> Option<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                if proto == Proto::SocketIo && t.as_str() == "2" {
+                    let _ = ws.send(Message::Text("3".into())).await;
+                    continue;
+                }
+                return Some(t.as_str().to_owned());
+            }
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn connect_all(a: &Args) -> (Vec<Ws>, f64) {
     let gate = Arc::new(Semaphore::new(a.concurrency));
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(a.clients);
     for i in 0..a.clients {
-        let url = a.url.clone();
-        let gate = gate.clone();
+        let (a, gate) = (a.clone(), gate.clone());
         handles.push(tokio::spawn(async move {
             let _permit = gate.acquire().await.expect("semaphore");
-            connect(&url, i).await
+            connect(&a, i).await
         }));
     }
     let mut sockets = Vec::with_capacity(a.clients);
     for h in handles {
         sockets.push(h.await.expect("client task"));
     }
-    let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    (sockets, t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let (mut sockets, connect_ms) = connect_all(&a).await;
     match a.mode.as_str() {
         "idle" => {
             println!(
@@ -130,56 +251,155 @@ async fn main() {
             );
             tokio::time::sleep(Duration::from_secs(a.hold)).await;
         }
-        "receive" => {
-            let join = format!(r#"{{"event":"join","data":{{"rooms":["{}"]}}}}"#, a.room);
-            for ws in sockets.iter_mut() {
-                ws.send(Message::Text(join.clone().into()))
-                    .await
-                    .expect("join");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            println!("READY");
-            let total = Arc::new(AtomicU64::new(0));
-            let first = Arc::new(std::sync::OnceLock::<Instant>::new());
-            let needle = format!(r#""event":"{}""#, a.event);
-            let cpu0 = cpu_seconds();
-            let mut tasks = Vec::new();
-            for mut ws in sockets {
-                let (total, first, needle, expect) =
-                    (total.clone(), first.clone(), needle.clone(), a.expect);
-                tasks.push(tokio::spawn(async move {
-                    let mut got = 0u64;
-                    while got < expect {
-                        match ws.next().await {
-                            Some(Ok(Message::Text(t))) if t.as_str().contains(&needle) => {
-                                first.get_or_init(Instant::now);
-                                got += 1;
-                                total.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Some(Ok(_)) => {}
-                            _ => break,
-                        }
-                    }
-                    ws
-                }));
-            }
-            let mut kept = Vec::new();
-            for t in tasks {
-                kept.push(t.await.expect("receiver"));
-            }
-            let span = first
-                .get()
-                .map(|f| f.elapsed().as_secs_f64())
-                .unwrap_or(0.0);
-            let n = total.load(Ordering::Relaxed);
-            println!(
-                r#"{{"mode":"receive","clients":{},"deliveries":{n},"first_to_last_ms":{:.1},"deliveries_per_s":{:.0},"loadgen_cpu_s":{:.2}}}"#,
-                a.clients,
-                span * 1000.0,
-                n as f64 / span.max(1e-9),
-                cpu_seconds() - cpu0
-            );
-        }
-        other => panic!("mode must be idle or receive, got {other:?}"),
+        "receive" => receive(&a, sockets).await,
+        "echo" => echo(&a, std::mem::take(&mut sockets)).await,
+        other => panic!("mode must be idle, receive or echo, got {other:?}"),
     }
+}
+
+async fn receive(a: &Args, mut sockets: Vec<Ws>) {
+    let join = a
+        .proto
+        .frame("join", &format!(r#"{{"rooms":["{}"]}}"#, a.room));
+    for ws in sockets.iter_mut() {
+        ws.send(Message::Text(join.clone().into()))
+            .await
+            .expect("join");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sender writes through its own half; its reads stay with the receivers.
+    let sender = if a.send > 0 {
+        Some(sockets.remove(0).split())
+    } else {
+        None
+    };
+    println!("READY");
+    let total = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let needle = a.proto.needle(&a.event);
+    let cpu0 = cpu_seconds();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let (total, first, latencies, needle, expect, proto) = (
+            total.clone(),
+            first.clone(),
+            latencies.clone(),
+            needle.clone(),
+            a.expect,
+            a.proto,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            let mut own = Vec::with_capacity(expect as usize);
+            while got < expect {
+                let text = match tokio::time::timeout_at(deadline, next_text(&mut ws, proto)).await
+                {
+                    Ok(Some(t)) => t,
+                    _ => break,
+                };
+                if text.contains(&needle) {
+                    first.get_or_init(Instant::now);
+                    got += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = stamp(&text) {
+                        own.push(now_ms() - t);
+                    }
+                }
+            }
+            latencies.lock().unwrap().extend(own);
+            ws
+        }));
+    }
+    if let Some((mut tx, mut rx)) = sender {
+        let (n, rate, proto, room, event) = (
+            a.send,
+            a.rate,
+            a.proto,
+            a.room.clone(),
+            a.send_event.clone(),
+        );
+        tokio::spawn(async move {
+            let gap = Duration::from_secs_f64(1.0 / rate);
+            let start = tokio::time::Instant::now();
+            for k in 0..n {
+                tokio::time::sleep_until(start + gap * k as u32).await;
+                let data = format!(r#"{{"room":"{room}","k":{k},"t":{:.3}}}"#, now_ms());
+                if tx
+                    .send(Message::Text(proto.frame(&event, &data).into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // Keep the sender's connection read (pings, its own echoes).
+        tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.expect("receiver"));
+    }
+    let span = first
+        .get()
+        .map(|f| f.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    let n = total.load(Ordering::Relaxed);
+    let lat = std::mem::take(&mut *latencies.lock().unwrap());
+    println!(
+        r#"{{"mode":"receive","clients":{},"deliveries":{n},"expected":{},"first_to_last_ms":{:.1},"deliveries_per_s":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        kept.len(),
+        kept.len() as u64 * a.expect,
+        span * 1000.0,
+        n as f64 / span.max(1e-9),
+        percentiles(lat),
+        cpu_seconds() - cpu0
+    );
+}
+
+async fn echo(a: &Args, sockets: Vec<Ws>) {
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(a.duration);
+    let needle = a.proto.needle("echo");
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let (needle, proto) = (needle.clone(), a.proto);
+        tasks.push(tokio::spawn(async move {
+            let mut rtts = Vec::new();
+            let mut k = 0u64;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                let frame = proto.frame("echo", &format!(r#"{{"k":{k}}}"#));
+                if ws.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+                loop {
+                    match next_text(&mut ws, proto).await {
+                        Some(t) if t.contains(&needle) => break,
+                        Some(_) => continue,
+                        None => return rtts,
+                    }
+                }
+                rtts.push(sent.elapsed().as_secs_f64() * 1000.0);
+                k += 1;
+            }
+            rtts
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("echo client"));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        r#"{{"mode":"echo","clients":{},"round_trips":{},"per_second":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        a.clients,
+        all.len(),
+        all.len() as f64 / secs,
+        percentiles(all),
+        cpu_seconds() - cpu0
+    );
 }

@@ -1,0 +1,61 @@
+// Publishes benchmark messages to a room through Redis, the way each
+// contender's applications do it: the Ignis envelope (WebSocketEmitter), a
+// plain PUBLISH for the hand-written relays, @socket.io/redis-emitter for
+// Socket.IO. Every message carries `t` (ms since the epoch) for latency.
+//
+//   node bench/publish.mjs --kind ignis|raw|socketio --redis URL --count N [--rate R] [--room bench] [--size 100]
+// --rate 0 (default) publishes as fast as Redis takes it. Prints one JSON line.
+import { createRequire } from 'node:module';
+import Redis from 'ioredis';
+
+const require = createRequire(import.meta.url);
+const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100 };
+for (let i = 2; i < process.argv.length; i += 2) {
+  const k = process.argv[i].replace(/^--/, '');
+  opt[k] = typeof opt[k] === 'number' ? Number(process.argv[i + 1]) : process.argv[i + 1];
+}
+const pad = 'x'.repeat(opt.size);
+const now = () => performance.timeOrigin + performance.now();
+
+let publish, close;
+if (opt.kind === 'ignis') {
+  const { WebSocketEmitter } = require('../dist/index.js');
+  const emitter = new WebSocketEmitter({ identifier: 'bench-emitter', redis: opt.redis });
+  await emitter.configure();
+  publish = data => emitter.toRoom({ room: opt.room, event: opt.event, data });
+  close = () => emitter.shutdown();
+} else if (opt.kind === 'raw') {
+  const redis = new Redis(opt.redis);
+  const origin = 'publisher';
+  publish = data =>
+    redis.publish('bench:fanout', JSON.stringify({ origin, room: opt.room, frame: JSON.stringify({ event: opt.event, data }) }));
+  close = () => redis.quit();
+} else if (opt.kind === 'socketio') {
+  const { Emitter } = require('@socket.io/redis-emitter');
+  const redis = new Redis(opt.redis);
+  const emitter = new Emitter(redis);
+  publish = async data => emitter.to(opt.room).emit(opt.event, data);
+  close = () => redis.quit();
+} else {
+  throw new Error(`unknown --kind ${opt.kind}`);
+}
+
+const t0 = now();
+if (opt.rate > 0) {
+  const gap = 1000 / opt.rate;
+  for (let k = 0; k < opt.count; k++) {
+    const due = t0 + k * gap;
+    const wait = due - now();
+    if (wait > 1) await new Promise(r => setTimeout(r, wait - 0.5));
+    while (now() < due);
+    publish({ k, t: now(), pad });
+  }
+} else {
+  const pending = [];
+  for (let k = 0; k < opt.count; k++) pending.push(publish({ k, t: now(), pad }));
+  await Promise.all(pending);
+}
+const took = now() - t0;
+await new Promise(r => setTimeout(r, 200));
+await close();
+console.log(JSON.stringify({ published: opt.count, took_ms: Math.round(took) }));

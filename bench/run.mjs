@@ -1,0 +1,312 @@
+// The benchmark suite: every contender, every scenario, side by side in one
+// run on this machine, repeated; medians go to bench/RESULTS.md and
+// bench/results.svg, raw figures to bench/results.json.
+//
+//   npm run bench                       (builds the load generator first)
+//   BENCH_REPEAT=1 BENCH_ONLY=b,d BENCH_CONTENDERS=original,native-node node bench/run.mjs
+//
+// Needs redis-server and a release build of the addon (npm install does it).
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startRedis } from '../__test__/redis-helpers.mjs';
+import { render } from './report.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.join(here, '..');
+const loadgen = path.join(here, 'loadgen', 'target', 'release', 'ignis-ws-loadgen');
+const bun = path.join(root, 'node_modules', '.bin', 'bun');
+const node = process.execPath;
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
+const ONLY = (process.env.BENCH_ONLY ?? 'a,b,c,d,e').split(',');
+const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
+
+export const CONTENDERS = [
+  { id: 'original', label: 'original helper (Bun)', cmd: bun, script: 'original.mjs', pub: 'ignis' },
+  { id: 'native-node', label: 'ignis-ws-native (Node)', cmd: node, script: 'native.mjs', pub: 'ignis' },
+  { id: 'native-bun', label: 'ignis-ws-native (Bun)', cmd: bun, script: 'native.mjs', pub: 'ignis' },
+  { id: 'bun-topics', label: 'Bun.serve topics (Bun)', cmd: bun, script: 'bun-topics.mjs', pub: 'raw' },
+  { id: 'ws', label: 'ws + ioredis (Node)', cmd: node, script: 'ws-ioredis.mjs', pub: 'raw' },
+  { id: 'socketio', label: 'Socket.IO 4 + redis-adapter (Node)', cmd: node, script: 'socketio.mjs', pub: 'socketio', proto: 'socketio' },
+].filter(c => !process.env.BENCH_CONTENDERS || process.env.BENCH_CONTENDERS.split(',').includes(c.id));
+
+// ---- processes -------------------------------------------------------------
+
+function procStat(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { cpu: (Number(f[11]) + Number(f[12])) / 100 };
+}
+const cpuOf = pid => procStat(pid).cpu;
+const rssOf = pid => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) * 1024;
+
+async function startServer(c, redis) {
+  const child = spawn(c.cmd, [path.join(here, 'servers', c.script)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, REDIS_URL: redis.url },
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', d => (out += d));
+  child.stderr.on('data', d => (err = (err + d).slice(-2000)));
+  for (let i = 0; i < 400 && !/PORT (\d+)/.test(out); i++) {
+    if (child.exitCode !== null) break;
+    await sleep(25);
+  }
+  const m = /PORT (\d+)/.exec(out);
+  if (!m) {
+    child.kill('SIGKILL');
+    throw new Error(`${c.id} did not start: ${err}`);
+  }
+  const wsPath = c.proto === 'socketio' ? '/socket.io/?EIO=4&transport=websocket' : '/ws';
+  return {
+    child,
+    pid: child.pid,
+    url: `ws://127.0.0.1:${m[1]}${wsPath}`,
+    stop: () => new Promise(r => (child.exitCode !== null ? r() : (child.once('exit', r), child.kill('SIGKILL')))),
+  };
+}
+
+/**
+ * Runs the load generator; resolves with its JSON result (and `at`, when it
+ * arrived). `onReady` runs when it prints READY, `onResult` as soon as the
+ * result line arrives (the idle mode still holds its sockets then).
+ */
+function runLoadgen(args, { onReady, onResult, timeoutMs = 120_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const lg = spawn(loadgen, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    let ready = false;
+    let result;
+    const timer = setTimeout(() => (lg.kill('SIGKILL'), reject(new Error(`loadgen timed out: ${args.join(' ')}`))), timeoutMs);
+    lg.stdout.on('data', d => {
+      out += d;
+      if (!ready && out.includes('READY\n')) {
+        ready = true;
+        onReady?.();
+      }
+      const line = out.split('\n').find(l => l.startsWith('{') && l.endsWith('}'));
+      if (line && !result) {
+        result = { ...JSON.parse(line), at: performance.now() };
+        onResult?.(result);
+      }
+    });
+    lg.stderr.on('data', d => (err = (err + d).slice(-2000)));
+    lg.on('exit', code => {
+      clearTimeout(timer);
+      if (result) resolve(result);
+      else reject(new Error(`loadgen exited ${code}: ${err}`));
+    });
+  });
+}
+
+function publish(c, redis, args) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(node, [path.join(here, 'publish.mjs'), '--kind', c.pub, '--redis', redis.url, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', d => (out += d));
+    p.on('exit', code => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`publisher exited ${code}`))));
+  });
+}
+
+const proto = c => ['--proto', c.proto ?? 'ignis'];
+
+// ---- scenarios -------------------------------------------------------------
+
+export const SCENARIOS = {
+  a: {
+    title: `(a) ${IDLE_CLIENTS.toLocaleString('en')} authenticated idle connections`,
+    async run(c, redis) {
+      const s = await startServer(c, redis);
+      try {
+        await sleep(700);
+        const before = rssOf(s.pid);
+        const cpu0 = cpuOf(s.pid);
+        let serverCpu;
+        let held;
+        const r = await runLoadgen(['idle', '--url', s.url, ...proto(c), '--clients', String(IDLE_CLIENTS), '--hold', '3'], {
+          onResult: () => {
+            serverCpu = cpuOf(s.pid) - cpu0;
+            // Read while the sockets are still held, after the server settled.
+            setTimeout(() => (held = rssOf(s.pid)), 1500);
+          },
+        });
+        if (held === undefined) throw new Error('sockets were not held long enough to read RSS');
+        return {
+          rss_per_conn_kib: (held - before) / IDLE_CLIENTS / 1024,
+          connect_auth_ms: r.connect_auth_ms,
+          server_cpu_s: serverCpu,
+          loadgen_cpu_s: r.loadgen_cpu_s,
+        };
+      } finally {
+        await s.stop();
+      }
+    },
+  },
+  b: {
+    title: '(b) fan-out burst: 1000 clients in one room, 2000 messages published through Redis',
+    async run(c, redis) {
+      const s = await startServer(c, redis);
+      try {
+        let started;
+        let cpu0;
+        const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60'], {
+          onReady: () => {
+            cpu0 = cpuOf(s.pid);
+            started = performance.now();
+            publish(c, redis, ['--count', '2000', '--rate', '0']).catch(() => {});
+          },
+        });
+        const r = await result;
+        return {
+          deliveries_per_s: r.deliveries / ((r.at - started) / 1000),
+          time_to_last_ms: r.at - started,
+          delivered_pct: (100 * r.deliveries) / r.expected,
+          server_cpu_s: cpuOf(s.pid) - cpu0,
+          loadgen_cpu_s: r.loadgen_cpu_s,
+        };
+      } finally {
+        await s.stop();
+      }
+    },
+  },
+  c: {
+    title: '(c) steady fan-out: 500 msg/s to 1000 clients for 4 s',
+    async run(c, redis) {
+      const s = await startServer(c, redis);
+      try {
+        let cpu0;
+        const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30'], {
+          onReady: () => {
+            cpu0 = cpuOf(s.pid);
+            publish(c, redis, ['--count', '2000', '--rate', '500']).catch(() => {});
+          },
+        });
+        return {
+          p50_ms: r.p50_ms,
+          p99_ms: r.p99_ms,
+          max_ms: r.max_ms,
+          delivered_pct: (100 * r.deliveries) / r.expected,
+          server_cpu_s: cpuOf(s.pid) - cpu0,
+          loadgen_cpu_s: r.loadgen_cpu_s,
+        };
+      } finally {
+        await s.stop();
+      }
+    },
+  },
+  d: {
+    title: '(d) 50 clients in closed loop; the JS message handler answers each with sendToClient',
+    async run(c, redis) {
+      const s = await startServer(c, redis);
+      try {
+        const cpu0 = cpuOf(s.pid);
+        const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5']);
+        return {
+          round_trips_per_s: r.per_second,
+          p50_ms: r.p50_ms,
+          p99_ms: r.p99_ms,
+          server_cpu_s: cpuOf(s.pid) - cpu0,
+          loadgen_cpu_s: r.loadgen_cpu_s,
+        };
+      } finally {
+        await s.stop();
+      }
+    },
+  },
+  e: {
+    title: '(e) two instances, 1000 clients each; a client on one sends 100 msg/s for 5 s to a room spanning both',
+    async run(c, redis) {
+      const a = await startServer(c, redis);
+      const b = await startServer(c, redis);
+      try {
+        const common = [...proto(c), '--clients', '1000', '--event', 'chat', '--expect', '500', '--timeout', '30'];
+        let readyB;
+        const bReady = new Promise(r => (readyB = r));
+        const far = runLoadgen(['receive', '--url', b.url, ...common], { onReady: () => readyB() });
+        await bReady;
+        const near = runLoadgen(['receive', '--url', a.url, ...common, '--send', '500', '--rate', '100']);
+        const [rb, ra] = await Promise.all([far, near]);
+        return {
+          cross_p50_ms: rb.p50_ms,
+          cross_p99_ms: rb.p99_ms,
+          cross_max_ms: rb.max_ms,
+          local_p99_ms: ra.p99_ms,
+          delivered_pct: (100 * (ra.deliveries + rb.deliveries)) / (ra.expected + rb.expected),
+        };
+      } finally {
+        await a.stop();
+        await b.stop();
+      }
+    },
+  },
+};
+
+// ---- main ------------------------------------------------------------------
+
+function machine() {
+  const v = cmd => {
+    try {
+      return execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8' }).trim().split('\n')[0];
+    } catch {
+      return 'unknown';
+    }
+  };
+  const pkg = p => JSON.parse(fs.readFileSync(path.join(root, 'node_modules', p, 'package.json'), 'utf8')).version;
+  return {
+    date: new Date().toISOString(),
+    cpu: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'unknown'}`,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+    bun: v([bun, '--version']),
+    redis: v(['redis-server', '--version']),
+    packages: {
+      'ignis-ws-native': JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version,
+      '@venizia/ignis-helpers': pkg('@venizia/ignis-helpers'),
+      ws: pkg('ws'),
+      ioredis: pkg('ioredis'),
+      'socket.io': pkg('socket.io'),
+      '@socket.io/redis-adapter': pkg('@socket.io/redis-adapter'),
+    },
+    repeat: REPEAT,
+  };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  if (!fs.existsSync(loadgen)) throw new Error('build the load generator first: cargo build --release --manifest-path bench/loadgen/Cargo.toml');
+  const redis = await startRedis();
+  const runs = {}; // runs[scenario][contender] = [result, …]
+  try {
+    for (let rep = 1; rep <= REPEAT; rep++) {
+      for (const key of ONLY) {
+        const sc = SCENARIOS[key];
+        runs[key] ??= {};
+        for (const c of CONTENDERS) {
+          let r;
+          try {
+            r = await sc.run(c, redis);
+          } catch (e) {
+            r = { error: String(e.message ?? e).slice(0, 300) };
+          }
+          (runs[key][c.id] ??= []).push(r);
+          console.log(`[${rep}/${REPEAT}] ${key} ${c.id.padEnd(12)} ${JSON.stringify(r, (k, v) => (typeof v === 'number' ? Math.round(v * 100) / 100 : v))}`);
+          await sleep(300);
+        }
+      }
+    }
+  } finally {
+    await redis.stop();
+  }
+  const data = { machine: machine(), contenders: CONTENDERS.map(({ id, label }) => ({ id, label })), scenarios: Object.fromEntries(ONLY.map(k => [k, SCENARIOS[k].title])), runs };
+  fs.writeFileSync(path.join(here, 'results.json'), JSON.stringify(data, null, 1) + '\n');
+  const { markdown, svg } = render(data);
+  fs.writeFileSync(path.join(here, 'RESULTS.md'), markdown);
+  fs.writeFileSync(path.join(here, 'results.svg'), svg);
+  console.log(markdown);
+}
