@@ -144,6 +144,26 @@ describe('subscriptions follow local interest', () => {
     a1.close();
   });
 
+  test('a subscribed connection stays up across keep-alive pings (no reconnects, nothing lost)', async () => {
+    const a = await instance();
+    const a1 = await Client.auth(a.url, { token: 'k1' });
+    await joined(a, a1, ['kept']);
+    await settle();
+    const emitter = new lib.WebSocketEmitter({ redis: redis.url });
+    await emitter.configure();
+    // The subscriber pings Redis every 5 s; a subscribed connection answers
+    // with an array, which once read as a failure and reconnected.
+    for (let i = 0; i < 14; i++) {
+      await emitter.toRoom({ room: 'kept', event: 'k', data: i });
+      assert.equal((await a1.next('k')).data, i);
+      await sleep(500);
+    }
+    assert.equal(a.ws.stats().busReconnects, 0);
+    assert.equal(a.ws.stats().busState, 'connected');
+    await emitter.shutdown();
+    a1.close();
+  });
+
   test('user and client channels come and go with the client', async () => {
     const a = await instance();
     const c = await Client.auth(a.url, { token: 'k', userId: 'user-k' });

@@ -116,14 +116,22 @@ function publish(c, redis, args) {
 
 const proto = c => ['--proto', c.proto ?? 'ignis'];
 
+async function withServer(c, redis, fn) {
+  const s = await startServer(c, redis);
+  try {
+    return await fn(s);
+  } finally {
+    await s.stop();
+  }
+}
+
 // ---- scenarios -------------------------------------------------------------
 
 export const SCENARIOS = {
   a: {
     title: `(a) ${IDLE_CLIENTS.toLocaleString('en')} authenticated idle connections`,
     async run(c, redis) {
-      const s = await startServer(c, redis);
-      try {
+      return withServer(c, redis, async s => {
         await sleep(700);
         const before = rssOf(s.pid);
         const cpu0 = cpuOf(s.pid);
@@ -143,16 +151,13 @@ export const SCENARIOS = {
           server_cpu_s: serverCpu,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      } finally {
-        await s.stop();
-      }
+      });
     },
   },
   b: {
     title: '(b) fan-out burst: 1000 clients in one room, 2000 messages published through Redis',
     async run(c, redis) {
-      const s = await startServer(c, redis);
-      try {
+      return withServer(c, redis, async s => {
         let started;
         let cpu0;
         const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60'], {
@@ -170,16 +175,13 @@ export const SCENARIOS = {
           server_cpu_s: cpuOf(s.pid) - cpu0,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      } finally {
-        await s.stop();
-      }
+      });
     },
   },
   c: {
     title: '(c) steady fan-out: 500 msg/s to 1000 clients for 4 s',
     async run(c, redis) {
-      const s = await startServer(c, redis);
-      try {
+      return withServer(c, redis, async s => {
         let cpu0;
         const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30'], {
           onReady: () => {
@@ -195,18 +197,16 @@ export const SCENARIOS = {
           server_cpu_s: cpuOf(s.pid) - cpu0,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      } finally {
-        await s.stop();
-      }
+      });
     },
   },
   d: {
     title: '(d) 50 clients in closed loop; the JS message handler answers each with sendToClient',
     async run(c, redis) {
-      const s = await startServer(c, redis);
-      try {
+      return withServer(c, redis, async s => {
         const cpu0 = cpuOf(s.pid);
         const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5']);
+        if (r.closed_early > 0) throw new Error(`${r.closed_early} of 50 clients were disconnected during the loop`);
         return {
           round_trips_per_s: r.per_second,
           p50_ms: r.p50_ms,
@@ -214,9 +214,7 @@ export const SCENARIOS = {
           server_cpu_s: cpuOf(s.pid) - cpu0,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      } finally {
-        await s.stop();
-      }
+      });
     },
   },
   e: {

@@ -455,6 +455,16 @@ impl Connection {
                 Next::Close(code, reason)
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => Next::Stop,
+            // A peer that vanished (reset, process gone) sent nothing invalid.
+            WsError::Io(_)
+            | WsError::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => {
+                self.shared
+                    .log
+                    .debug(|| format!("Peer gone | id: {}", self.client.id));
+                Next::Stop
+            }
             other => {
                 bump(&self.shared.stats.invalid_frames);
                 self.shared

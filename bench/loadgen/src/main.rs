@@ -10,7 +10,8 @@
 //!   open `--hold` seconds so the server's memory can be read.
 //!
 //! `receive --clients 1000 --room bench --event bench --expect 2000`
-//!   connects, authenticates, joins `room`, prints `READY`, then counts frames
+//!   connects, authenticates, joins `room`, waits `--settle` ms (joins are
+//!   not acknowledged), prints `READY`, then counts frames
 //!   of `event` until every client has `expect` of them (or `--timeout`
 //!   seconds pass). Reports deliveries/s, the time from the first to the last
 //!   delivery and, when frames carry `"t":<ms since the epoch>`, latency
@@ -44,6 +45,7 @@ struct Args {
     rate: f64,
     send_event: String,
     duration: f64,
+    settle: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -85,6 +87,7 @@ fn args() -> Args {
         rate: 100.0,
         send_event: "chat".into(),
         duration: 5.0,
+        settle: 1500,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -110,6 +113,7 @@ fn args() -> Args {
             "--rate" => a.rate = v.parse().expect("--rate"),
             "--send-event" => a.send_event = v,
             "--duration" => a.duration = v.parse().expect("--duration"),
+            "--settle" => a.settle = v.parse().expect("--settle"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -266,7 +270,9 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
             .await
             .expect("join");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Joins are not acknowledged by the protocol: give the server time to
+    // validate them (and to subscribe on Redis) before saying READY.
+    tokio::time::sleep(Duration::from_millis(a.settle)).await;
     // The sender writes through its own half; its reads stay with the receivers.
     let sender = if a.send > 0 {
         Some(sockets.remove(0).split())
@@ -364,9 +370,10 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(a.duration);
     let needle = a.proto.needle("echo");
+    let closed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for mut ws in sockets {
-        let (needle, proto) = (needle.clone(), a.proto);
+        let (needle, proto, closed) = (needle.clone(), a.proto, closed.clone());
         tasks.push(tokio::spawn(async move {
             let mut rtts = Vec::new();
             let mut k = 0u64;
@@ -374,13 +381,17 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
                 let sent = Instant::now();
                 let frame = proto.frame("echo", &format!(r#"{{"k":{k}}}"#));
                 if ws.send(Message::Text(frame.into())).await.is_err() {
+                    closed.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 loop {
                     match next_text(&mut ws, proto).await {
                         Some(t) if t.contains(&needle) => break,
                         Some(_) => continue,
-                        None => return rtts,
+                        None => {
+                            closed.fetch_add(1, Ordering::Relaxed);
+                            return rtts;
+                        }
                     }
                 }
                 rtts.push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -395,8 +406,9 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        r#"{{"mode":"echo","clients":{},"round_trips":{},"per_second":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        r#"{{"mode":"echo","clients":{},"closed_early":{},"round_trips":{},"per_second":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
         a.clients,
+        closed.load(Ordering::Relaxed),
         all.len(),
         all.len() as f64 / secs,
         percentiles(all),

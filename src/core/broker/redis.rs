@@ -608,7 +608,9 @@ async fn standalone_subscribe_loop(
                     }
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(Duration::from_secs(5), sink.ping::<String>()).await;
+                    // A subscribed RESP2 connection answers PING with an array
+                    // (["pong", ""]), not a string: any answer means alive.
+                    let alive = tokio::time::timeout(Duration::from_secs(5), sink.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) { break "ping failed".to_string(); }
                 }
                 _ = inner.close_notify.notified() => return,
