@@ -93,7 +93,7 @@ function gain(m, sc, id, key, base = BASE) {
 }
 
 const fmt = (v, d) => (v === undefined ? '—' : v.toLocaleString('en', { minimumFractionDigits: d, maximumFractionDigits: d }));
-const times = g => (g === undefined ? '—' : `${g >= 10 ? g.toFixed(0) : g.toFixed(2)}×`);
+const times = g => (g === undefined ? '—' : `${g >= 10 ? g.toFixed(0) : g >= 0.1 ? g.toFixed(2) : g.toPrecision(2)}×`);
 
 function targets(m) {
   const rows = [];
@@ -171,7 +171,7 @@ function chart(data, m) {
   const esc = s => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
   let out = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">\n`;
   out += `<rect width="100%" height="100%" fill="#fff"/>\n`;
-  out += `<text x="${left}" y="20" font-size="15" font-weight="bold">Times better than the original Ignis helper on Bun (log scale; right of 1× is better)</text>\n`;
+  out += `<text x="8" y="20" font-size="15" font-weight="bold">Times better than the original Ignis helper on Bun (log scale; right of 1× is better)</text>\n`;
   for (let k = lo; k <= hi; k++) {
     const gx = x(2 ** k);
     out += `<line x1="${gx}" y1="${top - 10}" x2="${gx}" y2="${height - 30}" stroke="${k === 0 ? '#000' : '#ddd'}"/>`;
