@@ -508,12 +508,17 @@ fn drain_interest(
     desired: &mut HashSet<String>,
     live: &HashSet<String>,
 ) -> (Vec<String>, Vec<String>) {
+    // Only the channels named in this batch can differ from `live`:
+    // comparing the whole sets would cost O(channels) per client that
+    // connects (two channels each), quadratic over a connection storm.
+    let mut touched: HashSet<String> = HashSet::new();
     let mut apply = |(ch, present): (String, bool)| {
         if present {
-            desired.insert(ch);
+            desired.insert(ch.clone());
         } else {
             desired.remove(&ch);
         }
+        touched.insert(ch);
     };
     if let Some(f) = first {
         apply(f);
@@ -521,8 +526,15 @@ fn drain_interest(
     while let Ok(c) = rx.try_recv() {
         apply(c);
     }
-    let add = desired.difference(live).cloned().collect();
-    let remove = live.difference(desired).cloned().collect();
+    let mut add = Vec::new();
+    let mut remove = Vec::new();
+    for ch in touched {
+        match (desired.contains(&ch), live.contains(&ch)) {
+            (true, false) => add.push(ch),
+            (false, true) => remove.push(ch),
+            _ => {}
+        }
+    }
     (add, remove)
 }
 
@@ -557,7 +569,10 @@ async fn standalone_subscribe_loop(
         };
         let (mut sink, mut stream) = pubsub.split();
         let mut live: HashSet<String> = HashSet::new();
-        let (add, _) = drain_interest(None, &mut rx, &mut desired, &live);
+        // A new connection subscribes to everything wanted, not just the
+        // channels that changed meanwhile.
+        drain_interest(None, &mut rx, &mut desired, &live);
+        let add: Vec<String> = desired.iter().cloned().collect();
         if !add.is_empty() {
             if sink.subscribe(&add).await.is_err() {
                 tokio::time::sleep(backoff(attempt)).await;
@@ -757,5 +772,54 @@ impl RedisEmitter {
 
     pub async fn close(&self) {
         self.conn.lock().await.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(
+        changes: &[(&str, bool)],
+        desired: &mut HashSet<String>,
+        live: &HashSet<String>,
+    ) -> (Vec<String>, Vec<String>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for (ch, present) in changes {
+            tx.send((ch.to_string(), *present)).unwrap();
+        }
+        let (mut add, mut remove) = drain_interest(None, &mut rx, desired, live);
+        add.sort();
+        remove.sort();
+        (add, remove)
+    }
+
+    #[test]
+    fn interest_batches_yield_only_real_changes() {
+        let mut desired = HashSet::new();
+        let mut live: HashSet<String> = HashSet::new();
+        let (add, remove) = batch(
+            &[("a", true), ("b", true), ("c", true), ("c", false)],
+            &mut desired,
+            &live,
+        );
+        assert_eq!(
+            (add.clone(), remove),
+            (vec!["a".to_string(), "b".to_string()], vec![])
+        );
+        live.extend(add);
+        // Already live, wanted again: nothing. Gone and back in one batch: nothing.
+        let (add, remove) = batch(
+            &[("a", true), ("b", false), ("b", true)],
+            &mut desired,
+            &live,
+        );
+        assert!(add.is_empty() && remove.is_empty());
+        let (add, remove) = batch(&[("a", false), ("d", true)], &mut desired, &live);
+        assert_eq!(
+            (add, remove),
+            (vec!["d".to_string()], vec!["a".to_string()])
+        );
+        assert_eq!(desired.len(), 2, "b and d wanted");
     }
 }
