@@ -208,7 +208,9 @@ export function render(data) {
   md += `(bench/loadgen, Rust) runs on the same cores and reports its own CPU next to the server's.\n\n`;
   md += `- Machine: ${mc.cpu}, ${mc.memory_gib} GiB, Linux ${mc.kernel}\n`;
   md += `- Runtimes: Node ${mc.node}, Bun ${mc.bun}, ${mc.redis}\n`;
-  md += `- Packages: ${Object.entries(mc.packages).map(([k, v]) => `${k} ${v}`).join(', ')}\n\n`;
+  md += `- Packages: ${Object.entries(mc.packages).map(([k, v]) => `${k} ${v}`).join(', ')}\n`;
+  for (const m of mc.merged ?? []) md += `- Scenario ${m} (all contenders, same repeat count); the rest as above\n`;
+  md += '\n';
   md += `![Times better than the original, per scenario](results.svg)\n\n`;
   md += `## Targets\n\n| Target | ours on Node | ours on Bun | |\n|---|---|---|---|\n${targets(m).join('\n')}\n\n`;
   md += `Missed targets are analysed, with the plan, in the README (Performance).\n\n`;

@@ -4,6 +4,7 @@
 //
 //   npm run bench                       (builds the load generator first)
 //   BENCH_REPEAT=1 BENCH_ONLY=b,d BENCH_CONTENDERS=original,native-node node bench/run.mjs
+//   BENCH_MERGE=1 BENCH_ONLY=a node bench/run.mjs   (re-measure one scenario, keep the others)
 //
 // Needs redis-server and a release build of the addon (npm install does it).
 import { spawn, execFileSync } from 'node:child_process';
@@ -301,7 +302,19 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   } finally {
     await redis.stop();
   }
-  const data = { machine: machine(), contenders: CONTENDERS.map(({ id, label }) => ({ id, label })), scenarios: Object.fromEntries(ONLY.map(k => [k, SCENARIOS[k].title])), runs };
+  let data = { machine: machine(), contenders: CONTENDERS.map(({ id, label }) => ({ id, label })), scenarios: Object.fromEntries(ONLY.map(k => [k, SCENARIOS[k].title])), runs };
+  const previous = path.join(here, 'results.json');
+  if (process.env.BENCH_MERGE && fs.existsSync(previous)) {
+    // Re-measured scenarios replace theirs whole (every contender, one run),
+    // so each scenario's ratios still come from a single run.
+    const old = JSON.parse(fs.readFileSync(previous, 'utf8'));
+    data = {
+      ...old,
+      machine: { ...data.machine, merged: [...(old.machine.merged ?? []), `${ONLY.join(',')} re-measured ${data.machine.date}`] },
+      scenarios: { ...old.scenarios, ...data.scenarios },
+      runs: { ...old.runs, ...runs },
+    };
+  }
   fs.writeFileSync(path.join(here, 'results.json'), JSON.stringify(data, null, 1) + '\n');
   const { markdown, svg } = render(data);
   fs.writeFileSync(path.join(here, 'RESULTS.md'), markdown);
