@@ -310,7 +310,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     const old = JSON.parse(fs.readFileSync(previous, 'utf8'));
     data = {
       ...old,
-      machine: { ...data.machine, merged: [...(old.machine.merged ?? []), `${ONLY.join(',')} re-measured ${data.machine.date}`] },
+      machine: { ...data.machine, merged: [...(old.machine.merged ?? []).filter(m => !m.startsWith(`${ONLY.join(',')} `)), `${ONLY.join(',')} re-measured ${data.machine.date}`] },
       scenarios: { ...old.scenarios, ...data.scenarios },
       runs: { ...old.runs, ...runs },
     };
