@@ -195,21 +195,14 @@ impl Client {
 
     /// Appends to the socket's queue; false once the connection is gone.
     fn push(&self, out: Out) -> bool {
-        let was_empty = {
+        {
             let mut q = self.outbound.lock();
             if q.closed {
                 return false;
             }
-            let was_empty = q.items.is_empty();
             q.items.push_back(out);
-            was_empty
-        };
-        // The connection task empties the queue before it waits, so only
-        // the first frame into an empty queue needs to wake it. In a burst
-        // of fan-out this saves a notification (atomics and a lock) per frame.
-        if was_empty {
-            self.outbound_ready.notify_one();
         }
+        self.outbound_ready.notify_one();
         true
     }
 
