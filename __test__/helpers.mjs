@@ -1,4 +1,5 @@
 // Test helpers: real servers on loopback, real `ws` clients.
+import './ignis-logs.mjs';
 import { createRequire } from 'node:module';
 import WebSocket from 'ws';
 

@@ -1,6 +1,7 @@
 // The Ignis packages log to files in APP_ENV_LOGGER_FOLDER_PATH (default:
 // the working directory). Tests and benchmarks that load them, or start
-// processes that do, import this first so those files land in a temporary
+// processes that do, import this (through helpers.mjs or redis-helpers.mjs)
+// first, so those files land in a temporary
 // folder instead of the repository.
 import fs from 'node:fs';
 import os from 'node:os';

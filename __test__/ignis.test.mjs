@@ -1,7 +1,6 @@
 // A real Ignis application (@venizia/ignis 0.0.7 BaseApplication) with this
 // project's WebSocketComponent, switched by changing only the import line.
 // REST and WebSocket share the application's port on Node and on Bun.
-import './ignis-logs.mjs';
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';

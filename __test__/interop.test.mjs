@@ -1,7 +1,6 @@
 // Mixed fleet: the original Ignis helper (@venizia/ignis-helpers 0.0.7, on
 // Bun) and this project on one Redis, messages both ways; the original
 // WebSocketEmitter reaches our clients and ours reaches the original's.
-import './ignis-logs.mjs';
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';

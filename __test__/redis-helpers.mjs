@@ -1,5 +1,6 @@
 // Real redis-server processes for the tests: one per test file (or the one
 // named by REDIS_URL), and clusters of three masters.
+import './ignis-logs.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import net from 'node:net';
 import fs from 'node:fs';

@@ -6,7 +6,6 @@
 //
 // Needs redis-server (the original requires Redis) and a release build of
 // bench/loadgen (cargo build --release in bench/loadgen).
-import '../__test__/ignis-logs.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';

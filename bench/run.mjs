@@ -7,7 +7,6 @@
 //   BENCH_MERGE=1 BENCH_ONLY=a node bench/run.mjs   (re-measure one scenario, keep the others)
 //
 // Needs redis-server and a release build of the addon (npm install does it).
-import '../__test__/ignis-logs.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
