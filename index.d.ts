@@ -22,7 +22,7 @@ export declare class NativeEmitter {
 
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
-  constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: Array<JsEvent>) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
+  constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
   /** Whether `start()` binds host:port (false: attached sockets only). */
   setListen(listen: boolean): void
   /**
@@ -45,6 +45,14 @@ export declare class NativeServer {
   shutdown(): Promise<void>
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
   sendToClient(clientId: string, frame: string): number
+  /**
+   * `clientId
+  frame
+  clientId
+  frame…`: the `sendToClient` calls made
+   * while a batch of events was handled, in one crossing.
+   */
+  sendToClients(batch: string): number
   sendToUser(userId: string, frame: string): number
   sendToRoom(room: string, frame: string, exclude?: Array<string> | undefined | null): number
   broadcast(frame: string, exclude?: Array<string> | undefined | null): number
@@ -90,17 +98,6 @@ export interface HandshakeResult {
   serverPublicKey?: string
   salt?: string
   error?: string
-}
-
-/**
- * One application event in a delivered batch. `kind`: 0 connected,
- * 1 disconnected, 2 message (with `frame`, the client's raw JSON text).
- */
-export interface JsEvent {
-  kind: number
-  clientId: string
-  userId?: string
-  frame?: string
 }
 
 export interface NativeClient {

@@ -51,6 +51,38 @@ describe('delivery', () => {
     for (const x of [a, b, c, anon]) x.close();
   });
 
+  test('sends from a messageHandler keep the order of the calls, whatever else it calls between them', async () => {
+    const { ws, url, join } = await room({
+      messageHandler: ({ clientId, message }) => {
+        if (message.event !== 'go') return;
+        const other = message.data.other;
+        ws.sendToClient({ clientId, event: 's', data: 1 });
+        ws.sendToClient({ clientId: other, event: 's', data: 'o1' });
+        ws.sendToRoom({ room: 'r', event: 's', data: 2 });
+        ws.sendToClient({ clientId, event: 's', data: 3 });
+        ws.getClients({ id: clientId }).socket.send(JSON.stringify({ event: 's', data: 4 }));
+        ws.sendToClient({ clientId, event: 's', data: 5 });
+        ws.sendToClient({ clientId: 'no\nsuch', event: 's', data: 'lost' });
+        ws.sendToClient({ clientId, event: 's', data: 6, doLog: true });
+        ws.sendToUser({ userId: 'me', event: 's', data: 7 });
+        ws.sendToClient({ clientId: other, event: 's', data: 'o2' });
+        ws.sendToClient({ clientId, event: 's', data: 8 });
+        ws.getClients({ id: clientId }).socket.close(4000, 'done');
+      },
+    });
+    const a = await Client.auth(url, { token: 'a', userId: 'me' });
+    const b = await Client.auth(url, { token: 'b', userId: 'other' });
+    await join(a, ['r']);
+    a.emit('go', { other: b.id });
+    const closed = await a.closed;
+    assert.equal(closed.code, 4000);
+    const got = a.frames.filter(m => m.event === 's').map(m => m.data);
+    assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.deepEqual((await b.next('s')).data, 'o1');
+    assert.deepEqual((await b.next('s')).data, 'o2');
+    b.close();
+  });
+
   test('send(): broadcast, local client, local room, remote destination; cb runs after', async () => {
     const { ws, url, join } = await room();
     const a = await Client.auth(url);

@@ -9,7 +9,7 @@ use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
 use crate::core::server::Server;
 use crate::js_handlers::{
-    weak, AuthResult, HandshakeResult, JsEvent, JsHandlers, JsLog, RoomsResult, TransformResult,
+    weak, AuthResult, HandshakeResult, JsHandlers, JsLog, RoomsResult, TransformResult,
 };
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
@@ -285,7 +285,7 @@ impl NativeServer {
         handshake: Option<
             Function<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>,
         >,
-        deliver: Function<Vec<JsEvent>, ()>,
+        deliver: Function<String, ()>,
         log: Option<Function<FnArgs<(String, String)>, ()>>,
         transform: Option<Function<FnArgs<(String, String)>, Promise<TransformResult>>>,
     ) -> Result<Self> {
@@ -392,6 +392,13 @@ impl NativeServer {
     pub fn send_to_client(&self, client_id: String, frame: String) -> u32 {
         let frame = protocol::frame_from_string(frame);
         self.with(|s| s.send_to_client(&client_id, &frame) as u32, 0)
+    }
+
+    /// `clientId\nframe\nclientId\nframe…`: the `sendToClient` calls made
+    /// while a batch of events was handled, in one crossing.
+    #[napi]
+    pub fn send_to_clients(&self, batch: String) -> u32 {
+        self.with(|s| s.send_to_clients(batch) as u32, 0)
     }
 
     #[napi]

@@ -4,7 +4,7 @@
 // values), and building the client records the original returns.
 
 import { NativeServer } from '../index';
-import type { AuthResult, HandshakeResult, JsEvent, NativeClient, RoomsResult, TransformResult } from '../index';
+import type { AuthResult, HandshakeResult, NativeClient, RoomsResult, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
 import type {
@@ -20,6 +20,8 @@ const LEVEL_RANK: Record<TLogLevel, number> = { silent: -1, error: 0, warn: 1, i
 const EVENT_CONNECTED = 0;
 const EVENT_DISCONNECTED = 1;
 const EVENT_MESSAGE = 2;
+/** One delivered event: kind, client, user and, for a message, the frame. */
+type EventEntry = [kind: number, clientId: string, userId: string | null, message?: unknown];
 
 function errorText(e: unknown): string {
   if (e instanceof Error) return e.message || e.name;
@@ -56,6 +58,15 @@ export class WebSocketServer<
   private readonly opts: IWebSocketServerOptions<AuthDataType, MetadataType>;
   private readonly settings: NormalisedOptions;
   private readonly native: NativeServer;
+  /**
+   * `sendToClient` calls made while a batch of events is being handled, as
+   * `[clientId, frame, clientId, frame…]`. They cross to the native side in
+   * one call when the batch ends, or earlier, before any other call that
+   * could otherwise overtake them, so the order of everything sent stays
+   * the order of the calls.
+   */
+  private queuedSends: string[] = [];
+  private handlingBatch = false;
   private readonly metadata = new Map<string, MetadataType>();
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
@@ -107,7 +118,7 @@ export class WebSocketServer<
       (clientId, dataJson) => this.runAuthenticate(clientId, dataJson),
       opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
       opts.handshakeFn && !s.nativeEncryption ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
-      events => this.deliver(events),
+      batch => this.deliver(batch),
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
       opts.outboundTransformer && !s.nativeEncryption ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
@@ -177,6 +188,7 @@ export class WebSocketServer<
     this.signalHandlers = [];
     for (const { server, listener } of this.attached) server.off('upgrade', listener);
     this.attached = [];
+    this.flushSends();
     try {
       await this.native.shutdown();
     } finally {
@@ -300,6 +312,7 @@ export class WebSocketServer<
   }
 
   stats(): IWebSocketStats {
+    this.flushSends();
     return this.native.stats();
   }
 
@@ -312,23 +325,42 @@ export class WebSocketServer<
 
   sendToClient(opts: { clientId: string; event: string; data?: unknown; doLog?: boolean }): void {
     const { clientId, event, data, doLog } = opts;
-    const sent = this.native.sendToClient(clientId, JSON.stringify({ event, data }));
+    // No raw newline can be in the frame (JSON.stringify escapes them), so
+    // one in the id is all that stops a queued send being split apart.
+    const frame = JSON.stringify({ event, data });
+    if (this.handlingBatch && !doLog && typeof clientId === 'string' && !clientId.includes('\n')) {
+      this.queuedSends.push(clientId, frame);
+      return;
+    }
+    this.flushSends();
+    const sent = this.native.sendToClient(clientId, frame);
     if (doLog) this.log('info', `Message sent | id: ${clientId} | event: ${event} | delivered: ${sent}`);
+  }
+
+  /** Hands the queued `sendToClient` calls over, in order. */
+  private flushSends(): void {
+    if (this.queuedSends.length === 0) return;
+    const batch = this.queuedSends.join('\n');
+    this.queuedSends = [];
+    this.native.sendToClients(batch);
   }
 
   sendToUser(opts: { userId: string; event: string; data?: unknown }): void {
     const { userId, event, data } = opts;
+    this.flushSends();
     this.native.sendToUser(userId, JSON.stringify({ event, data }));
   }
 
   sendToRoom(opts: { room: string; event: string; data?: unknown; exclude?: string[] }): void {
     const { room, event, data, exclude } = opts;
+    this.flushSends();
     this.native.sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : null);
   }
 
   /** Every authenticated client on this instance, except `exclude`. */
   broadcast(opts: { event: string; data?: unknown; exclude?: string[] }): void {
     const { event, data, exclude } = opts;
+    this.flushSends();
     this.native.broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : null);
   }
 
@@ -349,16 +381,19 @@ export class WebSocketServer<
     if (!topic || data === undefined) return;
     const dataJson = JSON.stringify(data);
     if (dataJson === undefined) return; // a function or symbol: nothing to send
+    this.flushSends();
     this.native.send(destination || null, topic, dataJson);
     if (cb) setTimeout(cb, 0);
     if (doLog) this.log('info', `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic}`);
   }
 
   joinRoom(opts: { clientId: string; room: string }): void {
+    this.flushSends();
     this.native.joinRoom(opts.clientId, opts.room);
   }
 
   leaveRoom(opts: { clientId: string; room: string }): void {
+    this.flushSends();
     this.native.leaveRoom(opts.clientId, opts.room);
   }
 
@@ -393,8 +428,12 @@ export class WebSocketServer<
       get readyState() {
         return native.hasClient(id) ? 1 : 3;
       },
-      send: (data: string) => native.sendToClient(id, String(data)),
+      send: (data: string) => {
+        this.flushSends();
+        return native.sendToClient(id, String(data));
+      },
       close: (code = 1000, reason = '') => {
+        this.flushSends();
         native.closeClient(id, code, reason);
       },
     };
@@ -482,12 +521,34 @@ export class WebSocketServer<
     }
   }
 
-  /** One batch of connect / disconnect / message events, in order. */
-  private deliver(events: JsEvent[]): void {
+  /**
+   * One batch of connect / disconnect / message events, in order, as one
+   * JSON array text: `[kind, clientId, userId | null, message?]` each.
+   */
+  private deliver(batch: string): void {
+    let events: EventEntry[];
+    try {
+      events = JSON.parse(batch) as EventEntry[];
+    } catch (e) {
+      // Cannot happen (every frame was validated as JSON natively); said
+      // loudly rather than lost quietly if it ever does.
+      this.log('error', `Unparsable event batch; events lost | length: ${batch.length} | error: ${errorText(e)}`);
+      return;
+    }
+    this.handlingBatch = true;
+    try {
+      this.handle(events);
+    } finally {
+      this.handlingBatch = false;
+      this.flushSends();
+    }
+  }
+
+  private handle(events: EventEntry[]): void {
     for (const ev of events) {
-      const clientId = ev.clientId;
-      const userId = ev.userId ?? undefined;
-      switch (ev.kind) {
+      const clientId = ev[1];
+      const userId = ev[2] ?? undefined;
+      switch (ev[0]) {
         case EVENT_CONNECTED:
           this.invoke('clientConnectedFn', clientId, () =>
             this.opts.clientConnectedFn?.({ clientId, userId, metadata: this.metadata.get(clientId) }),
@@ -498,13 +559,7 @@ export class WebSocketServer<
           this.invoke('clientDisconnectedFn', clientId, () => this.opts.clientDisconnectedFn?.({ clientId, userId }));
           break;
         case EVENT_MESSAGE: {
-          let message: IWebSocketMessage;
-          try {
-            message = JSON.parse(ev.frame!) as IWebSocketMessage;
-          } catch (e) {
-            this.log('error', `Unparsable frame reached the message handler | id: ${clientId} | error: ${errorText(e)}`);
-            break;
-          }
+          const message = ev[3] as IWebSocketMessage;
           this.invoke('messageHandler', clientId, () => this.opts.messageHandler?.({ clientId, userId, message }));
           break;
         }

@@ -276,6 +276,14 @@ impl Server {
         self.shared.hub.send_to_client(client_id, frame)
     }
 
+    /// Many `sendToClient` calls at once (see `protocol::split_send_batch`).
+    pub fn send_to_clients(&self, batch: String) -> usize {
+        protocol::split_send_batch(batch)
+            .iter()
+            .map(|(id, frame)| self.shared.hub.send_to_client(id, frame))
+            .sum()
+    }
+
     pub fn send_to_user(&self, user_id: &str, frame: &Frame) -> usize {
         self.shared.hub.send_to_user(user_id, frame)
     }
