@@ -64,7 +64,15 @@ struct JoinDone {
 
 /// Runs a connection to its end, then removes the client everywhere and
 /// tells the application. A panic inside the connection closes only it.
-pub async fn run<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, remote: String)
+///
+/// The setup runs here, before the returned future exists, and the loop is
+/// boxed: that future, held for the connection's whole life, then keeps
+/// only what the clean-up needs instead of a second copy of the socket.
+pub fn run<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    remote: String,
+) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,40 +101,40 @@ where
 
     let conn = Connection {
         shared: shared.clone(),
-        client: client.clone(),
+        client,
         auth: None,
         auth_deadline: None,
         joins: FuturesUnordered::new(),
         window_start: Instant::now(),
         window_frames: 0,
     };
-    if let Err(panic) = AssertUnwindSafe(conn.drive(ws, outbox))
-        .catch_unwind()
-        .await
-    {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        shared
-            .log
-            .error(|| format!("Connection task panicked; closing it | id: {id} | panic: {what}"));
-    }
+    let drive = Box::pin(conn.drive(ws, outbox));
+    async move {
+        if let Err(panic) = AssertUnwindSafe(drive).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            shared.log.error(|| {
+                format!("Connection task panicked; closing it | id: {id} | panic: {what}")
+            });
+        }
 
-    let user_id = shared.hub.remove(&id).flatten();
-    shared.log.info(|| {
-        format!(
-            "Client disconnected | id: {id} | userId: {}",
-            user_id.as_deref().unwrap_or("anonymous")
-        )
-    });
-    shared
-        .emit(AppEvent::Disconnected {
-            client_id: id.to_string(),
-            user_id: user_id.map(|u| u.to_string()),
-        })
-        .await;
+        let user_id = shared.hub.remove(&id).flatten();
+        shared.log.info(|| {
+            format!(
+                "Client disconnected | id: {id} | userId: {}",
+                user_id.as_deref().unwrap_or("anonymous")
+            )
+        });
+        shared
+            .emit(AppEvent::Disconnected {
+                client_id: id.to_string(),
+                user_id: user_id.map(|u| u.to_string()),
+            })
+            .await;
+    }
 }
 
 struct Connection {
@@ -186,13 +194,8 @@ impl Connection {
             );
             tokio::select! {
                 biased;
-                _ = self.client.close_notify.notified() => {
-                    if let Some(req) = self.client.take_close_request() {
-                        break Some(req);
-                    }
-                }
-                frame = outbox.recv() => {
-                    let Some(frame) = frame else { break None };
+                req = std::future::poll_fn(|cx| self.client.poll_close(cx)) => break Some(req),
+                frame = std::future::poll_fn(|cx| outbox.poll_recv(cx)) => {
                     if Self::write_batch(&self.client, &self.shared.stats, &mut ws, &mut outbox, frame).await.is_err() {
                         break None;
                     }
@@ -216,7 +219,10 @@ impl Connection {
                 }
                 flow = async { self.auth.as_mut().expect("guarded").await }, if self.auth.is_some() => {
                     self.auth = None;
-                    if let Some((code, reason)) = self.finish_auth(flow).await {
+                    // Boxed, like every once-per-connection await here: the
+                    // loop's future lives as long as the connection, so its
+                    // size is paid by every idle socket.
+                    if let Some((code, reason)) = Box::pin(self.finish_auth(flow)).await {
                         break Some(CloseRequest { code, reason: reason.into() });
                     }
                 }
@@ -238,7 +244,7 @@ impl Connection {
                             let (code, reason) = close::IDLE;
                             break Some(CloseRequest { code, reason: reason.into() });
                         }
-                        if cfg.send_pings && ws.send(Message::Ping(Default::default())).await.is_err() {
+                        if cfg.send_pings && Box::pin(ws.send(Message::Ping(Default::default()))).await.is_err() {
                             break None;
                         }
                     }
@@ -251,7 +257,14 @@ impl Connection {
         };
 
         if let Some(req) = close_with {
-            Self::close(&self.client, cfg.shutdown_grace, &mut ws, &mut outbox, req).await;
+            Box::pin(Self::close(
+                &self.client,
+                cfg.shutdown_grace,
+                &mut ws,
+                &mut outbox,
+                req,
+            ))
+            .await;
         }
         self.client.set_state(ClientState::Disconnected);
     }
@@ -548,7 +561,7 @@ impl Connection {
                 let native = cipher.is_some();
                 if let Some(c) = cipher {
                     // Before the client is visible as encrypted to any fan-out.
-                    let _ = self.client.cipher.set(*c);
+                    let _ = self.client.cipher.set(c);
                 }
                 if keys.is_some() && !native && shared.handlers.has_transformer() {
                     crate::core::transform::attach(&shared, &self.client);

@@ -54,17 +54,28 @@ impl Shared {
     /// connection's reads) when the application is behind, instead of
     /// dropping what a client already sent.
     pub async fn emit(&self, ev: AppEvent) {
-        let tx = self.events.lock().clone();
-        match tx {
-            Some(tx) => {
-                if tx.send(ev).await.is_err() {
+        // Nearly always the queue has room: no await point, and the waiting
+        // path's state is boxed, so it does not size every connection's
+        // future for the connection's whole life.
+        let (tx, ev) = match self.events.lock().as_ref() {
+            None => {
+                self.log
+                    .debug(|| "Event dropped after shutdown".to_string());
+                return;
+            }
+            Some(tx) => match tx.try_send(ev) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(ev)) => (tx.clone(), ev),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.log
                         .warn(|| "Event dropped: the event queue is closed".to_string());
+                    return;
                 }
-            }
-            None => self
-                .log
-                .debug(|| "Event dropped after shutdown".to_string()),
+            },
+        };
+        if Box::pin(tx.send(ev)).await.is_err() {
+            self.log
+                .warn(|| "Event dropped: the event queue is closed".to_string());
         }
     }
 
