@@ -6,11 +6,11 @@
 
 use crate::core::protocol::Frame;
 use crate::core::stats::Stats;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use futures_util::task::AtomicWaker;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 

@@ -196,7 +196,9 @@ impl Connection {
                 biased;
                 req = std::future::poll_fn(|cx| self.client.poll_close(cx)) => break Some(req),
                 frame = std::future::poll_fn(|cx| outbox.poll_recv(cx)) => {
-                    if Self::write_batch(&self.client, &self.shared.stats, &mut ws, &mut outbox, frame).await.is_err() {
+                    // Boxed: its state would otherwise size the loop's future
+                    // (held by every idle connection) by about 180 bytes.
+                    if Box::pin(Self::write_batch(&self.client, &self.shared.stats, &mut ws, &mut outbox, frame)).await.is_err() {
                         break None;
                     }
                 }
@@ -212,7 +214,11 @@ impl Connection {
                     };
                     match next {
                         Next::Continue => {}
-                        Next::Emit(ev) => self.shared.emit(ev).await,
+                        Next::Emit(ev) => {
+                            if let Some(wait) = self.shared.try_emit(ev) {
+                                wait.await;
+                            }
+                        }
                         Next::Close(code, reason) => break Some(CloseRequest { code, reason: reason.into() }),
                         Next::Stop => break None,
                     }

@@ -12,6 +12,7 @@ use crate::core::listener;
 use crate::core::log::Logger;
 use crate::core::protocol::{self, close, Frame};
 use crate::core::stats::Stats;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
@@ -54,29 +55,37 @@ impl Shared {
     /// connection's reads) when the application is behind, instead of
     /// dropping what a client already sent.
     pub async fn emit(&self, ev: AppEvent) {
-        // Nearly always the queue has room: no await point, and the waiting
-        // path's state is boxed, so it does not size every connection's
-        // future for the connection's whole life.
+        if let Some(wait) = self.try_emit(ev) {
+            wait.await;
+        }
+    }
+
+    /// `emit` without an await point when the queue has room (nearly
+    /// always); otherwise the (boxed) wait to await. Connection loops use
+    /// this so the waiting state does not size their lifelong futures.
+    pub fn try_emit(&self, ev: AppEvent) -> Option<BoxFuture<'static, ()>> {
         let (tx, ev) = match self.events.lock().as_ref() {
             None => {
                 self.log
                     .debug(|| "Event dropped after shutdown".to_string());
-                return;
+                return None;
             }
             Some(tx) => match tx.try_send(ev) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err(mpsc::error::TrySendError::Full(ev)) => (tx.clone(), ev),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.log
                         .warn(|| "Event dropped: the event queue is closed".to_string());
-                    return;
+                    return None;
                 }
             },
         };
-        if Box::pin(tx.send(ev)).await.is_err() {
-            self.log
-                .warn(|| "Event dropped: the event queue is closed".to_string());
-        }
+        let log = self.log.clone();
+        Some(Box::pin(async move {
+            if tx.send(ev).await.is_err() {
+                log.warn(|| "Event dropped: the event queue is closed".to_string());
+            }
+        }))
     }
 
     pub(crate) fn connection_started(&self, ip: IpAddr) {
