@@ -173,6 +173,12 @@ impl Hub {
         room: Arc<str>,
         changes: &mut Vec<(Interest, bool)>,
     ) {
+        // One allocation per room name kept, shared by every member's record,
+        // rather than one per member (every client joins the default rooms).
+        let room = match st.rooms.get_key_value(&*room) {
+            Some((name, _)) => name.clone(),
+            None => room,
+        };
         let members = st.rooms.entry(room.clone()).or_default();
         if members.is_empty() {
             changes.push((Interest::Room(room.clone()), true));
