@@ -9,7 +9,7 @@ use crate::core::connection;
 use crate::core::forward;
 use crate::core::http::{self, Prefixed};
 use crate::core::metrics;
-use crate::core::server::Shared;
+use crate::core::server::{Live, Shared};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,13 +45,8 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let tls = tls.clone();
-                shared.connection_started(addr.ip());
-                tokio::spawn(async move {
-                    accept_one(shared.clone(), stream, addr, tls).await;
-                    shared.connection_finished(addr.ip());
-                });
+                let live = Live::start(&shared, addr.ip());
+                tokio::spawn(accept_one(shared.clone(), stream, addr, tls.clone(), live));
             }
             Err(e) => {
                 // EMFILE and friends: say so, back off, keep serving.
@@ -67,12 +62,13 @@ async fn accept_one(
     stream: TcpStream,
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
+    live: Live,
 ) {
     match tls {
-        None => Box::pin(serve_socket(shared, stream, addr)).await,
-        // Boxed: the TLS handshake's state is large, and held inline it would
-        // size the task of every connection, TLS or not, for its whole life.
-        Some(acceptor) => Box::pin(accept_tls(shared, stream, addr, acceptor)).await,
+        None => serve_socket(shared, stream, addr, live).await,
+        // Boxed: the TLS handshake's state is large (this task is short-lived
+        // now, but a connection storm holds many of them at once).
+        Some(acceptor) => Box::pin(accept_tls(shared, stream, addr, acceptor, live)).await,
     }
 }
 
@@ -81,9 +77,10 @@ async fn accept_tls(
     stream: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
+    live: Live,
 ) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => Box::pin(serve_socket(shared, tls_stream, addr)).await,
+        Ok(Ok(tls_stream)) => serve_socket(shared, tls_stream, addr, live).await,
         Ok(Err(e)) => shared
             .log
             .debug(|| format!("TLS handshake failed | remote: {addr} | error: {e}")),
@@ -100,8 +97,9 @@ pub async fn serve_adopted(
     stream: TcpStream,
     head: Vec<u8>,
     addr: SocketAddr,
+    live: Live,
 ) {
-    Box::pin(serve_socket(shared, Prefixed::new(head, stream), addr)).await
+    serve_socket(shared, Prefixed::new(head, stream), addr, live).await
 }
 
 /// Socket settings: small buffers (a socket mostly idles), inbound messages
@@ -139,20 +137,23 @@ fn refusal(shared: &Shared, head: &http::Head, ip: IpAddr) -> Option<(u16, &'sta
     None
 }
 
-/// Upgrades the socket (or answers it), then runs it as a connection.
-pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr)
+/// Upgrades the socket (or answers it), then starts it as a connection.
+///
+/// The connection runs as a task of its own, spawned once the upgrade is
+/// done, and the accepting task ends: what a connection keeps for its whole
+/// life is then that task and its loop, not also the accept and upgrade
+/// futures it started from.
+pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, live: Live)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // The upgraded socket moves into the connection before the next await,
-    // in its own scope so this (lifelong) future keeps no room for it.
-    let connection = {
-        match Box::pin(upgrade(shared.clone(), stream, addr)).await {
-            Some(ws) => connection::run(shared, ws, addr.to_string()),
-            None => return,
-        }
-    };
-    Box::pin(connection).await;
+    if let Some(ws) = Box::pin(upgrade(shared.clone(), stream, addr)).await {
+        let connection = connection::run(shared, ws, addr.to_string());
+        tokio::spawn(async move {
+            connection.await;
+            drop(live);
+        });
+    }
 }
 
 /// Reads the request head, answers what is not an acceptable upgrade, and

@@ -88,14 +88,14 @@ impl Shared {
         }))
     }
 
-    pub(crate) fn connection_started(&self, ip: IpAddr) {
+    fn connection_started(&self, ip: IpAddr) {
         self.live_connections.fetch_add(1, Ordering::AcqRel);
         if self.config.max_connections_per_ip > 0 {
             *self.per_ip.lock().entry(ip).or_insert(0) += 1;
         }
     }
 
-    pub(crate) fn connection_finished(&self, ip: IpAddr) {
+    fn connection_finished(&self, ip: IpAddr) {
         if self.config.max_connections_per_ip > 0 {
             let mut map = self.per_ip.lock();
             if let Some(n) = map.get_mut(&ip) {
@@ -136,6 +136,31 @@ struct Parts {
     log: Logger,
     broker: Arc<dyn Broker>,
     router: Arc<Router>,
+}
+
+/// One connection counted as live (and against its address's limit) for as
+/// long as this exists. It moves from the task that accepts a socket into
+/// the connection's own task, and dropping it (a panic included) ends the
+/// count, which `shutdown()` waits on.
+pub struct Live {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Live {
+    pub(crate) fn start(shared: &Arc<Shared>, ip: IpAddr) -> Live {
+        shared.connection_started(ip);
+        Live {
+            shared: shared.clone(),
+            ip,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.shared.connection_finished(self.ip);
+    }
 }
 
 pub struct Server {
@@ -271,12 +296,14 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let addr = stream.peer_addr()?;
         let stream = TcpStream::from_std(stream)?;
-        let shared = self.shared.clone();
-        shared.connection_started(addr.ip());
-        tokio::spawn(async move {
-            listener::serve_adopted(shared.clone(), stream, head, addr).await;
-            shared.connection_finished(addr.ip());
-        });
+        let live = Live::start(&self.shared, addr.ip());
+        tokio::spawn(listener::serve_adopted(
+            self.shared.clone(),
+            stream,
+            head,
+            addr,
+            live,
+        ));
         Ok(())
     }
 

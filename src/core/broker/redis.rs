@@ -136,7 +136,7 @@ struct Inner {
     cluster_client: Option<redis::cluster::ClusterClient>,
     queue: Mutex<VecDeque<(String, String)>>,
     queue_notify: Notify,
-    interest_tx: mpsc::UnboundedSender<(String, bool)>,
+    interest_tx: mpsc::UnboundedSender<(Channel, bool)>,
     state: AtomicU8,
     closing: AtomicBool,
     close_notify: Notify,
@@ -297,7 +297,7 @@ impl RedisBroker {
         // Every instance hears broadcasts.
         let _ = inner
             .interest_tx
-            .send((BROADCAST_CHANNEL.to_string(), true));
+            .send((Channel::from(BROADCAST_CHANNEL), true));
         let pub_task = tokio::spawn(publish_loop(inner.clone(), publisher.clone()));
         let sub_task = match (sub, push_rx, publisher) {
             (Some(pubsub), _, _) => tokio::spawn(standalone_subscribe_loop(
@@ -345,7 +345,10 @@ impl Broker for RedisBroker {
     }
 
     fn interest(&self, channel: String, present: bool) {
-        let _ = self.inner.interest_tx.send((channel, present));
+        let _ = self
+            .inner
+            .interest_tx
+            .send((Channel::from(channel), present));
     }
 
     fn status(&self) -> BrokerStatus {
@@ -500,19 +503,28 @@ async fn reconnect_publisher(inner: &Inner) -> Option<Publisher> {
     }
 }
 
+/// A channel name, allocated once and shared by the wanted and the live
+/// sets (a client has three channels of its own: its id, its user and its
+/// own-id room, so copies per set add up per idle connection).
+type Channel = Arc<str>;
+
+fn names(channels: &[Channel]) -> Vec<&str> {
+    channels.iter().map(|c| &**c).collect()
+}
+
 /// Applies queued interest changes to `desired`; returns the channels to
 /// subscribe and unsubscribe on the live connection.
 fn drain_interest(
-    first: Option<(String, bool)>,
-    rx: &mut mpsc::UnboundedReceiver<(String, bool)>,
-    desired: &mut HashSet<String>,
-    live: &HashSet<String>,
-) -> (Vec<String>, Vec<String>) {
+    first: Option<(Channel, bool)>,
+    rx: &mut mpsc::UnboundedReceiver<(Channel, bool)>,
+    desired: &mut HashSet<Channel>,
+    live: &HashSet<Channel>,
+) -> (Vec<Channel>, Vec<Channel>) {
     // Only the channels named in this batch can differ from `live`:
     // comparing the whole sets would cost O(channels) per client that
     // connects (two channels each), quadratic over a connection storm.
-    let mut touched: HashSet<String> = HashSet::new();
-    let mut apply = |(ch, present): (String, bool)| {
+    let mut touched: HashSet<Channel> = HashSet::new();
+    let mut apply = |(ch, present): (Channel, bool)| {
         if present {
             desired.insert(ch.clone());
         } else {
@@ -541,12 +553,12 @@ fn drain_interest(
 async fn standalone_subscribe_loop(
     inner: Arc<Inner>,
     first: redis::aio::PubSub,
-    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+    mut rx: mpsc::UnboundedReceiver<(Channel, bool)>,
 ) {
     let Endpoint::Standalone(url) = inner.cfg.endpoint.clone() else {
         return;
     };
-    let mut desired: HashSet<String> = HashSet::new();
+    let mut desired: HashSet<Channel> = HashSet::new();
     let mut next = Some(first);
     let mut lost_at: Option<Instant> = None;
     let mut attempt = 0u32;
@@ -568,13 +580,13 @@ async fn standalone_subscribe_loop(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let mut live: HashSet<String> = HashSet::new();
+        let mut live: HashSet<Channel> = HashSet::new();
         // A new connection subscribes to everything wanted, not just the
         // channels that changed meanwhile.
         drain_interest(None, &mut rx, &mut desired, &live);
-        let add: Vec<String> = desired.iter().cloned().collect();
+        let add: Vec<Channel> = desired.iter().cloned().collect();
         if !add.is_empty() {
-            if sink.subscribe(&add).await.is_err() {
+            if sink.subscribe(names(&add)).await.is_err() {
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
                 continue;
@@ -605,11 +617,11 @@ async fn standalone_subscribe_loop(
                     let Some(cmd) = cmd else { return };
                     let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
                     if !add.is_empty() {
-                        if let Err(e) = sink.subscribe(&add).await { break e.to_string(); }
+                        if let Err(e) = sink.subscribe(names(&add)).await { break e.to_string(); }
                         live.extend(add);
                     }
                     if !remove.is_empty() {
-                        if let Err(e) = sink.unsubscribe(&remove).await { break e.to_string(); }
+                        if let Err(e) = sink.unsubscribe(names(&remove)).await { break e.to_string(); }
                         for r in &remove { live.remove(r); }
                     }
                     inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
@@ -650,18 +662,18 @@ async fn cluster_subscribe_loop(
     mut conn: ClusterConnection,
     sharded: bool,
     mut push: mpsc::UnboundedReceiver<PushInfo>,
-    mut rx: mpsc::UnboundedReceiver<(String, bool)>,
+    mut rx: mpsc::UnboundedReceiver<(Channel, bool)>,
 ) {
     // The cluster connection resubscribes by itself after node failures.
-    let mut desired: HashSet<String> = HashSet::new();
-    let mut live: HashSet<String> = HashSet::new();
+    let mut desired: HashSet<Channel> = HashSet::new();
+    let mut live: HashSet<Channel> = HashSet::new();
     loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
                 for ch in add {
-                    let r = if sharded { conn.ssubscribe(&ch).await } else { conn.subscribe(&ch).await };
+                    let r = if sharded { conn.ssubscribe(&*ch).await } else { conn.subscribe(&*ch).await };
                     match r {
                         Ok(()) => { live.insert(ch); }
                         Err(e) => {
@@ -676,7 +688,7 @@ async fn cluster_subscribe_loop(
                     }
                 }
                 for ch in remove {
-                    let r = if sharded { conn.sunsubscribe(&ch).await } else { conn.unsubscribe(&ch).await };
+                    let r = if sharded { conn.sunsubscribe(&*ch).await } else { conn.unsubscribe(&*ch).await };
                     if r.is_ok() { live.remove(&ch); }
                 }
                 inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
@@ -781,23 +793,26 @@ mod tests {
 
     fn batch(
         changes: &[(&str, bool)],
-        desired: &mut HashSet<String>,
-        live: &HashSet<String>,
+        desired: &mut HashSet<Channel>,
+        live: &HashSet<Channel>,
     ) -> (Vec<String>, Vec<String>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         for (ch, present) in changes {
-            tx.send((ch.to_string(), *present)).unwrap();
+            tx.send((Channel::from(*ch), *present)).unwrap();
         }
-        let (mut add, mut remove) = drain_interest(None, &mut rx, desired, live);
-        add.sort();
-        remove.sort();
-        (add, remove)
+        let (add, remove) = drain_interest(None, &mut rx, desired, live);
+        let sorted = |v: Vec<Channel>| {
+            let mut v: Vec<String> = v.iter().map(|c| c.to_string()).collect();
+            v.sort();
+            v
+        };
+        (sorted(add), sorted(remove))
     }
 
     #[test]
     fn interest_batches_yield_only_real_changes() {
         let mut desired = HashSet::new();
-        let mut live: HashSet<String> = HashSet::new();
+        let mut live: HashSet<Channel> = HashSet::new();
         let (add, remove) = batch(
             &[("a", true), ("b", true), ("c", true), ("c", false)],
             &mut desired,
@@ -807,7 +822,7 @@ mod tests {
             (add.clone(), remove),
             (vec!["a".to_string(), "b".to_string()], vec![])
         );
-        live.extend(add);
+        live.extend(add.iter().map(|c| Channel::from(c.as_str())));
         // Already live, wanted again: nothing. Gone and back in one batch: nothing.
         let (add, remove) = batch(
             &[("a", true), ("b", false), ("b", true)],
