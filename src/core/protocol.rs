@@ -86,25 +86,24 @@ pub fn frame_from_string(s: String) -> Frame {
     Frame::from(s)
 }
 
-/// Splits `clientId\nframe\nclientId\nframe…` (the `sendToClient` calls a
-/// batch of JavaScript handlers made, handed over in one crossing) into
-/// pairs. The frames share the batch's one allocation. Neither part can
-/// hold a raw newline: frames are `JSON.stringify` output, and ids with one
-/// are never queued. A trailing id without a frame is ignored.
-pub fn split_send_batch(batch: String) -> Vec<(Utf8Bytes, Frame)> {
+/// Walks `clientId\nframe\nclientId\nframe…` (the `sendToClient` calls a
+/// batch of JavaScript handlers made, handed over in one crossing) pair by
+/// pair. The frames share the batch's one allocation; ids are only looked
+/// up, so they stay borrowed. Neither part can hold a raw newline: frames
+/// are `JSON.stringify` output, and ids with one are never queued. A
+/// trailing id without a frame is ignored.
+pub fn each_queued_send(batch: String, mut send: impl FnMut(&str, &Frame)) {
     let all = tokio_tungstenite::tungstenite::Bytes::from(batch.into_bytes());
     let mut parts = all.split(|&b| b == b'\n');
-    let mut out = Vec::new();
     while let (Some(id), Some(frame)) = (parts.next(), parts.next()) {
         // Cut at an ASCII byte of valid UTF-8, so both halves are UTF-8.
         if let (Ok(id), Ok(frame)) = (
-            Utf8Bytes::try_from(all.slice_ref(id)),
+            std::str::from_utf8(id),
             Utf8Bytes::try_from(all.slice_ref(frame)),
         ) {
-            out.push((id, frame));
+            send(id, &frame);
         }
     }
-    out
 }
 
 /// What the `event` field of an inbound frame says, judged the way the
@@ -356,23 +355,24 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn send_batches_split_into_pairs_sharing_one_buffer() {
-        let pairs =
-            split_send_batch("a\n{\"event\":\"x\"}\nb\u{e9}\n{\"data\":\"\\n\"}\ndangling".into());
-        let got: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(i, f)| (i.as_str(), f.as_str()))
-            .collect();
+        let mut got: Vec<(String, String)> = Vec::new();
+        each_queued_send(
+            "a\n{\"event\":\"x\"}\nb\u{e9}\n{\"data\":\"\\n\"}\ndangling".into(),
+            |id, frame| got.push((id.to_string(), frame.to_string())),
+        );
+        let got: Vec<(&str, &str)> = got.iter().map(|(i, f)| (i.as_str(), f.as_str())).collect();
         assert_eq!(
             got,
             vec![("a", r#"{"event":"x"}"#), ("b\u{e9}", r#"{"data":"\n"}"#)]
         );
-        assert!(split_send_batch(String::new()).is_empty());
+        let mut none = 0;
+        each_queued_send(String::new(), |_, _| none += 1);
+        assert_eq!(none, 0);
     }
-
-    use super::*;
 
     fn event(text: &str) -> EventName {
         parse_inbound(text).unwrap().event

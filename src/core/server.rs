@@ -323,12 +323,13 @@ impl Server {
         self.shared.hub.send_to_client(client_id, frame)
     }
 
-    /// Many `sendToClient` calls at once (see `protocol::split_send_batch`).
+    /// Many `sendToClient` calls at once (see `protocol::each_queued_send`).
     pub fn send_to_clients(&self, batch: String) -> usize {
-        protocol::split_send_batch(batch)
-            .iter()
-            .map(|(id, frame)| self.shared.hub.send_to_client(id, frame))
-            .sum()
+        let mut sent = 0;
+        protocol::each_queued_send(batch, |id, frame| {
+            sent += self.shared.hub.send_to_client(id, frame)
+        });
+        sent
     }
 
     pub fn send_to_user(&self, user_id: &str, frame: &Frame) -> usize {
