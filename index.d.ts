@@ -22,7 +22,7 @@ export declare class NativeEmitter {
 
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
-  constructor(options: NativeOptions, authenticate: (arg0: string, arg1: string) => Promise<AuthResult>, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
+  constructor(options: NativeOptions, authenticate: (arg: string) => void, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
   /** Whether `start()` binds host:port (false: attached sockets only). */
   setListen(listen: boolean): void
   /**
@@ -43,6 +43,12 @@ export declare class NativeServer {
   start(): Promise<number | null>
   /** Closes every socket (1001), runs the disconnect callbacks, stops. */
   shutdown(): Promise<void>
+  /**
+   * Answers to authentication requests, `[seq, kind, text]` each: kind 0
+   * accepted (text: the userId or null), 1 rejected, 2 the handler
+   * failed (text: the error).
+   */
+  authAnswers(answers: string): void
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
   sendToClient(clientId: string, frame: string): number
   /**
@@ -81,14 +87,6 @@ export declare class NativeServer {
   /** Prometheus text exposition of the gauges and counters. */
   metrics(): string
   stats(): NativeStats
-}
-
-/** Adapter's answer for `authenticateFn`. */
-export interface AuthResult {
-  /** "ok", "rejected" or "error" */
-  outcome: string
-  userId?: string
-  error?: string
 }
 
 /** Adapter's answer for `handshakeFn`. */

@@ -14,6 +14,45 @@ describe('handlers that misbehave', () => {
     c.close();
   });
 
+  test('clients authenticating at once each get their own outcome, whatever their handler did', async () => {
+    const modes = ['sync', 'async', 'rejected', 'throws', 'rejects'];
+    const { url, ws } = await startServer({
+      authenticateFn: ({ token, mode }) => {
+        switch (mode) {
+          case 'sync':
+            return { userId: `u-${token}`, metadata: { token } };
+          case 'async':
+            return new Promise(r => setTimeout(() => r({ userId: `u-${token}` }), Math.random() * 30));
+          case 'rejected':
+            return null;
+          case 'throws':
+            throw new Error(`bad ${token}`);
+          default:
+            return Promise.reject(new Error(`no ${token}`));
+        }
+      },
+    });
+    const clients = await Promise.all(
+      Array.from({ length: 60 }, async (_, i) => ({ c: await Client.open(url), token: `t${i}`, mode: modes[i % modes.length] })),
+    );
+    // All sent before any answer: they reach the handler in shared batches.
+    for (const { c, token, mode } of clients) c.emit('authenticate', { token, mode });
+    for (const { c, token, mode } of clients) {
+      if (mode === 'sync' || mode === 'async') {
+        const m = await c.next('connected');
+        assert.equal(m.data.userId, `u-${token}`);
+        const record = ws.getClients({ id: m.data.id });
+        assert.equal(record.userId, `u-${token}`);
+        if (mode === 'sync') assert.deepEqual(record.metadata, { token });
+        c.close();
+      } else {
+        const e = await c.next('error');
+        assert.equal(e.data.message, mode === 'rejected' ? 'Authentication failed' : 'Authentication error', `${token} ${mode}`);
+        assert.equal((await c.closed).code, 4003);
+      }
+    }
+  });
+
   test('clientConnectedFn / clientDisconnectedFn that throw or reject are logged only', async () => {
     const lines = [];
     const logger = { error: l => lines.push(l), warn: () => {}, info: () => {} };

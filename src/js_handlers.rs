@@ -10,6 +10,7 @@
 //! never keep the process alive on their own; a listening server holds a
 //! ref'd handle in JS instead, like `net.Server`.
 
+use crate::batched_calls::BatchedCalls;
 use crate::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
 use crate::core::log::{Level, Log};
 use futures_util::future::BoxFuture;
@@ -19,15 +20,6 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
 use std::sync::Arc;
-
-/// Adapter's answer for `authenticateFn`.
-#[napi(object)]
-pub struct AuthResult {
-    /// "ok", "rejected" or "error"
-    pub outcome: String,
-    pub user_id: Option<String>,
-    pub error: Option<String>,
-}
 
 /// Adapter's answer for `handshakeFn`.
 #[napi(object)]
@@ -56,7 +48,6 @@ pub struct TransformResult {
 
 type Tsfn<Args, Ret> = ThreadsafeFunction<Args, Ret, Args, Status, false, true>;
 
-pub type AuthFn = Tsfn<FnArgs<(String, String)>, Promise<AuthResult>>;
 pub type HandshakeFn = Tsfn<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>;
 pub type RoomsFn = Tsfn<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>;
 pub type DeliverFn = Tsfn<String, ()>;
@@ -76,7 +67,9 @@ pub fn weak<
 }
 
 pub struct JsHandlers {
-    pub authenticate: Arc<AuthFn>,
+    /// `authenticateFn`, many requests per call: `[seq, clientId, data]`
+    /// each, answered through `NativeServer::auth_answers`.
+    pub authenticate: Arc<BatchedCalls<AuthOutcome>>,
     pub handshake: Option<Arc<HandshakeFn>>,
     pub validate_rooms: Option<Arc<RoomsFn>>,
     pub transform: Option<Arc<TransformFn>>,
@@ -112,17 +105,15 @@ fn reason(e: napi::Error) -> String {
 
 impl Handlers for JsHandlers {
     fn authenticate(&self, client_id: &str, data_json: &str) -> BoxFuture<'static, AuthOutcome> {
-        let f = self.authenticate.clone();
-        let args = FnArgs::from((client_id.to_string(), data_json.to_string()));
-        async move {
-            match settled(f.call_async_catch(args).await).await {
-                Ok(r) if r.outcome == "ok" => AuthOutcome::Accepted { user_id: r.user_id },
-                Ok(r) if r.outcome == "rejected" => AuthOutcome::Rejected,
-                Ok(r) => AuthOutcome::Failed(r.error.unwrap_or_else(|| "unknown error".into())),
-                Err(e) => AuthOutcome::Failed(reason(e)),
-            }
-        }
-        .boxed()
+        // `data_json` is embedded as it is: the core took it from a frame
+        // serde already validated.
+        self.authenticate
+            .request(|out| {
+                push_json_str(out, client_id);
+                out.push(',');
+                out.push_str(data_json);
+            })
+            .boxed()
     }
 
     fn handshake(
@@ -267,7 +258,7 @@ pub fn batch_json(events: &[AppEvent]) -> String {
 }
 
 /// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
+pub fn push_json_str(out: &mut String, s: &str) {
     // Ids are almost always plain ASCII: copy those as they are.
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');

@@ -5,6 +5,7 @@
 //! `NativeServer` to the TypeScript layer.
 #![deny(clippy::all)]
 
+mod batched_calls;
 pub mod core;
 mod js_handlers;
 mod native_emitter;

@@ -2,15 +2,15 @@
 //! already normalised and validated by `ts/options.ts`; this file converts
 //! them, starts the core on napi's tokio runtime and exposes the hub.
 
+use crate::batched_calls::BatchedCalls;
 use crate::core::broker::redis::{Endpoint, RedisConfig, TlsSettings};
 use crate::core::config::Config;
+use crate::core::handlers::AuthOutcome;
 use crate::core::hub::ClientSnapshot;
 use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
 use crate::core::server::Server;
-use crate::js_handlers::{
-    weak, AuthResult, HandshakeResult, JsHandlers, JsLog, RoomsResult, TransformResult,
-};
+use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, RoomsResult, TransformResult};
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
@@ -278,7 +278,7 @@ impl NativeServer {
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub fn new(
         options: NativeOptions,
-        authenticate: Function<FnArgs<(String, String)>, Promise<AuthResult>>,
+        authenticate: Function<String, ()>,
         validate_rooms: Option<
             Function<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>,
         >,
@@ -293,7 +293,7 @@ impl NativeServer {
         let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = level(&options.log_level)?;
         let handlers = Arc::new(JsHandlers {
-            authenticate: Arc::new(weak(&authenticate)?),
+            authenticate: Arc::new(BatchedCalls::new(&authenticate, AuthOutcome::Failed)?),
             validate_rooms: validate_rooms.map(|f| weak(&f)).transpose()?.map(Arc::new),
             handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
             transform: transform.map(|f| weak(&f)).transpose()?.map(Arc::new),
@@ -384,6 +384,30 @@ impl NativeServer {
         match self.server.lock().as_ref() {
             Some(s) => f(s),
             None => default,
+        }
+    }
+
+    /// Answers to authentication requests, `[seq, kind, text]` each: kind 0
+    /// accepted (text: the userId or null), 1 rejected, 2 the handler
+    /// failed (text: the error).
+    #[napi]
+    pub fn auth_answers(&self, answers: String) {
+        match serde_json::from_str::<Vec<(u64, u8, Option<String>)>>(&answers) {
+            Ok(list) => {
+                for (seq, kind, text) in list {
+                    let outcome = match kind {
+                        0 => AuthOutcome::Accepted { user_id: text },
+                        1 => AuthOutcome::Rejected,
+                        _ => AuthOutcome::Failed(text.unwrap_or_else(|| "unknown error".into())),
+                    };
+                    self.handlers.authenticate.answer(seq, outcome);
+                }
+            }
+            // Only this package's adapter calls this; a malformed batch is a
+            // bug, said loudly (its clients then meet the auth timeout).
+            Err(e) => self
+                .logger
+                .error(|| format!("Unreadable authentication answers; ignored | error: {e}")),
         }
     }
 

@@ -4,7 +4,7 @@
 // values), and building the client records the original returns.
 
 import { NativeServer } from '../index';
-import type { AuthResult, HandshakeResult, NativeClient, RoomsResult, TransformResult } from '../index';
+import type { HandshakeResult, NativeClient, RoomsResult, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
 import type {
@@ -22,6 +22,13 @@ const EVENT_DISCONNECTED = 1;
 const EVENT_MESSAGE = 2;
 /** One delivered event: kind, client, user and, for a message, the frame. */
 type EventEntry = [kind: number, clientId: string, userId: string | null, message?: unknown];
+/** One authentication request: its number, the client, `data ?? {}`. */
+type AuthRequest = [seq: number, clientId: string, data: unknown];
+const AUTH_OK = 0;
+const AUTH_REJECTED = 1;
+const AUTH_ERROR = 2;
+/** An answer: its request's number, the outcome, the userId or the error. */
+type AuthAnswer = [seq: number, outcome: number, text: string | null];
 
 function errorText(e: unknown): string {
   if (e instanceof Error) return e.message || e.name;
@@ -67,6 +74,9 @@ export class WebSocketServer<
    */
   private queuedSends: string[] = [];
   private handlingBatch = false;
+  /** Authentication answers not yet handed to the native side. */
+  private authAnswers: AuthAnswer[] = [];
+  private authFlushQueued = false;
   private readonly metadata = new Map<string, MetadataType>();
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
@@ -115,7 +125,7 @@ export class WebSocketServer<
         tlsCert: s.tlsCert,
         tlsKey: s.tlsKey,
       },
-      (clientId, dataJson) => this.runAuthenticate(clientId, dataJson),
+      batch => this.authenticate(batch),
       opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
       opts.handshakeFn && !s.nativeEncryption ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
       batch => this.deliver(batch),
@@ -459,19 +469,75 @@ export class WebSocketServer<
   // Each one calls the application's handler, awaits it, catches anything it
   // throws or rejects, and answers with a plain object; none of them throws.
 
-  private async runAuthenticate(clientId: string, dataJson: string): Promise<AuthResult> {
+  /**
+   * A batch of authentication requests as one JSON array text. A handler
+   * that answers synchronously is answered with the rest of the batch, in
+   * one call back; one that returns a promise is answered when it settles
+   * (answers settling together still cross in one call).
+   */
+  private authenticate(batch: string): void {
+    let requests: AuthRequest[];
     try {
-      const data = JSON.parse(dataJson) as AuthDataType;
-      const result = await this.opts.authenticateFn(data);
-      if (!result) return { outcome: 'rejected' };
+      requests = JSON.parse(batch) as AuthRequest[];
+    } catch (e) {
+      // Cannot happen (the native side builds it from validated JSON); said
+      // loudly rather than lost quietly: those clients meet the auth timeout.
+      this.log('error', `Unparsable authentication batch | length: ${batch.length} | error: ${errorText(e)}`);
+      return;
+    }
+    for (const [seq, clientId, data] of requests) {
+      try {
+        const result = this.opts.authenticateFn(data as AuthDataType);
+        if (result && typeof (result as Promise<unknown>).then === 'function') {
+          (result as Promise<unknown>).then(
+            r => this.authSettled(seq, clientId, r),
+            e => this.authFailed(seq, e),
+          );
+        } else {
+          this.authSettled(seq, clientId, result);
+        }
+      } catch (e) {
+        this.authFailed(seq, e);
+      }
+    }
+    this.flushAuthAnswers();
+  }
+
+  private authSettled(seq: number, clientId: string, result: unknown): void {
+    if (!result) {
+      this.answerAuth([seq, AUTH_REJECTED, null]);
+      return;
+    }
+    try {
       const { userId, metadata } = result as { userId?: unknown; metadata?: MetadataType };
       // Kept only while the client exists: its disconnect event, queued after
       // its removal, deletes the entry again.
       if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
-      return { outcome: 'ok', userId: userId === undefined || userId === null ? undefined : String(userId) };
+      this.answerAuth([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
     } catch (e) {
-      return { outcome: 'error', error: errorText(e) };
+      this.authFailed(seq, e);
     }
+  }
+
+  private authFailed(seq: number, e: unknown): void {
+    this.answerAuth([seq, AUTH_ERROR, errorText(e)]);
+  }
+
+  /** Queues an answer; those settling in the same turn cross together. */
+  private answerAuth(answer: AuthAnswer): void {
+    this.authAnswers.push(answer);
+    if (!this.authFlushQueued) {
+      this.authFlushQueued = true;
+      queueMicrotask(() => this.flushAuthAnswers());
+    }
+  }
+
+  private flushAuthAnswers(): void {
+    this.authFlushQueued = false;
+    if (this.authAnswers.length === 0) return;
+    const answers = this.authAnswers;
+    this.authAnswers = [];
+    this.native.authAnswers(JSON.stringify(answers));
   }
 
   private async runHandshake(clientId: string, userId: string | null | undefined, dataJson: string): Promise<HandshakeResult> {
