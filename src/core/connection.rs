@@ -8,6 +8,8 @@
 
 use crate::core::client::{Client, ClientState, CloseRequest, Out, Outbox};
 use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
+use crate::core::outgoing::{Outgoing, FRAMES_PER_WRITE};
+use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close, errors, events, EventName};
 use crate::core::server::Shared;
 use crate::core::stats::bump;
@@ -25,10 +27,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Frames written per wakeup before the socket is flushed (one syscall for
-/// many frames, without starving the read side).
-const WRITE_BATCH: usize = 64;
-
 /// How the authentication flow (authenticate, then the optional handshake)
 /// ended.
 enum AuthFlow {
@@ -43,17 +41,17 @@ enum AuthFlow {
     HandshakeRejected,
 }
 
-/// The message that goes on the wire for a queued frame: sealed with the
+/// The text that goes on the wire for a queued frame: sealed with the
 /// client's key when built-in encryption is on (here, on the connection's
 /// own task, so a fan-out's encryption spreads over the runtime's threads).
-fn wire(client: &Client, out: Out) -> Message {
+fn on_the_wire(client: &Client, out: Out) -> Frame {
     match client.cipher.get() {
         Some(cipher) if !out.plain => match cipher.seal(out.frame.as_bytes()) {
-            Some(sealed) => Message::Text(sealed.into()),
+            Some(sealed) => sealed.into(),
             // Sealing only fails if the system RNG does; never send plaintext.
-            None => Message::Text(protocol::error_frame("Encryption failed")),
+            None => protocol::error_frame("Encryption failed"),
         },
-        _ => Message::Text(out.frame),
+        _ => out.frame,
     }
 }
 
@@ -70,7 +68,7 @@ struct JoinDone {
 /// only what the clean-up needs instead of a second copy of the socket.
 pub fn run<S>(
     shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Outgoing<S>>,
     remote: String,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -177,7 +175,7 @@ impl Connection {
     /// for a plain TCP socket, 344 of them tungstenite's stream.
     fn drive<S>(
         self,
-        ws: WebSocketStream<S>,
+        ws: WebSocketStream<Outgoing<S>>,
         outbox: Outbox,
     ) -> impl std::future::Future<Output = ()> + Send
     where
@@ -286,12 +284,12 @@ impl Connection {
         }
     }
 
-    /// Writes `first` and whatever else is queued (up to a batch), then
-    /// flushes once.
+    /// Writes `first` and whatever else is queued (up to a batch) with one
+    /// vectored write, then waits until the socket has taken all of it.
     async fn write_batch<S>(
         client: &Client,
         stats: &crate::core::stats::Stats,
-        ws: &mut WebSocketStream<S>,
+        ws: &mut WebSocketStream<Outgoing<S>>,
         outbox: &mut Outbox,
         first: Out,
     ) -> Result<(), WsError>
@@ -299,22 +297,29 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut bytes = first.frame.len();
-        let mut count = 1u64;
+        let mut batch = Vec::with_capacity(8);
+        batch.push(on_the_wire(client, first));
+        while batch.len() < FRAMES_PER_WRITE {
+            let Some(f) = outbox.try_recv() else { break };
+            bytes += f.frame.len();
+            batch.push(on_the_wire(client, f));
+        }
+        let count = batch.len();
         let res = async {
-            ws.feed(wire(client, first)).await?;
-            while (count as usize) < WRITE_BATCH {
-                let Some(f) = outbox.try_recv() else { break };
-                bytes += f.frame.len();
-                count += 1;
-                ws.feed(wire(client, f)).await?;
+            let mut done = 0;
+            while done < count {
+                done +=
+                    std::future::poll_fn(|cx| ws.get_mut().poll_write_frames(cx, &batch[done..]))
+                        .await?;
             }
-            ws.flush().await
+            std::future::poll_fn(|cx| ws.get_mut().poll_drain(cx)).await?;
+            Ok(())
         }
         .await;
         client.sent(bytes);
         stats
             .frames_out
-            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         res
     }
 
@@ -337,7 +342,11 @@ impl Connection {
         let _ = tokio::time::timeout(grace, async {
             while let Some(f) = outbox.try_recv() {
                 let len = f.frame.len();
-                if ws.feed(wire(client, f)).await.is_err() {
+                if ws
+                    .feed(Message::Text(on_the_wire(client, f)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 client.sent(len);

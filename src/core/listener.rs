@@ -9,6 +9,7 @@ use crate::core::connection;
 use crate::core::forward;
 use crate::core::http::{self, Prefixed};
 use crate::core::metrics;
+use crate::core::outgoing::Outgoing;
 use crate::core::server::{Live, Shared};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -162,7 +163,7 @@ async fn upgrade<S>(
     shared: Arc<Shared>,
     mut stream: S,
     addr: SocketAddr,
-) -> Option<tokio_tungstenite::WebSocketStream<Prefixed<S>>>
+) -> Option<tokio_tungstenite::WebSocketStream<Outgoing<Prefixed<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -231,7 +232,7 @@ where
         return None;
     }
     let config = ws_config(shared.config.max_payload_length);
-    let replay = Prefixed::new(bytes, stream);
+    let replay = Outgoing::new(Prefixed::new(bytes, stream));
     match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
         Ok(ws) => Some(ws),
         Err(e) => {

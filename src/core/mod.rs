@@ -14,6 +14,7 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod outgoing;
 pub mod protocol;
 pub mod server;
 pub mod stats;
