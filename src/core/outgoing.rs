@@ -1,13 +1,13 @@
 //! The socket under tungstenite, with a write path of its own for the
 //! frames the server sends.
 //!
-//! Through tungstenite, every outgoing frame is encoded and copied into its
-//! write buffer before the buffer goes to the socket: in a fan-out burst
-//! that copy and its bookkeeping were about an eighth of the server's CPU.
-//! Here a batch of text frames goes to the socket as one vectored write of
-//! their small headers and the shared payloads themselves (the payload of a
-//! fan-out is one allocation for every recipient). Only what the socket does
-//! not take is copied, into `pending`, which is written before anything else
+//! Through tungstenite, every outgoing frame goes through its framing code
+//! and write buffer one by one: in a fan-out burst that bookkeeping was
+//! about an eighth of the server's CPU. Here a batch of text frames goes to
+//! the socket with one write: small frames joined in a buffer per thread
+//! (none is kept per socket), large ones as a vectored write of their
+//! headers and the shared payloads themselves. Only what the socket does
+//! not take is kept, in `pending`, which is written before anything else
 //! (tungstenite's own writes included), so frames never interleave.
 
 use crate::core::protocol::Frame;
@@ -18,6 +18,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Frames per vectored write (two slices each; the system's limit is 1024).
 pub const FRAMES_PER_WRITE: usize = 128;
+
+/// Up to this many bytes of frames are joined into one buffer before they
+/// are written; larger batches go as slices of the payloads themselves.
+const JOIN_MAX: usize = 64 * 1024;
+
+thread_local! {
+    static JOINED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Bytes tungstenite's own writes may leave pending before they wait.
 const CONTROL_PENDING_MAX: usize = 64 * 1024;
@@ -87,12 +95,38 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
         payloads: &[Frame],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_drain(cx))?;
-        // Slices on the stack, sized for the common one-frame write too.
-        if payloads.len() <= 4 {
+        let n = payloads.len().min(FRAMES_PER_WRITE);
+        let bytes: usize = payloads[..n].iter().map(|p| p.len()).sum();
+        if bytes <= JOIN_MAX {
+            self.write_joined(cx, &payloads[..n])
+        } else if n <= 4 {
+            // Slices on the stack, sized for a few large frames too.
             self.write_vectored::<4, 8>(cx, payloads)
         } else {
             self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
         }
+    }
+
+    /// Small frames are copied into one buffer (per thread, not per
+    /// socket) and written as one slice: the kernel's per-slice cost for a
+    /// 2-byte header and a 100-byte payload is several times that copy.
+    fn write_joined(
+        &mut self,
+        cx: &mut Context<'_>,
+        payloads: &[Frame],
+    ) -> Poll<io::Result<usize>> {
+        JOINED.with(|joined| {
+            let mut buf = joined.borrow_mut();
+            buf.clear();
+            for p in payloads {
+                let (h, used) = text_header(p.len());
+                buf.extend_from_slice(&h[..used]);
+                buf.extend_from_slice(p.as_bytes());
+            }
+            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf))?;
+            self.pending.extend_from_slice(&buf[written..]);
+            Poll::Ready(Ok(payloads.len()))
+        })
     }
 
     fn write_vectored<const N: usize, const SLICES: usize>(
@@ -200,37 +234,41 @@ mod tests {
     }
 
     /// A reader slower than the writer: frames split by a full socket still
-    /// arrive whole and in order, with tungstenite-style writes behind them.
+    /// arrive whole and in order, with tungstenite-style writes behind them,
+    /// whether joined (small) or written as slices (large).
     #[tokio::test]
     async fn partial_writes_keep_frames_whole_and_in_order() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut out = Outgoing::new(a);
-        let big = "x".repeat(300);
-        let frames: Vec<Frame> = vec!["one".into(), big.as_str().into(), "three".into()];
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            b.read_to_end(&mut all).await.unwrap();
-            all
-        });
-        let mut done = 0;
-        while done < frames.len() {
-            done += std::future::poll_fn(|cx| out.poll_write_frames(cx, &frames[done..]))
+        for big_len in [300, JOIN_MAX + 1] {
+            let (a, mut b) = tokio::io::duplex(64);
+            let mut out = Outgoing::new(a);
+            let big = "x".repeat(big_len);
+            let frames: Vec<Frame> = vec!["one".into(), big.as_str().into(), "three".into()];
+            let reader = tokio::spawn(async move {
+                let mut all = Vec::new();
+                b.read_to_end(&mut all).await.unwrap();
+                all
+            });
+            let mut done = 0;
+            while done < frames.len() {
+                done += std::future::poll_fn(|cx| out.poll_write_frames(cx, &frames[done..]))
+                    .await
+                    .unwrap();
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut out, b"TAIL")
                 .await
                 .unwrap();
+            tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
+            drop(out);
+            let all = reader.await.unwrap();
+            let mut want = vec![0x81, 3];
+            want.extend_from_slice(b"one");
+            let (h, used) = text_header(big_len);
+            want.extend_from_slice(&h[..used]);
+            want.extend_from_slice(big.as_bytes());
+            want.extend_from_slice(&[0x81, 5]);
+            want.extend_from_slice(b"three");
+            want.extend_from_slice(b"TAIL");
+            assert_eq!(all, want, "big frame of {big_len} bytes");
         }
-        tokio::io::AsyncWriteExt::write_all(&mut out, b"TAIL")
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
-        drop(out);
-        let all = reader.await.unwrap();
-        let mut want = vec![0x81, 3];
-        want.extend_from_slice(b"one");
-        want.extend_from_slice(&[0x81, 126, 1, 44]);
-        want.extend_from_slice(big.as_bytes());
-        want.extend_from_slice(&[0x81, 5]);
-        want.extend_from_slice(b"three");
-        want.extend_from_slice(b"TAIL");
-        assert_eq!(all, want);
     }
 }
