@@ -46,12 +46,16 @@ enum AuthFlow {
 /// own task, so a fan-out's encryption spreads over the runtime's threads).
 fn on_the_wire(client: &Client, out: Out) -> Frame {
     match client.cipher.get() {
-        Some(cipher) if !out.plain => match cipher.seal(out.frame.as_bytes()) {
-            Some(sealed) => sealed.into(),
-            // Sealing only fails if the system RNG does; never send plaintext.
-            None => protocol::error_frame("Encryption failed"),
-        },
+        Some(cipher) if !out.plain => seal(cipher, &out.frame),
         _ => out.frame,
+    }
+}
+
+fn seal(cipher: &crate::core::crypto::ClientCipher, frame: &Frame) -> Frame {
+    match cipher.seal(frame.as_bytes()) {
+        Some(sealed) => sealed.into(),
+        // Sealing only fails if the system RNG does; never send plaintext.
+        None => protocol::error_frame("Encryption failed"),
     }
 }
 
@@ -285,7 +289,7 @@ impl Connection {
     }
 
     /// Writes `first` and whatever else is queued (up to a batch) with one
-    /// vectored write, then waits until the socket has taken all of it.
+    /// system call, then waits until the socket has taken all of it.
     async fn write_batch<S>(
         client: &Client,
         stats: &crate::core::stats::Stats,
@@ -296,13 +300,14 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut bytes = first.frame.len();
         let mut batch = Vec::with_capacity(8);
-        batch.push(on_the_wire(client, first));
-        while batch.len() < FRAMES_PER_WRITE {
-            let Some(f) = outbox.try_recv() else { break };
-            bytes += f.frame.len();
-            batch.push(on_the_wire(client, f));
+        batch.push(first);
+        outbox.take(&mut batch, FRAMES_PER_WRITE - 1);
+        if let Some(cipher) = client.cipher.get() {
+            for out in batch.iter_mut().filter(|o| !o.plain) {
+                out.frame = seal(cipher, &out.frame);
+                out.plain = true;
+            }
         }
         let count = batch.len();
         let res = async {
@@ -316,7 +321,6 @@ impl Connection {
             Ok(())
         }
         .await;
-        client.sent(bytes);
         stats
             .frames_out
             .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);

@@ -16,6 +16,17 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// The text of a frame to write.
+pub trait Payload {
+    fn bytes(&self) -> &[u8];
+}
+
+impl Payload for Frame {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// Frames per vectored write (two slices each; the system's limit is 1024).
 pub const FRAMES_PER_WRITE: usize = 128;
 
@@ -89,39 +100,40 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
     /// Writes up to [`FRAMES_PER_WRITE`] text frames with one vectored
     /// write, once nothing is pending; ready with how many were taken
     /// (their unwritten part, if any, is now pending).
-    pub fn poll_write_frames(
+    pub fn poll_write_frames<P: Payload>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[Frame],
+        payloads: &[P],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_drain(cx))?;
         let n = payloads.len().min(FRAMES_PER_WRITE);
-        let bytes: usize = payloads[..n].iter().map(|p| p.len()).sum();
+        let bytes: usize = payloads[..n].iter().map(|p| p.bytes().len()).sum();
         if bytes <= JOIN_MAX {
             self.write_joined(cx, &payloads[..n])
         } else if n <= 4 {
             // Slices on the stack, sized for a few large frames too.
-            self.write_vectored::<4, 8>(cx, payloads)
+            self.write_vectored::<P, 4, 8>(cx, payloads)
         } else {
-            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
+            self.write_vectored::<P, FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
         }
     }
 
     /// Small frames are copied into one buffer (per thread, not per
     /// socket) and written as one slice: the kernel's per-slice cost for a
     /// 2-byte header and a 100-byte payload is several times that copy.
-    fn write_joined(
+    fn write_joined<P: Payload>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[Frame],
+        payloads: &[P],
     ) -> Poll<io::Result<usize>> {
         JOINED.with(|joined| {
             let mut buf = joined.borrow_mut();
             buf.clear();
             for p in payloads {
+                let p = p.bytes();
                 let (h, used) = text_header(p.len());
                 buf.extend_from_slice(&h[..used]);
-                buf.extend_from_slice(p.as_bytes());
+                buf.extend_from_slice(p);
             }
             let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf))?;
             self.pending.extend_from_slice(&buf[written..]);
@@ -129,22 +141,22 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
         })
     }
 
-    fn write_vectored<const N: usize, const SLICES: usize>(
+    fn write_vectored<P: Payload, const N: usize, const SLICES: usize>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[Frame],
+        payloads: &[P],
     ) -> Poll<io::Result<usize>> {
         let n = payloads.len().min(N);
         let mut headers = [([0u8; 10], 0usize); N];
         for (h, p) in headers.iter_mut().zip(&payloads[..n]) {
-            *h = text_header(p.len());
+            *h = text_header(p.bytes().len());
         }
         let mut slices = [IoSlice::new(&[]); SLICES];
         let mut total = 0;
         for (i, (h, p)) in headers.iter().zip(&payloads[..n]).enumerate() {
             slices[2 * i] = IoSlice::new(&h.0[..h.1]);
-            slices[2 * i + 1] = IoSlice::new(p.as_bytes());
-            total += h.1 + p.len();
+            slices[2 * i + 1] = IoSlice::new(p.bytes());
+            total += h.1 + p.bytes().len();
         }
         let slices = &slices[..2 * n];
         let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, slices))?;
