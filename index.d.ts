@@ -22,7 +22,7 @@ export declare class NativeEmitter {
 
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
-  constructor(options: NativeOptions, authenticate: (arg: string) => void, validateRooms: ((arg0: string, arg1: string | undefined | null, arg2: Array<string>) => Promise<RoomsResult>) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
+  constructor(options: NativeOptions, authenticate: (arg: string) => void, validateRooms: ((arg: string) => void) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
   /** Whether `start()` binds host:port (false: attached sockets only). */
   setListen(listen: boolean): void
   /**
@@ -49,6 +49,11 @@ export declare class NativeServer {
    * failed (text: the error).
    */
   authAnswers(answers: string): void
+  /**
+   * Answers to room validations, `[seq, rooms, error]` each: the rooms
+   * allowed, or the error `validateRoomFn` threw or rejected with.
+   */
+  roomAnswers(answers: string): void
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
   sendToClient(clientId: string, frame: string): number
   /**
@@ -215,12 +220,6 @@ export interface NativeStats {
   busReceived: number
   busInvalid: number
   busSubscribedChannels: number
-}
-
-/** Adapter's answer for `validateRoomFn`. */
-export interface RoomsResult {
-  rooms: Array<string>
-  error?: string
 }
 
 /**

@@ -53,6 +53,38 @@ describe('handlers that misbehave', () => {
     }
   });
 
+  test('clients joining at once each get their own room validation, whatever the handler did', async () => {
+    const modes = ['sync', 'async', 'throws', 'rejects', 'junk'];
+    const { url, ws } = await startServer({
+      validateRoomFn: ({ userId, rooms }) => {
+        switch (rooms[0]) {
+          case 'sync':
+            return [...rooms, 42];
+          case 'async':
+            return new Promise(r => setTimeout(() => r([`own-${userId}`]), Math.random() * 30));
+          case 'throws':
+            throw new Error('no');
+          case 'rejects':
+            return Promise.reject(new Error('no'));
+          default:
+            return 42;
+        }
+      },
+    });
+    const clients = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => ({ c: await Client.auth(url, { token: `t${i}`, userId: `u${i}` }), i, mode: modes[i % modes.length] })),
+    );
+    // All sent before any answer: they reach the handler in shared batches.
+    for (const { c, i, mode } of clients) c.emit('join', { rooms: [mode, `own-u${i}`] });
+    const expected = ({ i, mode }) => (mode === 'sync' ? ['sync', `own-u${i}`] : mode === 'async' ? [`own-u${i}`] : []);
+    const joined = ({ c }) => [...ws.getClients({ id: c.id }).rooms].filter(r => !r.startsWith('ws-') && r !== c.id).sort();
+    await until(() => clients.every(k => JSON.stringify(joined(k)) === JSON.stringify(expected(k).sort())), 3000, 'every join settled');
+    // Failed validations join nothing, later too.
+    await sleep(100);
+    for (const k of clients) assert.deepEqual(joined(k), expected(k).sort(), `${k.i} ${k.mode}`);
+    for (const { c } of clients) c.close();
+  });
+
   test('clientConnectedFn / clientDisconnectedFn that throw or reject are logged only', async () => {
     const lines = [];
     const logger = { error: l => lines.push(l), warn: () => {}, info: () => {} };

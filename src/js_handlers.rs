@@ -31,13 +31,6 @@ pub struct HandshakeResult {
     pub error: Option<String>,
 }
 
-/// Adapter's answer for `validateRoomFn`.
-#[napi(object)]
-pub struct RoomsResult {
-    pub rooms: Vec<String>,
-    pub error: Option<String>,
-}
-
 /// Adapter's answer for `outboundTransformer`: `frame` is the text to send
 /// instead (absent: send the original), `error` a throw or rejection.
 #[napi(object)]
@@ -49,7 +42,6 @@ pub struct TransformResult {
 type Tsfn<Args, Ret> = ThreadsafeFunction<Args, Ret, Args, Status, false, true>;
 
 pub type HandshakeFn = Tsfn<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>;
-pub type RoomsFn = Tsfn<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>;
 pub type DeliverFn = Tsfn<String, ()>;
 pub type TransformFn = Tsfn<FnArgs<(String, String)>, Promise<TransformResult>>;
 pub type LogFn = Tsfn<FnArgs<(String, String)>, ()>;
@@ -66,12 +58,17 @@ pub fn weak<
         .build()
 }
 
+/// The rooms `validateRoomFn` allowed, or what it threw or rejected with.
+pub type RoomsOutcome = Result<Vec<String>, String>;
+
 pub struct JsHandlers {
     /// `authenticateFn`, many requests per call: `[seq, clientId, data]`
     /// each, answered through `NativeServer::auth_answers`.
     pub authenticate: Arc<BatchedCalls<AuthOutcome>>,
     pub handshake: Option<Arc<HandshakeFn>>,
-    pub validate_rooms: Option<Arc<RoomsFn>>,
+    /// `validateRoomFn`, batched the same way: `[seq, clientId, userId,
+    /// rooms]` each, answered through `NativeServer::room_answers`.
+    pub validate_rooms: Option<Arc<BatchedCalls<RoomsOutcome>>>,
     pub transform: Option<Arc<TransformFn>>,
     pub deliver: Arc<DeliverFn>,
     pub wants_messages: bool,
@@ -155,17 +152,26 @@ impl Handlers for JsHandlers {
         user_id: Option<&str>,
         rooms: Vec<String>,
     ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>> {
-        let f = self.validate_rooms.clone()?;
-        let args = FnArgs::from((client_id.to_string(), user_id.map(str::to_string), rooms));
+        let calls = self.validate_rooms.as_ref()?;
         Some(
-            async move {
-                match settled(f.call_async_catch(args).await).await {
-                    Ok(RoomsResult { error: Some(e), .. }) => Err(e),
-                    Ok(r) => Ok(r.rooms),
-                    Err(e) => Err(reason(e)),
-                }
-            }
-            .boxed(),
+            calls
+                .request(|out| {
+                    push_json_str(out, client_id);
+                    out.push(',');
+                    match user_id {
+                        Some(u) => push_json_str(out, u),
+                        None => out.push_str("null"),
+                    }
+                    out.push_str(",[");
+                    for (i, room) in rooms.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        push_json_str(out, room);
+                    }
+                    out.push(']');
+                })
+                .boxed(),
         )
     }
 

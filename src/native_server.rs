@@ -10,7 +10,7 @@ use crate::core::hub::ClientSnapshot;
 use crate::core::log::{Level, Logger, StderrLog};
 use crate::core::protocol;
 use crate::core::server::Server;
-use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, RoomsResult, TransformResult};
+use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
@@ -279,9 +279,7 @@ impl NativeServer {
     pub fn new(
         options: NativeOptions,
         authenticate: Function<String, ()>,
-        validate_rooms: Option<
-            Function<FnArgs<(String, Option<String>, Vec<String>)>, Promise<RoomsResult>>,
-        >,
+        validate_rooms: Option<Function<String, ()>>,
         handshake: Option<
             Function<FnArgs<(String, Option<String>, String)>, Promise<HandshakeResult>>,
         >,
@@ -294,7 +292,10 @@ impl NativeServer {
         let max = level(&options.log_level)?;
         let handlers = Arc::new(JsHandlers {
             authenticate: Arc::new(BatchedCalls::new(&authenticate, AuthOutcome::Failed)?),
-            validate_rooms: validate_rooms.map(|f| weak(&f)).transpose()?.map(Arc::new),
+            validate_rooms: validate_rooms
+                .map(|f| BatchedCalls::new(&f, Err))
+                .transpose()?
+                .map(Arc::new),
             handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
             transform: transform.map(|f| weak(&f)).transpose()?.map(Arc::new),
             deliver: Arc::new(weak(&deliver)?),
@@ -408,6 +409,26 @@ impl NativeServer {
             Err(e) => self
                 .logger
                 .error(|| format!("Unreadable authentication answers; ignored | error: {e}")),
+        }
+    }
+
+    /// Answers to room validations, `[seq, rooms, error]` each: the rooms
+    /// allowed, or the error `validateRoomFn` threw or rejected with.
+    #[napi]
+    pub fn room_answers(&self, answers: String) {
+        let Some(calls) = self.handlers.validate_rooms.as_ref() else {
+            return;
+        };
+        match serde_json::from_str::<Vec<(u64, Vec<String>, Option<String>)>>(&answers) {
+            Ok(list) => {
+                for (seq, rooms, error) in list {
+                    calls.answer(seq, error.map_or(Ok(rooms), Err));
+                }
+            }
+            // As for authentication: a bug, said loudly (nothing is joined).
+            Err(e) => self
+                .logger
+                .error(|| format!("Unreadable room validation answers; ignored | error: {e}")),
         }
     }
 

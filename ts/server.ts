@@ -4,7 +4,7 @@
 // values), and building the client records the original returns.
 
 import { NativeServer } from '../index';
-import type { HandshakeResult, NativeClient, RoomsResult, TransformResult } from '../index';
+import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
 import type {
@@ -29,6 +29,58 @@ const AUTH_REJECTED = 1;
 const AUTH_ERROR = 2;
 /** An answer: its request's number, the outcome, the userId or the error. */
 type AuthAnswer = [seq: number, outcome: number, text: string | null];
+/** One room validation request: its number, the client, its user, the rooms. */
+type RoomsRequest = [seq: number, clientId: string, userId: string | null, rooms: string[]];
+/** An answer: its request's number, the rooms allowed, the error. */
+type RoomsAnswer = [seq: number, rooms: string[], error: string | null];
+
+/**
+ * Answers to requests the native side batched, handed back many per call:
+ * those given while a batch is handled go when it ends, those settling
+ * later go together at the end of their turn.
+ */
+class Answers<T> {
+  private list: T[] = [];
+  private queued = false;
+
+  constructor(private readonly send: (json: string) => void) {}
+
+  push(answer: T): void {
+    this.list.push(answer);
+    if (!this.queued) {
+      this.queued = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  flush(): void {
+    this.queued = false;
+    if (this.list.length === 0) return;
+    const list = this.list;
+    this.list = [];
+    this.send(JSON.stringify(list));
+  }
+}
+
+/** Calls `call`; `ok` gets its value, or what its promise resolves to. */
+function settle(call: () => unknown, ok: (value: unknown) => void, fail: (e: unknown) => void): void {
+  let result: unknown;
+  try {
+    result = call();
+  } catch (e) {
+    fail(e);
+    return;
+  }
+  if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
+    try {
+      (result as PromiseLike<unknown>).then(ok, fail);
+    } catch (e) {
+      fail(e);
+    }
+  } else {
+    ok(result);
+  }
+}
 
 function errorText(e: unknown): string {
   if (e instanceof Error) return e.message || e.name;
@@ -74,9 +126,8 @@ export class WebSocketServer<
    */
   private queuedSends: string[] = [];
   private handlingBatch = false;
-  /** Authentication answers not yet handed to the native side. */
-  private authAnswers: AuthAnswer[] = [];
-  private authFlushQueued = false;
+  private readonly authAnswers: Answers<AuthAnswer>;
+  private readonly roomAnswers: Answers<RoomsAnswer>;
   private readonly metadata = new Map<string, MetadataType>();
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
@@ -126,12 +177,14 @@ export class WebSocketServer<
         tlsKey: s.tlsKey,
       },
       batch => this.authenticate(batch),
-      opts.validateRoomFn ? (clientId, userId, rooms) => this.runValidateRooms(clientId, userId, rooms) : null,
+      opts.validateRoomFn ? batch => this.validateRooms(batch) : null,
       opts.handshakeFn && !s.nativeEncryption ? (clientId, userId, dataJson) => this.runHandshake(clientId, userId, dataJson) : null,
       batch => this.deliver(batch),
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
       opts.outboundTransformer && !s.nativeEncryption ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
+    this.authAnswers = new Answers(json => this.native.authAnswers(json));
+    this.roomAnswers = new Answers(json => this.native.roomAnswers(json));
     if (s.nativeEncryption && (opts.handshakeFn || opts.outboundTransformer)) {
       this.log('warn', 'encryption is built in: handshakeFn and outboundTransformer are not used');
     }
@@ -469,43 +522,39 @@ export class WebSocketServer<
   // Each one calls the application's handler, awaits it, catches anything it
   // throws or rejects, and answers with a plain object; none of them throws.
 
-  /**
-   * A batch of authentication requests as one JSON array text. A handler
-   * that answers synchronously is answered with the rest of the batch, in
-   * one call back; one that returns a promise is answered when it settles
-   * (answers settling together still cross in one call).
-   */
-  private authenticate(batch: string): void {
-    let requests: AuthRequest[];
+  /** A batch of requests from the native side: one JSON array text. */
+  private parseBatch<R>(batch: string, what: string): R[] | undefined {
     try {
-      requests = JSON.parse(batch) as AuthRequest[];
+      return JSON.parse(batch) as R[];
     } catch (e) {
       // Cannot happen (the native side builds it from validated JSON); said
-      // loudly rather than lost quietly: those clients meet the auth timeout.
-      this.log('error', `Unparsable authentication batch | length: ${batch.length} | error: ${errorText(e)}`);
-      return;
+      // loudly rather than lost quietly (those requests meet their timers).
+      this.log('error', `Unparsable ${what} batch | length: ${batch.length} | error: ${errorText(e)}`);
+      return undefined;
     }
+  }
+
+  /**
+   * A batch of authentication requests. A handler that answers
+   * synchronously is answered with the rest of the batch, in one call back;
+   * one that returns a promise is answered when it settles.
+   */
+  private authenticate(batch: string): void {
+    const requests = this.parseBatch<AuthRequest>(batch, 'authentication');
+    if (!requests) return;
     for (const [seq, clientId, data] of requests) {
-      try {
-        const result = this.opts.authenticateFn(data as AuthDataType);
-        if (result && typeof (result as Promise<unknown>).then === 'function') {
-          (result as Promise<unknown>).then(
-            r => this.authSettled(seq, clientId, r),
-            e => this.authFailed(seq, e),
-          );
-        } else {
-          this.authSettled(seq, clientId, result);
-        }
-      } catch (e) {
-        this.authFailed(seq, e);
-      }
+      settle(
+        () => this.opts.authenticateFn(data as AuthDataType),
+        result => this.authSettled(seq, clientId, result),
+        e => this.authAnswers.push([seq, AUTH_ERROR, errorText(e)]),
+      );
     }
-    this.flushAuthAnswers();
+    this.authAnswers.flush();
   }
 
   private authSettled(seq: number, clientId: string, result: unknown): void {
     if (!result) {
-      this.answerAuth([seq, AUTH_REJECTED, null]);
+      this.authAnswers.push([seq, AUTH_REJECTED, null]);
       return;
     }
     try {
@@ -513,31 +562,34 @@ export class WebSocketServer<
       // Kept only while the client exists: its disconnect event, queued after
       // its removal, deletes the entry again.
       if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
-      this.answerAuth([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
+      this.authAnswers.push([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
     } catch (e) {
-      this.authFailed(seq, e);
+      this.authAnswers.push([seq, AUTH_ERROR, errorText(e)]);
     }
   }
 
-  private authFailed(seq: number, e: unknown): void {
-    this.answerAuth([seq, AUTH_ERROR, errorText(e)]);
-  }
-
-  /** Queues an answer; those settling in the same turn cross together. */
-  private answerAuth(answer: AuthAnswer): void {
-    this.authAnswers.push(answer);
-    if (!this.authFlushQueued) {
-      this.authFlushQueued = true;
-      queueMicrotask(() => this.flushAuthAnswers());
+  /** A batch of room validations, answered like authentication. */
+  private validateRooms(batch: string): void {
+    const requests = this.parseBatch<RoomsRequest>(batch, 'room validation');
+    if (!requests) return;
+    for (const [seq, clientId, userId, rooms] of requests) {
+      settle(
+        () => this.opts.validateRoomFn!({ clientId, userId: userId ?? undefined, rooms }),
+        allowed => this.roomAnswers.push([seq, this.allowedRooms(clientId, allowed), null]),
+        e => this.roomAnswers.push([seq, [], errorText(e)]),
+      );
     }
+    this.roomAnswers.flush();
   }
 
-  private flushAuthAnswers(): void {
-    this.authFlushQueued = false;
-    if (this.authAnswers.length === 0) return;
-    const answers = this.authAnswers;
-    this.authAnswers = [];
-    this.native.authAnswers(JSON.stringify(answers));
+  private allowedRooms(clientId: string, allowed: unknown): string[] {
+    if (!Array.isArray(allowed)) {
+      if (allowed !== undefined && allowed !== null) {
+        this.log('warn', `validateRoomFn returned ${typeof allowed}, not an array: no rooms joined | id: ${clientId}`);
+      }
+      return [];
+    }
+    return allowed.filter((r): r is string => typeof r === 'string' && r.length > 0);
   }
 
   private async runHandshake(clientId: string, userId: string | null | undefined, dataJson: string): Promise<HandshakeResult> {
@@ -552,21 +604,6 @@ export class WebSocketServer<
       return { outcome: 'ok', serverPublicKey, salt };
     } catch (e) {
       return { outcome: 'error', error: errorText(e) };
-    }
-  }
-
-  private async runValidateRooms(clientId: string, userId: string | null | undefined, rooms: string[]): Promise<RoomsResult> {
-    try {
-      const allowed = await this.opts.validateRoomFn!({ clientId, userId: userId ?? undefined, rooms });
-      if (!Array.isArray(allowed)) {
-        if (allowed !== undefined && allowed !== null) {
-          this.log('warn', `validateRoomFn returned ${typeof allowed}, not an array: no rooms joined | id: ${clientId}`);
-        }
-        return { rooms: [] };
-      }
-      return { rooms: allowed.filter((r): r is string => typeof r === 'string' && r.length > 0) };
-    } catch (e) {
-      return { rooms: [], error: errorText(e) };
     }
   }
 
