@@ -15,7 +15,7 @@ describe('handlers that misbehave', () => {
   });
 
   test('clients authenticating at once each get their own outcome, whatever their handler did', async () => {
-    const modes = ['sync', 'async', 'rejected', 'throws', 'rejects'];
+    const modes = ['sync', 'async', 'thenable', 'rejected', 'throws', 'rejects'];
     const { url, ws } = await startServer({
       authenticateFn: ({ token, mode }) => {
         switch (mode) {
@@ -23,6 +23,9 @@ describe('handlers that misbehave', () => {
             return { userId: `u-${token}`, metadata: { token } };
           case 'async':
             return new Promise(r => setTimeout(() => r({ userId: `u-${token}` }), Math.random() * 30));
+          case 'thenable':
+            // Resolved as `await` would: through the inner promise too.
+            return { then: resolve => resolve(Promise.resolve({ userId: `u-${token}` })) };
           case 'rejected':
             return null;
           case 'throws':
@@ -38,7 +41,7 @@ describe('handlers that misbehave', () => {
     // All sent before any answer: they reach the handler in shared batches.
     for (const { c, token, mode } of clients) c.emit('authenticate', { token, mode });
     for (const { c, token, mode } of clients) {
-      if (mode === 'sync' || mode === 'async') {
+      if (mode === 'sync' || mode === 'async' || mode === 'thenable') {
         const m = await c.next('connected');
         assert.equal(m.data.userId, `u-${token}`);
         const record = ws.getClients({ id: m.data.id });

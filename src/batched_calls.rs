@@ -9,8 +9,8 @@
 //! when that text goes from empty to non-empty, and takes whatever has
 //! accumulated by the time the JS thread runs it, so a burst costs one call
 //! and a lone request costs what it did before. The adapter answers through
-//! the binding's own method (see `NativeServer::auth_answers`), also many at
-//! a time, and each answer completes its request's future.
+//! the binding's own methods (`NativeServer::auth_answers`, `room_answers`),
+//! also many at a time, and each answer completes its request's future.
 
 use napi::bindgen_prelude::Function;
 use napi::threadsafe_function::{

@@ -62,24 +62,33 @@ class Answers<T> {
   }
 }
 
-/** Calls `call`; `ok` gets its value, or what its promise resolves to. */
+/**
+ * Calls `call`; `ok` gets its value, or what its promise (or any thenable)
+ * resolves to, exactly as `await` would; `fail` gets a throw or rejection,
+ * including one from `ok` itself, so nothing escapes as an unhandled
+ * rejection.
+ */
 function settle(call: () => unknown, ok: (value: unknown) => void, fail: (e: unknown) => void): void {
+  const done = (value: unknown) => {
+    try {
+      ok(value);
+    } catch (e) {
+      fail(e);
+    }
+  };
   let result: unknown;
   try {
     result = call();
+    if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
+      // A native promise is passed through as it is (no extra promise).
+      Promise.resolve(result).then(done, fail);
+      return;
+    }
   } catch (e) {
     fail(e);
     return;
   }
-  if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
-    try {
-      (result as PromiseLike<unknown>).then(ok, fail);
-    } catch (e) {
-      fail(e);
-    }
-  } else {
-    ok(result);
-  }
+  done(result);
 }
 
 function errorText(e: unknown): string {
