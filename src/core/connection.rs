@@ -344,8 +344,8 @@ impl Connection {
             reason: req.reason.into(),
         };
         let _ = tokio::time::timeout(grace, async {
+            // `try_recv` already took each frame off the queue's count.
             while let Some(f) = outbox.try_recv() {
-                let len = f.frame.len();
                 if ws
                     .feed(Message::Text(on_the_wire(client, f)))
                     .await
@@ -353,7 +353,6 @@ impl Connection {
                 {
                     return;
                 }
-                client.sent(len);
             }
             if ws.close(Some(frame)).await.is_err() {
                 return;
