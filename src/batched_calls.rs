@@ -19,6 +19,7 @@ use napi::threadsafe_function::{
 use napi::Status;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use tokio::sync::oneshot;
 
@@ -119,9 +120,7 @@ impl<O: Send + 'static> BatchedCalls<O> {
             if !first {
                 q.text.push(',');
             }
-            q.text.push('[');
-            q.text.push_str(&seq.to_string());
-            q.text.push(',');
+            let _ = write!(q.text, "[{seq},");
             write(&mut q.text);
             q.text.push(']');
             q.queued.push(seq);
@@ -180,10 +179,23 @@ impl<O: Send + 'static> BatchedCalls<O> {
         }
     }
 
-    /// Completes request `seq` (an unknown one was already given up on).
-    pub fn answer(&self, seq: u64, outcome: O) {
-        if let Some(tx) = self.queue.lock().waiting.remove(&seq) {
-            let _ = tx.send(outcome);
+    /// Completes the requests a JSON array of answers names (an unknown
+    /// one was already given up on); `outcome` reads one answer as its
+    /// request's number and outcome. Only this package's adapter sends
+    /// these, so an unreadable batch is a bug: the error is for the log.
+    pub fn answer_all<A: serde::de::DeserializeOwned>(
+        &self,
+        answers: &str,
+        outcome: impl Fn(A) -> (u64, O),
+    ) -> serde_json::Result<()> {
+        let list: Vec<A> = serde_json::from_str(answers)?;
+        let mut q = self.queue.lock();
+        for answer in list {
+            let (seq, outcome) = outcome(answer);
+            if let Some(tx) = q.waiting.remove(&seq) {
+                let _ = tx.send(outcome);
+            }
         }
+        Ok(())
     }
 }

@@ -64,11 +64,11 @@ pub type RoomsOutcome = Result<Vec<String>, String>;
 pub struct JsHandlers {
     /// `authenticateFn`, many requests per call: `[seq, clientId, data]`
     /// each, answered through `NativeServer::auth_answers`.
-    pub authenticate: Arc<BatchedCalls<AuthOutcome>>,
+    pub authenticate: BatchedCalls<AuthOutcome>,
     pub handshake: Option<Arc<HandshakeFn>>,
     /// `validateRoomFn`, batched the same way: `[seq, clientId, userId,
     /// rooms]` each, answered through `NativeServer::room_answers`.
-    pub validate_rooms: Option<Arc<BatchedCalls<RoomsOutcome>>>,
+    pub validate_rooms: Option<BatchedCalls<RoomsOutcome>>,
     pub transform: Option<Arc<TransformFn>>,
     pub deliver: Arc<DeliverFn>,
     pub wants_messages: bool,

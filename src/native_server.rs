@@ -291,11 +291,10 @@ impl NativeServer {
         let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = level(&options.log_level)?;
         let handlers = Arc::new(JsHandlers {
-            authenticate: Arc::new(BatchedCalls::new(&authenticate, AuthOutcome::Failed)?),
+            authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed)?,
             validate_rooms: validate_rooms
                 .map(|f| BatchedCalls::new(&f, Err))
-                .transpose()?
-                .map(Arc::new),
+                .transpose()?,
             handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
             transform: transform.map(|f| weak(&f)).transpose()?.map(Arc::new),
             deliver: Arc::new(weak(&deliver)?),
@@ -393,22 +392,21 @@ impl NativeServer {
     /// failed (text: the error).
     #[napi]
     pub fn auth_answers(&self, answers: String) {
-        match serde_json::from_str::<Vec<(u64, u8, Option<String>)>>(&answers) {
-            Ok(list) => {
-                for (seq, kind, text) in list {
-                    let outcome = match kind {
-                        0 => AuthOutcome::Accepted { user_id: text },
-                        1 => AuthOutcome::Rejected,
-                        _ => AuthOutcome::Failed(text.unwrap_or_else(|| "unknown error".into())),
-                    };
-                    self.handlers.authenticate.answer(seq, outcome);
-                }
-            }
-            // Only this package's adapter calls this; a malformed batch is a
-            // bug, said loudly (its clients then meet the auth timeout).
-            Err(e) => self
-                .logger
-                .error(|| format!("Unreadable authentication answers; ignored | error: {e}")),
+        let read = self.handlers.authenticate.answer_all(
+            &answers,
+            |(seq, kind, text): (u64, u8, Option<String>)| {
+                let outcome = match kind {
+                    0 => AuthOutcome::Accepted { user_id: text },
+                    1 => AuthOutcome::Rejected,
+                    _ => AuthOutcome::Failed(text.unwrap_or_else(|| "unknown error".into())),
+                };
+                (seq, outcome)
+            },
+        );
+        if let Err(e) = read {
+            // Its clients meet the auth timeout.
+            self.logger
+                .error(|| format!("Unreadable authentication answers; ignored | error: {e}"));
         }
     }
 
@@ -419,16 +417,16 @@ impl NativeServer {
         let Some(calls) = self.handlers.validate_rooms.as_ref() else {
             return;
         };
-        match serde_json::from_str::<Vec<(u64, Vec<String>, Option<String>)>>(&answers) {
-            Ok(list) => {
-                for (seq, rooms, error) in list {
-                    calls.answer(seq, error.map_or(Ok(rooms), Err));
-                }
-            }
-            // As for authentication: a bug, said loudly (nothing is joined).
-            Err(e) => self
-                .logger
-                .error(|| format!("Unreadable room validation answers; ignored | error: {e}")),
+        let read = calls.answer_all(
+            &answers,
+            |(seq, rooms, error): (u64, Vec<String>, Option<String>)| {
+                (seq, error.map_or(Ok(rooms), Err))
+            },
+        );
+        if let Err(e) = read {
+            // Nothing is joined for those requests.
+            self.logger
+                .error(|| format!("Unreadable room validation answers; ignored | error: {e}"));
         }
     }
 

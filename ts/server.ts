@@ -384,8 +384,7 @@ export class WebSocketServer<
   }
 
   stats(): IWebSocketStats {
-    this.flushSends();
-    return this.native.stats();
+    return this.ordered().stats();
   }
 
   /** Prometheus text exposition (also served at `metricsPath` when set). */
@@ -404,9 +403,17 @@ export class WebSocketServer<
       this.queuedSends.push(clientId, frame);
       return;
     }
-    this.flushSends();
-    const sent = this.native.sendToClient(clientId, frame);
+    const sent = this.ordered().sendToClient(clientId, frame);
     if (doLog) this.log('info', `Message sent | id: ${clientId} | event: ${event} | delivered: ${sent}`);
+  }
+
+  /**
+   * The native server, for a call that must not overtake the queued
+   * `sendToClient` calls: they are handed over first.
+   */
+  private ordered(): NativeServer {
+    this.flushSends();
+    return this.native;
   }
 
   /** Hands the queued `sendToClient` calls over, in order. */
@@ -419,21 +426,18 @@ export class WebSocketServer<
 
   sendToUser(opts: { userId: string; event: string; data?: unknown }): void {
     const { userId, event, data } = opts;
-    this.flushSends();
-    this.native.sendToUser(userId, JSON.stringify({ event, data }));
+    this.ordered().sendToUser(userId, JSON.stringify({ event, data }));
   }
 
   sendToRoom(opts: { room: string; event: string; data?: unknown; exclude?: string[] }): void {
     const { room, event, data, exclude } = opts;
-    this.flushSends();
-    this.native.sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : null);
+    this.ordered().sendToRoom(room, JSON.stringify({ event, data }), exclude?.length ? exclude : null);
   }
 
   /** Every authenticated client on this instance, except `exclude`. */
   broadcast(opts: { event: string; data?: unknown; exclude?: string[] }): void {
     const { event, data, exclude } = opts;
-    this.flushSends();
-    this.native.broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : null);
+    this.ordered().broadcast(JSON.stringify({ event, data }), exclude?.length ? exclude : null);
   }
 
   /**
@@ -453,20 +457,17 @@ export class WebSocketServer<
     if (!topic || data === undefined) return;
     const dataJson = JSON.stringify(data);
     if (dataJson === undefined) return; // a function or symbol: nothing to send
-    this.flushSends();
-    this.native.send(destination || null, topic, dataJson);
+    this.ordered().send(destination || null, topic, dataJson);
     if (cb) setTimeout(cb, 0);
     if (doLog) this.log('info', `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic}`);
   }
 
   joinRoom(opts: { clientId: string; room: string }): void {
-    this.flushSends();
-    this.native.joinRoom(opts.clientId, opts.room);
+    this.ordered().joinRoom(opts.clientId, opts.room);
   }
 
   leaveRoom(opts: { clientId: string; room: string }): void {
-    this.flushSends();
-    this.native.leaveRoom(opts.clientId, opts.room);
+    this.ordered().leaveRoom(opts.clientId, opts.room);
   }
 
   // ---- clients ----------------------------------------------------------
@@ -500,14 +501,8 @@ export class WebSocketServer<
       get readyState() {
         return native.hasClient(id) ? 1 : 3;
       },
-      send: (data: string) => {
-        this.flushSends();
-        return native.sendToClient(id, String(data));
-      },
-      close: (code = 1000, reason = '') => {
-        this.flushSends();
-        native.closeClient(id, code, reason);
-      },
+      send: (data: string) => this.ordered().sendToClient(id, String(data)),
+      close: (code = 1000, reason = '') => this.ordered().closeClient(id, code, reason),
     };
     const record: IWebSocketClient<MetadataType> = {
       id,

@@ -27,7 +27,8 @@ impl Payload for Frame {
     }
 }
 
-/// Frames per vectored write (two slices each; the system's limit is 1024).
+/// Frames per write (a vectored one takes two slices each; the system's
+/// limit is 1024).
 pub const FRAMES_PER_WRITE: usize = 128;
 
 /// Up to this many bytes of frames are joined into one buffer before they
@@ -97,20 +98,20 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes up to [`FRAMES_PER_WRITE`] text frames with one vectored
-    /// write, once nothing is pending; ready with how many were taken
-    /// (their unwritten part, if any, is now pending).
+    /// Writes up to [`FRAMES_PER_WRITE`] text frames with one write, once
+    /// nothing is pending; ready with how many were taken (their unwritten
+    /// part, if any, is now pending).
     pub fn poll_write_frames<P: Payload>(
         &mut self,
         cx: &mut Context<'_>,
         payloads: &[P],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_drain(cx))?;
-        let n = payloads.len().min(FRAMES_PER_WRITE);
-        let bytes: usize = payloads[..n].iter().map(|p| p.bytes().len()).sum();
+        let payloads = &payloads[..payloads.len().min(FRAMES_PER_WRITE)];
+        let bytes: usize = payloads.iter().map(|p| p.bytes().len()).sum();
         if bytes <= JOIN_MAX {
-            self.write_joined(cx, &payloads[..n])
-        } else if n <= 4 {
+            self.write_joined(cx, payloads)
+        } else if payloads.len() <= 4 {
             // Slices on the stack, sized for a few large frames too.
             self.write_vectored::<P, 4, 8>(cx, payloads)
         } else {
@@ -141,12 +142,13 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
         })
     }
 
+    /// `payloads` holds at most `N` frames.
     fn write_vectored<P: Payload, const N: usize, const SLICES: usize>(
         &mut self,
         cx: &mut Context<'_>,
         payloads: &[P],
     ) -> Poll<io::Result<usize>> {
-        let n = payloads.len().min(N);
+        let n = payloads.len();
         let mut headers = [([0u8; 10], 0usize); N];
         for (h, p) in headers.iter_mut().zip(&payloads[..n]) {
             *h = text_header(p.bytes().len());
