@@ -36,7 +36,7 @@ export async function soakServer(options = {}, env = {}) {
     exited,
     rss: () => ask({ rss: true }),
     stats: () => ask({ stats: true }),
-    fill: (room, count, size) => ask({ fill: { room, count, size } }),
+    fill: (room, count, size, from = 0) => ask({ fill: { room, count, size, from } }),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.send({ stop: true });
