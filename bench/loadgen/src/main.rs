@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Clone)]
@@ -147,6 +147,14 @@ fn now_ms() -> f64 {
 }
 
 /// The number after `"t":` in a frame, if any.
+/// Whether `text` is a frame of the event `needle` names. Every contender
+/// puts the event first, so the search starts with a look at the start.
+fn is_event(text: &str, needle: &str) -> bool {
+    text.get(1..1 + needle.len()) == Some(needle)
+        || text.get(..needle.len()) == Some(needle)
+        || text.contains(needle)
+}
+
 fn stamp(text: &str) -> Option<f64> {
     let at = text.find(r#""t":"#)? + 4;
     let rest = &text[at..];
@@ -215,7 +223,7 @@ async fn connect(a: &Args, i: usize) -> Ws {
 }
 
 /// Reads the next text frame, answering Engine.IO pings on the way.
-async fn next_text(ws: &mut Ws, proto: Proto) -> Option<String> {
+async fn next_text(ws: &mut Ws, proto: Proto) -> Option<Utf8Bytes> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -223,7 +231,7 @@ async fn next_text(ws: &mut Ws, proto: Proto) -> Option<String> {
                     let _ = ws.send(Message::Text("3".into())).await;
                     continue;
                 }
-                return Some(t.as_str().to_owned());
+                return Some(t);
             }
             Some(Ok(_)) => continue,
             _ => return None,
@@ -307,13 +315,19 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
         tasks.push(tokio::spawn(async move {
             let mut got = 0u64;
             let mut own = Vec::with_capacity(expect as usize);
+            // One timer for the whole run, not one per frame.
+            let timeout = tokio::time::sleep_until(deadline);
+            tokio::pin!(timeout);
             while got < expect {
-                let text = match tokio::time::timeout_at(deadline, next_text(&mut ws, proto)).await
-                {
-                    Ok(Some(t)) => t,
-                    _ => break,
+                let text = tokio::select! {
+                    biased;
+                    t = next_text(&mut ws, proto) => match t {
+                        Some(t) => t,
+                        None => break,
+                    },
+                    () = &mut timeout => break,
                 };
-                if text.contains(&needle) {
+                if is_event(&text, &needle) {
                     first.get_or_init(Instant::now);
                     got += 1;
                     total.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +408,7 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
                 }
                 loop {
                     match next_text(&mut ws, proto).await {
-                        Some(t) if t.contains(&needle) => break,
+                        Some(t) if is_event(&t, &needle) => break,
                         Some(_) => continue,
                         None => {
                             closed.fetch_add(1, Ordering::Relaxed);
