@@ -146,7 +146,6 @@ fn now_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The number after `"t":` in a frame, if any.
 /// Whether `text` is a frame of the event `needle` names. Every contender
 /// puts the event first, so the search starts with a look at the start.
 fn is_event(text: &str, needle: &str) -> bool {
@@ -155,6 +154,7 @@ fn is_event(text: &str, needle: &str) -> bool {
         || text.contains(needle)
 }
 
+/// The number after `"t":` in a frame, if any.
 fn stamp(text: &str) -> Option<f64> {
     let at = text.find(r#""t":"#)? + 4;
     let rest = &text[at..];
