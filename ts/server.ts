@@ -561,15 +561,13 @@ export class WebSocketServer<
       this.authAnswers.push([seq, AUTH_REJECTED, null]);
       return;
     }
-    try {
-      const { userId, metadata } = result as { userId?: unknown; metadata?: MetadataType };
-      // Kept only while the client exists: its disconnect event, queued after
-      // its removal, deletes the entry again.
-      if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
-      this.authAnswers.push([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
-    } catch (e) {
-      this.authAnswers.push([seq, AUTH_ERROR, errorText(e)]);
-    }
+    // A throw here (a getter, a userId that will not become a string) is
+    // `settle`'s to turn into an error answer.
+    const { userId, metadata } = result as { userId?: unknown; metadata?: MetadataType };
+    // Kept only while the client exists: its disconnect event, queued after
+    // its removal, deletes the entry again.
+    if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
+    this.authAnswers.push([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
   }
 
   /** A batch of room validations, answered like authentication. */

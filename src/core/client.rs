@@ -290,35 +290,32 @@ impl Client {
 }
 
 impl Outbox {
-    /// Ready with the next queued frame. The waker is registered before
-    /// the queue is looked at, so a frame pushed in between still wakes us.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Out> {
+    /// Ready with up to `max` queued frames. The waker is registered
+    /// before the queue is looked at, so a frame pushed in between still
+    /// wakes us.
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Vec<Out>> {
         self.client.task.register(cx.waker());
-        match self.try_recv() {
-            Some(out) => Poll::Ready(out),
-            None => Poll::Pending,
+        let batch = self.take(max);
+        if batch.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(batch)
         }
     }
 
-    pub fn try_recv(&mut self) -> Option<Out> {
-        let mut q = self.client.outbound.lock();
-        let out = q.items.pop_front()?;
-        q.queued = q.queued.saturating_sub(out.frame.len());
-        self.client.release(q.queued);
-        Some(out)
-    }
-
-    /// Moves up to `max` more queued frames into `batch`, under one lock.
-    pub fn take(&mut self, batch: &mut Vec<Out>, max: usize) {
+    /// Takes up to `max` queued frames off the queue and its byte count,
+    /// under one lock.
+    pub fn take(&mut self, max: usize) -> Vec<Out> {
         let mut q = self.client.outbound.lock();
         let n = q.items.len().min(max);
-        let mut bytes = 0;
-        for out in q.items.drain(..n) {
-            bytes += out.frame.len();
-            batch.push(out);
+        if n == 0 {
+            return Vec::new();
         }
+        let batch: Vec<Out> = q.items.drain(..n).collect();
+        let bytes: usize = batch.iter().map(|out| out.frame.len()).sum();
         q.queued = q.queued.saturating_sub(bytes);
         self.client.release(q.queued);
+        batch
     }
 }
 

@@ -10,7 +10,6 @@
 //! not take is kept, in `pending`, which is written before anything else
 //! (tungstenite's own writes included), so frames never interleave.
 
-use crate::core::protocol::Frame;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -19,12 +18,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The text of a frame to write.
 pub trait Payload {
     fn bytes(&self) -> &[u8];
-}
-
-impl Payload for Frame {
-    fn bytes(&self) -> &[u8] {
-        self.as_bytes()
-    }
 }
 
 /// Frames per write (a vectored one takes two slices each; the system's
@@ -234,6 +227,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Outgoing<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::protocol::Frame;
+
+    impl Payload for Frame {
+        fn bytes(&self) -> &[u8] {
+            self.as_bytes()
+        }
+    }
     use tokio::io::AsyncReadExt;
 
     #[test]
