@@ -158,6 +158,10 @@ export interface NativeOptions {
   /** PEM certificate chain and key: serve wss://. */
   tlsCert?: string
   tlsKey?: string
+  /** Accept queue length asked of the kernel (capped by somaxconn). */
+  backlog: number
+  /** ms a write may make no progress before the socket is dropped; 0 disables. */
+  sendTimeout: number
 }
 
 /** Redis connection, normalised by `ts/redis-options.ts`. */
@@ -220,6 +224,12 @@ export interface NativeStats {
   busReceived: number
   busInvalid: number
   busSubscribedChannels: number
+  /**
+   * Log lines dropped because stderr was not read fast enough
+   * (process-wide: every server shares the one writer).
+   */
+  logDropped: number
+  sendTimeouts: number
 }
 
 /**
@@ -230,3 +240,10 @@ export interface TransformResult {
   frame?: string
   error?: string
 }
+
+/**
+ * Writes a whole log line (newline included) to stderr through the
+ * process's log writer thread: never blocks the JavaScript thread on a
+ * pipe nobody reads, drops and counts lines when its queue is full.
+ */
+export declare function writeStderrLine(line: string): void

@@ -9,17 +9,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { startServer, stopAll } from './helpers.mjs';
+import { startServer, stopAll, needs } from './helpers.mjs';
 import { serverEncryption } from './crypto-helpers.mjs';
 import { startInstance } from '../demo/server.mjs';
-import { startRedis } from './redis-helpers.mjs';
+import { startRedis, noRedis } from './redis-helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const noChromium = needs('Chromium', fs.existsSync(CHROMIUM), 'Debian/Ubuntu: apt-get install chromium, or set CHROMIUM_PATH');
 let browser;
 const cleanups = [];
 
 before(async () => {
+  if (noChromium) return;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -40,7 +42,7 @@ async function joinAs(page, base, name, room = 'lobby') {
   await page.waitForSelector('#app:not([hidden])');
 }
 
-describe('demo in Chromium', () => {
+describe('demo in Chromium', { skip: noChromium }, () => {
   test('two pages join a room, see each other online and exchange messages', async () => {
     const demo = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent' });
     cleanups.push(() => demo.stop());
@@ -69,7 +71,7 @@ describe('demo in Chromium', () => {
     await ctx.close();
   });
 
-  test('two instances on Redis: each page shows which instance every user is on, messages cross', async () => {
+  test('two instances on Redis: each page shows which instance every user is on, messages cross', { skip: noRedis }, async () => {
     const redis = await startRedis();
     cleanups.push(() => redis.stop());
     const one = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent', redis: redis.url });

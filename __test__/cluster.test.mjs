@@ -3,10 +3,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, lib, startServer, stopAll, sleep, until } from './helpers.mjs';
-import { startCluster } from './redis-helpers.mjs';
+import { startCluster, noRedis } from './redis-helpers.mjs';
 
 let cluster;
 before(async () => {
+  if (noRedis) return;
   cluster = await startCluster();
 });
 after(async () => {
@@ -21,7 +22,7 @@ async function joined(s, token, rooms) {
   return c;
 }
 
-test('an ioredis Cluster client is read for its startup nodes', async () => {
+test('an ioredis Cluster client is read for its startup nodes', { skip: noRedis }, async () => {
   const { default: IORedis } = await import('ioredis');
   const ioCluster = new IORedis.Cluster(cluster.seeds, { lazyConnect: true });
   const a = await startServer({ redis: ioCluster, validateRoomFn: ({ rooms }) => rooms });
@@ -38,7 +39,7 @@ test('an ioredis Cluster client is read for its startup nodes', async () => {
 });
 
 for (const sharded of [false, true]) {
-  describe(`cluster, ${sharded ? 'sharded' : 'classic'} pub/sub`, () => {
+  describe(`cluster, ${sharded ? 'sharded' : 'classic'} pub/sub`, { skip: noRedis }, () => {
     test('rooms, users, clients and broadcasts cross instances; the emitter reaches them', async () => {
       const redis = { nodes: cluster.seeds, sharded };
       const a = await startServer({ redis, validateRoomFn: ({ rooms }) => rooms });

@@ -2,6 +2,7 @@
 import './ignis-logs.mjs';
 import { createRequire } from 'node:module';
 import WebSocket from 'ws';
+import { spawnSync } from 'node:child_process';
 
 const require = createRequire(import.meta.url);
 export const lib = require('../dist/index.js');
@@ -161,4 +162,23 @@ export function maskedFrame(opcode, payload) {
   const len = payload.length;
   const head = len < 126 ? Buffer.from([0x80 | opcode, 0x80 | len]) : Buffer.from([0x80 | opcode, 0x80 | 126, len >> 8, len & 255]);
   return Buffer.concat([head, Buffer.from([0, 0, 0, 0]), payload]);
+}
+
+/**
+ * A system component a test needs. Present: returns false (run the test).
+ * Missing: prints one line naming it and how to install it and returns that
+ * line (pass it as `{ skip }`); with CI=true a missing component is an error
+ * instead, so CI never passes by skipping.
+ */
+export function needs(what, present, install) {
+  if (present) return false;
+  const line = `${what} is missing (${install})`;
+  if (/^(1|true)$/i.test(process.env.CI ?? '')) throw new Error(`CI=true: ${line}`);
+  process.stderr.write(`# skip: ${line}\n`);
+  return line;
+}
+
+/** Whether `cmd` is on PATH. */
+export function hasCommand(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import { Client, until } from './helpers.mjs';
-import { freePort, startRedis } from './redis-helpers.mjs';
+import { freePort, startRedis, noRedis } from './redis-helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const { BaseApplication } = require('@venizia/ignis');
@@ -17,6 +17,7 @@ const isBun = !!globalThis.Bun;
 let redis;
 const apps = [];
 before(async () => {
+  if (noRedis) return;
   redis = await startRedis();
 });
 after(async () => {
@@ -81,7 +82,7 @@ async function start(opts) {
   return { app, port };
 }
 
-describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, () => {
+describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, { skip: noRedis }, () => {
   test('binding keys carry the original strings', () => {
     assert.equal(WebSocketBindingKeys.SERVER_OPTIONS, '@app/websocket/server-options');
     assert.equal(WebSocketBindingKeys.REDIS_CONNECTION, '@app/websocket/redis-connection');

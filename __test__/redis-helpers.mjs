@@ -6,7 +6,12 @@ import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { sleep } from './helpers.mjs';
+import { sleep, needs, hasCommand } from './helpers.mjs';
+
+/** Set (to the reason) when redis-server is not installed: pass as `{ skip }`. */
+export const noRedis = needs('redis-server', hasCommand('redis-server') && hasCommand('redis-cli'), 'Debian/Ubuntu: apt-get install redis-server');
+/** Set when openssl (to make test certificates) is not installed. */
+export const noOpenssl = needs('openssl', hasCommand('openssl'), 'Debian/Ubuntu: apt-get install openssl');
 
 export async function freePort() {
   const srv = net.createServer();

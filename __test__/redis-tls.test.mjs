@@ -3,7 +3,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { Client, lib, startServer, stopAll } from './helpers.mjs';
-import { makeCertificates, startTlsRedis } from './redis-helpers.mjs';
+import { makeCertificates, startTlsRedis, noRedis, noOpenssl } from './redis-helpers.mjs';
 
 let certs;
 let tlsRedis;
@@ -17,7 +17,7 @@ after(async () => {
   fs.rmSync(certs.dir, { recursive: true, force: true });
 });
 
-describe('Redis over TLS', () => {
+describe('Redis over TLS', { skip: noRedis || noOpenssl }, () => {
   test('rediss:// with the CA given as ioredis-style tls.ca carries traffic between instances', async () => {
     const redis = { url: `rediss://127.0.0.1:${tlsRedis.port}`, tls: { ca: certs.ca } };
     const a = await startServer({ redis, validateRoomFn: ({ rooms }) => rooms });

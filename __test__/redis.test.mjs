@@ -3,10 +3,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, lib, startServer, stopAll, sleep, until } from './helpers.mjs';
-import { sharedRedis, startRedis, freePort } from './redis-helpers.mjs';
+import { sharedRedis, startRedis, freePort, noRedis } from './redis-helpers.mjs';
 
 let redis;
 before(async () => {
+  if (noRedis) return;
   redis = await sharedRedis();
 });
 after(async () => {
@@ -25,7 +26,7 @@ async function joined(s, c, rooms) {
 /** Waits until the bus of every instance has settled its subscriptions. */
 const settle = () => sleep(150);
 
-describe('two and three instances', () => {
+describe('two and three instances', { skip: noRedis }, () => {
   test('room, user, client and broadcast reach the other instance exactly once', async () => {
     const a = await instance();
     const b = await instance();
@@ -121,7 +122,7 @@ describe('two and three instances', () => {
   });
 });
 
-describe('subscriptions follow local interest', () => {
+describe('subscriptions follow local interest', { skip: noRedis }, () => {
   test('an instance subscribes to a room only while it hosts a member', async () => {
     const a = await instance();
     const b = await instance();
@@ -176,7 +177,7 @@ describe('subscriptions follow local interest', () => {
   });
 });
 
-describe('redis option forms', () => {
+describe('redis option forms', { skip: noRedis }, () => {
   test('a URL, an options object, an ioredis client and an Ignis RedisHelper all connect', async () => {
     const { default: IORedis } = await import('ioredis');
     const { RedisHelper } = await import('@venizia/ignis-helpers');
@@ -209,7 +210,7 @@ describe('redis option forms', () => {
   });
 });
 
-describe('bad envelopes', () => {
+describe('bad envelopes', { skip: noRedis }, () => {
   test('non-JSON and wrongly shaped envelopes are logged and ignored; the subscriber keeps going', async () => {
     const lines = [];
     const a = await instance({ logger: { error: l => lines.push(l), warn: () => {}, info: () => {} }, logLevel: 'error' });
@@ -237,7 +238,7 @@ describe('bad envelopes', () => {
   });
 });
 
-describe('Redis failures', () => {
+describe('Redis failures', { skip: noRedis }, () => {
   test('unreachable at start: configure() rejects after connectTimeout, naming the address', async () => {
     const port = await freePort();
     const ws = new lib.WebSocketServer({

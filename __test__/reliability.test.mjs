@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Client, startServer, stopAll, sleep, until, rawSocket, maskedFrame } from './helpers.mjs';
 import { soakServer } from './soak-helpers.mjs';
-import { startRedis } from './redis-helpers.mjs';
+import { startRedis, noRedis } from './redis-helpers.mjs';
 
 const CHURN_SECONDS = Number(process.env.CHURN_SECONDS ?? 60);
 const OUTAGE_SECONDS = Number(process.env.OUTAGE_SECONDS ?? 30);
@@ -170,7 +170,7 @@ describe('signals', () => {
   });
 });
 
-describe('Redis outage under traffic', () => {
+describe('Redis outage under traffic', { skip: noRedis }, () => {
   test(`Redis unreachable for ${OUTAGE_SECONDS} s: no crash, local delivery continues, subscriptions restored quickly`, async () => {
     const redis = await startRedis();
     try {

@@ -6,9 +6,17 @@ import { until } from './helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-export async function soakServer(options = {}, env = {}) {
-  const child = spawn(process.execPath.includes('bun') ? 'node' : process.execPath, ['--expose-gc', path.join(here, 'fixtures', 'soak-server.mjs')], {
-    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+/**
+ * `how.sameRuntime` runs the server on the runtime running the test (by
+ * default Node, for `--expose-gc`); `how.stderr: 'pipe'` gives the caller
+ * `child.stderr`, unread until it reads it.
+ */
+export async function soakServer(options = {}, env = {}, how = {}) {
+  const bun = process.execPath.includes('bun');
+  const [cmd, args] =
+    how.sameRuntime && bun ? [process.execPath, []] : [bun ? 'node' : process.execPath, ['--expose-gc']];
+  const child = spawn(cmd, [...args, path.join(here, 'fixtures', 'soak-server.mjs')], {
+    stdio: ['ignore', 'pipe', how.stderr ?? 'inherit', 'ipc'],
     env: { ...process.env, ...env, SOAK_OPTIONS: JSON.stringify(options) },
   });
   let out = '';
@@ -20,9 +28,9 @@ export async function soakServer(options = {}, env = {}) {
     new Promise(resolve => {
       const key = Object.keys(msg)[0];
       const on = m => {
-        if (key === 'fill' ? m.filled : m[key] !== undefined) {
+        if (key === 'fill' ? m.filled : key === 'logLines' ? m.logged : m[key] !== undefined) {
           child.off('message', on);
-          resolve(key === 'fill' ? true : m[key]);
+          resolve(key === 'fill' || key === 'logLines' ? true : m[key]);
         }
       };
       child.on('message', on);
@@ -36,6 +44,8 @@ export async function soakServer(options = {}, env = {}) {
     exited,
     rss: () => ask({ rss: true }),
     stats: () => ask({ stats: true }),
+    metrics: () => ask({ metrics: true }),
+    logLines: n => ask({ logLines: n }),
     fill: (room, count, size, from = 0) => ask({ fill: { room, count, size, from } }),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {

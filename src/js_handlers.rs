@@ -207,7 +207,9 @@ impl Handlers for JsHandlers {
         let batch = batch_json(&events);
         async move {
             if let Err(e) = f.call_async_catch(batch).await {
-                eprintln!("[ignis-ws-native] event delivery failed: {}", reason(e));
+                crate::core::log::stderr::write(
+                    format!("[ignis-ws] error event delivery failed: {}\n", reason(e)).as_bytes(),
+                );
             }
         }
         .boxed()

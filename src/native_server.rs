@@ -117,6 +117,10 @@ pub struct NativeOptions {
     /// PEM certificate chain and key: serve wss://.
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// Accept queue length asked of the kernel (capped by somaxconn).
+    pub backlog: u32,
+    /// ms a write may make no progress before the socket is dropped; 0 disables.
+    pub send_timeout: f64,
 }
 
 #[napi(object)]
@@ -186,6 +190,10 @@ pub struct NativeStats {
     pub bus_received: f64,
     pub bus_invalid: f64,
     pub bus_subscribed_channels: f64,
+    /// Log lines dropped because stderr was not read fast enough
+    /// (process-wide: every server shares the one writer).
+    pub log_dropped: f64,
+    pub send_timeouts: f64,
 }
 
 fn level(name: &str) -> Result<Option<Level>> {
@@ -247,6 +255,8 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         max_frames_per_second: o.max_frames_per_second,
         max_pending_auth: o.max_pending_auth as usize,
         metrics_path: o.metrics_path.clone(),
+        backlog: o.backlog,
+        send_timeout: millis("sendTimeout", o.send_timeout)?,
         tls: match (&o.tls_cert, &o.tls_key) {
             (Some(c), Some(k)) => Some((c.as_bytes().to_vec(), k.as_bytes().to_vec())),
             (None, None) => None,
@@ -259,6 +269,15 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         },
         ..Config::default()
     })
+}
+
+/// Writes a whole log line (newline included) to stderr through the
+/// process's log writer thread: never blocks the JavaScript thread on a
+/// pipe nobody reads, drops and counts lines when its queue is full.
+#[napi]
+#[cfg_attr(test, allow(dead_code))] // called from JavaScript only
+pub fn write_stderr_line(line: String) {
+    crate::core::log::stderr::write(line.as_bytes());
 }
 
 /// Native half of `WebSocketServer`.
@@ -670,6 +689,8 @@ impl NativeServer {
             bus_received: bus.received as f64,
             bus_invalid: invalid as f64,
             bus_subscribed_channels: bus.subscribed_channels as f64,
+            log_dropped: crate::core::log::stderr::dropped() as f64,
+            send_timeouts: snap.send_timeouts as f64,
         }
     }
 }

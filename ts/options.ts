@@ -39,6 +39,8 @@ export interface NormalisedOptions {
   maxFramesPerSecond: number;
   maxPendingAuth: number;
   metricsPath: string | undefined;
+  backlog: number;
+  sendTimeout: number;
   tlsCert: string | undefined;
   tlsKey: string | undefined;
 }
@@ -178,6 +180,8 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     maxFramesPerSecond: limit('maxFramesPerSecond', 1_000),
     maxPendingAuth: limit('maxPendingAuthentications', 10_000),
     metricsPath,
+    backlog: num('backlog', opts.backlog, 511, { min: 1, integer: true }),
+    sendTimeout: num('sendTimeout', opts.sendTimeout, 30_000, { min: 0 }),
     tlsCert,
     tlsKey,
     identifier: str('identifier', opts.identifier, 'WEBSOCKET_SERVER'),

@@ -3,7 +3,7 @@
 // calling the application's handlers, keeping `metadata` (arbitrary JS
 // values), and building the client records the original returns.
 
-import { NativeServer } from '../index';
+import { NativeServer, writeStderrLine } from '../index';
 import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
@@ -182,6 +182,8 @@ export class WebSocketServer<
         maxFramesPerSecond: s.maxFramesPerSecond,
         maxPendingAuth: s.maxPendingAuth,
         metricsPath: s.metricsPath,
+        backlog: s.backlog,
+        sendTimeout: s.sendTimeout,
         tlsCert: s.tlsCert,
         tlsKey: s.tlsKey,
       },
@@ -210,6 +212,12 @@ export class WebSocketServer<
       throw new Error(`[ignis-ws-native] configure() called twice (server is ${this.state})`);
     }
     this.state = 'starting';
+    if (this.opts.serverOptions?.perMessageDeflate) {
+      this.log(
+        'warn',
+        'serverOptions.perMessageDeflate is not supported yet: it is ignored and every message is sent uncompressed',
+      );
+    }
     const listen = !(this.opts.noServer || (this.attached.length > 0 && this.opts.port === undefined));
     this.native.setListen(listen);
     try {
@@ -712,8 +720,10 @@ export class WebSocketServer<
       }
       return;
     }
-    if (this.settings.logFormat === 'json' && line.startsWith('{')) process.stderr.write(`${line}\n`);
-    else process.stderr.write(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
+    // Through the native writer thread: a stderr nobody reads must not
+    // block (Bun) or grow without bound (Node) on the JavaScript thread.
+    if (this.settings.logFormat === 'json' && line.startsWith('{')) writeStderrLine(`${line}\n`);
+    else writeStderrLine(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
   }
 }
 

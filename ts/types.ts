@@ -188,6 +188,17 @@ export interface IWebSocketServerOptions<
   allowedOrigins?: string[];
   /** Abuse limits; see the README for defaults and close codes. */
   limits?: IWebSocketLimits;
+  /**
+   * Length of the listening socket's accept queue (the kernel caps it at
+   * `net.core.somaxconn`). Default 511, like Node's `server.listen`.
+   */
+  backlog?: number;
+  /**
+   * Milliseconds a write to a client may make no progress (the client
+   * stopped reading and its TCP window is full) before the connection is
+   * dropped. Default 30000; 0 disables it.
+   */
+  sendTimeout?: number;
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */
@@ -267,4 +278,8 @@ export interface IWebSocketStats {
   /** Envelopes received that were not JSON or not shaped right. */
   busInvalid: number;
   busSubscribedChannels: number;
+  /** Log lines dropped because stderr was not read fast enough (process-wide). */
+  logDropped: number;
+  /** Connections dropped because a write made no progress for `sendTimeout`. */
+  sendTimeouts: number;
 }

@@ -62,6 +62,13 @@ pub struct Config {
     pub metrics_path: Option<String>,
     /// PEM certificate chain and private key: serve `wss://`.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Length of the accept queue asked of the kernel (it caps it at
+    /// `net.core.somaxconn`): a fleet reconnecting at once must not find
+    /// it full, or its SYNs are retransmitted a second later.
+    pub backlog: u32,
+    /// A write that makes no progress for this long (the peer stopped
+    /// reading) drops the connection; zero disables it.
+    pub send_timeout: Duration,
     /// `host:port` of the application's HTTP server: connections that do
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
@@ -103,6 +110,8 @@ impl Default for Config {
             metrics_path: None,
             tls: None,
             http_fallback: None,
+            backlog: 511,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -15,9 +15,11 @@ use crate::core::server::Shared;
 use crate::core::stats::bump;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, StreamExt};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -113,19 +115,67 @@ where
             });
         }
 
-        let user_id = shared.hub.remove(&id).flatten();
-        shared.log.info(|| {
-            format!(
-                "Client disconnected | id: {id} | userId: {}",
-                user_id.as_deref().unwrap_or("anonymous")
-            )
-        });
-        shared
-            .emit(AppEvent::Disconnected {
-                client_id: id.to_string(),
-                user_id: user_id.map(|u| u.to_string()),
-            })
-            .await;
+        gone(&shared, &id).await;
+    }
+}
+
+/// Removes the client from every index and tells the application, once
+/// (a closing connection does it before its close handshake).
+async fn gone(shared: &Shared, id: &str) {
+    let Some(user_id) = shared.hub.remove(id) else {
+        return;
+    };
+    shared.log.info(|| {
+        format!(
+            "Client disconnected | id: {id} | userId: {}",
+            user_id.as_deref().unwrap_or("anonymous")
+        )
+    });
+    shared
+        .emit(AppEvent::Disconnected {
+            client_id: id.to_string(),
+            user_id: user_id.map(|u| u.to_string()),
+        })
+        .await;
+}
+
+/// What the socket side of the loop produced.
+enum Io {
+    Written(Result<(), WsError>),
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// Seals the frames of a batch for a client with built-in encryption
+/// (here, on the connection's own task, so a fan-out's encryption spreads
+/// over the runtime's threads).
+fn seal_batch(client: &Client, batch: &mut [Out]) {
+    if let Some(cipher) = client.cipher.get() {
+        for out in batch.iter_mut().filter(|o| !o.plain) {
+            out.frame = seal(cipher, &out.frame);
+            out.plain = true;
+        }
+    }
+}
+
+/// Queues a transport ping without waiting: a socket that cannot take it
+/// now (its peer is not reading) is left to `sendTimeout` and the idle
+/// check rather than blocking the loop. What tungstenite does not write at
+/// once waits in `Outgoing`, which the loop drains like any frame.
+fn try_ping<S>(ws: &mut WebSocketStream<Outgoing<S>>, cx: &mut Context<'_>) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ws.get_ref().pending_len() >= crate::core::outgoing::CONTROL_PENDING_MAX {
+        return Ok(());
+    }
+    match Pin::new(&mut *ws).poll_ready(cx) {
+        Poll::Ready(r) => r?,
+        Poll::Pending => return Ok(()),
+    }
+    Pin::new(&mut *ws).start_send(Message::Ping(Default::default()))?;
+    match Pin::new(&mut *ws).poll_flush(cx) {
+        Poll::Ready(Err(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -181,10 +231,11 @@ impl Connection {
         let mut outbox = outbox;
         async move {
             let cfg = this.shared.config.clone();
-            // One timer for both deadlines (authentication, and the idle
-            // check's next tick), re-armed only when the earlier one
-            // changes: a second timer would cost every idle connection
-            // about 150 bytes and a second entry in the timer wheel.
+            // One timer for every deadline (authentication, the idle
+            // check's next tick, a stalled write's `sendTimeout`), re-armed
+            // only when the earliest changes: a timer per deadline would
+            // cost every idle connection about 150 bytes each and more
+            // entries in the timer wheel.
             let idle_period = if cfg.idle_timeout.is_zero() {
                 // Effectively never; keeps the deadline arithmetic uniform.
                 Duration::from_secs(365 * 24 * 3600)
@@ -193,30 +244,46 @@ impl Connection {
             };
             let mut auth_until = Instant::now() + cfg.auth_timeout;
             let mut next_tick = Instant::now() + idle_period;
-            let timer = tokio::time::sleep_until(auth_until.min(next_tick));
+            let mut armed = auth_until.min(next_tick);
+            let timer = tokio::time::sleep_until(armed);
             tokio::pin!(timer);
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
+            // Frames taken off the queue that the socket has not taken yet.
+            let mut batch: Vec<Out> = Vec::new();
+            // Set while the event queue is full: reads pause until it has room.
+            let mut paused: Option<BoxFuture<'static, ()>> = None;
 
             let close_with: Option<CloseRequest> = loop {
+                // Writing is one branch among the others, never awaited
+                // inside one: a peer that stops reading must not keep
+                // close requests, timers or shutdown from being seen.
+                let writing = !batch.is_empty() || ws.get_ref().has_pending();
+                let reading = paused.is_none();
                 tokio::select! {
                     biased;
                     req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
-                    batch = std::future::poll_fn(|cx| outbox.poll_batch(cx, FRAMES_PER_WRITE)) => {
-                        // Boxed: its state would otherwise size the loop's future
-                        // (held by every idle connection) by about 180 bytes.
-                        if Box::pin(Self::write_batch(&this.client, &this.shared.stats, &mut ws, batch)).await.is_err() {
-                            break None;
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.shared.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
+                        Io::Written(Ok(())) => {}
+                        Io::Written(Err(_)) => break None,
+                        Io::Read(msg) => {
+                            heard_since_tick = true;
+                            match this.on_read(msg) {
+                                Next::Continue => {}
+                                Next::Wait(wait) => paused = Some(wait),
+                                Next::Close(code, reason) => break Some(CloseRequest { code, reason: reason.into() }),
+                                Next::Stop => break None,
+                            }
                         }
+                    },
+                    taken = std::future::poll_fn(|cx| outbox.poll_batch(cx, FRAMES_PER_WRITE)), if !writing => {
+                        batch = taken;
+                        seal_batch(&this.client, &mut batch);
+                        // The wait for the socket, if any, starts now.
+                        ws.get_mut().mark_progress();
                     }
-                    msg = ws.next() => {
-                        heard_since_tick = true;
-                        match this.on_read(msg) {
-                            Next::Continue => {}
-                            Next::Wait(wait) => wait.await,
-                            Next::Close(code, reason) => break Some(CloseRequest { code, reason: reason.into() }),
-                            Next::Stop => break None,
-                        }
+                    () = async { paused.as_mut().expect("guarded").await }, if !reading => {
+                        paused = None;
                     }
                     flow = async { this.auth.as_mut().expect("guarded").await }, if this.auth.is_some() => {
                         this.auth = None;
@@ -237,6 +304,14 @@ impl Connection {
                             let (code, reason) = close::AUTH_TIMEOUT;
                             break Some(CloseRequest { code, reason: reason.into() });
                         }
+                        if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
+                            bump(&this.shared.stats.send_timeouts);
+                            this.shared.log.warn(|| format!(
+                                "Send timeout: no write progress for {} ms; dropping the connection | id: {}",
+                                cfg.send_timeout.as_millis(), this.client.id
+                            ));
+                            break None;
+                        }
                         if now >= next_tick {
                             next_tick = now + idle_period;
                             if heard_since_tick {
@@ -248,30 +323,46 @@ impl Connection {
                                     let (code, reason) = close::IDLE;
                                     break Some(CloseRequest { code, reason: reason.into() });
                                 }
-                                if cfg.send_pings && Box::pin(ws.send(Message::Ping(Default::default()))).await.is_err() {
+                                if cfg.send_pings
+                                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx))).await.is_err()
+                                {
                                     break None;
                                 }
                             }
                         }
-                        let deadline = if this.awaiting_auth() { auth_until.min(next_tick) } else { next_tick };
-                        timer.as_mut().reset(deadline);
                     }
                 }
                 // The authenticate frame swaps the auth deadline for the
                 // longer one.
                 if let Some(deadline) = this.auth_deadline.take() {
                     auth_until = deadline;
-                    timer.as_mut().reset(auth_until.min(next_tick));
+                }
+                let mut deadline = next_tick;
+                if this.awaiting_auth() {
+                    deadline = deadline.min(auth_until);
+                }
+                if !cfg.send_timeout.is_zero() && (!batch.is_empty() || ws.get_ref().has_pending())
+                {
+                    deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
+                }
+                if deadline != armed {
+                    armed = deadline;
+                    timer.as_mut().reset(deadline);
                 }
             };
 
             if let Some(req) = close_with {
+                // Gone for the rest of the server (indexes, callbacks) now,
+                // as the original's close does; the close handshake below
+                // is the socket's own business, bounded in time.
+                gone(&this.shared, &this.client.id).await;
                 Box::pin(Self::close(
                     &this.client,
                     &this.shared.stats,
                     cfg.shutdown_grace,
                     &mut ws,
                     &mut outbox,
+                    batch,
                     req,
                 ))
                 .await;
@@ -280,53 +371,66 @@ impl Connection {
         }
     }
 
-    /// Writes a batch taken off the queue with one system call (a
-    /// batch is at most [`FRAMES_PER_WRITE`] frames), sealing it first
-    /// when built-in encryption is on (here, on the connection's own task,
-    /// so a fan-out's encryption spreads over the runtime's threads), then
-    /// waits until the socket has taken all of it.
-    async fn write_batch<S>(
-        client: &Client,
+    /// The socket's side of the loop: writes what was taken off the queue
+    /// (when `writing`), and reads the next message (when `reading`).
+    fn poll_socket<S>(
         stats: &crate::core::stats::Stats,
         ws: &mut WebSocketStream<Outgoing<S>>,
-        mut batch: Vec<Out>,
-    ) -> Result<(), WsError>
+        batch: &mut Vec<Out>,
+        writing: bool,
+        reading: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Io>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Some(cipher) = client.cipher.get() {
-            for out in batch.iter_mut().filter(|o| !o.plain) {
-                out.frame = seal(cipher, &out.frame);
-                out.plain = true;
+        if writing {
+            if let Poll::Ready(r) = Self::poll_write(stats, ws, batch, cx) {
+                return Poll::Ready(Io::Written(r));
             }
         }
-        let count = batch.len();
-        let res = async {
-            let mut done = 0;
-            while done < count {
-                done +=
-                    std::future::poll_fn(|cx| ws.get_mut().poll_write_frames(cx, &batch[done..]))
-                        .await?;
+        if reading {
+            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(msg));
             }
-            std::future::poll_fn(|cx| ws.get_mut().poll_drain(cx)).await?;
-            Ok(())
         }
-        .await;
-        stats
-            .frames_out
-            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
-        res
+        Poll::Pending
+    }
+
+    /// Hands `batch` to the socket (up to [`FRAMES_PER_WRITE`] frames per
+    /// system call) and then what the socket left pending; ready once the
+    /// socket has taken all of it.
+    fn poll_write<S>(
+        stats: &crate::core::stats::Stats,
+        ws: &mut WebSocketStream<Outgoing<S>>,
+        batch: &mut Vec<Out>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let out = ws.get_mut();
+        while !batch.is_empty() {
+            let taken = ready!(out.poll_write_frames(cx, batch))?;
+            stats
+                .frames_out
+                .fetch_add(taken as u64, std::sync::atomic::Ordering::Relaxed);
+            batch.drain(..taken);
+        }
+        ready!(out.poll_drain(cx))?;
+        Poll::Ready(Ok(()))
     }
 
     /// Sends what is still queued, then the close frame, then waits a little
     /// for the peer's reply. Bounded in time: a peer that does not read
-    /// cannot keep the task alive.
+    /// cannot keep the task alive; its TCP connection is dropped.
     async fn close<S>(
         client: &Client,
         stats: &crate::core::stats::Stats,
         grace: Duration,
         ws: &mut WebSocketStream<Outgoing<S>>,
         outbox: &mut Outbox,
+        batch: Vec<Out>,
         req: CloseRequest,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -336,14 +440,19 @@ impl Connection {
             reason: req.reason.into(),
         };
         let _ = tokio::time::timeout(grace, async {
+            let mut batch = batch;
             loop {
-                let batch = outbox.take(FRAMES_PER_WRITE);
+                if std::future::poll_fn(|cx| Self::poll_write(stats, ws, &mut batch, cx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                batch = outbox.take(FRAMES_PER_WRITE);
                 if batch.is_empty() {
                     break;
                 }
-                if Self::write_batch(client, stats, ws, batch).await.is_err() {
-                    return;
-                }
+                seal_batch(client, &mut batch);
             }
             if ws.close(Some(frame)).await.is_err() {
                 return;

@@ -41,6 +41,38 @@ pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, Stri
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Binds `addr` with an accept queue of `backlog` (`TcpListener::bind`
+/// asks for 1024 on Linux through mio but offers no way to choose; Node's
+/// default is 511). The kernel caps the queue at `net.core.somaxconn`.
+pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As every server does: a restart must not wait for TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(backlog.max(1))) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to bind")))
+}
+
+/// The kernel's cap on accept queues, where it can be read.
+pub fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         match listener.accept().await {
@@ -194,7 +226,7 @@ where
         };
     if head.method == "GET" && shared.config.metrics_path.as_deref() == Some(head.path.as_str()) {
         let body = metrics::render(&shared);
-        http::respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body).await;
+        http::respond(&mut stream, 200, "OK", metrics::CONTENT_TYPE, &body).await;
         return None;
     }
     if let Some(upstream) = shared.config.http_fallback.as_deref() {

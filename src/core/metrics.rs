@@ -1,154 +1,252 @@
 //! Prometheus text exposition of the server's gauges and counters, served
 //! at `metricsPath` on the server's own port.
+//!
+//! Every series is named once, in the two tables below, and encoded by the
+//! `prometheus` crate's text encoder (format 0.0.4): one HELP and TYPE per
+//! family, whatever its labels. `prometheus-client` was tried first; it
+//! writes OpenMetrics (`# TYPE x counter` over samples named `x_total`),
+//! which `promtool check metrics` rejects ("no help text") and a classic
+//! scrape reads as untyped.
 
+use crate::core::broker::BrokerStatus;
 use crate::core::server::Shared;
-use std::fmt::Write;
+use crate::core::stats::StatsSnapshot;
+use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-pub fn render(shared: &Shared) -> String {
-    let mut out = String::with_capacity(2048);
-    let [un, ing, ed] = shared.hub.count_by_state().map(|n| n as u64);
-    let id = &shared.config.identifier;
-    let mut gauge = |name: &str, help: &str, labels: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP ignis_ws_{name} {help}\n# TYPE ignis_ws_{name} gauge"
-        );
-        let _ = writeln!(out, "ignis_ws_{name}{{server=\"{id}\"{labels}}} {v}");
-    };
-    gauge(
-        "connections",
-        "Open WebSocket connections.",
-        ",state=\"unauthorized\"",
-        un,
-    );
-    gauge(
-        "connections",
-        "Open WebSocket connections.",
-        ",state=\"authenticating\"",
-        ing,
-    );
-    gauge(
-        "connections",
-        "Open WebSocket connections.",
-        ",state=\"authenticated\"",
-        ed,
-    );
-    gauge(
-        "rooms",
-        "Rooms with at least one local member.",
-        "",
-        shared.hub.room_count() as u64,
-    );
-    gauge(
-        "users",
-        "Users with at least one local client.",
-        "",
-        shared.hub.user_count() as u64,
-    );
-    let bus = shared.broker.status();
-    gauge(
-        "bus_connected",
-        "1 when the bus (Redis) link is up.",
-        &format!(",bus=\"{}\"", bus.kind),
-        u64::from(bus.state == "connected"),
-    );
-    gauge(
+/// What one scrape reads, taken once so every series agrees.
+pub struct Sample {
+    pub by_state: [u64; 3],
+    pub rooms: u64,
+    pub users: u64,
+    pub live: u64,
+    pub stats: StatsSnapshot,
+    pub bus: BrokerStatus,
+    pub bus_invalid: u64,
+    pub log_dropped: u64,
+}
+
+type Read = fn(&Sample) -> u64;
+
+/// Gauges without labels: (name, help, value).
+const GAUGES: &[(&str, &str, Read)] = &[
+    ("rooms", "Rooms with at least one local member.", |s| {
+        s.rooms
+    }),
+    ("users", "Users with at least one local client.", |s| {
+        s.users
+    }),
+    (
+        "sockets",
+        "Connection tasks running (closing ones included).",
+        |s| s.live,
+    ),
+    (
         "bus_publish_buffered",
         "Publications waiting for Redis.",
-        "",
-        bus.publish_buffered,
-    );
-    gauge(
+        |s| s.bus.publish_buffered,
+    ),
+    (
         "bus_subscribed_channels",
         "Redis channels subscribed.",
-        "",
-        bus.subscribed_channels,
-    );
-    let s = shared.stats.snapshot();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP ignis_ws_{name}_total {help}\n# TYPE ignis_ws_{name}_total counter"
-        );
-        let _ = writeln!(out, "ignis_ws_{name}_total{{server=\"{id}\"}} {v}");
-    };
-    counter("connections", "Connections accepted.", s.connections_total);
-    counter(
+        |s| s.bus.subscribed_channels,
+    ),
+];
+
+/// Counters: (name without `_total`, help, value).
+const COUNTERS: &[(&str, &str, Read)] = &[
+    ("connections", "Connections accepted.", |s| {
+        s.stats.connections_total
+    }),
+    (
         "connections_refused",
         "Upgrades refused for a connection limit.",
-        s.connections_refused,
-    );
-    counter(
+        |s| s.stats.connections_refused,
+    ),
+    (
         "http_forwarded",
         "Connections spliced to the application's HTTP server.",
-        s.http_forwarded,
-    );
-    counter(
+        |s| s.stats.http_forwarded,
+    ),
+    (
         "http_forward_errors",
         "Connections answered 502: the application's HTTP server was unreachable.",
-        s.http_forward_errors,
-    );
-    counter(
-        "messages_in",
-        "Frames received from clients.",
-        s.messages_in,
-    );
-    counter("frames_out", "Frames written to clients.", s.frames_out);
-    counter(
+        |s| s.stats.http_forward_errors,
+    ),
+    ("messages_in", "Frames received from clients.", |s| {
+        s.stats.messages_in
+    }),
+    ("frames_out", "Frames written to clients.", |s| {
+        s.stats.frames_out
+    }),
+    (
         "invalid_frames",
         "Frames that were not valid protocol messages.",
-        s.invalid_frames,
-    );
-    counter(
+        |s| s.stats.invalid_frames,
+    ),
+    (
         "dropped_backpressure",
         "Frames dropped at a slow client's backpressure limit.",
-        s.dropped_backpressure,
-    );
-    counter(
+        |s| s.stats.dropped_backpressure,
+    ),
+    (
         "dropped_no_handler",
         "Application events dropped for lack of a messageHandler.",
-        s.dropped_no_handler,
-    );
-    counter(
+        |s| s.stats.dropped_no_handler,
+    ),
+    (
         "handler_errors",
         "Application handlers that threw, rejected or timed out.",
-        s.handler_errors,
-    );
-    counter("joins_refused", "Joins refused.", s.joins_refused);
-    counter(
-        "oversized_frames",
-        "Frames over maxPayloadLength.",
-        s.oversized_frames,
-    );
-    counter(
+        |s| s.stats.handler_errors,
+    ),
+    ("joins_refused", "Joins refused.", |s| s.stats.joins_refused),
+    ("oversized_frames", "Frames over maxPayloadLength.", |s| {
+        s.stats.oversized_frames
+    }),
+    (
         "rate_limited",
         "Clients closed for exceeding maxFramesPerSecond.",
-        s.rate_limited,
-    );
-    counter(
+        |s| s.stats.rate_limited,
+    ),
+    (
         "auth_busy",
         "Clients closed because too many authentications were pending.",
-        s.auth_busy,
-    );
-    counter(
+        |s| s.stats.auth_busy,
+    ),
+    (
         "rooms_limited",
         "Room joins ignored at maxRoomsPerClient.",
-        s.rooms_limited,
-    );
-    counter("bus_reconnects", "Redis reconnections.", bus.reconnects);
-    counter("bus_published", "Envelopes published.", bus.published);
-    counter(
+        |s| s.stats.rooms_limited,
+    ),
+    (
+        "send_timeouts",
+        "Connections dropped because a write made no progress for sendTimeout.",
+        |s| s.stats.send_timeouts,
+    ),
+    (
+        "log_dropped",
+        "Log lines dropped because stderr was not read fast enough (process-wide).",
+        |s| s.log_dropped,
+    ),
+    ("bus_reconnects", "Redis reconnections.", |s| {
+        s.bus.reconnects
+    }),
+    ("bus_published", "Envelopes published.", |s| s.bus.published),
+    (
         "bus_publish_dropped",
         "Publications dropped while Redis was away.",
-        bus.publish_dropped,
-    );
-    counter("bus_received", "Envelopes received.", bus.received);
-    counter(
+        |s| s.bus.publish_dropped,
+    ),
+    ("bus_received", "Envelopes received.", |s| s.bus.received),
+    (
         "bus_invalid",
         "Envelopes that were not JSON or not shaped right.",
-        shared
+        |s| s.bus_invalid,
+    ),
+];
+
+pub fn sample(shared: &Shared, live: u64) -> Sample {
+    Sample {
+        by_state: shared.hub.count_by_state().map(|n| n as u64),
+        rooms: shared.hub.room_count() as u64,
+        users: shared.hub.user_count() as u64,
+        live,
+        stats: shared.stats.snapshot(),
+        bus: shared.broker.status(),
+        bus_invalid: shared
             .invalid_envelopes
             .load(std::sync::atomic::Ordering::Relaxed),
-    );
-    out
+        log_dropped: crate::core::log::stderr::dropped(),
+    }
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn render(shared: &Shared) -> String {
+    encode(&shared.config.identifier, &sample(shared, shared.live()))
+}
+
+/// Encodes a sample; every series carries `server="<identifier>"`.
+pub fn encode(identifier: &str, s: &Sample) -> String {
+    let labels = [("server".to_string(), identifier.to_string())].into();
+    let registry = Registry::new_custom(Some("ignis_ws".into()), Some(labels))
+        .expect("the prefix and label are valid");
+    // Names and help texts are this file's constants: registering them
+    // cannot fail unless a name repeats, which a unit test rules out.
+    let connections = IntGaugeVec::new(
+        Opts::new("connections", "Open WebSocket connections, by state."),
+        &["state"],
+    )
+    .expect("valid");
+    for (state, n) in ["unauthorized", "authenticating", "authenticated"]
+        .iter()
+        .zip(s.by_state)
+    {
+        connections.with_label_values(&[*state]).set(n as i64);
+    }
+    registry
+        .register(Box::new(connections))
+        .expect("unique name");
+    let bus = IntGaugeVec::new(
+        Opts::new(
+            "bus_connected",
+            "1 when the bus (Redis) is reachable; the bus label says which kind.",
+        ),
+        &["bus"],
+    )
+    .expect("valid");
+    bus.with_label_values(&[if s.bus.kind.is_empty() {
+        "local"
+    } else {
+        s.bus.kind
+    }])
+    .set(i64::from(
+        s.bus.state == "connected" || s.bus.kind.is_empty(),
+    ));
+    registry.register(Box::new(bus)).expect("unique name");
+    for (name, help, read) in GAUGES {
+        let g = IntGauge::new(*name, *help).expect("valid");
+        g.set(read(s) as i64);
+        registry.register(Box::new(g)).expect("unique name");
+    }
+    for (name, help, read) in COUNTERS {
+        let c = IntCounter::new(format!("{name}_total"), *help).expect("valid");
+        c.inc_by(read(s));
+        registry.register(Box::new(c)).expect("unique name");
+    }
+    let mut out = Vec::with_capacity(4096);
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding into memory");
+    String::from_utf8(out).expect("the encoder writes UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_help_and_type_per_family() {
+        let s = Sample {
+            by_state: [1, 2, 3],
+            rooms: 4,
+            users: 5,
+            live: 6,
+            stats: StatsSnapshot::default(),
+            bus: BrokerStatus::default(),
+            bus_invalid: 0,
+            log_dropped: 7,
+        };
+        let text = encode("srv \"1\"", &s);
+        let mut names = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(names.insert(name.to_string()), "second HELP for {name}");
+        }
+        assert_eq!(names.len(), 2 + GAUGES.len() + COUNTERS.len());
+        assert!(text
+            .contains("ignis_ws_connections{state=\"authenticating\",server=\"srv \\\"1\\\"\"} 2"));
+        assert!(text.contains("ignis_ws_log_dropped_total{server=\"srv \\\"1\\\"\"} 7"));
+        assert!(text.contains("# TYPE ignis_ws_frames_out_total counter"));
+    }
 }

@@ -14,6 +14,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// The text of a frame to write.
 pub trait Payload {
@@ -33,7 +34,7 @@ thread_local! {
 }
 
 /// Bytes tungstenite's own writes may leave pending before they wait.
-const CONTROL_PENDING_MAX: usize = 64 * 1024;
+pub const CONTROL_PENDING_MAX: usize = 64 * 1024;
 
 pub struct Outgoing<S> {
     inner: S,
@@ -41,6 +42,10 @@ pub struct Outgoing<S> {
     pending: Vec<u8>,
     /// How much of `pending` it has accepted.
     at: usize,
+    /// When the socket last accepted bytes, or when the current wait for
+    /// it began: a write stalled longer than `sendTimeout` since then ends
+    /// the connection.
+    progress_at: Instant,
 }
 
 /// The header of an unmasked, unfragmented server text frame of `len`
@@ -68,13 +73,58 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
             inner,
             pending: Vec::new(),
             at: 0,
+            progress_at: Instant::now(),
         }
+    }
+
+    /// Bytes taken from the caller that the socket has not accepted yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len() - self.at
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.at < self.pending.len()
+    }
+
+    pub fn progress_at(&self) -> Instant {
+        self.progress_at
+    }
+
+    /// A new wait for the socket starts now (nothing was pending).
+    pub fn mark_progress(&mut self) {
+        if !self.has_pending() {
+            self.progress_at = Instant::now();
+        }
+    }
+
+    /// Writes to the socket, noting any progress.
+    fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        if n > 0 {
+            self.progress_at = Instant::now();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_inner_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, slices))?;
+        if n > 0 {
+            self.progress_at = Instant::now();
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Writes what is pending; ready once nothing is.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.at < self.pending.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]))?;
+            if n > 0 {
+                self.progress_at = Instant::now();
+            }
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -129,7 +179,7 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
                 buf.extend_from_slice(&h[..used]);
                 buf.extend_from_slice(p);
             }
-            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf))?;
+            let written = ready!(self.poll_inner(cx, &buf))?;
             self.pending.extend_from_slice(&buf[written..]);
             Poll::Ready(Ok(payloads.len()))
         })
@@ -154,7 +204,7 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
             total += h.1 + p.bytes().len();
         }
         let slices = &slices[..2 * n];
-        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, slices))?;
+        let written = ready!(self.poll_inner_vectored(cx, slices))?;
         if written < total {
             let mut skip = written;
             for s in slices {
@@ -205,9 +255,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Outgoing<S> {
             this.pending.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
-        let written = match Pin::new(&mut this.inner).poll_write(cx, buf) {
+        let written = match this.poll_inner(cx, buf) {
             Poll::Ready(r) => r?,
-            Poll::Pending => 0,
+            // The socket is full: the wait for it starts now.
+            Poll::Pending => {
+                this.progress_at = Instant::now();
+                0
+            }
         };
         this.pending.extend_from_slice(&buf[written..]);
         Poll::Ready(Ok(buf.len()))

@@ -123,6 +123,11 @@ impl Shared {
         self.live_connections.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Connection tasks running (closing ones included).
+    pub fn live(&self) -> u64 {
+        self.live_connections.load(Ordering::Acquire) as u64
+    }
+
     /// Open TCP connections from `ip` (counted only when a per-IP limit is set).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip.lock().get(&ip).copied().unwrap_or(0)
@@ -192,7 +197,7 @@ impl Server {
         };
         let listener = if config.listen {
             let addr = format!("{}:{}", config.host, config.port);
-            match TcpListener::bind(&addr).await {
+            match listener::bind(&addr, config.backlog).await {
                 Ok(l) => Some(l),
                 Err(e) => {
                     broker.shutdown().await;
@@ -205,6 +210,16 @@ impl Server {
         } else {
             None
         };
+        if let Some(cap) =
+            listener::somaxconn().filter(|&c| listener.is_some() && c < config.backlog)
+        {
+            log.warn(|| {
+                format!(
+                    "backlog {} is capped by the kernel at net.core.somaxconn = {cap}",
+                    config.backlog
+                )
+            });
+        }
         let tls = match &config.tls {
             None => None,
             Some((cert, key)) => match listener::tls_acceptor(cert, key) {
@@ -305,6 +320,26 @@ impl Server {
             live,
         ));
         Ok(())
+    }
+
+    /// Serves any byte stream as if it had been accepted (plain, no TLS):
+    /// what tests use to drive a connection through `tokio::io::duplex`.
+    pub fn serve_io<S>(&self, stream: S, remote: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let live = Live::start(&self.shared, remote.ip());
+        tokio::spawn(listener::serve_socket(
+            self.shared.clone(),
+            stream,
+            remote,
+            live,
+        ));
+    }
+
+    /// Connections whose tasks are still running (closing ones included).
+    pub fn live_connections(&self) -> usize {
+        self.shared.live_connections.load(Ordering::Acquire)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -445,6 +480,9 @@ impl Server {
         self.shared
             .log
             .info(|| "WebSocket server shutdown complete".to_string());
+        // What was logged should reach stderr before the process exits
+        // (bounded: stderr may not be read at all).
+        crate::core::log::stderr::flush(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Stats {
     pub connections_refused: AtomicU64,
     pub http_forwarded: AtomicU64,
     pub http_forward_errors: AtomicU64,
+    pub send_timeouts: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,7 @@ pub struct StatsSnapshot {
     pub connections_refused: u64,
     pub http_forwarded: u64,
     pub http_forward_errors: u64,
+    pub send_timeouts: u64,
 }
 
 impl Stats {
@@ -60,6 +62,7 @@ impl Stats {
             connections_refused: g(&self.connections_refused),
             http_forwarded: g(&self.http_forwarded),
             http_forward_errors: g(&self.http_forward_errors),
+            send_timeouts: g(&self.send_timeouts),
         }
     }
 }

@@ -12,9 +12,12 @@
 //! messages) and are sent in order once it is back; past the bound the
 //! oldest are dropped, counted, and logged once per outage. The subscriber
 //! reconnects with a short capped backoff and resubscribes every channel it
-//! needs. Delivery is at most once on a healthy link; a publication whose
-//! pipeline failed half way is retried, so around an outage a message can
-//! arrive twice.
+//! needs. Delivery guarantee: on a healthy link, each publication reaches
+//! every instance subscribed at that moment, once. Redis Pub/Sub stores
+//! nothing, so an instance that is away misses what is published
+//! meanwhile; around an outage a publication whose pipeline failed half
+//! way is sent again (it can arrive twice), and past the buffer's bound
+//! the oldest are dropped (counted in `busPublishDropped`).
 
 use super::{Broker, BrokerStatus, Inbound};
 use crate::core::envelope::BROADCAST_CHANNEL;
@@ -305,9 +308,19 @@ impl RedisBroker {
                 pubsub,
                 interest_rx,
             )),
-            (None, Some(rx), Publisher::Cluster(conn, sharded)) => tokio::spawn(
-                cluster_subscribe_loop(inner.clone(), conn, sharded, rx, interest_rx),
-            ),
+            (None, Some(rx), Publisher::Cluster(conn, sharded)) => {
+                inner
+                    .tasks
+                    .lock()
+                    .push(tokio::spawn(cluster_probe(inner.clone(), conn.clone())));
+                tokio::spawn(cluster_subscribe_loop(
+                    inner.clone(),
+                    conn,
+                    sharded,
+                    rx,
+                    interest_rx,
+                ))
+            }
             _ => unreachable!("each endpoint yields its subscriber"),
         };
         inner.tasks.lock().extend([pub_task, sub_task]);
@@ -654,6 +667,49 @@ async fn standalone_subscribe_loop(
                 inner.cfg.display
             )
         });
+    }
+}
+
+/// How often a cluster's reachability is probed, and how long a probe may take.
+const CLUSTER_PROBE_EVERY: Duration = Duration::from_secs(1);
+const CLUSTER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The cluster connection reconnects and resubscribes by itself, so
+/// nothing else here learns that Redis went away: a PING through it every
+/// second (routed by the client to one node) sets the state `status()`
+/// reports, and, like the standalone subscriber's link, holds
+/// publications in the buffer while it fails.
+async fn cluster_probe(inner: Arc<Inner>, mut conn: ClusterConnection) {
+    let mut tick = tokio::time::interval(CLUSTER_PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let alive = tokio::time::timeout(
+            CLUSTER_PROBE_TIMEOUT,
+            redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+        )
+        .await;
+        let up = matches!(alive, Ok(Ok(_)));
+        let was = inner.state.load(Ordering::Acquire);
+        if was == STATE_CLOSED {
+            return;
+        }
+        if up && was != STATE_CONNECTED {
+            inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            inner.state.store(STATE_CONNECTED, Ordering::Release);
+            inner.queue_notify.notify_one();
+            inner
+                .log
+                .info(|| format!("Redis cluster reachable again | {}", inner.cfg.display));
+        } else if !up && was == STATE_CONNECTED {
+            inner.state.store(STATE_DISCONNECTED, Ordering::Release);
+            inner.log.warn(|| {
+                format!(
+                    "Redis cluster unreachable; publications are buffered | {}",
+                    inner.cfg.display
+                )
+            });
+        }
     }
 }
 

@@ -1,0 +1,234 @@
+// Conditions of production that the happy path never creates: a log pipe
+// nobody reads, a connection storm, a client that stops reading (real TCP),
+// and a real Prometheus parser reading /metrics. Each prints its figure as
+// a `# figure:` line (docs/RELIABILITY.md quotes them).
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import WebSocket from 'ws';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, startServer, stopAll, sleep, until, needs, hasCommand } from './helpers.mjs';
+import { soakServer } from './soak-helpers.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const runtime = process.versions.bun ? 'Bun' : 'Node';
+const figure = line => process.stderr.write(`# figure: ${line} (${runtime})\n`);
+
+after(stopAll);
+
+/** Opens and authenticates `n` clients at once; resolves with them and each one's time to `connected`. */
+async function authenticateMany(url, n, timeout) {
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from(
+      { length: n },
+      (_, i) =>
+        new Promise(resolve => {
+          const s = new WebSocket(url);
+          const timer = setTimeout(() => resolve({ s, ok: false, why: 'timeout' }), timeout);
+          s.on('error', () => {});
+          s.once('close', code => (clearTimeout(timer), resolve({ s, ok: false, why: `closed ${code}` })));
+          s.once('open', () => s.send(JSON.stringify({ event: 'authenticate', data: { userId: 'u' + i } })));
+          s.on('message', d => {
+            if (JSON.parse(d.toString()).event === 'connected') {
+              clearTimeout(timer);
+              resolve({ s, ok: true, ms: performance.now() - started });
+            }
+          });
+        }),
+    ),
+  );
+  return results;
+}
+
+describe('a log pipe nobody reads', () => {
+  test('300 clients connect while stderr is not read; lines are dropped and counted, then the log resumes', async () => {
+    // A small queue so that 300 clients overflow it (default 16 384 lines).
+    const srv = await soakServer(
+      { logLevel: 'info', heartbeatInterval: 60_000 },
+      { IGNIS_WS_LOG_QUEUE_LINES: '64' },
+      { sameRuntime: true, stderr: 'pipe' },
+    );
+    try {
+      // Never read until below: the pipe fills, and writes to it block or
+      // fail with EAGAIN. (Node and Bun give children a socket pair, whose
+      // buffers take a few hundred KiB: fill them first.)
+      srv.child.stderr.pause();
+      for (let i = 0; i < 20 && (await srv.stats()).logDropped === 0; i++) await srv.logLines(10_000);
+      assert.ok((await srv.stats()).logDropped > 0, 'the pipe is full and the queue overflows');
+      const results = await authenticateMany(srv.url, 300, 3000);
+      const ok = results.filter(r => r.ok);
+      figure(`log pipe stalled: ${ok.length}/300 authenticated within 3 s, slowest ${Math.round(Math.max(...ok.map(r => r.ms)))} ms`);
+      assert.equal(ok.length, 300, `failures: ${[...new Set(results.filter(r => !r.ok).map(r => r.why))].join(', ')}`);
+      const stats = await srv.stats();
+      assert.match(await srv.metrics(), /ignis_ws_log_dropped_total\{server="[^"]+"\} [1-9]/);
+      figure(`log pipe stalled: ${stats.logDropped} lines dropped`);
+
+      // Reading again: the queued lines come out, the writer says how many
+      // were lost, and new lines follow.
+      let text = '';
+      srv.child.stderr.on('data', d => (text += d));
+      srv.child.stderr.resume();
+      await until(() => /log line\(s\) dropped/.test(text), 5000, 'the dropped-lines notice');
+      for (const r of results) r.s.close();
+      await until(() => /Client disconnected/.test(text.slice(text.search(/log line\(s\) dropped/))), 5000, 'log lines after the notice');
+    } finally {
+      await srv.stop();
+    }
+  });
+});
+
+describe('a connection storm', () => {
+  test('2000 clients opening at once all open quickly (accept queue of 511)', async () => {
+    const { ws, url } = await startServer({ heartbeatInterval: 60_000 });
+    const n = 2000;
+    const started = performance.now();
+    const times = await Promise.all(
+      Array.from(
+        { length: n },
+        () =>
+          new Promise((resolve, reject) => {
+            const s = new WebSocket(url);
+            s.once('open', () => resolve({ s, ms: performance.now() - started }));
+            s.once('error', reject);
+          }),
+      ),
+    );
+    const ms = times.map(t => t.ms).sort((a, b) => a - b);
+    const p99 = ms[Math.floor(n * 0.99) - 1];
+    const max = ms[n - 1];
+    figure(`storm of ${n}: p50 ${Math.round(ms[n / 2])} ms, p99 ${Math.round(p99)} ms, max ${Math.round(max)} ms`);
+    await until(() => ws.stats().connections === n, 5000, 'every connection registered');
+    for (const t of times) t.s.terminate();
+    // A SYN dropped by a full accept queue is retransmitted after 1 s.
+    assert.ok(max < 900, `slowest open took ${Math.round(max)} ms`);
+  });
+});
+
+describe('a client that stops reading (real TCP)', () => {
+  /**
+   * A client in a Node process of its own that authenticates, joins `room`
+   * and stops reading (Bun's paused sockets keep reading into memory).
+   */
+  async function stalledClient(ws, room) {
+    const before = ws.getClientsByRoom({ room }).length;
+    const child = spawn('node', [path.join(here, 'fixtures', 'stalled-client.mjs'), String(ws.port), room], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', d => (out += d));
+    await until(() => out.includes('READY'), 5000, 'the stalled client ready');
+    await until(() => ws.getClientsByRoom({ room }).length === before + 1, 3000, 'joined');
+    return { stop: () => child.kill('SIGKILL') };
+  }
+
+  /** Sends `mb` MiB to `room` in 64 KiB frames. */
+  function flood(ws, room, mb) {
+    const blob = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < mb * 16; i++) ws.sendToRoom({ room, event: 'flood', data: blob });
+  }
+
+  test('the heartbeat closes it on schedule, and its TCP connection is dropped', async () => {
+    const gone = [];
+    const { ws } = await startServer({
+      heartbeatInterval: 500,
+      heartbeatTimeout: 3000,
+      validateRoomFn: ({ rooms }) => rooms,
+      clientDisconnectedFn: ({ clientId }) => gone.push(clientId),
+    });
+    const raw = await stalledClient(ws, 'stall');
+    const since = Date.now();
+    flood(ws, 'stall', 24);
+    await until(() => ws.getClients().size === 0, 6000, 'the stalled client removed');
+    const took = Date.now() - since;
+    figure(`stalled reader removed by the heartbeat (500 ms / 3 s) after ${took} ms`);
+    assert.ok(took < 4500, `took ${took} ms`);
+    await until(() => gone.length === 1, 2000, 'clientDisconnectedFn');
+    // The close frame cannot be written; the socket is dropped after the
+    // close handshake's grace (2 s): the metric of running connection tasks
+    // goes back to 0.
+    await until(() => /ignis_ws_sockets\{server="[^"]+"\} 0/.test(ws.metrics()), 4000, 'the connection task ended');
+    assert.ok(ws.stats().droppedBackpressure > 0, 'frames beyond the backpressure limit are counted');
+    raw.stop();
+  });
+
+  test('sendTimeout drops it when a write makes no progress', async () => {
+    const { ws } = await startServer({
+      heartbeatInterval: 60_000,
+      sendTimeout: 1000,
+      validateRoomFn: ({ rooms }) => rooms,
+    });
+    const raw = await stalledClient(ws, 'stall');
+    const since = Date.now();
+    flood(ws, 'stall', 8);
+    await until(() => ws.getClients().size === 0, 4000, 'dropped by sendTimeout');
+    const took = Date.now() - since;
+    figure(`stalled reader dropped by sendTimeout 1000 ms after ${took} ms`);
+    assert.equal(ws.stats().sendTimeouts, 1);
+    raw.stop();
+  });
+
+  test('closeOnBackpressureLimit closes it at once', async () => {
+    const { ws } = await startServer({
+      heartbeatInterval: 60_000,
+      serverOptions: { closeOnBackpressureLimit: true, backpressureLimit: 256 * 1024 },
+      validateRoomFn: ({ rooms }) => rooms,
+    });
+    const raw = await stalledClient(ws, 'stall');
+    flood(ws, 'stall', 4);
+    await until(() => ws.getClients().size === 0, 1000, 'closed at the limit');
+    raw.stop();
+  });
+
+  test('shutdown() and an explicit close finish within the grace', async () => {
+    const { ws } = await startServer({ heartbeatInterval: 60_000, validateRoomFn: ({ rooms }) => rooms });
+    const a = await stalledClient(ws, 'stall');
+    const b = await stalledClient(ws, 'stall');
+    flood(ws, 'stall', 8);
+    await sleep(100);
+    const [first] = ws.getClientsByRoom({ room: 'stall' });
+    ws.getClients({ id: first.id }).socket.close(4000, 'bye');
+    await until(() => ws.getClients().size === 1, 1000, 'closed on request');
+    const since = Date.now();
+    await ws.shutdown();
+    const took = Date.now() - since;
+    figure(`shutdown() with a stalled reader took ${took} ms`);
+    assert.ok(took < 3000, `shutdown took ${took} ms`);
+    assert.match(ws.metrics(), /ignis_ws_sockets\{server="[^"]+"\} 0/);
+    a.stop();
+    b.stop();
+  });
+});
+
+describe('/metrics read by Prometheus tooling', () => {
+  const skip = needs('promtool', hasCommand('promtool'), 'Debian/Ubuntu: apt-get install prometheus');
+  test('promtool check metrics accepts the page after traffic', { skip }, async () => {
+    const { ws, url } = await startServer({ metricsPath: '/metrics', validateRoomFn: ({ rooms }) => rooms });
+    const a = await Client.auth(url);
+    const b = await Client.open(url);
+    a.emit('join', { rooms: ['r1'] });
+    await until(() => ws.getClientsByRoom({ room: 'r1' }).length === 1, 3000, 'joined');
+    ws.sendToRoom({ room: 'r1', event: 'x', data: 1 });
+    b.send('not json');
+    await a.next('x');
+    const res = await fetch(`http://127.0.0.1:${ws.port}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+    const page = await res.text();
+    assert.match(page, /ignis_ws_connections\{[^}]*state="authenticated"[^}]*\} 1/);
+    assert.match(page, /ignis_ws_invalid_frames_total\{server="[^"]+"\} 1/);
+    const check = await new Promise(resolve => {
+      const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout.on('data', d => (out += d));
+      p.stderr.on('data', d => (out += d));
+      p.on('close', code => resolve({ code, out }));
+      p.stdin.end(page);
+    });
+    assert.equal(check.code, 0, `promtool: ${check.out}`);
+    figure('promtool check metrics: passed');
+    a.close();
+    b.close();
+  });
+});

@@ -1,0 +1,223 @@
+//! The connection loop with a peer that stops reading, driven through an
+//! in-memory socket (`tokio::io::duplex`) on tokio's paused clock: close
+//! requests, `sendTimeout`, the idle check and `shutdown()` must all take
+//! effect on schedule while a write cannot progress.
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use ignis_ws_native::core::config::Config;
+use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
+use ignis_ws_native::core::log::{Logger, NullLog};
+use ignis_ws_native::core::protocol::Frame;
+use ignis_ws_native::core::server::Server;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::DuplexStream;
+use tokio::time::{sleep, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Default)]
+struct Fake {
+    events: Mutex<Vec<AppEvent>>,
+}
+
+impl Handlers for Fake {
+    fn authenticate(&self, _: &str, _: &str) -> BoxFuture<'static, AuthOutcome> {
+        async {
+            AuthOutcome::Accepted {
+                user_id: Some("u".into()),
+            }
+        }
+        .boxed()
+    }
+    fn handshake(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: &str,
+    ) -> Option<BoxFuture<'static, HandshakeOutcome>> {
+        None
+    }
+    fn validate_rooms(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: Vec<String>,
+    ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>> {
+        None
+    }
+    fn has_transformer(&self) -> bool {
+        false
+    }
+    fn transform(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
+        None
+    }
+    fn wants_messages(&self) -> bool {
+        true
+    }
+    fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()> {
+        self.events.lock().extend(events);
+        async {}.boxed()
+    }
+}
+
+impl Fake {
+    fn disconnected(&self) -> usize {
+        self.events
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, AppEvent::Disconnected { .. }))
+            .count()
+    }
+}
+
+/// Settings that leave only the mechanism under test: no heartbeat sweep
+/// (it reads the wall clock), no idle check, no send timeout.
+fn quiet() -> Config {
+    Config {
+        listen: false,
+        heartbeat_interval: Duration::ZERO,
+        idle_timeout: Duration::ZERO,
+        send_timeout: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+/// A server, and a client on a 4 KiB in-memory socket that authenticated
+/// and then stopped reading while 512 KiB were sent to it.
+async fn stalled(cfg: Config) -> (Server, Arc<Fake>, String, WebSocketStream<DuplexStream>) {
+    let fake = Arc::new(Fake::default());
+    let server = Server::start(cfg, fake.clone(), Logger::new(Arc::new(NullLog)), None)
+        .await
+        .unwrap();
+    let (client_side, server_side) = tokio::io::duplex(4096);
+    server.serve_io(server_side, "127.0.0.1:40000".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://test/ws", client_side)
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        r#"{"event":"authenticate","data":{"token":"t"}}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let id = loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(v["event"], "connected");
+            break v["data"]["id"].as_str().unwrap().to_string();
+        }
+    };
+    let payload = "x".repeat(1024);
+    let frame = Frame::from(format!(r#"{{"event":"fill","data":"{payload}"}}"#).as_str());
+    for _ in 0..512 {
+        server.send_to_client(&id, &frame);
+    }
+    // Let the connection fill the socket and block on it.
+    sleep(Duration::from_millis(50)).await;
+    assert!(
+        server.hub().has_client(&id),
+        "still connected while stalled"
+    );
+    (server, fake, id, ws)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_request_takes_effect_while_a_write_is_stalled() {
+    let (server, fake, id, _ws) = stalled(quiet()).await;
+    let grace = Config::default().shutdown_grace;
+    server
+        .hub()
+        .get(&id)
+        .unwrap()
+        .request_close(4002, "Heartbeat timeout");
+    sleep(Duration::from_millis(10)).await;
+    assert!(!server.hub().has_client(&id), "removed at once");
+    assert_eq!(fake.disconnected(), 1);
+    // The close frame cannot be written: the TCP connection is dropped
+    // once the close handshake's grace is over.
+    sleep(grace - Duration::from_millis(100)).await;
+    assert_eq!(server.live_connections(), 1, "still trying the close frame");
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.live_connections(), 0, "dropped after the grace");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_stalled_for_send_timeout_drops_the_connection() {
+    let send_timeout = Duration::from_secs(5);
+    let (server, fake, id, _ws) = stalled(Config {
+        send_timeout,
+        ..quiet()
+    })
+    .await;
+    sleep(send_timeout - Duration::from_millis(200)).await;
+    assert!(server.hub().has_client(&id), "not before sendTimeout");
+    sleep(Duration::from_millis(300)).await;
+    assert!(!server.hub().has_client(&id), "gone after sendTimeout");
+    assert_eq!(server.live_connections(), 0);
+    assert_eq!(fake.disconnected(), 1);
+    assert_eq!(
+        server
+            .stats()
+            .send_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_that_keeps_reading_slowly_is_not_timed_out() {
+    let send_timeout = Duration::from_secs(2);
+    let (server, _fake, id, mut ws) = stalled(Config {
+        send_timeout,
+        ..quiet()
+    })
+    .await;
+    // Four frames a second (about one read of the 4 KiB socket a second):
+    // always within sendTimeout of the last progress.
+    let started = Instant::now();
+    let mut read = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        sleep(Duration::from_millis(250)).await;
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => read += 1,
+            other => panic!("read {read} then {other:?}"),
+        }
+    }
+    assert!(read >= 39, "read {read}");
+    assert!(server.hub().has_client(&id), "a slow reader is kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_check_closes_a_silent_peer_whose_writes_are_stalled() {
+    let idle = Duration::from_secs(10);
+    let (server, fake, id, _ws) = stalled(Config {
+        idle_timeout: idle,
+        ..quiet()
+    })
+    .await;
+    // Checked every idle/2: closed after two quiet checks, so between
+    // idle and 1.5 x idle after the last frame heard.
+    sleep(idle - Duration::from_millis(500)).await;
+    assert!(server.hub().has_client(&id), "not before two quiet checks");
+    sleep(idle / 2 + Duration::from_millis(600)).await;
+    assert!(!server.hub().has_client(&id), "closed by the idle check");
+    assert_eq!(fake.disconnected(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_within_its_grace_with_a_stalled_reader() {
+    let (server, fake, _id, _ws) = stalled(quiet()).await;
+    let grace = Config::default().shutdown_grace;
+    let started = Instant::now();
+    server.shutdown().await;
+    let took = started.elapsed();
+    assert!(took <= grace + Duration::from_millis(600), "took {took:?}");
+    assert_eq!(server.live_connections(), 0);
+    assert_eq!(fake.disconnected(), 1);
+}
