@@ -1,4 +1,4 @@
-// The helper's server-side API (PROTOCOL §8, §11) and option validation.
+// The helper's server-side API (docs/PROTOCOL.md §8, §11) and option validation.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';

@@ -1,4 +1,4 @@
-// The documented encryption scheme (PROTOCOL §9) with WebCrypto:
+// The documented encryption scheme (docs/PROTOCOL.md §9) with WebCrypto:
 // ECDH P-256 (raw uncompressed public keys, base64), HKDF-SHA-256 with a
 // 32-byte salt and info "ignis-ecdh-p256-aes-256-gcm-v1", AES-256-GCM with a
 // 12-byte IV; frame {event:"encrypted", data:{iv, ct}}.

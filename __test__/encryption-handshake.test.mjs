@@ -1,4 +1,4 @@
-// PROTOCOL §4.4: requireEncryption with handshakeFn.
+// docs/PROTOCOL.md §4.4: requireEncryption with handshakeFn.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, startServer, stopAll } from './helpers.mjs';

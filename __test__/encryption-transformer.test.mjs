@@ -1,4 +1,4 @@
-// PROTOCOL §9: the outbound transformer for encrypted clients, end to end
+// docs/PROTOCOL.md §9: the outbound transformer for encrypted clients, end to end
 // with the documented ECDH/HKDF/AES-GCM scheme and Node's WebCrypto.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import WebSocket from 'ws';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Client, startServer, stopAll, sleep, until, needs, hasCommand } from './helpers.mjs';
+import { Client, lib, startServer, stopAll, sleep, until, needs, hasCommand } from './helpers.mjs';
 import { soakServer } from './soak-helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -230,5 +230,30 @@ describe('/metrics read by Prometheus tooling', () => {
     figure('promtool check metrics: passed');
     a.close();
     b.close();
+  });
+});
+
+describe('options of this hardening', () => {
+  test('serverOptions.perMessageDeflate is refused loudly: one warning naming it at configure()', async () => {
+    const lines = [];
+    const logger = { error: l => lines.push(l), warn: l => lines.push(l), info: () => {} };
+    await startServer({ logLevel: 'warn', logger, serverOptions: { perMessageDeflate: true } });
+    assert.equal(lines.filter(l => l.includes('serverOptions.perMessageDeflate')).length, 1, lines.join('\n'));
+  });
+
+  test('backlog and sendTimeout are validated', () => {
+    for (const [name, value] of [
+      ['backlog', 0],
+      ['backlog', 1.5],
+      ['backlog', 'big'],
+      ['sendTimeout', -1],
+      ['sendTimeout', 'soon'],
+    ]) {
+      assert.throws(
+        () => new lib.WebSocketServer({ authenticateFn: () => null, [name]: value }),
+        err => err.message.includes(name),
+        `${name}: ${value}`,
+      );
+    }
   });
 });

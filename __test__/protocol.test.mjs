@@ -1,4 +1,4 @@
-// PROTOCOL §1–§7 against a real server and real clients.
+// docs/PROTOCOL.md §1–§7 against a real server and real clients.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, startServer, stopAll, sleep, until, rawSocket, maskedFrame } from './helpers.mjs';

@@ -1,4 +1,4 @@
-// Scale-out through a real Redis (PROTOCOL §10): several instances of this
+// Scale-out through a real Redis (docs/PROTOCOL.md §10): several instances of this
 // project, the emitter, interest-based subscriptions, failures.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';

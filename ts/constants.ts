@@ -1,4 +1,4 @@
-// The original's constants, with the original's values (PROTOCOL §11).
+// The original's constants, with the original's values (docs/PROTOCOL.md §11).
 
 export class WebSocketEvents {
   static readonly AUTHENTICATE = 'authenticate';

@@ -13,7 +13,7 @@ export interface IWebSocketMessage<DataType = unknown> {
   id?: string;
 }
 
-/** Redis envelope (PROTOCOL §10). */
+/** Redis envelope (docs/PROTOCOL.md §10). */
 export interface IRedisSocketMessage<DataType = unknown> {
   serverId: string;
   type: TWebSocketMessageType;
@@ -164,7 +164,7 @@ export interface IWebSocketServerOptions<
   requireEncryption?: boolean;
   /**
    * Built-in end-to-end encryption, done in Rust: `'ecdh-p256-aes-256-gcm'`
-   * (the documented scheme, PROTOCOL §9). Every client must send a
+   * (the documented scheme, docs/PROTOCOL.md §9). Every client must send a
    * `publicKey` (base64 raw P-256) in its `authenticate` data; `connected`
    * carries `serverPublicKey` and `salt`; every later frame is sent
    * encrypted. No `handshakeFn` or `outboundTransformer` is needed (they

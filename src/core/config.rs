@@ -1,5 +1,5 @@
 //! Server settings after normalisation. Defaults are the original's
-//! (PROTOCOL §11); the binding fills this from the JavaScript options.
+//! (docs/PROTOCOL.md §11); the binding fills this from the JavaScript options.
 
 use std::time::Duration;
 

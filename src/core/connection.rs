@@ -1,5 +1,5 @@
 //! One task per connection: it owns the socket and runs the client's state
-//! machine (PROTOCOL §2–§5), its timers, and the writes of its queue.
+//! machine (docs/PROTOCOL.md §2–§5), its timers, and the writes of its queue.
 //!
 //! Everything that can take long (the application's handlers) runs as a
 //! future polled by this same task, so a slow `authenticateFn` or

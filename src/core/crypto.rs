@@ -1,5 +1,5 @@
 //! Built-in end-to-end encryption, byte-compatible with the scheme the
-//! Ignis docs pair with `handshakeFn` + `outboundTransformer` (PROTOCOL §9),
+//! Ignis docs pair with `handshakeFn` + `outboundTransformer` (docs/PROTOCOL.md §9),
 //! so a browser decrypts with WebCrypto and no JavaScript runs per message
 //! on the server:
 //!

@@ -1,4 +1,4 @@
-//! The cross-instance envelope and channel names (PROTOCOL §10), byte for
+//! The cross-instance envelope and channel names (docs/PROTOCOL.md §10), byte for
 //! byte what the original's `JSON.stringify` produces, so original servers,
 //! original emitters and this project can share one Redis.
 //!

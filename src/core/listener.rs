@@ -2,7 +2,7 @@
 //! request head (404 / 403 / 426 / 429 / 503 / metrics), then the upgrade
 //! to WebSocket at `path`, or, with `httpFallback`, the splice of any other
 //! request to the application's HTTP server. Authentication happens later,
-//! in the protocol (PROTOCOL §1): any upgrade that passes these checks is
+//! in the protocol (docs/PROTOCOL.md §1): any upgrade that passes these checks is
 //! accepted.
 
 use crate::core::connection;

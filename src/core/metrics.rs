@@ -11,7 +11,7 @@
 use crate::core::broker::BrokerStatus;
 use crate::core::server::Shared;
 use crate::core::stats::StatsSnapshot;
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// What one scrape reads, taken once so every series agrees.
 pub struct Sample {
@@ -166,23 +166,27 @@ pub fn render(shared: &Shared) -> String {
     encode(&shared.config.identifier, &sample(shared, shared.live()))
 }
 
-/// Encodes a sample; every series carries `server="<identifier>"`.
+/// Encodes a sample; every series carries `server="<identifier>"`, first
+/// (as a label of each family rather than a registry-wide constant label,
+/// which the encoder would write after the family's own).
 pub fn encode(identifier: &str, s: &Sample) -> String {
-    let labels = [("server".to_string(), identifier.to_string())].into();
-    let registry = Registry::new_custom(Some("ignis_ws".into()), Some(labels))
-        .expect("the prefix and label are valid");
-    // Names and help texts are this file's constants: registering them
-    // cannot fail unless a name repeats, which a unit test rules out.
+    let registry =
+        Registry::new_custom(Some("ignis_ws".into()), None).expect("the prefix is valid");
+    // Names and help texts are this file's constants: creating and
+    // registering them cannot fail unless a name repeats, which a unit test
+    // rules out.
     let connections = IntGaugeVec::new(
         Opts::new("connections", "Open WebSocket connections, by state."),
-        &["state"],
+        &["server", "state"],
     )
     .expect("valid");
     for (state, n) in ["unauthorized", "authenticating", "authenticated"]
         .iter()
         .zip(s.by_state)
     {
-        connections.with_label_values(&[*state]).set(n as i64);
+        connections
+            .with_label_values(&[identifier, state])
+            .set(n as i64);
     }
     registry
         .register(Box::new(connections))
@@ -192,26 +196,27 @@ pub fn encode(identifier: &str, s: &Sample) -> String {
             "bus_connected",
             "1 when the bus (Redis) is reachable; the bus label says which kind.",
         ),
-        &["bus"],
+        &["server", "bus"],
     )
     .expect("valid");
-    bus.with_label_values(&[if s.bus.kind.is_empty() {
+    let kind = if s.bus.kind.is_empty() {
         "local"
     } else {
         s.bus.kind
-    }])
-    .set(i64::from(
+    };
+    bus.with_label_values(&[identifier, kind]).set(i64::from(
         s.bus.state == "connected" || s.bus.kind.is_empty(),
     ));
     registry.register(Box::new(bus)).expect("unique name");
     for (name, help, read) in GAUGES {
-        let g = IntGauge::new(*name, *help).expect("valid");
-        g.set(read(s) as i64);
+        let g = IntGaugeVec::new(Opts::new(*name, *help), &["server"]).expect("valid");
+        g.with_label_values(&[identifier]).set(read(s) as i64);
         registry.register(Box::new(g)).expect("unique name");
     }
     for (name, help, read) in COUNTERS {
-        let c = IntCounter::new(format!("{name}_total"), *help).expect("valid");
-        c.inc_by(read(s));
+        let c = IntCounterVec::new(Opts::new(format!("{name}_total"), *help), &["server"])
+            .expect("valid");
+        c.with_label_values(&[identifier]).inc_by(read(s));
         registry.register(Box::new(c)).expect("unique name");
     }
     let mut out = Vec::with_capacity(4096);
@@ -245,7 +250,7 @@ mod tests {
         }
         assert_eq!(names.len(), 2 + GAUGES.len() + COUNTERS.len());
         assert!(text
-            .contains("ignis_ws_connections{state=\"authenticating\",server=\"srv \\\"1\\\"\"} 2"));
+            .contains("ignis_ws_connections{server=\"srv \\\"1\\\"\",state=\"authenticating\"} 2"));
         assert!(text.contains("ignis_ws_log_dropped_total{server=\"srv \\\"1\\\"\"} 7"));
         assert!(text.contains("# TYPE ignis_ws_frames_out_total counter"));
     }

@@ -31,7 +31,7 @@ pub mod errors {
     pub const HANDSHAKE_FAILED: &str = "Encryption handshake failed";
 }
 
-/// Close codes and their reason texts (PROTOCOL §7).
+/// Close codes and their reason texts (docs/PROTOCOL.md §7).
 pub mod close {
     pub const SHUTDOWN: (u16, &str) = (1001, "Server shutting down");
     pub const IDLE: (u16, &str) = (1001, "Idle timeout");
@@ -320,7 +320,7 @@ pub fn iso_time(ms: u64) -> String {
     )
 }
 
-/// The `connected` frame (PROTOCOL §4.6). `userId` is left out when the
+/// The `connected` frame (docs/PROTOCOL.md §4.6). `userId` is left out when the
 /// authenticator returned none, as `JSON.stringify` drops `undefined`.
 pub fn connected_frame(
     client_id: &str,

@@ -497,7 +497,7 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppEvent>) 
     }
 }
 
-/// PROTOCOL §6: every `heartbeatInterval`, close authenticated clients that
+/// docs/PROTOCOL.md §6: every `heartbeatInterval`, close authenticated clients that
 /// were silent for longer than `heartbeatTimeout`.
 async fn heartbeat_sweep(shared: Arc<Shared>) {
     let period = shared.config.heartbeat_interval;
@@ -544,7 +544,7 @@ impl InterestListener for BrokerInterest {
     }
 }
 
-/// Delivers envelopes from the bus to local sockets (PROTOCOL §10).
+/// Delivers envelopes from the bus to local sockets (docs/PROTOCOL.md §10).
 pub struct Router {
     shared: OnceLock<Weak<Shared>>,
     server_id: String,

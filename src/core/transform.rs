@@ -1,4 +1,4 @@
-//! The outbound transformer path (PROTOCOL §9): every frame to an
+//! The outbound transformer path (docs/PROTOCOL.md §9): every frame to an
 //! encrypted client goes through the application's `outboundTransformer`
 //! before its socket.
 //!
