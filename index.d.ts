@@ -23,6 +23,14 @@ export declare class NativeEmitter {
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
   constructor(options: NativeOptions, authenticate: (arg: string) => void, validateRooms: ((arg: string) => void) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
+  /**
+   * A line of the JavaScript layer: `fields` alternate keys and values.
+   * Returns the finished line when the application has a `logger` (the
+   * caller hands it over at once), otherwise writes it to stderr through
+   * the log writer and returns nothing; nothing either when `level` is
+   * not logged.
+   */
+  logLine(level: string, msg: string, fields: Array<string>): string | null
   /** Whether `start()` binds host:port (false: attached sockets only). */
   setListen(listen: boolean): void
   /**
@@ -240,10 +248,3 @@ export interface TransformResult {
   frame?: string
   error?: string
 }
-
-/**
- * Writes a whole log line (newline included) to stderr through the
- * process's log writer thread: never blocks the JavaScript thread on a
- * pipe nobody reads, drops and counts lines when its queue is full.
- */
-export declare function writeStderrLine(line: string): void

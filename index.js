@@ -837,4 +837,3 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeEmitter = nativeBinding.NativeEmitter
 module.exports.NativeServer = nativeBinding.NativeServer
-module.exports.writeStderrLine = nativeBinding.writeStderrLine

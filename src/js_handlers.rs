@@ -12,7 +12,7 @@
 
 use crate::batched_calls::BatchedCalls;
 use crate::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
-use crate::core::log::{Level, Log};
+use crate::core::log::{Field, Format, Level, Log};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
@@ -281,21 +281,19 @@ pub fn push_json_str(out: &mut String, s: &str) {
 pub struct JsLog {
     pub f: LogFn,
     pub max: Option<Level>,
-    /// Hand over JSON lines instead of text.
-    pub json_server: Option<String>,
+    pub format: Format,
 }
 
 impl Log for JsLog {
     fn max_level(&self) -> Option<Level> {
         self.max
     }
-    fn write(&self, level: Level, line: String) {
-        let line = match &self.json_server {
-            Some(server) => crate::core::log::json_line(server, level, &line),
-            None => line,
-        };
+    fn write(&self, level: Level, msg: &str, fields: &[Field<'_>]) {
         self.f.call(
-            FnArgs::from((level.as_str().to_string(), line)),
+            FnArgs::from((
+                level.as_str().to_string(),
+                self.format.line(level, msg, fields),
+            )),
             ThreadsafeFunctionCallMode::NonBlocking,
         );
     }

@@ -7,8 +7,8 @@ use crate::core::broker::redis::{Endpoint, RedisConfig, TlsSettings};
 use crate::core::config::Config;
 use crate::core::handlers::AuthOutcome;
 use crate::core::hub::ClientSnapshot;
-use crate::core::log::{Level, Logger, StderrLog};
-use crate::core::protocol;
+use crate::core::log::{Format, Level, Logger, StderrLog};
+use crate::core::protocol::Frame;
 use crate::core::server::Server;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
@@ -271,15 +271,6 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
     })
 }
 
-/// Writes a whole log line (newline included) to stderr through the
-/// process's log writer thread: never blocks the JavaScript thread on a
-/// pipe nobody reads, drops and counts lines when its queue is full.
-#[napi]
-#[cfg_attr(test, allow(dead_code))] // called from JavaScript only
-pub fn write_stderr_line(line: String) {
-    crate::core::log::stderr::write(line.as_bytes());
-}
-
 /// Native half of `WebSocketServer`.
 #[napi]
 pub struct NativeServer {
@@ -287,7 +278,18 @@ pub struct NativeServer {
     redis: Option<RedisConfig>,
     handlers: Arc<JsHandlers>,
     logger: Logger,
+    /// For the JavaScript layer's own lines (`log_line`).
+    js_lines: JsLines,
     server: Arc<Mutex<Option<Arc<Server>>>>,
+}
+
+/// How the JavaScript layer's lines are formatted and where they go: the
+/// same rules as the core's, so every line of a server looks alike.
+struct JsLines {
+    max: Option<Level>,
+    /// Set when the application has a `logger`: lines are returned for it.
+    format: Option<Format>,
+    stderr: StderrLog,
 }
 
 #[napi]
@@ -320,25 +322,84 @@ impl NativeServer {
             wants_messages: options.has_message_handler,
         });
         let json = options.log_format == "json";
-        let logger = match log {
-            Some(f) => Logger::new(Arc::new(JsLog {
-                f: weak(&f)?,
-                max,
-                json_server: json.then(|| config.identifier.clone()),
-            })),
-            None => Logger::new(Arc::new(StderrLog {
+        let format = if json {
+            Format::Json {
+                server: config.identifier.clone(),
+            }
+        } else {
+            Format::Text
+        };
+        let stderr = StderrLog {
+            server: config.identifier.clone(),
+            max,
+            json,
+        };
+        let logger = match &log {
+            Some(f) => weak(f).map(|f| {
+                Logger::new(Arc::new(JsLog {
+                    f,
+                    max,
+                    format: format.clone(),
+                }))
+            }),
+            None => Ok(Logger::new(Arc::new(StderrLog {
                 server: config.identifier.clone(),
                 max,
                 json,
-            })),
+            }))),
         };
+        let has_logger = log.is_some();
+        let logger = logger?;
         Ok(NativeServer {
             config,
             redis,
             handlers,
             logger,
+            js_lines: JsLines {
+                max,
+                format: has_logger.then_some(format),
+                stderr,
+            },
             server: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// A line of the JavaScript layer: `fields` alternate keys and values.
+    /// Returns the finished line when the application has a `logger` (the
+    /// caller hands it over at once), otherwise writes it to stderr through
+    /// the log writer and returns nothing; nothing either when `level` is
+    /// not logged.
+    #[napi]
+    pub fn log_line(&self, level: String, msg: String, fields: Vec<String>) -> Option<String> {
+        let level = match level.as_str() {
+            "error" => Level::Error,
+            "warn" => Level::Warn,
+            "info" => Level::Info,
+            _ => Level::Debug,
+        };
+        if self.js_lines.max.is_none_or(|m| level > m) {
+            return None;
+        }
+        let pairs: Vec<(&str, &String)> = fields
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((k.as_str(), v)),
+                _ => None,
+            })
+            .collect();
+        let fields: Vec<crate::core::log::Field<'_>> = pairs
+            .iter()
+            .map(|(k, v)| (*k, *v as &dyn std::fmt::Display))
+            .collect();
+        match &self.js_lines.format {
+            Some(format) => Some(format.line(level, &msg, &fields)),
+            None => {
+                crate::core::log::stderr::write(
+                    self.js_lines.stderr.line(level, &msg, &fields).as_bytes(),
+                );
+                None
+            }
+        }
     }
 
     /// Whether `start()` binds host:port (false: attached sockets only).
@@ -360,10 +421,7 @@ impl NativeServer {
     #[napi]
     pub fn forwarded_peer(&self, port: u32) -> Option<String> {
         let port = u16::try_from(port).ok()?;
-        self.with(
-            |s| s.shared().forwarded_peers.get(port).map(|a| a.to_string()),
-            None,
-        )
+        self.with(|s| s.forwarded_peer(port).map(|a| a.to_string()), None)
     }
 
     /// Binds and starts serving; resolves with the bound port (none when
@@ -424,8 +482,10 @@ impl NativeServer {
         );
         if let Err(e) = read {
             // Its clients meet the auth timeout.
-            self.logger
-                .error(|| format!("Unreadable authentication answers; ignored | error: {e}"));
+            self.logger.error(
+                "Unreadable authentication answers; ignored",
+                &[("error", &e)],
+            );
         }
     }
 
@@ -444,15 +504,17 @@ impl NativeServer {
         );
         if let Err(e) = read {
             // Nothing is joined for those requests.
-            self.logger
-                .error(|| format!("Unreadable room validation answers; ignored | error: {e}"));
+            self.logger.error(
+                "Unreadable room validation answers; ignored",
+                &[("error", &e)],
+            );
         }
     }
 
     /// `frame` is the complete JSON text to send (`{"event":..,"data":..}`).
     #[napi]
     pub fn send_to_client(&self, client_id: String, frame: String) -> u32 {
-        let frame = protocol::frame_from_string(frame);
+        let frame = Frame::from(frame);
         self.with(|s| s.send_to_client(&client_id, &frame) as u32, 0)
     }
 
@@ -465,20 +527,20 @@ impl NativeServer {
 
     #[napi]
     pub fn send_to_user(&self, user_id: String, frame: String) -> u32 {
-        let frame = protocol::frame_from_string(frame);
+        let frame = Frame::from(frame);
         self.with(|s| s.send_to_user(&user_id, &frame) as u32, 0)
     }
 
     #[napi]
     pub fn send_to_room(&self, room: String, frame: String, exclude: Option<Vec<String>>) -> u32 {
-        let frame = protocol::frame_from_string(frame);
+        let frame = Frame::from(frame);
         let exclude = exclude.unwrap_or_default();
         self.with(|s| s.send_to_room(&room, &frame, &exclude) as u32, 0)
     }
 
     #[napi]
     pub fn broadcast(&self, frame: String, exclude: Option<Vec<String>>) -> u32 {
-        let frame = protocol::frame_from_string(frame);
+        let frame = Frame::from(frame);
         let exclude = exclude.unwrap_or_default();
         self.with(|s| s.broadcast(&frame, &exclude) as u32, 0)
     }
@@ -627,15 +689,12 @@ impl NativeServer {
     /// Prometheus text exposition of the gauges and counters.
     #[napi]
     pub fn metrics(&self) -> String {
-        self.with(|s| crate::core::metrics::render(s.shared()), String::new())
+        self.with(|s| s.metrics().render(), String::new())
     }
 
     #[napi]
     pub fn stats(&self) -> NativeStats {
-        let (bus, invalid) = self.with(
-            |s| (s.broker_status(), s.invalid_envelopes()),
-            (Default::default(), 0),
-        );
+        let bus = self.with(|s| s.broker_status(), Default::default());
         let ([un, ing, ed], total, rooms, users, snap) = self.with(
             |s| {
                 (
@@ -687,7 +746,7 @@ impl NativeServer {
             bus_publish_dropped: bus.publish_dropped as f64,
             bus_publish_buffered: bus.publish_buffered as f64,
             bus_received: bus.received as f64,
-            bus_invalid: invalid as f64,
+            bus_invalid: snap.bus_invalid as f64,
             bus_subscribed_channels: bus.subscribed_channels as f64,
             log_dropped: crate::core::log::stderr::dropped() as f64,
             send_timeouts: snap.send_timeouts as f64,

@@ -3,7 +3,7 @@
 // calling the application's handlers, keeping `metadata` (arbitrary JS
 // values), and building the client records the original returns.
 
-import { NativeServer, writeStderrLine } from '../index';
+import { NativeServer } from '../index';
 import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
@@ -16,7 +16,6 @@ import type {
   TLogLevel,
 } from './types';
 
-const LEVEL_RANK: Record<TLogLevel, number> = { silent: -1, error: 0, warn: 1, info: 2, debug: 3 };
 const EVENT_CONNECTED = 0;
 const EVENT_DISCONNECTED = 1;
 const EVENT_MESSAGE = 2;
@@ -241,13 +240,13 @@ export class WebSocketServer<
     const signals: NodeJS.Signals[] = opt === true ? ['SIGTERM', 'SIGINT'] : opt;
     for (const sig of signals) {
       const handler = () => {
-        this.log('info', `${sig} received: shutting down`);
+        this.log('info', 'Signal received: shutting down', { signal: sig });
         this.shutdown().then(
           () => {
             // Nobody else handles it: let it terminate the process as usual.
             if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
           },
-          e => this.log('error', `shutdown on ${sig} failed: ${errorText(e)}`),
+          e => this.log('error', 'Shutdown on signal failed', { signal: sig, error: errorText(e) }),
         );
       };
       process.once(sig, handler);
@@ -367,7 +366,7 @@ export class WebSocketServer<
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (this.state !== 'running' || (socket as { encrypted?: boolean }).encrypted || typeof fd !== 'number' || fd < 0) {
       const why = this.state !== 'running' ? 'server not running' : 'socket has no file descriptor (TLS or this runtime)';
-      this.log('error', `Cannot take over upgrade | reason: ${why}`);
+      this.log('error', 'Cannot take over upgrade', { reason: why });
       socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       return;
     }
@@ -379,7 +378,7 @@ export class WebSocketServer<
       socket.pause();
       this.native.adoptSocket(fd, Buffer.concat([Buffer.from(text, 'latin1'), head]));
     } catch (e) {
-      this.log('error', `Cannot take over upgrade | error: ${errorText(e)}`);
+      this.log('error', 'Cannot take over upgrade', { error: errorText(e) });
       socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       return;
     }
@@ -412,7 +411,7 @@ export class WebSocketServer<
       return;
     }
     const sent = this.ordered().sendToClient(clientId, frame);
-    if (doLog) this.log('info', `Message sent | id: ${clientId} | event: ${event} | delivered: ${sent}`);
+    if (doLog) this.log('info', 'Message sent', { id: clientId, event, delivered: sent });
   }
 
   /**
@@ -467,7 +466,7 @@ export class WebSocketServer<
     if (dataJson === undefined) return; // a function or symbol: nothing to send
     this.ordered().send(destination || null, topic, dataJson);
     if (cb) setTimeout(cb, 0);
-    if (doLog) this.log('info', `Message emitted | destination: ${destination ?? 'all'} | topic: ${topic}`);
+    if (doLog) this.log('info', 'Message emitted', { destination: destination ?? 'all', topic });
   }
 
   joinRoom(opts: { clientId: string; room: string }): void {
@@ -541,7 +540,7 @@ export class WebSocketServer<
     } catch (e) {
       // Cannot happen (the native side builds it from validated JSON); said
       // loudly rather than lost quietly (those requests meet their timers).
-      this.log('error', `Unparsable ${what} batch | length: ${batch.length} | error: ${errorText(e)}`);
+      this.log('error', `Unparsable ${what} batch`, { length: batch.length, error: errorText(e) });
       return undefined;
     }
   }
@@ -595,7 +594,7 @@ export class WebSocketServer<
   private allowedRooms(clientId: string, allowed: unknown): string[] {
     if (!Array.isArray(allowed)) {
       if (allowed !== undefined && allowed !== null) {
-        this.log('warn', `validateRoomFn returned ${typeof allowed}, not an array: no rooms joined | id: ${clientId}`);
+        this.log('warn', 'validateRoomFn did not return an array: no rooms joined', { id: clientId, returned: typeof allowed });
       }
       return [];
     }
@@ -645,7 +644,7 @@ export class WebSocketServer<
     } catch (e) {
       // Cannot happen (every frame was validated as JSON natively); said
       // loudly rather than lost quietly if it ever does.
-      this.log('error', `Unparsable event batch; events lost | length: ${batch.length} | error: ${errorText(e)}`);
+      this.log('error', 'Unparsable event batch; events lost', { length: batch.length, error: errorText(e) });
       return;
     }
     this.handlingBatch = true;
@@ -685,45 +684,37 @@ export class WebSocketServer<
     try {
       const r = call();
       if (r && typeof (r as Promise<unknown>).then === 'function') {
-        (r as Promise<unknown>).then(undefined, e => this.log('error', `${name} error | id: ${clientId} | error: ${errorText(e)}`));
+        (r as Promise<unknown>).then(undefined, e => this.log('error', `${name} error`, { id: clientId, error: errorText(e) }));
       }
     } catch (e) {
-      this.log('error', `${name} error | id: ${clientId} | error: ${errorText(e)}`);
+      this.log('error', `${name} error`, { id: clientId, error: errorText(e) });
     }
   }
 
   // ---- logging ----------------------------------------------------------
 
-  /** Lines from this file; the native side formats its own. */
-  private log(level: TLogLevel, line: string): void {
-    if (LEVEL_RANK[level] > LEVEL_RANK[this.settings.logLevel]) return;
-    if (this.settings.logFormat === 'json') {
-      const [msg, ...parts] = line.split(' | ');
-      const obj: Record<string, string> = { time: new Date().toISOString(), level, server: this.identifier, msg };
-      for (const p of parts) {
-        const i = p.indexOf(': ');
-        if (i > 0) obj[p.slice(0, i)] = p.slice(i + 2);
-      }
-      line = JSON.stringify(obj);
-    }
-    this.writeLog(level, line);
+  /**
+   * A line of this layer, formatted by the native logger like the core's
+   * own (`msg | key: value`, or JSON): written to stderr through its
+   * writer thread, or returned for the application's `logger`.
+   */
+  private log(level: TLogLevel, msg: string, fields: Record<string, unknown> = {}): void {
+    const flat: string[] = [];
+    for (const [k, v] of Object.entries(fields)) flat.push(k, String(v));
+    const line = this.native.logLine(level, msg, flat);
+    if (line != null) this.writeLog(level, line);
   }
 
+  /** Hands a finished line to the application's `logger`. */
   private writeLog(level: TLogLevel, line: string): void {
     const logger = this.opts.logger;
-    if (logger) {
-      try {
-        const fn = level === 'debug' ? (logger.debug ?? logger.info) : logger[level as 'error' | 'warn' | 'info'];
-        fn.call(logger, line);
-      } catch {
-        // A logger that throws must not take the server down.
-      }
-      return;
+    if (!logger) return;
+    try {
+      const fn = level === 'debug' ? (logger.debug ?? logger.info) : logger[level as 'error' | 'warn' | 'info'];
+      fn.call(logger, line);
+    } catch {
+      // A logger that throws must not take the server down.
     }
-    // Through the native writer thread: a stderr nobody reads must not
-    // block (Bun) or grow without bound (Node) on the JavaScript thread.
-    if (this.settings.logFormat === 'json' && line.startsWith('{')) writeStderrLine(`${line}\n`);
-    else writeStderrLine(`[ignis-ws:${this.identifier}] ${level.padEnd(5)} ${line}\n`);
   }
 }
 

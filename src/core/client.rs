@@ -73,7 +73,7 @@ pub struct Client {
     /// Frames waiting for the socket. A plain deque (no allocation until the
     /// first frame) rather than a channel, whose first block alone costs
     /// about 1.3 KiB per idle connection.
-    outbound: Mutex<Outbound>,
+    queue: Mutex<Queue>,
     /// The connection task, woken for a queued frame or a close request.
     /// An `AtomicWaker` rather than `Notify`s: no waiter list to lock on
     /// every frame, and half the size in every idle connection.
@@ -94,8 +94,8 @@ pub struct Client {
 
 /// The receiving end of a client's queue, owned by its connection task.
 #[derive(Default)]
-struct Outbound {
-    items: VecDeque<Out>,
+struct Queue {
+    items: VecDeque<QueuedFrame>,
     /// The connection task is gone: nothing will read these any more.
     closed: bool,
     /// Bytes queued here or waiting for the transformer, against
@@ -105,17 +105,17 @@ struct Outbound {
     queued: usize,
 }
 
-pub struct Outbox {
+pub struct QueueReader {
     client: Arc<Client>,
 }
 
 /// A queued frame; `plain` ones bypass the built-in encryption (`connected`).
-pub struct Out {
+pub struct QueuedFrame {
     pub frame: Frame,
     pub plain: bool,
 }
 
-impl crate::core::outgoing::Payload for Out {
+impl crate::core::frame_writer::Payload for QueuedFrame {
     fn bytes(&self) -> &[u8] {
         self.frame.as_bytes()
     }
@@ -139,7 +139,7 @@ impl Client {
         backpressure_limit: usize,
         close_on_backpressure_limit: bool,
         stats: Arc<Stats>,
-    ) -> (Arc<Client>, Outbox) {
+    ) -> (Arc<Client>, QueueReader) {
         let client = Arc::new(Client {
             id,
             remote,
@@ -149,7 +149,7 @@ impl Client {
             encrypted: AtomicBool::new(false),
             backpressured: AtomicBool::new(false),
             details: Mutex::new(ClientDetails::default()),
-            outbound: Mutex::new(Outbound::default()),
+            queue: Mutex::new(Queue::default()),
             task: AtomicWaker::new(),
             backpressure_limit,
             close_on_backpressure_limit,
@@ -159,10 +159,10 @@ impl Client {
             transformer: OnceLock::new(),
             cipher: OnceLock::new(),
         });
-        let outbox = Outbox {
+        let reader = QueueReader {
             client: client.clone(),
         };
-        (client, outbox)
+        (client, reader)
     }
 
     pub fn state(&self) -> ClientState {
@@ -207,7 +207,7 @@ impl Client {
         transformer: Option<&mpsc::UnboundedSender<Frame>>,
     ) -> Offer {
         let len = frame.len();
-        let mut q = self.outbound.lock();
+        let mut q = self.queue.lock();
         if q.closed {
             return Offer::Closed;
         }
@@ -231,7 +231,7 @@ impl Client {
                 false
             }
             None => {
-                q.items.push_back(Out {
+                q.items.push_back(QueuedFrame {
                     frame: frame.clone(),
                     plain,
                 });
@@ -251,7 +251,7 @@ impl Client {
 
     /// Called once a frame has left the transformer's queue.
     pub fn sent(&self, len: usize) {
-        let mut q = self.outbound.lock();
+        let mut q = self.queue.lock();
         q.queued = q.queued.saturating_sub(len);
         self.release(q.queued);
     }
@@ -289,11 +289,11 @@ impl Client {
     }
 }
 
-impl Outbox {
+impl QueueReader {
     /// Ready with up to `max` queued frames. The waker is registered
     /// before the queue is looked at, so a frame pushed in between still
     /// wakes us.
-    pub fn poll_batch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Vec<Out>> {
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Vec<QueuedFrame>> {
         self.client.task.register(cx.waker());
         let batch = self.take(max);
         if batch.is_empty() {
@@ -305,13 +305,13 @@ impl Outbox {
 
     /// Takes up to `max` queued frames off the queue and its byte count,
     /// under one lock.
-    pub fn take(&mut self, max: usize) -> Vec<Out> {
-        let mut q = self.client.outbound.lock();
+    pub fn take(&mut self, max: usize) -> Vec<QueuedFrame> {
+        let mut q = self.client.queue.lock();
         let n = q.items.len().min(max);
         if n == 0 {
             return Vec::new();
         }
-        let batch: Vec<Out> = q.items.drain(..n).collect();
+        let batch: Vec<QueuedFrame> = q.items.drain(..n).collect();
         let bytes: usize = batch.iter().map(|out| out.frame.len()).sum();
         q.queued = q.queued.saturating_sub(bytes);
         self.client.release(q.queued);
@@ -319,9 +319,9 @@ impl Outbox {
     }
 }
 
-impl Drop for Outbox {
+impl Drop for QueueReader {
     fn drop(&mut self) {
-        let mut q = self.client.outbound.lock();
+        let mut q = self.client.queue.lock();
         q.closed = true;
         q.items = VecDeque::new();
         q.queued = 0;

@@ -6,13 +6,20 @@
 //! `validateRoomFn` never stops the socket from being read or written, and a
 //! socket that cannot be written never holds up anyone else.
 
-use crate::core::client::{Client, ClientState, CloseRequest, Out, Outbox};
+use crate::core::client::{Client, ClientState, CloseRequest, QueueReader, QueuedFrame};
+use crate::core::config::Config;
+use crate::core::connections::Connections;
+use crate::core::events::Events;
+use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
+use crate::core::handlers::Handlers;
 use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
-use crate::core::outgoing::{Outgoing, FRAMES_PER_WRITE};
+use crate::core::hub::Hub;
+use crate::core::log::Logger;
 use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close, errors, events, EventName};
-use crate::core::server::Shared;
 use crate::core::stats::bump;
+use crate::core::stats::Stats;
+use crate::core::transform::Transformer;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink, StreamExt};
@@ -51,6 +58,21 @@ fn seal(cipher: &crate::core::crypto::ClientCipher, frame: &Frame) -> Frame {
     }
 }
 
+/// What every connection task uses: one of these per server, shared.
+pub struct Env {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub handlers: Arc<dyn Handlers>,
+    pub log: Logger,
+    pub stats: Arc<Stats>,
+    pub events: Arc<Events>,
+    pub connections: Arc<Connections>,
+    /// Set when the application has an outbound transformer.
+    pub transformer: Option<Arc<Transformer>>,
+    /// `authenticateFn` calls in flight, against `maxPendingAuthentications`.
+    pub pending_auth: std::sync::atomic::AtomicUsize,
+}
+
 struct JoinDone {
     requested: Vec<String>,
     result: Result<Vec<String>, String>,
@@ -63,8 +85,8 @@ struct JoinDone {
 /// boxed: that future, held for the connection's whole life, then keeps
 /// only what the clean-up needs instead of a second copy of the socket.
 pub fn run<S>(
-    shared: Arc<Shared>,
-    ws: WebSocketStream<Outgoing<S>>,
+    env: Arc<Env>,
+    ws: WebSocketStream<FrameWriter<S>>,
     remote: String,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -72,29 +94,27 @@ where
 {
     let now = protocol::now_ms();
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let (client, outbox) = Client::new(
+    let (client, queue) = Client::new(
         id.clone(),
         remote,
         now,
-        shared.config.backpressure_limit,
-        shared.config.close_on_backpressure_limit,
-        shared.stats.clone(),
+        env.config.backpressure_limit,
+        env.config.close_on_backpressure_limit,
+        env.stats.clone(),
     );
-    shared.hub.register(client.clone());
-    bump(&shared.stats.connections_total);
-    shared.log.info(|| {
-        format!(
-            "New connection (unauthorized) | id: {id} | remote: {}",
-            client.remote
-        )
-    });
-    if shared.is_shutting_down() {
+    env.hub.register(client.clone());
+    bump(&env.stats.connections_total);
+    env.log.info(
+        "New connection (unauthorized)",
+        &[("id", &id), ("remote", &client.remote)],
+    );
+    if env.connections.is_shutting_down() {
         let (code, reason) = close::SHUTDOWN;
         client.request_close(code, reason);
     }
 
     let conn = Connection {
-        shared: shared.clone(),
+        env: env.clone(),
         client,
         auth: None,
         auth_deadline: None,
@@ -102,7 +122,7 @@ where
         window_start: Instant::now(),
         window_frames: 0,
     };
-    let drive = Box::pin(conn.drive(ws, outbox));
+    let drive = Box::pin(conn.drive(ws, queue));
     async move {
         if let Err(panic) = AssertUnwindSafe(drive).catch_unwind().await {
             let what = panic
@@ -110,28 +130,30 @@ where
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            shared.log.error(|| {
-                format!("Connection task panicked; closing it | id: {id} | panic: {what}")
-            });
+            env.log.error(
+                "Connection task panicked; closing it",
+                &[("id", &id), ("panic", &what)],
+            );
         }
 
-        gone(&shared, &id).await;
+        gone(&env, &id).await;
     }
 }
 
 /// Removes the client from every index and tells the application, once
 /// (a closing connection does it before its close handshake).
-async fn gone(shared: &Shared, id: &str) {
-    let Some(user_id) = shared.hub.remove(id) else {
+async fn gone(env: &Env, id: &str) {
+    let Some(user_id) = env.hub.remove(id) else {
         return;
     };
-    shared.log.info(|| {
-        format!(
-            "Client disconnected | id: {id} | userId: {}",
-            user_id.as_deref().unwrap_or("anonymous")
-        )
-    });
-    shared
+    env.log.info(
+        "Client disconnected",
+        &[
+            ("id", &id),
+            ("userId", &user_id.as_deref().unwrap_or("anonymous")),
+        ],
+    );
+    env.events
         .emit(AppEvent::Disconnected {
             client_id: id.to_string(),
             user_id: user_id.map(|u| u.to_string()),
@@ -148,7 +170,7 @@ enum Io {
 /// Seals the frames of a batch for a client with built-in encryption
 /// (here, on the connection's own task, so a fan-out's encryption spreads
 /// over the runtime's threads).
-fn seal_batch(client: &Client, batch: &mut [Out]) {
+fn seal_batch(client: &Client, batch: &mut [QueuedFrame]) {
     if let Some(cipher) = client.cipher.get() {
         for out in batch.iter_mut().filter(|o| !o.plain) {
             out.frame = seal(cipher, &out.frame);
@@ -161,11 +183,14 @@ fn seal_batch(client: &Client, batch: &mut [Out]) {
 /// now (its peer is not reading) is left to `sendTimeout` and the idle
 /// check rather than blocking the loop. What tungstenite does not write at
 /// once waits in `Outgoing`, which the loop drains like any frame.
-fn try_ping<S>(ws: &mut WebSocketStream<Outgoing<S>>, cx: &mut Context<'_>) -> Result<(), WsError>
+fn try_ping<S>(
+    ws: &mut WebSocketStream<FrameWriter<S>>,
+    cx: &mut Context<'_>,
+) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if ws.get_ref().pending_len() >= crate::core::outgoing::CONTROL_PENDING_MAX {
+    if ws.get_ref().pending_len() >= crate::core::frame_writer::CONTROL_PENDING_MAX {
         return Ok(());
     }
     match Pin::new(&mut *ws).poll_ready(cx) {
@@ -180,7 +205,7 @@ where
 }
 
 struct Connection {
-    shared: Arc<Shared>,
+    env: Arc<Env>,
     client: Arc<Client>,
     auth: Option<BoxFuture<'static, AuthFlow>>,
     /// Set when `authenticate` arrives: the in-progress deadline.
@@ -192,7 +217,7 @@ struct Connection {
 }
 
 /// Counts an `authenticateFn` call in flight for as long as it lives.
-struct PendingAuth(Arc<Shared>);
+struct PendingAuth(Arc<Env>);
 
 impl Drop for PendingAuth {
     fn drop(&mut self) {
@@ -215,22 +240,21 @@ impl Connection {
     /// The connection's loop. A plain function returning an `async` block
     /// rather than an `async fn`: an `async fn` keeps its arguments (the
     /// socket, this struct) in its future a second time besides the locals
-    /// they move into, ≈450 bytes per connection. The future is 856 bytes
-    /// for a plain TCP socket, 384 of them tungstenite's stream (the write
-    /// path's pending buffer included).
+    /// they move into, and every idle connection pays for that future's
+    /// size (docs/PERFORMANCE.md has the figures).
     fn drive<S>(
         self,
-        ws: WebSocketStream<Outgoing<S>>,
-        outbox: Outbox,
+        ws: WebSocketStream<FrameWriter<S>>,
+        queue: QueueReader,
     ) -> impl std::future::Future<Output = ()> + Send
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut this = self;
         let mut ws = ws;
-        let mut outbox = outbox;
+        let mut queue = queue;
         async move {
-            let cfg = this.shared.config.clone();
+            let cfg = this.env.config.clone();
             // One timer for every deadline (authentication, the idle
             // check's next tick, a stalled write's `sendTimeout`), re-armed
             // only when the earliest changes: a timer per deadline would
@@ -250,7 +274,7 @@ impl Connection {
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
             // Frames taken off the queue that the socket has not taken yet.
-            let mut batch: Vec<Out> = Vec::new();
+            let mut batch: Vec<QueuedFrame> = Vec::new();
             // Set while the event queue is full: reads pause until it has room.
             let mut paused: Option<BoxFuture<'static, ()>> = None;
 
@@ -263,7 +287,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.shared.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
                         Io::Written(Ok(())) => {}
                         Io::Written(Err(_)) => break None,
                         Io::Read(msg) => {
@@ -276,7 +300,7 @@ impl Connection {
                             }
                         }
                     },
-                    taken = std::future::poll_fn(|cx| outbox.poll_batch(cx, FRAMES_PER_WRITE)), if !writing => {
+                    taken = std::future::poll_fn(|cx| queue.poll_batch(cx, FRAMES_PER_WRITE)), if !writing => {
                         batch = taken;
                         seal_batch(&this.client, &mut batch);
                         // The wait for the socket, if any, starts now.
@@ -300,16 +324,16 @@ impl Connection {
                     () = &mut timer => {
                         let now = Instant::now();
                         if now >= auth_until && this.awaiting_auth() {
-                            this.shared.log.warn(|| format!("Auth timeout | id: {}", this.client.id));
+                            this.env.log.warn("Auth timeout", &[("id", &this.client.id)]);
                             let (code, reason) = close::AUTH_TIMEOUT;
                             break Some(CloseRequest { code, reason: reason.into() });
                         }
                         if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
-                            bump(&this.shared.stats.send_timeouts);
-                            this.shared.log.warn(|| format!(
-                                "Send timeout: no write progress for {} ms; dropping the connection | id: {}",
-                                cfg.send_timeout.as_millis(), this.client.id
-                            ));
+                            bump(&this.env.stats.send_timeouts);
+                            this.env.log.warn(
+                                "Send timeout: no write progress; dropping the connection",
+                                &[("id", &this.client.id), ("sendTimeoutMs", &cfg.send_timeout.as_millis())],
+                            );
                             break None;
                         }
                         if now >= next_tick {
@@ -355,13 +379,13 @@ impl Connection {
                 // Gone for the rest of the server (indexes, callbacks) now,
                 // as the original's close does; the close handshake below
                 // is the socket's own business, bounded in time.
-                gone(&this.shared, &this.client.id).await;
+                gone(&this.env, &this.client.id).await;
                 Box::pin(Self::close(
                     &this.client,
-                    &this.shared.stats,
+                    &this.env.stats,
                     cfg.shutdown_grace,
                     &mut ws,
-                    &mut outbox,
+                    &mut queue,
                     batch,
                     req,
                 ))
@@ -375,8 +399,8 @@ impl Connection {
     /// (when `writing`), and reads the next message (when `reading`).
     fn poll_socket<S>(
         stats: &crate::core::stats::Stats,
-        ws: &mut WebSocketStream<Outgoing<S>>,
-        batch: &mut Vec<Out>,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        batch: &mut Vec<QueuedFrame>,
         writing: bool,
         reading: bool,
         cx: &mut Context<'_>,
@@ -402,8 +426,8 @@ impl Connection {
     /// socket has taken all of it.
     fn poll_write<S>(
         stats: &crate::core::stats::Stats,
-        ws: &mut WebSocketStream<Outgoing<S>>,
-        batch: &mut Vec<Out>,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        batch: &mut Vec<QueuedFrame>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WsError>>
     where
@@ -428,9 +452,9 @@ impl Connection {
         client: &Client,
         stats: &crate::core::stats::Stats,
         grace: Duration,
-        ws: &mut WebSocketStream<Outgoing<S>>,
-        outbox: &mut Outbox,
-        batch: Vec<Out>,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        queue: &mut QueueReader,
+        batch: Vec<QueuedFrame>,
         req: CloseRequest,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -448,7 +472,7 @@ impl Connection {
                 {
                     return;
                 }
-                batch = outbox.take(FRAMES_PER_WRITE);
+                batch = queue.take(FRAMES_PER_WRITE);
                 if batch.is_empty() {
                     break;
                 }
@@ -468,7 +492,7 @@ impl Connection {
 
     /// One more inbound frame in the rate window; false when over the limit.
     fn within_rate(&mut self) -> bool {
-        let max = self.shared.config.max_frames_per_second;
+        let max = self.env.config.max_frames_per_second;
         if max == 0 {
             return true;
         }
@@ -502,37 +526,36 @@ impl Connection {
     }
 
     fn on_text(&mut self, text: &str) -> Next {
-        let shared = self.shared.clone();
+        let env = self.env.clone();
         self.client.touch(protocol::now_ms());
-        bump(&shared.stats.messages_in);
+        bump(&env.stats.messages_in);
         if !self.within_rate() {
-            bump(&shared.stats.rate_limited);
-            shared.log.warn(|| {
-                format!(
-                    "Rate limit exceeded ({} frames/s); closing | id: {}",
-                    shared.config.max_frames_per_second, self.client.id
-                )
-            });
+            bump(&env.stats.rate_limited);
+            env.log.warn(
+                "Rate limit exceeded; closing",
+                &[
+                    ("id", &self.client.id),
+                    ("maxFramesPerSecond", &env.config.max_frames_per_second),
+                ],
+            );
             let (code, reason) = close::RATE_LIMIT;
             return Next::Close(code, reason);
         }
         let frame = match protocol::parse_inbound(text) {
             Ok(f) => f,
             Err(_) => {
-                bump(&shared.stats.invalid_frames);
+                bump(&env.stats.invalid_frames);
                 self.send_error(errors::INVALID_FORMAT);
                 return Next::Continue;
             }
         };
         let event = match frame.event {
             EventName::Falsy => {
-                bump(&shared.stats.invalid_frames);
-                shared.log.debug(|| {
-                    format!(
-                        "Invalid message payload | Missing event | id: {}",
-                        self.client.id
-                    )
-                });
+                bump(&env.stats.invalid_frames);
+                env.log.debug(
+                    "Invalid message payload: missing event",
+                    &[("id", &self.client.id)],
+                );
                 return Next::Continue;
             }
             EventName::Str(s) => Some(s),
@@ -545,20 +568,18 @@ impl Connection {
                     self.send_error(errors::ALREADY_AUTHENTICATED);
                     return Next::Continue;
                 }
-                let max = shared.config.max_pending_auth;
-                let pending = shared
+                let max = env.config.max_pending_auth;
+                let pending = env
                     .pending_auth
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                let guard = PendingAuth(shared.clone());
+                let guard = PendingAuth(env.clone());
                 if max > 0 && pending >= max {
                     drop(guard);
-                    bump(&shared.stats.auth_busy);
-                    shared.log.warn(|| {
-                        format!(
-                            "Too many pending authentications ({max}); closing | id: {}",
-                            self.client.id
-                        )
-                    });
+                    bump(&env.stats.auth_busy);
+                    env.log.warn(
+                        "Too many pending authentications; closing",
+                        &[("id", &self.client.id), ("maxPendingAuthentications", &max)],
+                    );
                     let (code, reason) = close::AUTH_BUSY;
                     return Next::Close(code, reason);
                 }
@@ -573,28 +594,32 @@ impl Connection {
         }
         match event.as_deref() {
             Some(events::JOIN) => {
-                let rooms = protocol::parse_rooms(frame.data, shared.config.max_rooms_per_request);
+                let rooms = protocol::parse_rooms(frame.data, env.config.max_rooms_per_request);
                 self.start_join(rooms);
                 Next::Continue
             }
             Some(events::LEAVE) => {
-                let rooms = protocol::parse_rooms(frame.data, shared.config.max_rooms_per_request);
+                let rooms = protocol::parse_rooms(frame.data, env.config.max_rooms_per_request);
                 if !rooms.is_empty() {
-                    let left = shared.hub.leave(&self.client.id, &rooms);
+                    let left = env.hub.leave(&self.client.id, &rooms);
                     if !left.is_empty() {
-                        shared.log.debug(|| {
-                            format!("Left rooms | id: {} | rooms: {left:?}", self.client.id)
-                        });
+                        env.log.debug(
+                            "Left rooms",
+                            &[
+                                ("id", &self.client.id),
+                                ("rooms", &format_args!("{:?}", left)),
+                            ],
+                        );
                     }
                 }
                 Next::Continue
             }
             _ => {
-                if !shared.handlers.wants_messages() {
-                    bump(&shared.stats.dropped_no_handler);
+                if !env.handlers.wants_messages() {
+                    bump(&env.stats.dropped_no_handler);
                     return Next::Continue;
                 }
-                match shared.try_emit(AppEvent::Message {
+                match env.events.try_emit(AppEvent::Message {
                     client_id: self.client.id.to_string(),
                     user_id: self.client.user_id().map(|u| u.to_string()),
                     frame: text.to_string(),
@@ -609,13 +634,11 @@ impl Connection {
     fn on_read_error(&self, e: WsError) -> Next {
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                bump(&self.shared.stats.oversized_frames);
-                self.shared.log.warn(|| {
-                    format!(
-                        "Frame too large | id: {} | size: {size} | max: {max_size}",
-                        self.client.id
-                    )
-                });
+                bump(&self.env.stats.oversized_frames);
+                self.env.log.warn(
+                    "Frame too large",
+                    &[("id", &self.client.id), ("size", &size), ("max", &max_size)],
+                );
                 let (code, reason) = close::TOO_BIG;
                 Next::Close(code, reason)
             }
@@ -625,16 +648,15 @@ impl Connection {
             | WsError::Protocol(
                 tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
             ) => {
-                self.shared
-                    .log
-                    .debug(|| format!("Peer gone | id: {}", self.client.id));
+                self.env.log.debug("Peer gone", &[("id", &self.client.id)]);
                 Next::Stop
             }
             other => {
-                bump(&self.shared.stats.invalid_frames);
-                self.shared
-                    .log
-                    .debug(|| format!("Socket error | id: {} | error: {other}", self.client.id));
+                bump(&self.env.stats.invalid_frames);
+                self.env.log.debug(
+                    "Socket error",
+                    &[("id", &self.client.id), ("error", &other)],
+                );
                 Next::Stop
             }
         }
@@ -642,10 +664,10 @@ impl Connection {
 
     fn start_auth(&mut self, data_json: String, pending: PendingAuth) {
         self.client.set_state(ClientState::Authenticating);
-        self.auth_deadline = Some(Instant::now() + self.shared.config.auth_timeout * 3);
-        let handlers = self.shared.handlers.clone();
-        let require_encryption = self.shared.config.require_encryption;
-        let native_encryption = self.shared.config.native_encryption;
+        self.auth_deadline = Some(Instant::now() + self.env.config.auth_timeout * 3);
+        let handlers = self.env.handlers.clone();
+        let require_encryption = self.env.config.require_encryption;
+        let native_encryption = self.env.config.native_encryption;
         let id = self.client.id.clone();
         let fut = async move {
             let authenticated = handlers.authenticate(&id, &data_json).await;
@@ -701,7 +723,7 @@ impl Connection {
     /// Applies the outcome of the authentication flow; returns the close to
     /// perform when it failed.
     async fn finish_auth(&mut self, flow: AuthFlow) -> Option<(u16, &'static str)> {
-        let shared = self.shared.clone();
+        let env = self.env.clone();
         let id = self.client.id.clone();
         match flow {
             AuthFlow::Ok {
@@ -715,14 +737,14 @@ impl Connection {
                     // Before the client is visible as encrypted to any fan-out.
                     let _ = self.client.cipher.set(c);
                 }
-                if keys.is_some() && !native && shared.handlers.has_transformer() {
-                    crate::core::transform::attach(&shared, &self.client);
+                if let (Some(_), false, Some(t)) = (&keys, native, &env.transformer) {
+                    t.attach(&self.client);
                 }
-                if !shared.hub.authenticate(
+                if !env.hub.authenticate(
                     &self.client,
                     user_id.as_deref(),
                     keys,
-                    &shared.config.default_rooms,
+                    &env.config.default_rooms,
                 ) {
                     return None;
                 }
@@ -735,14 +757,15 @@ impl Connection {
                 // `connected` is never transformed: it carries the keys the
                 // client needs to read what the transformer produces.
                 self.client.offer_plain(&frame);
-                shared.log.info(|| {
-                    format!(
-                        "Authenticated | id: {id} | userId: {} | encrypted: {}",
-                        user_id.as_deref().unwrap_or("anonymous"),
-                        frame_keys.is_some()
-                    )
-                });
-                shared
+                env.log.info(
+                    "Authenticated",
+                    &[
+                        ("id", &id),
+                        ("userId", &user_id.as_deref().unwrap_or("anonymous")),
+                        ("encrypted", &frame_keys.is_some()),
+                    ],
+                );
+                env.events
                     .emit(AppEvent::Connected {
                         client_id: id.to_string(),
                         user_id,
@@ -751,28 +774,26 @@ impl Connection {
                 None
             }
             AuthFlow::Rejected => {
-                shared
-                    .log
-                    .info(|| format!("Authentication rejected | id: {id}"));
+                env.log.info("Authentication rejected", &[("id", &id)]);
                 self.send_error(errors::AUTH_FAILED);
                 Some(close::AUTH_FAILED)
             }
             AuthFlow::Error(e) => {
-                bump(&shared.stats.handler_errors);
-                shared
-                    .log
-                    .error(|| format!("Authentication error | id: {id} | error: {e}"));
+                bump(&env.stats.handler_errors);
+                env.log
+                    .error("Authentication error", &[("id", &id), ("error", &e)]);
                 self.send_error(errors::AUTH_ERROR);
                 Some(close::AUTH_FAILED)
             }
             AuthFlow::NoHandshakeHandler => {
-                shared.log.error(|| {
-                    format!("requireEncryption is true but no handshakeFn configured | id: {id}")
-                });
+                env.log.error(
+                    "requireEncryption is true but no handshakeFn configured",
+                    &[("id", &id)],
+                );
                 Some(close::ENCRYPTION_REQUIRED)
             }
             AuthFlow::HandshakeRejected => {
-                shared.log.info(|| format!("Handshake rejected | id: {id}"));
+                env.log.info("Handshake rejected", &[("id", &id)]);
                 self.send_error(errors::HANDSHAKE_FAILED);
                 Some(close::ENCRYPTION_REQUIRED)
             }
@@ -780,35 +801,36 @@ impl Connection {
     }
 
     fn start_join(&mut self, rooms: Vec<String>) {
-        let shared = &self.shared;
+        let env = &self.env;
         let id = &self.client.id;
         let requested: Vec<String> = rooms
             .into_iter()
             .filter(|r| protocol::is_joinable_room(r))
             .collect();
         if requested.is_empty() {
-            shared
-                .log
-                .debug(|| format!("Join rejected | id: {id} | reason: all rooms filtered out"));
+            env.log
+                .debug("Join rejected: all rooms filtered out", &[("id", &id)]);
             return;
         }
-        if self.joins.len() >= shared.config.max_pending_joins {
-            bump(&shared.stats.joins_refused);
-            shared.log.warn(|| {
-                format!("Join rejected | id: {id} | reason: too many joins awaiting validateRoomFn")
-            });
+        if self.joins.len() >= env.config.max_pending_joins {
+            bump(&env.stats.joins_refused);
+            env.log.warn(
+                "Join rejected: too many joins awaiting validateRoomFn",
+                &[("id", &id)],
+            );
             return;
         }
         let user = self.client.user_id();
-        match shared
+        match env
             .handlers
             .validate_rooms(id, user.as_deref(), requested.clone())
         {
             None => {
-                bump(&shared.stats.joins_refused);
-                shared.log.warn(|| {
-                    format!("Join rejected | id: {id} | rooms: {requested:?} | reason: no validateRoomFn configured")
-                });
+                bump(&env.stats.joins_refused);
+                env.log.warn(
+                    "Join rejected: no validateRoomFn configured",
+                    &[("id", &id), ("rooms", &format_args!("{requested:?}"))],
+                );
             }
             Some(fut) => self.joins.push(
                 async move {
@@ -823,49 +845,54 @@ impl Connection {
     }
 
     fn finish_join(&mut self, done: JoinDone) {
-        let shared = &self.shared;
+        let env = &self.env;
         let id = &self.client.id;
         match done.result {
             Ok(allowed) if allowed.is_empty() => {
-                bump(&shared.stats.joins_refused);
-                shared.log.debug(|| {
-                    format!(
-                        "Join rejected | id: {id} | rooms: {:?} | reason: no rooms allowed",
-                        done.requested
-                    )
-                });
+                bump(&env.stats.joins_refused);
+                env.log.debug(
+                    "Join rejected: no rooms allowed",
+                    &[
+                        ("id", &id),
+                        ("rooms", &format_args!("{:?}", done.requested)),
+                    ],
+                );
             }
             Ok(mut allowed) => {
                 if self.client.state() == ClientState::Authenticated {
                     // Own and default rooms do not count against the limit.
-                    let fixed = 1 + shared.config.default_rooms.len();
+                    let fixed = 1 + env.config.default_rooms.len();
                     let current = self.client.details.lock().rooms.len().saturating_sub(fixed);
-                    let room_left = shared.config.max_rooms_per_client.saturating_sub(current);
+                    let room_left = env.config.max_rooms_per_client.saturating_sub(current);
                     if allowed.len() > room_left {
-                        bump(&shared.stats.rooms_limited);
-                        shared.log.warn(|| {
-                            format!(
-                                "Room limit ({}) reached; {} room(s) not joined | id: {id}",
-                                shared.config.max_rooms_per_client,
-                                allowed.len() - room_left
-                            )
-                        });
+                        bump(&env.stats.rooms_limited);
+                        env.log.warn(
+                            "Room limit reached; rooms not joined",
+                            &[
+                                ("id", &id),
+                                ("maxRoomsPerClient", &env.config.max_rooms_per_client),
+                                ("notJoined", &(allowed.len() - room_left)),
+                            ],
+                        );
                         allowed.truncate(room_left);
                     }
-                    shared.hub.join(id, &allowed);
-                    shared
-                        .log
-                        .debug(|| format!("Joined rooms | id: {id} | rooms: {allowed:?}"));
+                    env.hub.join(id, &allowed);
+                    env.log.debug(
+                        "Joined rooms",
+                        &[("id", &id), ("rooms", &format_args!("{:?}", allowed))],
+                    );
                 }
             }
             Err(e) => {
-                bump(&shared.stats.handler_errors);
-                shared.log.error(|| {
-                    format!(
-                        "Failed to join rooms | id: {id} | rooms: {:?} | error: {e}",
-                        done.requested
-                    )
-                });
+                bump(&env.stats.handler_errors);
+                env.log.error(
+                    "Failed to join rooms",
+                    &[
+                        ("id", &id),
+                        ("rooms", &format_args!("{:?}", done.requested)),
+                        ("error", &e),
+                    ],
+                );
             }
         }
     }

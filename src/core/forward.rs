@@ -17,87 +17,102 @@
 //! loopback port of a forwarded connection back to the real client, so the
 //! JavaScript side can restore it (`x-forwarded-for`).
 
+use crate::core::connections::Live;
 use crate::core::http;
-use crate::core::server::Shared;
-use crate::core::stats;
+use crate::core::log::Logger;
+use crate::core::stats::{bump, Stats};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Real client addresses of forwarded connections, by the local port of
-/// the loopback connection that carries them.
-#[derive(Default)]
-pub struct Peers(Mutex<HashMap<u16, SocketAddr>>);
+/// Splices connections to the application's server at `upstream`, and
+/// keeps the real client address of each one it carries.
+pub struct Forwarder {
+    upstream: String,
+    /// Real client addresses, by the local port of the loopback
+    /// connection that carries them.
+    peers: Mutex<HashMap<u16, SocketAddr>>,
+    stats: Arc<Stats>,
+    log: Logger,
+}
 
-impl Peers {
-    pub fn get(&self, local_port: u16) -> Option<SocketAddr> {
-        self.0.lock().get(&local_port).copied()
+impl Forwarder {
+    pub fn new(upstream: String, stats: Arc<Stats>, log: Logger) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            upstream,
+            peers: Mutex::new(HashMap::new()),
+            stats,
+            log,
+        })
+    }
+
+    /// The real client behind a forwarded connection, by the local port the
+    /// application sees as its peer's port.
+    pub fn peer_of(&self, local_port: u16) -> Option<SocketAddr> {
+        self.peers.lock().get(&local_port).copied()
+    }
+
+    /// Splices `client` (whose first bytes, `head`, were already read) to
+    /// the application's server. Answers 502 when it cannot be reached.
+    pub async fn splice<S>(&self, mut client: S, head: Vec<u8>, addr: SocketAddr, live: &Live)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let upstream = self.upstream.as_str();
+        let mut app = match TcpStream::connect(upstream).await {
+            Ok(s) => s,
+            Err(e) => {
+                bump(&self.stats.http_forward_errors);
+                self.log.error(
+                    "HTTP request not forwarded: the application is unreachable",
+                    &[("upstream", &upstream), ("error", &e), ("remote", &addr)],
+                );
+                http::respond(
+                    &mut client,
+                    502,
+                    "Bad Gateway",
+                    "text/plain",
+                    "Bad Gateway\n",
+                )
+                .await;
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        bump(&self.stats.http_forwarded);
+        let port = app.local_addr().ok().map(|a| a.port());
+        if let Some(p) = port {
+            self.peers.lock().insert(p, addr);
+        }
+        let _forwarding = live.forwarding();
+        let _peer = Peer {
+            forwarder: self,
+            port,
+        };
+        if app.write_all(&head).await.is_err() {
+            return;
+        }
+        drop(head);
+        // Either side may end the exchange; errors here are resets by a
+        // peer, not faults of this server.
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
     }
 }
 
-/// Undoes the bookkeeping of a splice however it ends.
-struct Splicing<'a> {
-    shared: &'a Shared,
+/// Forgets a forwarded connection's peer however the splice ends.
+struct Peer<'a> {
+    forwarder: &'a Forwarder,
     port: Option<u16>,
 }
 
-impl Drop for Splicing<'_> {
+impl Drop for Peer<'_> {
     fn drop(&mut self) {
         if let Some(port) = self.port {
-            self.shared.forwarded_peers.0.lock().remove(&port);
+            self.forwarder.peers.lock().remove(&port);
         }
-        self.shared.forwarding_finished();
     }
-}
-
-/// Splices `client` (whose first bytes, `head`, were already read) to the
-/// application's server. Answers 502 when that server cannot be reached.
-pub async fn splice<S>(
-    shared: Arc<Shared>,
-    mut client: S,
-    head: Vec<u8>,
-    addr: SocketAddr,
-    upstream: &str,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut app = match TcpStream::connect(upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            stats::bump(&shared.stats.http_forward_errors);
-            shared.log.error(|| {
-                format!("HTTP request not forwarded: the application at {upstream} is unreachable ({e}) | remote: {addr}")
-            });
-            http::respond(
-                &mut client,
-                502,
-                "Bad Gateway",
-                "text/plain",
-                "Bad Gateway\n",
-            )
-            .await;
-            return;
-        }
-    };
-    let _ = app.set_nodelay(true);
-    stats::bump(&shared.stats.http_forwarded);
-    let port = app.local_addr().ok().map(|a| a.port());
-    if let Some(p) = port {
-        shared.forwarded_peers.0.lock().insert(p, addr);
-    }
-    shared.forwarding_started();
-    let _splicing = Splicing {
-        shared: &shared,
-        port,
-    };
-    if app.write_all(&head).await.is_err() {
-        return;
-    }
-    drop(head);
-    // Either side may end the exchange; errors here are resets by a peer,
-    // not faults of this server.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
 }

@@ -5,12 +5,12 @@
 //! in the protocol (docs/PROTOCOL.md §1): any upgrade that passes these checks is
 //! accepted.
 
-use crate::core::connection;
-use crate::core::forward;
+use crate::core::connection::{self, Env};
+use crate::core::connections::{Connections, Live};
+use crate::core::forward::Forwarder;
+use crate::core::frame_writer::FrameWriter;
 use crate::core::http::{self, Prefixed};
-use crate::core::metrics;
-use crate::core::outgoing::Outgoing;
-use crate::core::server::{Live, Shared};
+use crate::core::metrics::{self, Metrics};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// A client that opened TCP but never finished its TLS and HTTP handshakes
 /// is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What serving a socket up to its upgrade needs.
+pub struct Listener {
+    pub env: Arc<Env>,
+    pub connections: Arc<Connections>,
+    /// Set with `httpFallback`: where other requests are spliced.
+    pub forwarder: Option<Arc<Forwarder>>,
+    pub metrics: Arc<Metrics>,
+    pub tls: Option<TlsAcceptor>,
+}
 
 /// Builds the TLS acceptor from PEM certificate chain and key.
 pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
@@ -73,205 +83,202 @@ pub fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                let live = Live::start(&shared, addr.ip());
-                tokio::spawn(accept_one(shared.clone(), stream, addr, tls.clone(), live));
+impl Listener {
+    pub async fn accept_loop(self: Arc<Self>, tcp: TcpListener) {
+        loop {
+            match tcp.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let live = self.connections.start(addr.ip());
+                    tokio::spawn(self.clone().accept_one(stream, addr, live));
+                }
+                Err(e) => {
+                    // EMFILE and friends: say so, back off, keep serving.
+                    self.env.log.error("accept failed", &[("error", &e)]);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
+        }
+    }
+
+    async fn accept_one(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, live: Live) {
+        match self.tls.clone() {
+            None => self.serve_socket(stream, addr, live).await,
+            // Boxed: the TLS handshake's state is large (this task is
+            // short-lived, but a connection storm holds many at once).
+            Some(acceptor) => Box::pin(self.accept_tls(stream, addr, acceptor, live)).await,
+        }
+    }
+
+    async fn accept_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        live: Live,
+    ) {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => self.serve_socket(tls_stream, addr, live).await,
+            Ok(Err(e)) => self
+                .env
+                .log
+                .debug("TLS handshake failed", &[("remote", &addr), ("error", &e)]),
+            Err(_) => self
+                .env
+                .log
+                .debug("TLS handshake timed out", &[("remote", &addr)]),
+        }
+    }
+
+    /// A connection accepted by someone else (plain TCP), with the bytes
+    /// already read from it.
+    pub async fn serve_adopted(
+        self: Arc<Self>,
+        stream: TcpStream,
+        head: Vec<u8>,
+        addr: SocketAddr,
+        live: Live,
+    ) {
+        self.serve_socket(Prefixed::new(head, stream), addr, live)
+            .await
+    }
+
+    /// Upgrades the socket (or answers it), then starts it as a connection.
+    ///
+    /// The connection runs as a task of its own, spawned once the upgrade
+    /// is done, and the accepting task ends: what a connection keeps for
+    /// its whole life is then that task and its loop, not also the accept
+    /// and upgrade futures it started from.
+    pub async fn serve_socket<S>(self: Arc<Self>, stream: S, addr: SocketAddr, live: Live)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if let Some(ws) = Box::pin(self.upgrade(stream, addr, &live)).await {
+            let connection = connection::run(self.env.clone(), ws, addr.to_string());
+            tokio::spawn(async move {
+                connection.await;
+                drop(live);
+            });
+        }
+    }
+
+    /// Why a request head is refused before the upgrade.
+    fn refusal(&self, head: &http::Head, ip: IpAddr) -> Option<(u16, &'static str)> {
+        let cfg = &self.env.config;
+        if head.path != cfg.path {
+            return Some((404, "Not Found"));
+        }
+        if !head.upgrade_websocket {
+            return Some((426, "Upgrade Required"));
+        }
+        if !http::origin_allowed(&cfg.allowed_origins, head.origin.as_deref()) {
+            return Some((403, "Forbidden"));
+        }
+        if cfg.max_connections > 0 && self.env.hub.client_count() >= cfg.max_connections {
+            return Some((503, "Service Unavailable"));
+        }
+        if cfg.max_connections_per_ip > 0 && self.connections.from(ip) > cfg.max_connections_per_ip
+        {
+            return Some((429, "Too Many Requests"));
+        }
+        None
+    }
+
+    /// Reads the request head, answers what is not an acceptable upgrade,
+    /// and completes the WebSocket handshake for the rest.
+    async fn upgrade<S>(
+        &self,
+        mut stream: S,
+        addr: SocketAddr,
+        live: &Live,
+    ) -> Option<tokio_tungstenite::WebSocketStream<FrameWriter<Prefixed<S>>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let log = &self.env.log;
+        let cfg = &self.env.config;
+        let (head, bytes) =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, http::read_head(&mut stream)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    log.debug("Bad request head", &[("remote", &addr), ("error", &e)]);
+                    http::respond(
+                        &mut stream,
+                        400,
+                        "Bad Request",
+                        "text/plain",
+                        "Bad Request\n",
+                    )
+                    .await;
+                    return None;
+                }
+                Err(_) => {
+                    log.debug("Request head timed out", &[("remote", &addr)]);
+                    return None;
+                }
+            };
+        if head.method == "GET" && cfg.metrics_path.as_deref() == Some(head.path.as_str()) {
+            let body = self.metrics.render();
+            http::respond(&mut stream, 200, "OK", metrics::CONTENT_TYPE, &body).await;
+            return None;
+        }
+        if let Some(forwarder) = &self.forwarder {
+            if head.path != cfg.path || !head.upgrade_websocket {
+                forwarder.splice(stream, bytes, addr, live).await;
+                return None;
+            }
+        }
+        if let Some((status, reason)) = self.refusal(&head, addr.ip()) {
+            log.log(
+                if status == 403 || status >= 429 {
+                    crate::core::log::Level::Warn
+                } else {
+                    crate::core::log::Level::Debug
+                },
+                "Upgrade refused",
+                &[
+                    ("status", &status),
+                    ("reason", &reason),
+                    ("remote", &addr),
+                    ("path", &head.path),
+                    ("origin", &head.origin.as_deref().unwrap_or("-")),
+                ],
+            );
+            if status >= 429 {
+                crate::core::stats::bump(&self.env.stats.connections_refused);
+            }
+            http::respond(
+                &mut stream,
+                status,
+                reason,
+                "text/plain",
+                &format!("{reason}\n"),
+            )
+            .await;
+            return None;
+        }
+        let config = ws_config(cfg.max_payload_length);
+        let replay = FrameWriter::new(Prefixed::new(bytes, stream));
+        match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
+            Ok(ws) => Some(ws),
             Err(e) => {
-                // EMFILE and friends: say so, back off, keep serving.
-                shared.log.error(|| format!("accept failed: {e}"));
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                log.debug("Upgrade failed", &[("remote", &addr), ("error", &e)]);
+                None
             }
         }
     }
 }
 
-async fn accept_one(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    live: Live,
-) {
-    match tls {
-        None => serve_socket(shared, stream, addr, live).await,
-        // Boxed: the TLS handshake's state is large (this task is short-lived
-        // now, but a connection storm holds many of them at once).
-        Some(acceptor) => Box::pin(accept_tls(shared, stream, addr, acceptor, live)).await,
-    }
-}
-
-async fn accept_tls(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    addr: SocketAddr,
-    acceptor: TlsAcceptor,
-    live: Live,
-) {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => serve_socket(shared, tls_stream, addr, live).await,
-        Ok(Err(e)) => shared
-            .log
-            .debug(|| format!("TLS handshake failed | remote: {addr} | error: {e}")),
-        Err(_) => shared
-            .log
-            .debug(|| format!("TLS handshake timed out | remote: {addr}")),
-    }
-}
-
-/// A connection accepted by someone else (plain TCP), with the bytes
-/// already read from it.
-pub async fn serve_adopted(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    head: Vec<u8>,
-    addr: SocketAddr,
-    live: Live,
-) {
-    serve_socket(shared, Prefixed::new(head, stream), addr, live).await
-}
-
 /// Socket settings: small buffers (a socket mostly idles), inbound messages
-/// capped at `maxPayloadLength`. The read buffer is allocated per socket for
-/// its whole life: 512 bytes instead of tungstenite's 128 KiB (measured per
-/// idle connection: 4 KiB → 2 KiB saved 3 KiB, 2 KiB → 1 KiB saved 1 KiB,
-/// 1 KiB → 512 saved 0.5 KiB). Client frames are mostly smaller; for a
-/// larger one tungstenite reserves the frame's length once its header is in.
+/// capped at `maxPayloadLength`. The read buffer is allocated per socket
+/// for its whole life: 512 bytes instead of tungstenite's 128 KiB (the
+/// measurements are in docs/PERFORMANCE.md). Client frames are mostly
+/// smaller; for a larger one tungstenite reserves the frame's length once
+/// its header is in.
 pub fn ws_config(max_payload: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload))
-}
-
-/// Why a request head is refused before the upgrade.
-fn refusal(shared: &Shared, head: &http::Head, ip: IpAddr) -> Option<(u16, &'static str)> {
-    let cfg = &shared.config;
-    if head.path != cfg.path {
-        return Some((404, "Not Found"));
-    }
-    if !head.upgrade_websocket {
-        return Some((426, "Upgrade Required"));
-    }
-    if !http::origin_allowed(&cfg.allowed_origins, head.origin.as_deref()) {
-        return Some((403, "Forbidden"));
-    }
-    if cfg.max_connections > 0 && shared.hub.client_count() >= cfg.max_connections {
-        return Some((503, "Service Unavailable"));
-    }
-    if cfg.max_connections_per_ip > 0 && shared.connections_from(ip) > cfg.max_connections_per_ip {
-        return Some((429, "Too Many Requests"));
-    }
-    None
-}
-
-/// Upgrades the socket (or answers it), then starts it as a connection.
-///
-/// The connection runs as a task of its own, spawned once the upgrade is
-/// done, and the accepting task ends: what a connection keeps for its whole
-/// life is then that task and its loop, not also the accept and upgrade
-/// futures it started from.
-pub async fn serve_socket<S>(shared: Arc<Shared>, stream: S, addr: SocketAddr, live: Live)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if let Some(ws) = Box::pin(upgrade(shared.clone(), stream, addr)).await {
-        let connection = connection::run(shared, ws, addr.to_string());
-        tokio::spawn(async move {
-            connection.await;
-            drop(live);
-        });
-    }
-}
-
-/// Reads the request head, answers what is not an acceptable upgrade, and
-/// completes the WebSocket handshake for the rest.
-async fn upgrade<S>(
-    shared: Arc<Shared>,
-    mut stream: S,
-    addr: SocketAddr,
-) -> Option<tokio_tungstenite::WebSocketStream<Outgoing<Prefixed<S>>>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let remote = addr.to_string();
-    let (head, bytes) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, http::read_head(&mut stream)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                shared
-                    .log
-                    .debug(|| format!("Bad request head | remote: {remote} | error: {e}"));
-                http::respond(
-                    &mut stream,
-                    400,
-                    "Bad Request",
-                    "text/plain",
-                    "Bad Request\n",
-                )
-                .await;
-                return None;
-            }
-            Err(_) => {
-                shared
-                    .log
-                    .debug(|| format!("Request head timed out | remote: {remote}"));
-                return None;
-            }
-        };
-    if head.method == "GET" && shared.config.metrics_path.as_deref() == Some(head.path.as_str()) {
-        let body = metrics::render(&shared);
-        http::respond(&mut stream, 200, "OK", metrics::CONTENT_TYPE, &body).await;
-        return None;
-    }
-    if let Some(upstream) = shared.config.http_fallback.as_deref() {
-        if head.path != shared.config.path || !head.upgrade_websocket {
-            forward::splice(shared.clone(), stream, bytes, addr, upstream).await;
-            return None;
-        }
-    }
-    if let Some((status, reason)) = refusal(&shared, &head, addr.ip()) {
-        shared.log.log(
-            if status == 403 || status >= 429 {
-                crate::core::log::Level::Warn
-            } else {
-                crate::core::log::Level::Debug
-            },
-            || {
-                format!(
-                    "Upgrade refused: {status} {reason} | remote: {remote} | path: {} | origin: {}",
-                    head.path,
-                    head.origin.as_deref().unwrap_or("-")
-                )
-            },
-        );
-        if status >= 429 {
-            crate::core::stats::bump(&shared.stats.connections_refused);
-        }
-        http::respond(
-            &mut stream,
-            status,
-            reason,
-            "text/plain",
-            &format!("{reason}\n"),
-        )
-        .await;
-        return None;
-    }
-    let config = ws_config(shared.config.max_payload_length);
-    let replay = Outgoing::new(Prefixed::new(bytes, stream));
-    match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
-        Ok(ws) => Some(ws),
-        Err(e) => {
-            shared
-                .log
-                .debug(|| format!("Upgrade failed | remote: {remote} | error: {e}"));
-            None
-        }
-    }
 }

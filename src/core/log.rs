@@ -1,8 +1,13 @@
-//! Logging without a logging framework: the core writes through a `Log`
-//! trait so the binding can route lines to a JavaScript logger or stderr.
-//! Levels are checked before a line is formatted, so a disabled level costs
-//! one comparison.
+//! Structured logging without a logging framework's global state: every
+//! server has its own level, format and destination (stderr, or the
+//! application's `logger`), so the core writes through a [`Log`] sink
+//! rather than a process-wide subscriber. A line is a message plus named
+//! fields, formatted once, by the sink: as text (`message | key: value`)
+//! or as one JSON object. Levels are checked before anything is formatted,
+//! so a disabled level costs one comparison (field values are references;
+//! use `format_args!` for a value that would cost to compute).
 
+use std::fmt::{self, Display, Write as _};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,10 +29,13 @@ impl Level {
     }
 }
 
+/// A named value of a log line (`id`, `remote`, `error`…).
+pub type Field<'a> = (&'a str, &'a dyn Display);
+
 pub trait Log: Send + Sync + 'static {
     /// The most verbose level that is written; `None` writes nothing.
     fn max_level(&self) -> Option<Level>;
-    fn write(&self, level: Level, line: String);
+    fn write(&self, level: Level, msg: &str, fields: &[Field<'_>]);
 }
 
 #[derive(Clone)]
@@ -46,29 +54,38 @@ impl Logger {
         self.max.is_some_and(|m| level <= m)
     }
 
-    pub fn log(&self, level: Level, f: impl FnOnce() -> String) {
+    pub fn log(&self, level: Level, msg: &str, fields: &[Field<'_>]) {
         if self.enabled(level) {
-            self.sink.write(level, f());
+            self.sink.write(level, msg, fields);
         }
     }
-    pub fn error(&self, f: impl FnOnce() -> String) {
-        self.log(Level::Error, f)
+    pub fn error(&self, msg: &str, fields: &[Field<'_>]) {
+        self.log(Level::Error, msg, fields)
     }
-    pub fn warn(&self, f: impl FnOnce() -> String) {
-        self.log(Level::Warn, f)
+    pub fn warn(&self, msg: &str, fields: &[Field<'_>]) {
+        self.log(Level::Warn, msg, fields)
     }
-    pub fn info(&self, f: impl FnOnce() -> String) {
-        self.log(Level::Info, f)
+    pub fn info(&self, msg: &str, fields: &[Field<'_>]) {
+        self.log(Level::Info, msg, fields)
     }
-    pub fn debug(&self, f: impl FnOnce() -> String) {
-        self.log(Level::Debug, f)
+    pub fn debug(&self, msg: &str, fields: &[Field<'_>]) {
+        self.log(Level::Debug, msg, fields)
     }
 }
 
-/// Turns a line written as `Message | key: value | key: value` (the form
-/// every line of the core uses) into one JSON object:
-/// `{"time":…,"level":…,"server":…,"msg":"Message","key":"value",…}`.
-pub fn json_line(server: &str, level: Level, line: &str) -> String {
+/// The text form: `message | key: value | key: value`.
+pub fn text_line(msg: &str, fields: &[Field<'_>]) -> String {
+    let mut out = String::with_capacity(msg.len() + 24 * fields.len());
+    out.push_str(msg);
+    for (k, v) in fields {
+        let _ = write!(out, " | {k}: {v}");
+    }
+    out
+}
+
+/// The JSON form: `{"time":…,"level":…,"server":…,"msg":…,"key":"value",…}`
+/// (every value as a string).
+pub fn json_line(server: &str, level: Level, msg: &str, fields: &[Field<'_>]) -> String {
     let mut obj = serde_json::Map::new();
     obj.insert(
         "time".into(),
@@ -76,24 +93,39 @@ pub fn json_line(server: &str, level: Level, line: &str) -> String {
     );
     obj.insert("level".into(), level.as_str().into());
     obj.insert("server".into(), server.into());
-    let mut parts = line.split(" | ");
-    obj.insert("msg".into(), parts.next().unwrap_or("").into());
-    for part in parts {
-        match part.split_once(": ") {
-            Some((k, v)) if !k.contains(' ') => {
-                obj.insert(k.to_string(), v.into());
-            }
-            _ => {
-                let msg = obj
-                    .get("msg")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                obj.insert("msg".into(), format!("{msg} | {part}").into());
-            }
-        }
+    obj.insert("msg".into(), msg.into());
+    for (k, v) in fields {
+        obj.insert((*k).to_string(), v.to_string().into());
     }
     serde_json::Value::Object(obj).to_string()
+}
+
+/// How a sink formats its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    /// JSON objects naming this server.
+    Json {
+        server: String,
+    },
+}
+
+impl Format {
+    pub fn line(&self, level: Level, msg: &str, fields: &[Field<'_>]) -> String {
+        match self {
+            Format::Text => text_line(msg, fields),
+            Format::Json { server } => json_line(server, level, msg, fields),
+        }
+    }
+}
+
+/// A value formatted only if the line is written.
+pub struct Lazy<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(pub F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> Display for Lazy<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
 }
 
 /// Lines on stderr: concise text (`[ignis-ws:<identifier>] warn  <text>`)
@@ -104,18 +136,30 @@ pub struct StderrLog {
     pub json: bool,
 }
 
+impl StderrLog {
+    /// The whole line as written to stderr, newline included.
+    pub fn line(&self, level: Level, msg: &str, fields: &[Field<'_>]) -> String {
+        let mut text = if self.json {
+            json_line(&self.server, level, msg, fields)
+        } else {
+            format!(
+                "[ignis-ws:{}] {:<5} {}",
+                self.server,
+                level.as_str(),
+                text_line(msg, fields)
+            )
+        };
+        text.push('\n');
+        text
+    }
+}
+
 impl Log for StderrLog {
     fn max_level(&self) -> Option<Level> {
         self.max
     }
-    fn write(&self, level: Level, line: String) {
-        let mut text = if self.json {
-            json_line(&self.server, level, &line)
-        } else {
-            format!("[ignis-ws:{}] {:<5} {}", self.server, level.as_str(), line)
-        };
-        text.push('\n');
-        stderr::write(text.as_bytes());
+    fn write(&self, level: Level, msg: &str, fields: &[Field<'_>]) {
+        stderr::write(self.line(level, msg, fields).as_bytes());
     }
 }
 
@@ -261,7 +305,7 @@ impl Log for NullLog {
     fn max_level(&self) -> Option<Level> {
         None
     }
-    fn write(&self, _: Level, _: String) {}
+    fn write(&self, _: Level, _: &str, _: &[Field<'_>]) {}
 }
 
 #[cfg(test)]
@@ -269,17 +313,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_lines_keep_keys() {
-        let v: serde_json::Value = serde_json::from_str(&json_line(
-            "s1",
-            Level::Warn,
-            "Auth timeout | id: abc | remote: 1.2.3.4:5",
-        ))
-        .unwrap();
+    fn fields_become_text_or_json_keys() {
+        let id = "abc";
+        let remote: std::net::SocketAddr = "1.2.3.4:5".parse().unwrap();
+        let fields: &[Field<'_>] = &[("id", &id), ("remote", &remote)];
+        assert_eq!(
+            text_line("Auth timeout", fields),
+            "Auth timeout | id: abc | remote: 1.2.3.4:5"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&json_line("s1", Level::Warn, "Auth timeout", fields)).unwrap();
         assert_eq!(v["msg"], "Auth timeout");
         assert_eq!(v["id"], "abc");
         assert_eq!(v["remote"], "1.2.3.4:5");
         assert_eq!(v["level"], "warn");
         assert_eq!(v["server"], "s1");
+    }
+
+    #[test]
+    fn a_disabled_level_formats_nothing() {
+        struct Counting(std::sync::atomic::AtomicUsize);
+        impl Log for Counting {
+            fn max_level(&self) -> Option<Level> {
+                Some(Level::Info)
+            }
+            fn write(&self, _: Level, _: &str, _: &[Field<'_>]) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let sink = Arc::new(Counting(Default::default()));
+        let log = Logger::new(sink.clone());
+        let formatted = std::cell::Cell::new(false);
+        let lazy = Lazy(|f: &mut fmt::Formatter<'_>| {
+            formatted.set(true);
+            f.write_str("x")
+        });
+        log.debug("hidden", &[("v", &lazy)]);
+        assert!(!formatted.get());
+        log.info("shown", &[]);
+        assert_eq!(sink.0.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

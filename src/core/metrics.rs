@@ -8,10 +8,12 @@
 //! which `promtool check metrics` rejects ("no help text") and a classic
 //! scrape reads as untyped.
 
-use crate::core::broker::BrokerStatus;
-use crate::core::server::Shared;
-use crate::core::stats::StatsSnapshot;
+use crate::core::broker::{Broker, BrokerStatus};
+use crate::core::connections::Connections;
+use crate::core::hub::Hub;
+use crate::core::stats::{Stats, StatsSnapshot};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
 
 /// What one scrape reads, taken once so every series agrees.
 pub struct Sample {
@@ -21,7 +23,6 @@ pub struct Sample {
     pub live: u64,
     pub stats: StatsSnapshot,
     pub bus: BrokerStatus,
-    pub bus_invalid: u64,
     pub log_dropped: u64,
 }
 
@@ -140,31 +141,39 @@ const COUNTERS: &[(&str, &str, Read)] = &[
     (
         "bus_invalid",
         "Envelopes that were not JSON or not shaped right.",
-        |s| s.bus_invalid,
+        |s| s.stats.bus_invalid,
     ),
 ];
 
-pub fn sample(shared: &Shared, live: u64) -> Sample {
-    Sample {
-        by_state: shared.hub.count_by_state().map(|n| n as u64),
-        rooms: shared.hub.room_count() as u64,
-        users: shared.hub.user_count() as u64,
-        live,
-        stats: shared.stats.snapshot(),
-        bus: shared.broker.status(),
-        bus_invalid: shared
-            .invalid_envelopes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        log_dropped: crate::core::log::stderr::dropped(),
+/// What the page is read from.
+pub struct Metrics {
+    pub identifier: String,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub broker: Arc<dyn Broker>,
+    pub connections: Arc<Connections>,
+}
+
+impl Metrics {
+    pub fn sample(&self) -> Sample {
+        Sample {
+            by_state: self.hub.count_by_state().map(|n| n as u64),
+            rooms: self.hub.room_count() as u64,
+            users: self.hub.user_count() as u64,
+            live: self.connections.live() as u64,
+            stats: self.stats.snapshot(),
+            bus: self.broker.status(),
+            log_dropped: crate::core::log::stderr::dropped(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        encode(&self.identifier, &self.sample())
     }
 }
 
-/// The content type of [`render`]'s text.
+/// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-pub fn render(shared: &Shared) -> String {
-    encode(&shared.config.identifier, &sample(shared, shared.live()))
-}
 
 /// Encodes a sample; every series carries `server="<identifier>"`, first
 /// (as a label of each family rather than a registry-wide constant label,
@@ -239,7 +248,6 @@ mod tests {
             live: 6,
             stats: StatsSnapshot::default(),
             bus: BrokerStatus::default(),
-            bus_invalid: 0,
             log_dropped: 7,
         };
         let text = encode("srv \"1\"", &s);

@@ -1,20 +1,24 @@
 //! The server engine, free of any JavaScript binding. It reaches the
 //! application only through [`handlers::Handlers`] and [`log::Log`].
+//! docs/ARCHITECTURE.md walks through it.
 
 pub mod broker;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod connections;
 pub mod crypto;
 pub mod envelope;
+pub mod events;
 pub mod forward;
+pub mod frame_writer;
 pub mod handlers;
+pub mod heartbeat;
 pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod metrics;
-pub mod outgoing;
 pub mod protocol;
 pub mod server;
 pub mod stats;

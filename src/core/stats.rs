@@ -21,6 +21,8 @@ pub struct Stats {
     pub http_forwarded: AtomicU64,
     pub http_forward_errors: AtomicU64,
     pub send_timeouts: AtomicU64,
+    /// Envelopes from the bus that were not JSON or not shaped right.
+    pub bus_invalid: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,6 +43,7 @@ pub struct StatsSnapshot {
     pub http_forwarded: u64,
     pub http_forward_errors: u64,
     pub send_timeouts: u64,
+    pub bus_invalid: u64,
 }
 
 impl Stats {
@@ -63,6 +66,7 @@ impl Stats {
             http_forwarded: g(&self.http_forwarded),
             http_forward_errors: g(&self.http_forward_errors),
             send_timeouts: g(&self.send_timeouts),
+            bus_invalid: g(&self.bus_invalid),
         }
     }
 }

@@ -10,40 +10,73 @@
 //! dropped and counted, so a hung transformer cannot stall the others.
 
 use crate::core::client::Client;
+use crate::core::handlers::Handlers;
+use crate::core::log::Logger;
 use crate::core::protocol::Frame;
-use crate::core::server::Shared;
-use crate::core::stats::bump;
+use crate::core::stats::{bump, Stats};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 pub const TRANSFORM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Routes `client`'s frames through the transformer from now on. Call it
-/// before the client becomes reachable by fan-out as encrypted.
-pub fn attach(shared: &Arc<Shared>, client: &Arc<Client>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    client.set_transformer(tx);
-    // Weak: the task must not keep the client (and so its own sender) alive.
-    let weak = Arc::downgrade(client);
-    let id = client.id.clone();
-    let shared = shared.clone();
-    tokio::spawn(async move {
+pub struct Transformer {
+    handlers: Arc<dyn Handlers>,
+    /// Calls allowed in flight (`encryptedBatchLimit`).
+    permits: Semaphore,
+    stats: Arc<Stats>,
+    log: Logger,
+}
+
+impl Transformer {
+    pub fn new(
+        handlers: Arc<dyn Handlers>,
+        limit: usize,
+        stats: Arc<Stats>,
+        log: Logger,
+    ) -> Arc<Transformer> {
+        Arc::new(Transformer {
+            handlers,
+            permits: Semaphore::new(limit.max(1)),
+            stats,
+            log,
+        })
+    }
+
+    /// Routes `client`'s frames through the transformer from now on. Call
+    /// it before the client becomes reachable by fan-out as encrypted.
+    pub fn attach(self: &Arc<Self>, client: &Arc<Client>) {
+        let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+        client.set_transformer(tx);
+        // Weak: the task must not keep the client (and so its own sender)
+        // alive.
+        tokio::spawn(
+            self.clone()
+                .run(Arc::downgrade(client), client.id.clone(), rx),
+        );
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        client: std::sync::Weak<Client>,
+        id: Arc<str>,
+        mut rx: mpsc::UnboundedReceiver<Frame>,
+    ) {
         while let Some(frame) = rx.recv().await {
-            let Some(call) = shared.handlers.transform(&id, frame.as_str()) else {
-                if let Some(c) = weak.upgrade() {
+            let Some(call) = self.handlers.transform(&id, frame.as_str()) else {
+                if let Some(c) = client.upgrade() {
                     c.sent(frame.len());
                     c.offer_plain(&frame);
                 }
                 continue;
             };
             let result = {
-                let Ok(_permit) = shared.transform_permits.acquire().await else {
+                let Ok(_permit) = self.permits.acquire().await else {
                     return;
                 };
                 tokio::time::timeout(TRANSFORM_TIMEOUT, call).await
             };
-            let Some(c) = weak.upgrade() else { return };
+            let Some(c) = client.upgrade() else { return };
             c.sent(frame.len());
             match result {
                 Ok(Ok(None)) => {
@@ -53,23 +86,20 @@ pub fn attach(shared: &Arc<Shared>, client: &Arc<Client>) {
                     c.offer_plain(&Frame::from(text));
                 }
                 Ok(Err(e)) => {
-                    bump(&shared.stats.handler_errors);
-                    shared.log.error(|| {
-                        format!(
-                            "Outbound transformer error; message dropped | id: {id} | error: {e}"
-                        )
-                    });
+                    bump(&self.stats.handler_errors);
+                    self.log.error(
+                        "Outbound transformer error; message dropped",
+                        &[("id", &id), ("error", &e)],
+                    );
                 }
                 Err(_) => {
-                    bump(&shared.stats.handler_errors);
-                    shared.log.error(|| {
-                        format!(
-                            "Outbound transformer did not settle within {} s; message dropped | id: {id}",
-                            TRANSFORM_TIMEOUT.as_secs()
-                        )
-                    });
+                    bump(&self.stats.handler_errors);
+                    self.log.error(
+                        "Outbound transformer did not settle in time; message dropped",
+                        &[("id", &id), ("timeoutMs", &TRANSFORM_TIMEOUT.as_millis())],
+                    );
                 }
             }
         }
-    });
+    }
 }

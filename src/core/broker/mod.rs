@@ -1,17 +1,19 @@
 //! The bus between instances. A broker publishes envelopes for other
 //! instances and subscribes to the channels this instance has local
-//! interest in; what it receives goes to an [`Inbound`] sink.
+//! interest in; what it receives goes to a [`Subscriber`] (the
+//! [`router::Router`], which delivers it to local sockets).
 //!
 //! Two implementations: [`LocalBroker`] (no Redis: one instance, nothing to
 //! deliver elsewhere) and [`redis::RedisBroker`] (standalone or cluster).
 
 pub mod redis;
+pub mod router;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-/// Where received envelopes go (the server's router).
-pub trait Inbound: Send + Sync + 'static {
+/// Where received envelopes go.
+pub trait Subscriber: Send + Sync + 'static {
     fn deliver(&self, channel: &str, payload: &str);
 }
 

@@ -19,7 +19,7 @@
 //! way is sent again (it can arrive twice), and past the buffer's bound
 //! the oldest are dropped (counted in `busPublishDropped`).
 
-use super::{Broker, BrokerStatus, Inbound};
+use super::{Broker, BrokerStatus, Subscriber};
 use crate::core::envelope::BROADCAST_CHANNEL;
 use crate::core::log::Logger;
 use futures_util::future::BoxFuture;
@@ -135,7 +135,7 @@ impl Publisher {
 struct Inner {
     cfg: RedisConfig,
     log: Logger,
-    inbound: Arc<dyn Inbound>,
+    inbound: Arc<dyn Subscriber>,
     cluster_client: Option<redis::cluster::ClusterClient>,
     queue: Mutex<VecDeque<(String, String)>>,
     queue_notify: Notify,
@@ -230,7 +230,7 @@ impl RedisBroker {
     /// subscriber tasks. Fails with a message naming the address.
     pub async fn connect(
         cfg: RedisConfig,
-        inbound: Arc<dyn Inbound>,
+        inbound: Arc<dyn Subscriber>,
         log: Logger,
     ) -> Result<RedisBroker, String> {
         let unreachable = |e: String| {
@@ -326,7 +326,7 @@ impl RedisBroker {
         inner.tasks.lock().extend([pub_task, sub_task]);
         inner
             .log
-            .info(|| format!("Redis connected | {}", inner.cfg.display));
+            .info("Redis connected", &[("redis", &inner.cfg.display)]);
         Ok(RedisBroker { inner })
     }
 }
@@ -344,12 +344,13 @@ impl Broker for RedisBroker {
                 q.pop_front();
                 inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
                 if !inner.drop_logged.swap(true, Ordering::AcqRel) {
-                    inner.log.error(|| {
-                        format!(
-                            "Redis publish buffer full ({} messages): dropping the oldest until Redis is back | {}",
-                            inner.cfg.publish_buffer, inner.cfg.display
-                        )
-                    });
+                    inner.log.error(
+                        "Redis publish buffer full: dropping the oldest until Redis is back",
+                        &[
+                            ("publishBuffer", &inner.cfg.publish_buffer),
+                            ("redis", &inner.cfg.display),
+                        ],
+                    );
                 }
             }
             q.push_back((channel, payload));
@@ -405,9 +406,10 @@ impl Broker for RedisBroker {
             let left = inner.queue.lock().len() as u64;
             if left > 0 {
                 inner.publish_dropped.fetch_add(left, Ordering::Relaxed);
-                inner
-                    .log
-                    .warn(|| format!("Redis shutdown: {left} unpublished message(s) dropped"));
+                inner.log.warn(
+                    "Redis shutdown: unpublished messages dropped",
+                    &[("dropped", &left)],
+                );
             }
             inner.state.store(STATE_CLOSED, Ordering::Release);
             inner.close_notify.notify_waiters();
@@ -472,12 +474,10 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
                 inner.drop_logged.store(false, Ordering::Release);
             }
             Err(e) => {
-                inner.log.warn(|| {
-                    format!(
-                        "Redis publish failed, will retry | {} | error: {e}",
-                        inner.cfg.display
-                    )
-                });
+                inner.log.warn(
+                    "Redis publish failed, will retry",
+                    &[("redis", &inner.cfg.display), ("error", &e)],
+                );
                 requeue_front(&inner, batch);
                 healthy = false;
             }
@@ -613,14 +613,14 @@ async fn standalone_subscribe_loop(
             inner.reconnects.fetch_add(1, Ordering::Relaxed);
             // The publisher may be waiting on a dead connection: wake it.
             inner.queue_notify.notify_one();
-            inner.log.warn(|| {
-                format!(
-                    "Redis reconnected after {} ms; resubscribed {} channel(s) | {}",
-                    t.elapsed().as_millis(),
-                    live.len(),
-                    inner.cfg.display
-                )
-            });
+            inner.log.warn(
+                "Redis reconnected; channels resubscribed",
+                &[
+                    ("afterMs", &t.elapsed().as_millis()),
+                    ("channels", &live.len()),
+                    ("redis", &inner.cfg.display),
+                ],
+            );
         }
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -644,7 +644,7 @@ async fn standalone_subscribe_loop(
                     inner.received.fetch_add(1, Ordering::Relaxed);
                     match std::str::from_utf8(msg.get_payload_bytes()) {
                         Ok(payload) => inner.inbound.deliver(msg.get_channel_name(), payload),
-                        Err(_) => inner.log.error(|| format!("Redis message is not UTF-8 | channel: {}", msg.get_channel_name())),
+                        Err(_) => inner.log.error("Redis message is not UTF-8", &[("channel", &msg.get_channel_name())]),
                     }
                 }
                 _ = ping.tick() => {
@@ -661,12 +661,10 @@ async fn standalone_subscribe_loop(
         }
         inner.state.store(STATE_DISCONNECTED, Ordering::Release);
         lost_at = Some(Instant::now());
-        inner.log.error(|| {
-            format!(
-                "Redis subscriber connection lost ({lost}); local delivery continues, reconnecting | {}",
-                inner.cfg.display
-            )
-        });
+        inner.log.error(
+            "Redis subscriber connection lost; local delivery continues, reconnecting",
+            &[("reason", &lost), ("redis", &inner.cfg.display)],
+        );
     }
 }
 
@@ -698,17 +696,16 @@ async fn cluster_probe(inner: Arc<Inner>, mut conn: ClusterConnection) {
             inner.reconnects.fetch_add(1, Ordering::Relaxed);
             inner.state.store(STATE_CONNECTED, Ordering::Release);
             inner.queue_notify.notify_one();
-            inner
-                .log
-                .info(|| format!("Redis cluster reachable again | {}", inner.cfg.display));
+            inner.log.info(
+                "Redis cluster reachable again",
+                &[("redis", &inner.cfg.display)],
+            );
         } else if !up && was == STATE_CONNECTED {
             inner.state.store(STATE_DISCONNECTED, Ordering::Release);
-            inner.log.warn(|| {
-                format!(
-                    "Redis cluster unreachable; publications are buffered | {}",
-                    inner.cfg.display
-                )
-            });
+            inner.log.warn(
+                "Redis cluster unreachable; publications are buffered",
+                &[("redis", &inner.cfg.display)],
+            );
         }
     }
 }
@@ -733,7 +730,7 @@ async fn cluster_subscribe_loop(
                     match r {
                         Ok(()) => { live.insert(ch); }
                         Err(e) => {
-                            inner.log.error(|| format!("Redis cluster subscribe failed | channel: {ch} | error: {e}"));
+                            inner.log.error("Redis cluster subscribe failed", &[("channel", &ch), ("error", &e)]);
                             // Retry with the next change or after a pause.
                             let tx = inner.interest_tx.clone();
                             tokio::spawn(async move {

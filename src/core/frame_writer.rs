@@ -36,7 +36,7 @@ thread_local! {
 /// Bytes tungstenite's own writes may leave pending before they wait.
 pub const CONTROL_PENDING_MAX: usize = 64 * 1024;
 
-pub struct Outgoing<S> {
+pub struct FrameWriter<S> {
     inner: S,
     /// Bytes of frames already taken that the socket has not accepted yet.
     pending: Vec<u8>,
@@ -67,9 +67,9 @@ pub fn text_header(len: usize) -> ([u8; 10], usize) {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Outgoing<S> {
+impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     pub fn new(inner: S) -> Self {
-        Outgoing {
+        FrameWriter {
             inner,
             pending: Vec::new(),
             at: 0,
@@ -220,7 +220,7 @@ impl<S: AsyncWrite + Unpin> Outgoing<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Outgoing<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for FrameWriter<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -235,7 +235,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Outgoing<S> {
 /// socket does not accept joins `pending`. tungstenite's buffer then never
 /// holds part of a frame, so frames written here can never land inside one
 /// of its frames (without flushing tungstenite before every batch).
-impl<S: AsyncWrite + Unpin> AsyncWrite for Outgoing<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -308,7 +308,7 @@ mod tests {
     async fn partial_writes_keep_frames_whole_and_in_order() {
         for big_len in [300, JOIN_MAX + 1] {
             let (a, mut b) = tokio::io::duplex(64);
-            let mut out = Outgoing::new(a);
+            let mut out = FrameWriter::new(a);
             let big = "x".repeat(big_len);
             let frames: Vec<Frame> = vec!["one".into(), big.as_str().into(), "three".into()];
             let reader = tokio::spawn(async move {

@@ -1,0 +1,81 @@
+//! The application's events (connected, disconnected, message), queued in
+//! order and handed to the handlers in batches: one call into JavaScript
+//! carries whatever queued up while the previous call ran.
+
+use crate::core::handlers::{AppEvent, Handlers};
+use crate::core::log::Logger;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The sending side, shared by every connection.
+pub struct Events {
+    tx: Mutex<Option<mpsc::Sender<AppEvent>>>,
+    log: Logger,
+}
+
+impl Events {
+    /// A queue of `capacity` events and the receiver to hand to [`dispatch`].
+    pub fn new(capacity: usize, log: Logger) -> (Arc<Events>, mpsc::Receiver<AppEvent>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Arc::new(Events {
+                tx: Mutex::new(Some(tx)),
+                log,
+            }),
+            rx,
+        )
+    }
+
+    /// Queues an event, in order. Waits (pausing the caller's reads) when
+    /// the application is behind, instead of dropping what a client sent.
+    pub async fn emit(&self, ev: AppEvent) {
+        if let Some(wait) = self.try_emit(ev) {
+            wait.await;
+        }
+    }
+
+    /// `emit` without an await point when the queue has room (nearly
+    /// always); otherwise the (boxed) wait to await. Connection loops use
+    /// this so the waiting state does not size their lifelong futures.
+    pub fn try_emit(&self, ev: AppEvent) -> Option<BoxFuture<'static, ()>> {
+        let (tx, ev) = match self.tx.lock().as_ref() {
+            None => {
+                self.log.debug("Event dropped after shutdown", &[]);
+                return None;
+            }
+            Some(tx) => match tx.try_send(ev) {
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full(ev)) => (tx.clone(), ev),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.log
+                        .warn("Event dropped: the event queue is closed", &[]);
+                    return None;
+                }
+            },
+        };
+        let log = self.log.clone();
+        Some(Box::pin(async move {
+            if tx.send(ev).await.is_err() {
+                log.warn("Event dropped: the event queue is closed", &[]);
+            }
+        }))
+    }
+
+    /// No more events; the dispatcher delivers what is queued and ends.
+    pub fn close(&self) {
+        self.tx.lock().take();
+    }
+}
+
+/// Hands queued events to the handlers, at most `max` per call, until the
+/// queue is closed and empty.
+pub async fn dispatch(handlers: Arc<dyn Handlers>, mut rx: mpsc::Receiver<AppEvent>, max: usize) {
+    let max = max.max(1);
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, max).await > 0 {
+        let events = std::mem::replace(&mut batch, Vec::with_capacity(64));
+        handlers.deliver(events).await;
+    }
+}
