@@ -102,6 +102,12 @@ export declare class NativeServer {
   stats(): NativeStats
 }
 
+/**
+ * The options' defaults, from the one place they are set
+ * (`Config::default()`, plus the logging defaults).
+ */
+export declare function defaultOptions(): NativeOptions
+
 /** Adapter's answer for `handshakeFn`. */
 export interface HandshakeResult {
   /** "ok", "rejected" or "error" */
@@ -109,6 +115,21 @@ export interface HandshakeResult {
   serverPublicKey?: string
   salt?: string
   error?: string
+}
+
+/** `logFormat`: text lines or one JSON object per line. */
+export declare const enum LogFormat {
+  Text = 'text',
+  Json = 'json',
+}
+
+/** `logLevel`: the most verbose level written. */
+export declare const enum LogLevel {
+  Silent = 'silent',
+  Error = 'error',
+  Warn = 'warn',
+  Info = 'info',
+  Debug = 'debug',
 }
 
 export interface NativeClient {
@@ -125,6 +146,12 @@ export interface NativeClient {
   remoteAddress: string
 }
 
+/**
+ * Every option of a server, validated and with its defaults filled in by
+ * `ts/options.ts`: the one schema both layers share (TypeScript gets it
+ * as the generated `NativeOptions` type). The defaults themselves are
+ * `default_options()`, read from `Config::default()`.
+ */
 export interface NativeOptions {
   identifier: string
   serverId: string
@@ -151,10 +178,8 @@ export interface NativeOptions {
   backpressureLimit: number
   closeOnBackpressureLimit: boolean
   sendPings: boolean
-  /** "silent" | "error" | "warn" | "info" | "debug" */
-  logLevel: string
-  /** "text" or "json" */
-  logFormat: string
+  logLevel: LogLevel
+  logFormat: LogFormat
   hasMessageHandler: boolean
   allowedOrigins: Array<string>
   maxConnections: number
@@ -199,45 +224,74 @@ export interface NativeRedisTls {
   insecure: boolean
 }
 
+/** `ws.stats()`: the gauges, then every counter (`core::stats`). */
 export interface NativeStats {
+  /** Open connections (the next three summed). */
   connections: number
   unauthorized: number
   authenticating: number
   authenticated: number
+  /** Rooms with at least one local member. */
   rooms: number
+  /** Users with at least one local client. */
   users: number
-  connectionsTotal: number
-  messagesIn: number
-  framesOut: number
-  invalidFrames: number
-  droppedBackpressure: number
-  droppedNoHandler: number
-  handlerErrors: number
-  joinsRefused: number
-  oversizedFrames: number
-  connectionsRefused: number
-  httpForwarded: number
-  httpForwardErrors: number
-  rateLimited: number
-  authBusy: number
-  roomsLimited: number
+  /** Connection tasks running, closing ones included. */
+  sockets: number
   /** "local", "redis" or "redis-cluster" */
   bus: string
   /** "connected", "connecting", "disconnected" or "closed" */
   busState: string
-  busReconnects: number
-  busPublished: number
-  busPublishDropped: number
+  /** Publications waiting for Redis. */
   busPublishBuffered: number
-  busReceived: number
-  busInvalid: number
+  /** Redis channels subscribed. */
   busSubscribedChannels: number
   /**
    * Log lines dropped because stderr was not read fast enough
    * (process-wide: every server shares the one writer).
    */
   logDropped: number
+  /** Connections accepted. */
+  connectionsTotal: number
+  /** Upgrades refused for a connection limit (HTTP 503 or 429). */
+  connectionsRefused: number
+  /** Connections spliced to the application's HTTP server. */
+  httpForwarded: number
+  /** Connections answered 502: the application's HTTP server was unreachable. */
+  httpForwardErrors: number
+  /** Frames received from clients. */
+  messagesIn: number
+  /** Frames written to clients. */
+  framesOut: number
+  /** Frames that were not valid protocol messages. */
+  invalidFrames: number
+  /** Frames over maxPayloadLength. */
+  oversizedFrames: number
+  /** Frames dropped at a slow client's backpressure limit. */
+  droppedBackpressure: number
+  /** Application events dropped for lack of a messageHandler. */
+  droppedNoHandler: number
+  /** Application handlers that threw, rejected or timed out. */
+  handlerErrors: number
+  /** Joins refused. */
+  joinsRefused: number
+  /** Room joins cut at maxRoomsPerClient. */
+  roomsLimited: number
+  /** Clients closed for exceeding maxFramesPerSecond. */
+  rateLimited: number
+  /** Clients closed because maxPendingAuthentications was reached. */
+  authBusy: number
+  /** Connections dropped because a write made no progress for sendTimeout. */
   sendTimeouts: number
+  /** Redis reconnections. */
+  busReconnects: number
+  /** Envelopes published. */
+  busPublished: number
+  /** Publications dropped because Redis was away longer than the buffer lasts. */
+  busPublishDropped: number
+  /** Envelopes received. */
+  busReceived: number
+  /** Envelopes received that were not JSON or not shaped right. */
+  busInvalid: number
 }
 
 /**

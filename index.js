@@ -837,3 +837,6 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeEmitter = nativeBinding.NativeEmitter
 module.exports.NativeServer = nativeBinding.NativeServer
+module.exports.defaultOptions = nativeBinding.defaultOptions
+module.exports.LogFormat = nativeBinding.LogFormat
+module.exports.LogLevel = nativeBinding.LogLevel

@@ -1,6 +1,8 @@
 // The helper's server-side API (docs/PROTOCOL.md §8, §11) and option validation.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+const require = createRequire(import.meta.url);
 import net from 'node:net';
 import { Client, lib, startServer, stopAll, sleep, until } from './helpers.mjs';
 
@@ -233,6 +235,19 @@ describe('shutdown', () => {
 
 describe('options', () => {
   const auth = () => ({});
+
+  test("the original's exported defaults are the defaults the server applies (one source: the native Config)", () => {
+    const { defaultOptions } = require('../index.js');
+    const d = defaultOptions();
+    const W = lib.WebSocketDefaults;
+    assert.deepEqual(
+      [d.path, d.defaultRooms, d.maxPayloadLength, d.idleTimeout, d.backpressureLimit, d.sendPings, d.authTimeout, d.heartbeatInterval, d.heartbeatTimeout, d.encryptedBatchLimit],
+      [W.PATH, [W.ROOM, W.NOTIFICATION_ROOM], W.MAX_PAYLOAD_LENGTH, W.IDLE_TIMEOUT, W.BACKPRESSURE_LIMIT, W.SEND_PINGS, W.AUTH_TIMEOUT, W.HEARTBEAT_INTERVAL, W.HEARTBEAT_TIMEOUT, W.ENCRYPTED_BATCH_LIMIT],
+    );
+    assert.equal(d.logLevel, 'info');
+    assert.equal(d.backlog, 511);
+    assert.equal(d.sendTimeout, 30_000);
+  });
 
   test('invalid options throw a message naming the option', () => {
     const bad = [

@@ -213,7 +213,7 @@ export function render(data) {
   md += '\n';
   md += `![Times better than the original, per scenario](results.svg)\n\n`;
   md += `## Targets\n\n| Target | ours on Node | ours on Bun | |\n|---|---|---|---|\n${targets(m).join('\n')}\n\n`;
-  md += `Missed targets are analysed, with the plan, in the README (Performance).\n\n`;
+  md += `Missed targets are analysed, with the plan, in docs/PERFORMANCE.md.\n\n`;
   for (const [sc, title] of Object.entries(data.scenarios)) {
     const cols = COLUMNS[sc];
     md += `## ${title}\n\n| Contender | ${cols.map(c => c[1] + (c[2] ? ' | vs original' : '')).join(' | ')} |\n`;

@@ -8,6 +8,7 @@ use crate::core::config::Config;
 use crate::core::handlers::AuthOutcome;
 use crate::core::hub::ClientSnapshot;
 use crate::core::log::{Format, Level, Logger, StderrLog};
+use crate::core::metrics::Sample;
 use crate::core::protocol::Frame;
 use crate::core::server::Server;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
@@ -75,6 +76,41 @@ pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
     })
 }
 
+/// `logLevel`: the most verbose level written.
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Silent,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    fn max(self) -> Option<Level> {
+        match self {
+            LogLevel::Silent => None,
+            LogLevel::Error => Some(Level::Error),
+            LogLevel::Warn => Some(Level::Warn),
+            LogLevel::Info => Some(Level::Info),
+            LogLevel::Debug => Some(Level::Debug),
+        }
+    }
+}
+
+/// `logFormat`: text lines or one JSON object per line.
+#[napi(string_enum = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every option of a server, validated and with its defaults filled in by
+/// `ts/options.ts`: the one schema both layers share (TypeScript gets it
+/// as the generated `NativeOptions` type). The defaults themselves are
+/// `default_options()`, read from `Config::default()`.
 #[napi(object)]
 pub struct NativeOptions {
     pub identifier: String,
@@ -102,10 +138,8 @@ pub struct NativeOptions {
     pub backpressure_limit: f64,
     pub close_on_backpressure_limit: bool,
     pub send_pings: bool,
-    /// "silent" | "error" | "warn" | "info" | "debug"
-    pub log_level: String,
-    /// "text" or "json"
-    pub log_format: String,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub has_message_handler: bool,
     pub allowed_origins: Vec<String>,
     pub max_connections: u32,
@@ -156,60 +190,101 @@ impl From<ClientSnapshot> for NativeClient {
     }
 }
 
-#[napi(object)]
-pub struct NativeStats {
-    pub connections: u32,
-    pub unauthorized: u32,
-    pub authenticating: u32,
-    pub authenticated: u32,
-    pub rooms: u32,
-    pub users: u32,
-    pub connections_total: f64,
-    pub messages_in: f64,
-    pub frames_out: f64,
-    pub invalid_frames: f64,
-    pub dropped_backpressure: f64,
-    pub dropped_no_handler: f64,
-    pub handler_errors: f64,
-    pub joins_refused: f64,
-    pub oversized_frames: f64,
-    pub connections_refused: f64,
-    pub http_forwarded: f64,
-    pub http_forward_errors: f64,
-    pub rate_limited: f64,
-    pub auth_busy: f64,
-    pub rooms_limited: f64,
-    /// "local", "redis" or "redis-cluster"
-    pub bus: String,
-    /// "connected", "connecting", "disconnected" or "closed"
-    pub bus_state: String,
-    pub bus_reconnects: f64,
-    pub bus_published: f64,
-    pub bus_publish_dropped: f64,
-    pub bus_publish_buffered: f64,
-    pub bus_received: f64,
-    pub bus_invalid: f64,
-    pub bus_subscribed_channels: f64,
-    /// Log lines dropped because stderr was not read fast enough
-    /// (process-wide: every server shares the one writer).
-    pub log_dropped: f64,
-    pub send_timeouts: f64,
-}
-
-fn level(name: &str) -> Result<Option<Level>> {
-    Ok(match name {
-        "silent" => None,
-        "error" => Some(Level::Error),
-        "warn" => Some(Level::Warn),
-        "info" => Some(Level::Info),
-        "debug" => Some(Level::Debug),
-        other => {
-            return Err(Error::new(
-                Status::InvalidArg,
-                format!("logLevel: expected silent|error|warn|info|debug, got {other:?}"),
-            ))
+macro_rules! native_stats {
+    ($($field:ident $help:literal,)*) => {
+        /// `ws.stats()`: the gauges, then every counter (`core::stats`).
+        #[napi(object)]
+        pub struct NativeStats {
+            /// Open connections (the next three summed).
+            pub connections: u32,
+            pub unauthorized: u32,
+            pub authenticating: u32,
+            pub authenticated: u32,
+            /// Rooms with at least one local member.
+            pub rooms: u32,
+            /// Users with at least one local client.
+            pub users: u32,
+            /// Connection tasks running, closing ones included.
+            pub sockets: u32,
+            /// "local", "redis" or "redis-cluster"
+            pub bus: String,
+            /// "connected", "connecting", "disconnected" or "closed"
+            pub bus_state: String,
+            /// Publications waiting for Redis.
+            pub bus_publish_buffered: f64,
+            /// Redis channels subscribed.
+            pub bus_subscribed_channels: f64,
+            /// Log lines dropped because stderr was not read fast enough
+            /// (process-wide: every server shares the one writer).
+            pub log_dropped: f64,
+            $(#[doc = $help] pub $field: f64,)*
         }
-    })
+
+        impl From<Sample> for NativeStats {
+            fn from(s: Sample) -> NativeStats {
+                let [un, ing, ed] = s.by_state;
+                NativeStats {
+                    connections: (un + ing + ed) as u32,
+                    unauthorized: un as u32,
+                    authenticating: ing as u32,
+                    authenticated: ed as u32,
+                    rooms: s.rooms as u32,
+                    users: s.users as u32,
+                    sockets: s.live as u32,
+                    bus: if s.bus.kind.is_empty() { "local" } else { s.bus.kind }.to_string(),
+                    bus_state: if s.bus.state.is_empty() { "closed" } else { s.bus.state }.to_string(),
+                    bus_publish_buffered: s.bus.publish_buffered as f64,
+                    bus_subscribed_channels: s.bus.subscribed_channels as f64,
+                    log_dropped: s.log_dropped as f64,
+                    $($field: s.stats.$field as f64,)*
+                }
+            }
+        }
+    };
+}
+crate::with_counters!(native_stats);
+
+/// The options' defaults, from the one place they are set
+/// (`Config::default()`, plus the logging defaults).
+#[napi]
+#[cfg_attr(test, allow(dead_code))] // called from JavaScript only
+pub fn default_options() -> NativeOptions {
+    let c = Config::default();
+    NativeOptions {
+        identifier: c.identifier,
+        server_id: String::new(),
+        redis: None,
+        host: c.host,
+        port: u32::from(c.port),
+        listen: c.listen,
+        path: c.path,
+        default_rooms: c.default_rooms,
+        auth_timeout: c.auth_timeout.as_millis() as f64,
+        heartbeat_interval: c.heartbeat_interval.as_millis() as f64,
+        heartbeat_timeout: c.heartbeat_timeout.as_millis() as f64,
+        require_encryption: c.require_encryption,
+        native_encryption: c.native_encryption,
+        encrypted_batch_limit: c.encrypted_batch_limit as u32,
+        max_payload_length: c.max_payload_length as f64,
+        idle_timeout: c.idle_timeout.as_secs_f64(),
+        backpressure_limit: c.backpressure_limit as f64,
+        close_on_backpressure_limit: c.close_on_backpressure_limit,
+        send_pings: c.send_pings,
+        log_level: LogLevel::Info,
+        log_format: LogFormat::Text,
+        has_message_handler: false,
+        allowed_origins: c.allowed_origins,
+        max_connections: c.max_connections as u32,
+        max_connections_per_ip: c.max_connections_per_ip as u32,
+        max_rooms_per_client: c.max_rooms_per_client as u32,
+        max_frames_per_second: c.max_frames_per_second,
+        max_pending_auth: c.max_pending_auth as u32,
+        metrics_path: c.metrics_path,
+        tls_cert: None,
+        tls_key: None,
+        backlog: c.backlog,
+        send_timeout: c.send_timeout.as_millis() as f64,
+    }
 }
 
 fn millis(name: &str, v: f64) -> Result<Duration> {
@@ -310,7 +385,7 @@ impl NativeServer {
     ) -> Result<Self> {
         let config = to_config(&options)?;
         let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
-        let max = level(&options.log_level)?;
+        let max = options.log_level.max();
         let handlers = Arc::new(JsHandlers {
             authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed)?,
             validate_rooms: validate_rooms
@@ -321,7 +396,7 @@ impl NativeServer {
             deliver: Arc::new(weak(&deliver)?),
             wants_messages: options.has_message_handler,
         });
-        let json = options.log_format == "json";
+        let json = options.log_format == LogFormat::Json;
         let format = if json {
             Format::Json {
                 server: config.identifier.clone(),
@@ -694,62 +769,7 @@ impl NativeServer {
 
     #[napi]
     pub fn stats(&self) -> NativeStats {
-        let bus = self.with(|s| s.broker_status(), Default::default());
-        let ([un, ing, ed], total, rooms, users, snap) = self.with(
-            |s| {
-                (
-                    s.hub().count_by_state().map(|n| n as u32),
-                    s.hub().client_count() as u32,
-                    s.hub().room_count() as u32,
-                    s.hub().user_count() as u32,
-                    s.stats().snapshot(),
-                )
-            },
-            ([0; 3], 0, 0, 0, Default::default()),
-        );
-        NativeStats {
-            connections: total,
-            unauthorized: un,
-            authenticating: ing,
-            authenticated: ed,
-            rooms,
-            users,
-            connections_total: snap.connections_total as f64,
-            messages_in: snap.messages_in as f64,
-            frames_out: snap.frames_out as f64,
-            invalid_frames: snap.invalid_frames as f64,
-            dropped_backpressure: snap.dropped_backpressure as f64,
-            dropped_no_handler: snap.dropped_no_handler as f64,
-            handler_errors: snap.handler_errors as f64,
-            joins_refused: snap.joins_refused as f64,
-            oversized_frames: snap.oversized_frames as f64,
-            connections_refused: snap.connections_refused as f64,
-            http_forwarded: snap.http_forwarded as f64,
-            http_forward_errors: snap.http_forward_errors as f64,
-            rate_limited: snap.rate_limited as f64,
-            auth_busy: snap.auth_busy as f64,
-            rooms_limited: snap.rooms_limited as f64,
-            bus: if bus.kind.is_empty() {
-                "local"
-            } else {
-                bus.kind
-            }
-            .to_string(),
-            bus_state: if bus.state.is_empty() {
-                "closed"
-            } else {
-                bus.state
-            }
-            .to_string(),
-            bus_reconnects: bus.reconnects as f64,
-            bus_published: bus.published as f64,
-            bus_publish_dropped: bus.publish_dropped as f64,
-            bus_publish_buffered: bus.publish_buffered as f64,
-            bus_received: bus.received as f64,
-            bus_invalid: snap.bus_invalid as f64,
-            bus_subscribed_channels: bus.subscribed_channels as f64,
-            log_dropped: crate::core::log::stderr::dropped() as f64,
-            send_timeouts: snap.send_timeouts as f64,
-        }
+        self.with(|s| s.metrics().sample(), Sample::default())
+            .into()
     }
 }

@@ -6,7 +6,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use ignis_ws_native::core::config::Config;
-use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
+use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers};
 use ignis_ws_native::core::log::{Logger, NullLog};
 use ignis_ws_native::core::protocol::Frame;
 use ignis_ws_native::core::server::Server;
@@ -31,32 +31,6 @@ impl Handlers for Fake {
             }
         }
         .boxed()
-    }
-    fn handshake(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-    ) -> Option<BoxFuture<'static, HandshakeOutcome>> {
-        None
-    }
-    fn validate_rooms(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: Vec<String>,
-    ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>> {
-        None
-    }
-    fn has_transformer(&self) -> bool {
-        false
-    }
-    fn transform(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
-        None
     }
     fn wants_messages(&self) -> bool {
         true

@@ -4,7 +4,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use ignis_ws_native::core::config::Config;
-use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
+use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers};
 use ignis_ws_native::core::log::{Logger, NullLog};
 use ignis_ws_native::core::protocol::encode_frame;
 use ignis_ws_native::core::server::Server;
@@ -41,14 +41,6 @@ impl Handlers for Fake {
         };
         async move { out }.boxed()
     }
-    fn handshake(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-    ) -> Option<BoxFuture<'static, HandshakeOutcome>> {
-        None
-    }
     fn validate_rooms(
         &self,
         _: &str,
@@ -58,16 +50,6 @@ impl Handlers for Fake {
         self.validate.then(|| {
             async move { Ok(rooms.into_iter().filter(|r| r != "denied").collect()) }.boxed()
         })
-    }
-    fn has_transformer(&self) -> bool {
-        false
-    }
-    fn transform(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
-        None
     }
     fn wants_messages(&self) -> bool {
         true

@@ -1,7 +1,8 @@
-// Option normalisation: the original's defaults, and a clear error naming
-// the option for anything that cannot work.
+// Option normalisation: the defaults, and a clear error naming the option
+// for anything that cannot work.
 
-import { WebSocketDefaults } from './constants';
+import { defaultOptions } from '../index';
+import type { LogFormat, LogLevel, NativeOptions } from '../index';
 import type { IWebSocketServerOptions, TLogLevel } from './types';
 
 const LOG_LEVELS: readonly TLogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
@@ -13,37 +14,14 @@ export class WebSocketOptionError extends TypeError {
   }
 }
 
-export interface NormalisedOptions {
-  identifier: string;
-  host: string;
-  port: number;
-  path: string;
-  defaultRooms: string[];
-  authTimeout: number;
-  heartbeatInterval: number;
-  heartbeatTimeout: number;
-  encryptedBatchLimit: number;
-  requireEncryption: boolean;
-  nativeEncryption: boolean;
-  maxPayloadLength: number;
-  idleTimeout: number;
-  backpressureLimit: number;
-  closeOnBackpressureLimit: boolean;
-  sendPings: boolean;
-  logLevel: TLogLevel;
-  logFormat: 'text' | 'json';
-  allowedOrigins: string[];
-  maxConnections: number;
-  maxConnectionsPerIp: number;
-  maxRoomsPerClient: number;
-  maxFramesPerSecond: number;
-  maxPendingAuth: number;
-  metricsPath: string | undefined;
-  backlog: number;
-  sendTimeout: number;
-  tlsCert: string | undefined;
-  tlsKey: string | undefined;
-}
+/**
+ * The options as the native side takes them: the generated `NativeOptions`
+ * type of `src/native_server.rs`, the one schema of both layers.
+ */
+export type NormalisedOptions = NativeOptions;
+
+/** Defaults, from the one place they are set (the native `Config::default()`). */
+const D = defaultOptions();
 
 function num(option: string, value: unknown, fallback: number, opts: { min: number; integer?: boolean }): number {
   if (value === undefined || value === null) return fallback;
@@ -98,11 +76,11 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (typeof opts.authenticateFn !== 'function') {
     throw new WebSocketOptionError('authenticateFn', `a function is required, got ${describe(opts.authenticateFn)}`);
   }
-  const path = str('path', opts.path, WebSocketDefaults.PATH);
+  const path = str('path', opts.path, D.path);
   if (!path.startsWith('/')) {
     throw new WebSocketOptionError('path', `must start with "/", got ${describe(path)}`);
   }
-  let defaultRooms = [WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM];
+  let defaultRooms = [...D.defaultRooms];
   if (opts.defaultRooms !== undefined && opts.defaultRooms !== null) {
     if (!Array.isArray(opts.defaultRooms) || !opts.defaultRooms.every(r => typeof r === 'string' && r.length > 0)) {
       throw new WebSocketOptionError('defaultRooms', 'expected an array of non-empty strings');
@@ -113,7 +91,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (typeof so !== 'object') {
     throw new WebSocketOptionError('serverOptions', `expected an object, got ${describe(so)}`);
   }
-  const logLevel = (opts.logLevel ?? 'info') as TLogLevel;
+  const logLevel = (opts.logLevel ?? D.logLevel) as TLogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new WebSocketOptionError('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got ${describe(opts.logLevel)}`);
   }
@@ -136,7 +114,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (opts.encryption !== undefined && opts.encryption !== null && opts.encryption !== 'ecdh-p256-aes-256-gcm') {
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
-  const logFormat = opts.logFormat ?? 'text';
+  const logFormat = opts.logFormat ?? D.logFormat;
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
   }
@@ -172,43 +150,37 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   const limit = (name: keyof typeof limits, fallback: number) =>
     num(`limits.${name}`, limits[name], fallback, { min: 0, integer: true });
   return {
-    logFormat,
-    allowedOrigins,
-    maxConnections: limit('maxConnections', 100_000),
-    maxConnectionsPerIp: limit('maxConnectionsPerIp', 0),
-    maxRoomsPerClient: limit('maxRoomsPerClient', 1_000),
-    maxFramesPerSecond: limit('maxFramesPerSecond', 1_000),
-    maxPendingAuth: limit('maxPendingAuthentications', 10_000),
-    metricsPath,
-    backlog: num('backlog', opts.backlog, 511, { min: 1, integer: true }),
-    sendTimeout: num('sendTimeout', opts.sendTimeout, 30_000, { min: 0 }),
-    tlsCert,
-    tlsKey,
-    identifier: str('identifier', opts.identifier, 'WEBSOCKET_SERVER'),
-    host: str('host', opts.host, '0.0.0.0'),
-    port: num('port', opts.port, 0, { min: 0, integer: true }),
+    identifier: str('identifier', opts.identifier, D.identifier),
+    serverId: '',
+    host: str('host', opts.host, D.host),
+    port: num('port', opts.port, D.port, { min: 0, integer: true }),
+    listen: true,
     path,
     defaultRooms,
-    authTimeout: num('authTimeout', opts.authTimeout, WebSocketDefaults.AUTH_TIMEOUT, { min: 1 }),
-    heartbeatInterval: num('heartbeatInterval', opts.heartbeatInterval, WebSocketDefaults.HEARTBEAT_INTERVAL, { min: 1 }),
-    heartbeatTimeout: num('heartbeatTimeout', opts.heartbeatTimeout, WebSocketDefaults.HEARTBEAT_TIMEOUT, { min: 1 }),
-    encryptedBatchLimit: num('encryptedBatchLimit', opts.encryptedBatchLimit, WebSocketDefaults.ENCRYPTED_BATCH_LIMIT, {
-      min: 1,
-      integer: true,
-    }),
-    requireEncryption: bool('requireEncryption', opts.requireEncryption, false) || opts.encryption === 'ecdh-p256-aes-256-gcm',
+    authTimeout: num('authTimeout', opts.authTimeout, D.authTimeout, { min: 1 }),
+    heartbeatInterval: num('heartbeatInterval', opts.heartbeatInterval, D.heartbeatInterval, { min: 1 }),
+    heartbeatTimeout: num('heartbeatTimeout', opts.heartbeatTimeout, D.heartbeatTimeout, { min: 1 }),
+    requireEncryption: bool('requireEncryption', opts.requireEncryption, D.requireEncryption) || opts.encryption === 'ecdh-p256-aes-256-gcm',
     nativeEncryption: opts.encryption === 'ecdh-p256-aes-256-gcm',
-    maxPayloadLength: num('serverOptions.maxPayloadLength', so.maxPayloadLength, WebSocketDefaults.MAX_PAYLOAD_LENGTH, {
-      min: 1,
-      integer: true,
-    }),
-    idleTimeout: num('serverOptions.idleTimeout', so.idleTimeout, WebSocketDefaults.IDLE_TIMEOUT, { min: 0 }),
-    backpressureLimit: num('serverOptions.backpressureLimit', so.backpressureLimit, WebSocketDefaults.BACKPRESSURE_LIMIT, {
-      min: 1,
-      integer: true,
-    }),
-    closeOnBackpressureLimit: bool('serverOptions.closeOnBackpressureLimit', so.closeOnBackpressureLimit, false),
-    sendPings: bool('serverOptions.sendPings', so.sendPings, WebSocketDefaults.SEND_PINGS),
-    logLevel,
+    encryptedBatchLimit: num('encryptedBatchLimit', opts.encryptedBatchLimit, D.encryptedBatchLimit, { min: 1, integer: true }),
+    maxPayloadLength: num('serverOptions.maxPayloadLength', so.maxPayloadLength, D.maxPayloadLength, { min: 1, integer: true }),
+    idleTimeout: num('serverOptions.idleTimeout', so.idleTimeout, D.idleTimeout, { min: 0 }),
+    backpressureLimit: num('serverOptions.backpressureLimit', so.backpressureLimit, D.backpressureLimit, { min: 1, integer: true }),
+    closeOnBackpressureLimit: bool('serverOptions.closeOnBackpressureLimit', so.closeOnBackpressureLimit, D.closeOnBackpressureLimit),
+    sendPings: bool('serverOptions.sendPings', so.sendPings, D.sendPings),
+    logLevel: logLevel as LogLevel,
+    logFormat: logFormat as LogFormat,
+    hasMessageHandler: typeof opts.messageHandler === 'function',
+    allowedOrigins,
+    maxConnections: limit('maxConnections', D.maxConnections),
+    maxConnectionsPerIp: limit('maxConnectionsPerIp', D.maxConnectionsPerIp),
+    maxRoomsPerClient: limit('maxRoomsPerClient', D.maxRoomsPerClient),
+    maxFramesPerSecond: limit('maxFramesPerSecond', D.maxFramesPerSecond),
+    maxPendingAuth: limit('maxPendingAuthentications', D.maxPendingAuth),
+    metricsPath,
+    tlsCert,
+    tlsKey,
+    backlog: num('backlog', opts.backlog, D.backlog, { min: 1, integer: true }),
+    sendTimeout: num('sendTimeout', opts.sendTimeout, D.sendTimeout, { min: 0 }),
   };
 }

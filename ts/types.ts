@@ -148,7 +148,7 @@ export interface IWebSocketServerOptions<
   path?: string;
   /**
    * Redis for scale-out. Without it the server runs on an in-process bus
-   * (one instance). Accepted for drop-in use; see the README for the forms.
+   * (one instance). Accepted for drop-in use; see docs/SCALE-OUT.md for the forms.
    */
   redis?: unknown;
   /** The original's name for `redis`. */
@@ -186,7 +186,7 @@ export interface IWebSocketServerOptions<
    * clients) are always allowed.
    */
   allowedOrigins?: string[];
-  /** Abuse limits; see the README for defaults and close codes. */
+  /** Abuse limits; see docs/RELIABILITY.md for defaults and close codes. */
   limits?: IWebSocketLimits;
   /**
    * Length of the listening socket's accept queue (the kernel caps it at
@@ -236,50 +236,8 @@ export interface IWebSocketEmitterOptions {
   redisConnection?: unknown;
 }
 
-/** Counters and gauges from `ws.stats()`. */
-export interface IWebSocketStats {
-  connections: number;
-  unauthorized: number;
-  authenticating: number;
-  authenticated: number;
-  rooms: number;
-  users: number;
-  connectionsTotal: number;
-  messagesIn: number;
-  framesOut: number;
-  invalidFrames: number;
-  droppedBackpressure: number;
-  droppedNoHandler: number;
-  handlerErrors: number;
-  joinsRefused: number;
-  oversizedFrames: number;
-  /** Upgrades refused at maxConnections / maxConnectionsPerIp. */
-  connectionsRefused: number;
-  /** Connections spliced to the application's HTTP server (`fetch` / `httpFallback`). */
-  httpForwarded: number;
-  /** Connections answered 502 because that HTTP server was unreachable. */
-  httpForwardErrors: number;
-  /** Clients closed for exceeding maxFramesPerSecond. */
-  rateLimited: number;
-  /** Clients closed because maxPendingAuthentications was reached. */
-  authBusy: number;
-  /** Joins cut at maxRoomsPerClient. */
-  roomsLimited: number;
-  /** `local` (no Redis), `redis` or `redis-cluster`. */
-  bus: string;
-  /** `connected`, `connecting`, `disconnected` or `closed`. */
-  busState: string;
-  busReconnects: number;
-  busPublished: number;
-  /** Publications dropped because Redis was away longer than the buffer lasts. */
-  busPublishDropped: number;
-  busPublishBuffered: number;
-  busReceived: number;
-  /** Envelopes received that were not JSON or not shaped right. */
-  busInvalid: number;
-  busSubscribedChannels: number;
-  /** Log lines dropped because stderr was not read fast enough (process-wide). */
-  logDropped: number;
-  /** Connections dropped because a write made no progress for `sendTimeout`. */
-  sendTimeouts: number;
-}
+/**
+ * Counters and gauges from `ws.stats()`: the type the native addon
+ * generates from its one list of counters (`src/core/stats.rs`).
+ */
+export type IWebSocketStats = import('../index').NativeStats;

@@ -258,8 +258,8 @@ impl Connection {
             // One timer for every deadline (authentication, the idle
             // check's next tick, a stalled write's `sendTimeout`), re-armed
             // only when the earliest changes: a timer per deadline would
-            // cost every idle connection about 150 bytes each and more
-            // entries in the timer wheel.
+            // cost every idle connection its size each and more entries in
+            // the timer wheel.
             let idle_period = if cfg.idle_timeout.is_zero() {
                 // Effectively never; keeps the deadline arithmetic uniform.
                 Duration::from_secs(365 * 24 * 3600)

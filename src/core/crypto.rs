@@ -84,7 +84,9 @@ impl ClientCipher {
         let iv_b64 = B64.encode(iv);
         let ct_b64 = B64.encode(&buf);
         let mut out = String::with_capacity(48 + iv_b64.len() + ct_b64.len());
-        out.push_str("{\"event\":\"encrypted\",\"data\":{\"iv\":\"");
+        out.push_str("{\"event\":\"");
+        out.push_str(crate::core::protocol::events::ENCRYPTED);
+        out.push_str("\",\"data\":{\"iv\":\"");
         out.push_str(&iv_b64);
         out.push_str("\",\"ct\":\"");
         out.push_str(&ct_b64);

@@ -49,6 +49,8 @@ pub enum AppEvent {
     },
 }
 
+/// The application's handlers. Only `authenticate` and `deliver` are
+/// always there; the optional ones default to "not bound".
 pub trait Handlers: Send + Sync + 'static {
     /// `authenticateFn(data)`; `data_json` is the JSON text of `data ?? {}`.
     fn authenticate(&self, client_id: &str, data_json: &str) -> BoxFuture<'static, AuthOutcome>;
@@ -59,7 +61,10 @@ pub trait Handlers: Send + Sync + 'static {
         client_id: &str,
         user_id: Option<&str>,
         data_json: &str,
-    ) -> Option<BoxFuture<'static, HandshakeOutcome>>;
+    ) -> Option<BoxFuture<'static, HandshakeOutcome>> {
+        let _ = (client_id, user_id, data_json);
+        None
+    }
 
     /// `validateRoomFn({clientId, userId, rooms})`; `None` when none is bound
     /// (every join is then refused). `Err` is a throw or rejection.
@@ -68,10 +73,15 @@ pub trait Handlers: Send + Sync + 'static {
         client_id: &str,
         user_id: Option<&str>,
         rooms: Vec<String>,
-    ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>>;
+    ) -> Option<BoxFuture<'static, Result<Vec<String>, String>>> {
+        let _ = (client_id, user_id, rooms);
+        None
+    }
 
     /// Whether an `outboundTransformer` is bound.
-    fn has_transformer(&self) -> bool;
+    fn has_transformer(&self) -> bool {
+        false
+    }
 
     /// `outboundTransformer({client, event, data})` for a frame to an
     /// encrypted client; `None` when none is bound. `Ok(None)`: send the
@@ -81,11 +91,16 @@ pub trait Handlers: Send + Sync + 'static {
         &self,
         client_id: &str,
         frame: &str,
-    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>>;
+    ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
+        let _ = (client_id, frame);
+        None
+    }
 
     /// Whether application messages are wanted at all; without a
     /// `messageHandler` they are dropped before they are queued.
-    fn wants_messages(&self) -> bool;
+    fn wants_messages(&self) -> bool {
+        false
+    }
 
     /// Delivers a batch of events, in order. The future completes when the
     /// batch has been handed over (not when the application's promises

@@ -382,3 +382,149 @@ fn offer_all<'a>(
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::client::QueueReader;
+    use crate::core::stats::Stats;
+    use parking_lot::Mutex;
+
+    /// Records every interest change, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(Interest, bool)>>);
+
+    impl InterestListener for Recorder {
+        fn changed(&self, interest: Interest, present: bool) {
+            self.0.lock().push((interest, present));
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<(Interest, bool)> {
+            std::mem::take(&mut *self.0.lock())
+        }
+    }
+
+    fn hub() -> (Hub, Arc<Recorder>) {
+        let hub = Hub::new();
+        let rec = Arc::new(Recorder::default());
+        hub.set_interest_listener(rec.clone());
+        (hub, rec)
+    }
+
+    fn client(hub: &Hub, id: &str) -> (Arc<Client>, QueueReader) {
+        let (c, reader) = Client::new(
+            Arc::from(id),
+            "127.0.0.1:1".into(),
+            0,
+            1 << 20,
+            false,
+            Arc::new(Stats::default()),
+        );
+        hub.register(c.clone());
+        (c, reader)
+    }
+
+    fn room(r: &str) -> Interest {
+        Interest::Room(Arc::from(r))
+    }
+
+    #[test]
+    fn interest_appears_with_the_first_member_and_goes_with_the_last() {
+        let (hub, rec) = hub();
+        let (a, _ra) = client(&hub, "a");
+        let (b, _rb) = client(&hub, "b");
+        assert_eq!(
+            rec.take(),
+            vec![
+                (Interest::Client(Arc::from("a")), true),
+                (Interest::Client(Arc::from("b")), true)
+            ]
+        );
+        assert!(hub.authenticate(&a, Some("u1"), None, &["lobby".into()]));
+        assert_eq!(
+            rec.take(),
+            vec![
+                (Interest::User(Arc::from("u1")), true),
+                (room("a"), true),
+                (room("lobby"), true)
+            ]
+        );
+        // A second member of the same user and room changes no interest.
+        assert!(hub.authenticate(&b, Some("u1"), None, &["lobby".into()]));
+        assert_eq!(rec.take(), vec![(room("b"), true)]);
+        hub.join("a", &["x", "y"]);
+        hub.join("b", &["x"]);
+        assert_eq!(rec.take(), vec![(room("x"), true), (room("y"), true)]);
+        // Leaving a room one is not in changes nothing; the last member
+        // leaving takes the interest away.
+        assert_eq!(hub.leave("a", &["x", "nope"]), vec!["x".to_string()]);
+        assert_eq!(rec.take(), vec![]);
+        assert_eq!(hub.leave("b", &["x"]), vec!["x".to_string()]);
+        assert_eq!(rec.take(), vec![(room("x"), false)]);
+    }
+
+    #[test]
+    fn removal_clears_every_index_and_reports_what_went() {
+        let (hub, rec) = hub();
+        let (a, _ra) = client(&hub, "a");
+        let (b, _rb) = client(&hub, "b");
+        hub.authenticate(&a, Some("u1"), None, &["lobby".into()]);
+        hub.authenticate(&b, Some("u2"), None, &["lobby".into()]);
+        hub.join("a", &["solo"]);
+        rec.take();
+        assert_eq!(hub.remove("a"), Some(Some(Arc::from("u1"))));
+        let mut went = rec.take();
+        // The client's own channel first; the rest in any order.
+        assert_eq!(went.remove(0), (Interest::Client(Arc::from("a")), false));
+        went.sort_by_key(|(i, _)| format!("{i:?}"));
+        assert_eq!(
+            went,
+            vec![
+                (room("a"), false),
+                (room("solo"), false),
+                (Interest::User(Arc::from("u1")), false)
+            ]
+        );
+        assert_eq!(a.state(), ClientState::Disconnected);
+        assert!(!hub.has_client("a") && !hub.has_room("solo") && hub.has_room("lobby"));
+        assert_eq!(hub.room_snapshot("lobby").len(), 1);
+        assert_eq!((hub.client_count(), hub.user_count()), (1, 1));
+        // Removing twice is a no-op: nothing reported, nothing returned.
+        assert_eq!(hub.remove("a"), None);
+        assert_eq!(rec.take(), vec![]);
+    }
+
+    #[test]
+    fn fan_out_reaches_members_once_and_honours_exclude() {
+        let (hub, _rec) = hub();
+        let (a, mut ra) = client(&hub, "a");
+        let (b, mut rb) = client(&hub, "b");
+        let (_c, mut rc) = client(&hub, "c");
+        hub.authenticate(&a, Some("u"), None, &[]);
+        hub.authenticate(&b, Some("u"), None, &[]);
+        hub.join("a", &["r"]);
+        hub.join("b", &["r"]);
+        let frame = Frame::from("f");
+        assert_eq!(hub.send_to_room("r", &frame, &["b".to_string()]), 1);
+        assert_eq!(hub.send_to_user("u", &frame), 2);
+        // Broadcast reaches authenticated clients only (not "c").
+        assert_eq!(hub.broadcast(&frame, &[]), 2);
+        assert_eq!(ra.take(10).len(), 3);
+        assert_eq!(rb.take(10).len(), 2);
+        assert_eq!(rc.take(10).len(), 0);
+        assert_eq!(hub.send_to_room("nobody", &frame, &[]), 0);
+    }
+
+    #[test]
+    fn authenticating_a_removed_client_does_nothing() {
+        let (hub, rec) = hub();
+        let (a, _ra) = client(&hub, "a");
+        hub.remove("a");
+        rec.take();
+        assert!(!hub.authenticate(&a, Some("u"), None, &["lobby".into()]));
+        assert_eq!(rec.take(), vec![]);
+        assert_eq!(hub.room_count(), 0);
+    }
+}

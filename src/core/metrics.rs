@@ -15,7 +15,9 @@ use crate::core::stats::{Stats, StatsSnapshot};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
-/// What one scrape reads, taken once so every series agrees.
+/// What one scrape (or one `stats()`) reads, taken once so every series
+/// agrees.
+#[derive(Debug, Default)]
 pub struct Sample {
     pub by_state: [u64; 3],
     pub rooms: u64,
@@ -53,97 +55,20 @@ const GAUGES: &[(&str, &str, Read)] = &[
     ),
 ];
 
-/// Counters: (name without `_total`, help, value).
-const COUNTERS: &[(&str, &str, Read)] = &[
-    ("connections", "Connections accepted.", |s| {
-        s.stats.connections_total
-    }),
-    (
-        "connections_refused",
-        "Upgrades refused for a connection limit.",
-        |s| s.stats.connections_refused,
-    ),
-    (
-        "http_forwarded",
-        "Connections spliced to the application's HTTP server.",
-        |s| s.stats.http_forwarded,
-    ),
-    (
-        "http_forward_errors",
-        "Connections answered 502: the application's HTTP server was unreachable.",
-        |s| s.stats.http_forward_errors,
-    ),
-    ("messages_in", "Frames received from clients.", |s| {
-        s.stats.messages_in
-    }),
-    ("frames_out", "Frames written to clients.", |s| {
-        s.stats.frames_out
-    }),
-    (
-        "invalid_frames",
-        "Frames that were not valid protocol messages.",
-        |s| s.stats.invalid_frames,
-    ),
-    (
-        "dropped_backpressure",
-        "Frames dropped at a slow client's backpressure limit.",
-        |s| s.stats.dropped_backpressure,
-    ),
-    (
-        "dropped_no_handler",
-        "Application events dropped for lack of a messageHandler.",
-        |s| s.stats.dropped_no_handler,
-    ),
-    (
-        "handler_errors",
-        "Application handlers that threw, rejected or timed out.",
-        |s| s.stats.handler_errors,
-    ),
-    ("joins_refused", "Joins refused.", |s| s.stats.joins_refused),
-    ("oversized_frames", "Frames over maxPayloadLength.", |s| {
-        s.stats.oversized_frames
-    }),
-    (
-        "rate_limited",
-        "Clients closed for exceeding maxFramesPerSecond.",
-        |s| s.stats.rate_limited,
-    ),
-    (
-        "auth_busy",
-        "Clients closed because too many authentications were pending.",
-        |s| s.stats.auth_busy,
-    ),
-    (
-        "rooms_limited",
-        "Room joins ignored at maxRoomsPerClient.",
-        |s| s.stats.rooms_limited,
-    ),
-    (
-        "send_timeouts",
-        "Connections dropped because a write made no progress for sendTimeout.",
-        |s| s.stats.send_timeouts,
-    ),
-    (
-        "log_dropped",
-        "Log lines dropped because stderr was not read fast enough (process-wide).",
-        |s| s.log_dropped,
-    ),
-    ("bus_reconnects", "Redis reconnections.", |s| {
-        s.bus.reconnects
-    }),
-    ("bus_published", "Envelopes published.", |s| s.bus.published),
-    (
-        "bus_publish_dropped",
-        "Publications dropped while Redis was away.",
-        |s| s.bus.publish_dropped,
-    ),
-    ("bus_received", "Envelopes received.", |s| s.bus.received),
-    (
-        "bus_invalid",
-        "Envelopes that were not JSON or not shaped right.",
-        |s| s.stats.bus_invalid,
-    ),
-];
+macro_rules! counter_table {
+    ($($field:ident $help:literal,)*) => {
+        /// Counters: (name, help, value); the page names them `<name>_total`.
+        const COUNTERS: &[(&str, &str, Read)] = &[
+            $((stringify!($field), $help, |s| s.stats.$field),)*
+            (
+                "log_dropped",
+                "Log lines dropped because stderr was not read fast enough (process-wide).",
+                |s| s.log_dropped,
+            ),
+        ];
+    };
+}
+crate::with_counters!(counter_table);
 
 /// What the page is read from.
 pub struct Metrics {
@@ -223,6 +148,7 @@ pub fn encode(identifier: &str, s: &Sample) -> String {
         registry.register(Box::new(g)).expect("unique name");
     }
     for (name, help, read) in COUNTERS {
+        let name = name.strip_suffix("_total").unwrap_or(name);
         let c = IntCounterVec::new(Opts::new(format!("{name}_total"), *help), &["server"])
             .expect("valid");
         c.with_label_values(&[identifier]).inc_by(read(s));

@@ -3,6 +3,7 @@
 //! docs/ARCHITECTURE.md walks through it.
 
 pub mod broker;
+pub mod call_queue;
 pub mod client;
 pub mod config;
 pub mod connection;

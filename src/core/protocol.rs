@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub mod events {
     pub const AUTHENTICATE: &str = "authenticate";
     pub const CONNECTED: &str = "connected";
-    pub const DISCONNECT: &str = "disconnect";
     pub const JOIN: &str = "join";
     pub const LEAVE: &str = "leave";
     pub const ERROR: &str = "error";
@@ -39,7 +38,6 @@ pub mod close {
     pub const BACKPRESSURE: (u16, &str) = (1013, "Backpressure limit exceeded");
     pub const RATE_LIMIT: (u16, &str) = (1008, "Rate limit exceeded");
     pub const AUTH_BUSY: (u16, &str) = (1013, "Too many pending authentications");
-    pub const INTERNAL: (u16, &str) = (1011, "Internal error");
     pub const AUTH_TIMEOUT: (u16, &str) = (4001, "Authentication timeout");
     pub const HEARTBEAT_TIMEOUT: (u16, &str) = (4002, "Heartbeat timeout");
     pub const AUTH_FAILED: (u16, &str) = (4003, "Authentication failed");
@@ -78,12 +76,6 @@ pub fn error_frame(message: &str) -> Frame {
         serde_json::to_string(message).expect("a string always serializes")
     );
     encode_frame(events::ERROR, Some(&data))
-}
-
-/// Wraps frame text that the caller guarantees is UTF-8 (it came from a Rust
-/// `String` or a JS string) without validating it again.
-pub fn frame_from_string(s: String) -> Frame {
-    Frame::from(s)
 }
 
 /// Walks `clientId\nframe\nclientId\nframe…` (the `sendToClient` calls a

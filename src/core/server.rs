@@ -65,7 +65,7 @@ impl Server {
         let broker: Arc<dyn Broker> = match redis {
             None => Arc::new(LocalBroker),
             Some(rc) => Arc::new(
-                RedisBroker::connect(rc, router, log.clone())
+                RedisBroker::connect(rc, router, log.clone(), stats.clone())
                     .await
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
             ),

@@ -103,3 +103,94 @@ impl Transformer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::handlers::{AppEvent, AuthOutcome};
+    use crate::core::log::NullLog;
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers "x" with "X" after a delay that shrinks with each call (so a
+    /// later call settles first), fails "bad", and counts calls in flight.
+    #[derive(Default)]
+    struct Upper {
+        calls: AtomicUsize,
+        in_flight: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Handlers for Upper {
+        fn authenticate(&self, _: &str, _: &str) -> BoxFuture<'static, AuthOutcome> {
+            async { AuthOutcome::Rejected }.boxed()
+        }
+        fn has_transformer(&self) -> bool {
+            true
+        }
+        fn transform(
+            &self,
+            _: &str,
+            frame: &str,
+        ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) as u64;
+            let frame = frame.to_string();
+            let (in_flight, most) = (self.in_flight.clone(), self.most.clone());
+            Some(
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50u64.saturating_sub(n * 10))).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    if frame == "bad" {
+                        Err("refused".into())
+                    } else {
+                        Ok(Some(frame.to_uppercase()))
+                    }
+                }
+                .boxed(),
+            )
+        }
+        fn deliver(&self, _: Vec<AppEvent>) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_keep_their_order_and_a_failure_drops_only_its_own() {
+        let handlers = Arc::new(Upper::default());
+        let stats = Arc::new(Stats::default());
+        let t = Transformer::new(
+            handlers.clone(),
+            1,
+            stats.clone(),
+            Logger::new(Arc::new(NullLog)),
+        );
+        let (client, mut reader) = Client::new(
+            Arc::from("c"),
+            "127.0.0.1:1".into(),
+            0,
+            1 << 20,
+            false,
+            stats.clone(),
+        );
+        t.attach(&client);
+        for f in ["a", "bad", "b", "c"] {
+            client.offer(&Frame::from(f));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let out: Vec<String> = reader
+            .take(10)
+            .into_iter()
+            .map(|q| q.frame.as_str().to_string())
+            .collect();
+        assert_eq!(out, ["A", "B", "C"]);
+        assert_eq!(stats.handler_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            handlers.most.load(Ordering::SeqCst),
+            1,
+            "one call in flight per client"
+        );
+    }
+}

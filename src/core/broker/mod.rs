@@ -23,11 +23,7 @@ pub struct BrokerStatus {
     pub kind: &'static str,
     /// "connected", "connecting", "disconnected" or "closed"
     pub state: &'static str,
-    pub reconnects: u64,
-    pub published: u64,
-    pub publish_dropped: u64,
     pub publish_buffered: u64,
-    pub received: u64,
     pub subscribed_channels: u64,
 }
 

@@ -22,6 +22,7 @@
 use super::{Broker, BrokerStatus, Subscriber};
 use crate::core::envelope::BROADCAST_CHANNEL;
 use crate::core::log::Logger;
+use crate::core::stats::Stats;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -144,12 +145,9 @@ struct Inner {
     closing: AtomicBool,
     close_notify: Notify,
     drop_logged: AtomicBool,
-    reconnects: AtomicU64,
-    published: AtomicU64,
-    publish_dropped: AtomicU64,
+    stats: Arc<Stats>,
     /// Publications taken from the queue and not yet confirmed.
     in_flight: AtomicU64,
-    received: AtomicU64,
     subscribed: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -232,6 +230,7 @@ impl RedisBroker {
         cfg: RedisConfig,
         inbound: Arc<dyn Subscriber>,
         log: Logger,
+        stats: Arc<Stats>,
     ) -> Result<RedisBroker, String> {
         let unreachable = |e: String| {
             format!(
@@ -289,11 +288,8 @@ impl RedisBroker {
             closing: AtomicBool::new(false),
             close_notify: Notify::new(),
             drop_logged: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            publish_dropped: AtomicU64::new(0),
+            stats,
             in_flight: AtomicU64::new(0),
-            received: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
@@ -335,14 +331,20 @@ impl Broker for RedisBroker {
     fn publish(&self, channel: String, payload: String) {
         let inner = &self.inner;
         if inner.closing.load(Ordering::Acquire) {
-            inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            inner
+                .stats
+                .bus_publish_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         {
             let mut q = inner.queue.lock();
             if q.len() >= inner.cfg.publish_buffer.max(1) {
                 q.pop_front();
-                inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .stats
+                    .bus_publish_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 if !inner.drop_logged.swap(true, Ordering::AcqRel) {
                     inner.log.error(
                         "Redis publish buffer full: dropping the oldest until Redis is back",
@@ -379,11 +381,7 @@ impl Broker for RedisBroker {
                 STATE_DISCONNECTED => "disconnected",
                 _ => "closed",
             },
-            reconnects: i.reconnects.load(Ordering::Relaxed),
-            published: i.published.load(Ordering::Relaxed),
-            publish_dropped: i.publish_dropped.load(Ordering::Relaxed),
             publish_buffered: i.queue.lock().len() as u64 + i.in_flight.load(Ordering::Relaxed),
-            received: i.received.load(Ordering::Relaxed),
             subscribed_channels: i.subscribed.load(Ordering::Relaxed),
         }
     }
@@ -405,7 +403,10 @@ impl Broker for RedisBroker {
             }
             let left = inner.queue.lock().len() as u64;
             if left > 0 {
-                inner.publish_dropped.fetch_add(left, Ordering::Relaxed);
+                inner
+                    .stats
+                    .bus_publish_dropped
+                    .fetch_add(left, Ordering::Relaxed);
                 inner.log.warn(
                     "Redis shutdown: unpublished messages dropped",
                     &[("dropped", &left)],
@@ -469,7 +470,8 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
             Ok(()) => {
                 inner.in_flight.store(0, Ordering::Relaxed);
                 inner
-                    .published
+                    .stats
+                    .bus_published
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 inner.drop_logged.store(false, Ordering::Release);
             }
@@ -493,7 +495,10 @@ fn requeue_front(inner: &Inner, batch: Vec<(String, String)>) {
     }
     while q.len() > inner.cfg.publish_buffer.max(1) {
         q.pop_front();
-        inner.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        inner
+            .stats
+            .bus_publish_dropped
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -610,7 +615,7 @@ async fn standalone_subscribe_loop(
         inner.state.store(STATE_CONNECTED, Ordering::Release);
         attempt = 0;
         if let Some(t) = lost_at.take() {
-            inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            inner.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
             // The publisher may be waiting on a dead connection: wake it.
             inner.queue_notify.notify_one();
             inner.log.warn(
@@ -641,7 +646,7 @@ async fn standalone_subscribe_loop(
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break "connection closed".to_string() };
-                    inner.received.fetch_add(1, Ordering::Relaxed);
+                    inner.stats.bus_received.fetch_add(1, Ordering::Relaxed);
                     match std::str::from_utf8(msg.get_payload_bytes()) {
                         Ok(payload) => inner.inbound.deliver(msg.get_channel_name(), payload),
                         Err(_) => inner.log.error("Redis message is not UTF-8", &[("channel", &msg.get_channel_name())]),
@@ -693,7 +698,7 @@ async fn cluster_probe(inner: Arc<Inner>, mut conn: ClusterConnection) {
             return;
         }
         if up && was != STATE_CONNECTED {
-            inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            inner.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
             inner.state.store(STATE_CONNECTED, Ordering::Release);
             inner.queue_notify.notify_one();
             inner.log.info(
@@ -749,7 +754,7 @@ async fn cluster_subscribe_loop(
             info = push.recv() => {
                 let Some(info) = info else { return };
                 if let Some(msg) = redis::Msg::from_push_info(info) {
-                    inner.received.fetch_add(1, Ordering::Relaxed);
+                    inner.stats.bus_received.fetch_add(1, Ordering::Relaxed);
                     if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
                         inner.inbound.deliver(msg.get_channel_name(), payload);
                     }
