@@ -224,32 +224,31 @@ export interface NativeRedisTls {
   insecure: boolean
 }
 
-/** `ws.stats()`: the gauges, then every counter (`core::stats`). */
 export interface NativeStats {
   /** Open connections (the next three summed). */
   connections: number
   unauthorized: number
   authenticating: number
   authenticated: number
-  /** Rooms with at least one local member. */
-  rooms: number
-  /** Users with at least one local client. */
-  users: number
-  /** Connection tasks running, closing ones included. */
-  sockets: number
   /** "local", "redis" or "redis-cluster" */
   bus: string
   /** "connected", "connecting", "disconnected" or "closed" */
   busState: string
-  /** Publications waiting for Redis. */
-  busPublishBuffered: number
-  /** Redis channels subscribed. */
-  busSubscribedChannels: number
   /**
    * Log lines dropped because stderr was not read fast enough
    * (process-wide: every server shares the one writer).
    */
   logDropped: number
+  /** Rooms with at least one local member. */
+  rooms: number
+  /** Users with at least one local client. */
+  users: number
+  /** Connection tasks running (closing ones included). */
+  sockets: number
+  /** Publications waiting for Redis. */
+  busPublishBuffered: number
+  /** Redis channels subscribed. */
+  busSubscribedChannels: number
   /** Connections accepted. */
   connectionsTotal: number
   /** Upgrades refused for a connection limit (HTTP 503 or 429). */

@@ -190,9 +190,14 @@ impl From<ClientSnapshot> for NativeClient {
     }
 }
 
+/// `ws.stats()`: connections by state and the bus's kind and state, then
+/// the gauges of `core::metrics::with_gauges!` and the counters of
+/// `core::stats::with_counters!`, generated from those two lists.
 macro_rules! native_stats {
-    ($($field:ident $help:literal,)*) => {
-        /// `ws.stats()`: the gauges, then every counter (`core::stats`).
+    (
+        [$($gauge:ident $ghelp:literal |$s:ident| $read:expr,)*]
+        $($field:ident $help:literal,)*
+    ) => {
         #[napi(object)]
         pub struct NativeStats {
             /// Open connections (the next three summed).
@@ -200,49 +205,43 @@ macro_rules! native_stats {
             pub unauthorized: u32,
             pub authenticating: u32,
             pub authenticated: u32,
-            /// Rooms with at least one local member.
-            pub rooms: u32,
-            /// Users with at least one local client.
-            pub users: u32,
-            /// Connection tasks running, closing ones included.
-            pub sockets: u32,
             /// "local", "redis" or "redis-cluster"
             pub bus: String,
             /// "connected", "connecting", "disconnected" or "closed"
             pub bus_state: String,
-            /// Publications waiting for Redis.
-            pub bus_publish_buffered: f64,
-            /// Redis channels subscribed.
-            pub bus_subscribed_channels: f64,
             /// Log lines dropped because stderr was not read fast enough
             /// (process-wide: every server shares the one writer).
             pub log_dropped: f64,
+            $(#[doc = $ghelp] pub $gauge: f64,)*
             $(#[doc = $help] pub $field: f64,)*
         }
 
         impl From<Sample> for NativeStats {
-            fn from(s: Sample) -> NativeStats {
-                let [un, ing, ed] = s.by_state;
+            fn from(sample: Sample) -> NativeStats {
+                let [un, ing, ed] = sample.by_state;
                 NativeStats {
                     connections: (un + ing + ed) as u32,
                     unauthorized: un as u32,
                     authenticating: ing as u32,
                     authenticated: ed as u32,
-                    rooms: s.rooms as u32,
-                    users: s.users as u32,
-                    sockets: s.live as u32,
-                    bus: if s.bus.kind.is_empty() { "local" } else { s.bus.kind }.to_string(),
-                    bus_state: if s.bus.state.is_empty() { "closed" } else { s.bus.state }.to_string(),
-                    bus_publish_buffered: s.bus.publish_buffered as f64,
-                    bus_subscribed_channels: s.bus.subscribed_channels as f64,
-                    log_dropped: s.log_dropped as f64,
-                    $($field: s.stats.$field as f64,)*
+                    bus: if sample.bus.kind.is_empty() { "local" } else { sample.bus.kind }.to_string(),
+                    bus_state: if sample.bus.state.is_empty() { "closed" } else { sample.bus.state }.to_string(),
+                    log_dropped: sample.log_dropped as f64,
+                    $($gauge: { let $s = &sample; $read } as f64,)*
+                    $($field: sample.stats.$field as f64,)*
                 }
             }
         }
     };
 }
-crate::with_counters!(native_stats);
+
+/// Feeds both lists to `native_stats!`.
+macro_rules! with_gauges_then_counters {
+    ($($g:tt)*) => {
+        crate::with_counters!(native_stats; [$($g)*]);
+    };
+}
+crate::with_gauges!(with_gauges_then_counters);
 
 /// The options' defaults, from the one place they are set
 /// (`Config::default()`, plus the logging defaults).

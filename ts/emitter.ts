@@ -2,7 +2,9 @@
 // running a server (background jobs, other services). Same envelope as the
 // original (`serverId: "emitter"`), every publication awaited.
 
-import { NativeEmitter } from '../index';
+import { native } from './native';
+import type { NativeEmitter } from '../index';
+const { NativeEmitter: NativeEmitterClass } = native;
 import { WebSocketOptionError, describe } from './options';
 import { normaliseRedis } from './redis-options';
 import type { IWebSocketEmitterOptions } from './types';
@@ -23,7 +25,7 @@ export class WebSocketEmitter {
     const name = opts.redis !== undefined ? 'redis' : 'redisConnection';
     const redis = normaliseRedis(name, opts.redis ?? opts.redisConnection);
     if (!redis) throw new WebSocketOptionError(name, '[WebSocketEmitter] Invalid redis connection!');
-    this.native = new NativeEmitter(redis);
+    this.native = new NativeEmitterClass(redis);
   }
 
   /** Connects to Redis; rejects with the address when it cannot. */

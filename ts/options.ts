@@ -1,7 +1,7 @@
 // Option normalisation: the defaults, and a clear error naming the option
 // for anything that cannot work.
 
-import { defaultOptions } from '../index';
+import { native } from './native';
 import type { LogFormat, LogLevel, NativeOptions } from '../index';
 import type { IWebSocketServerOptions, TLogLevel } from './types';
 
@@ -21,7 +21,7 @@ export class WebSocketOptionError extends TypeError {
 export type NormalisedOptions = NativeOptions;
 
 /** Defaults, from the one place they are set (the native `Config::default()`). */
-const D = defaultOptions();
+const D = native.defaultOptions();
 
 function num(option: string, value: unknown, fallback: number, opts: { min: number; integer?: boolean }): number {
   if (value === undefined || value === null) return fallback;

@@ -3,7 +3,9 @@
 // calling the application's handlers, keeping `metadata` (arbitrary JS
 // values), and building the client records the original returns.
 
-import { NativeServer } from '../index';
+import { native } from './native';
+import type { NativeServer } from '../index';
+const { NativeServer: NativeServerClass } = native;
 import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
@@ -150,7 +152,7 @@ export class WebSocketServer<
     this.identifier = this.settings.identifier;
     this.serverId = globalThis.crypto.randomUUID();
     const s = this.settings;
-    this.native = new NativeServer(
+    this.native = new NativeServerClass(
       {
         ...s,
         serverId: this.serverId,
@@ -312,6 +314,14 @@ export class WebSocketServer<
    * TLS in front, or use the `tls` option on a port of its own.
    */
   attach(server: import('node:http').Server): this {
+    if (process.platform === 'win32') {
+      // The upgrade's socket is handed over as a file descriptor (dup), which
+      // Windows sockets do not have.
+      throw new Error(
+        '[ignis-ws-native] attach() needs a Unix system (it hands the socket over by file descriptor); ' +
+          'on Windows give the server a port of its own, or use httpFallback',
+      );
+    }
     const listener = (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) =>
       this.handleUpgrade(server, req, socket, head);
     server.on('upgrade', listener);

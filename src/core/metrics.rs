@@ -30,30 +30,30 @@ pub struct Sample {
 
 type Read = fn(&Sample) -> u64;
 
-/// Gauges without labels: (name, help, value).
-const GAUGES: &[(&str, &str, Read)] = &[
-    ("rooms", "Rooms with at least one local member.", |s| {
-        s.rooms
-    }),
-    ("users", "Users with at least one local client.", |s| {
-        s.users
-    }),
-    (
-        "sockets",
-        "Connection tasks running (closing ones included).",
-        |s| s.live,
-    ),
-    (
-        "bus_publish_buffered",
-        "Publications waiting for Redis.",
-        |s| s.bus.publish_buffered,
-    ),
-    (
-        "bus_subscribed_channels",
-        "Redis channels subscribed.",
-        |s| s.bus.subscribed_channels,
-    ),
-];
+/// Calls `$m! { name "help" |sample| value, … }` with every gauge without
+/// labels: the metrics page below and the binding's `stats()` object are
+/// generated from this list (the labelled ones, connections by state and
+/// the bus's kind, are written out in `encode`).
+#[macro_export]
+macro_rules! with_gauges {
+    ($m:path) => {
+        $m! {
+            rooms "Rooms with at least one local member." |s| s.rooms,
+            users "Users with at least one local client." |s| s.users,
+            sockets "Connection tasks running (closing ones included)." |s| s.live,
+            bus_publish_buffered "Publications waiting for Redis." |s| s.bus.publish_buffered,
+            bus_subscribed_channels "Redis channels subscribed." |s| s.bus.subscribed_channels,
+        }
+    };
+}
+
+macro_rules! gauge_table {
+    ($($field:ident $help:literal |$s:ident| $read:expr,)*) => {
+        /// Gauges without labels: (name, help, value).
+        const GAUGES: &[(&str, &str, Read)] = &[$((stringify!($field), $help, |$s| $read),)*];
+    };
+}
+crate::with_gauges!(gauge_table);
 
 macro_rules! counter_table {
     ($($field:ident $help:literal,)*) => {

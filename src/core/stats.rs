@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// counts.
 #[macro_export]
 macro_rules! with_counters {
-    ($m:path) => {
+    // Tokens after `;` go first, for a macro that also takes another list.
+    ($m:path $(; $($pre:tt)*)?) => {
         $m! {
+            $($($pre)*)?
             connections_total "Connections accepted.",
             connections_refused "Upgrades refused for a connection limit (HTTP 503 or 429).",
             http_forwarded "Connections spliced to the application's HTTP server.",
