@@ -135,6 +135,8 @@ export class WebSocketClient<
   private keyPair: { publicKey: any; privateKey: any } | undefined;
   private decryptChain: Promise<void> = Promise.resolve();
   private firstConnect: { resolve: (p: IConnectedPayload) => void; reject: (e: Error) => void } | undefined;
+  private readonly requests = new Map<string, { resolve: (v: any) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
+  private nextRequest = 0;
 
   constructor(opts: IWebSocketClientOptions<AuthData>) {
     if (!opts || typeof opts.url !== 'string') throw new TypeError('[ignis-ws-native/client] options.url is required');
@@ -180,7 +182,34 @@ export class WebSocketClient<
 
   /** Sends an application event; queued (bounded) while not connected. Returns false when dropped. */
   emit<K extends keyof Events & string>(event: K, data?: Events[K]): boolean {
-    const frame = JSON.stringify(data === undefined ? { event } : { event, data });
+    return this.sendFrame(JSON.stringify(data === undefined ? { event } : { event, data }), event, data);
+  }
+
+  /**
+   * Sends an event with an `id` and resolves with the server's answer
+   * (the server's `acks: true`): `messageHandler`'s return value; rejects
+   * with the error the server answered, or after `timeout` ms (default
+   * 10 000). A request made while reconnecting waits in the queue.
+   */
+  request<T = unknown>(event: string, data?: unknown, opts: { timeout?: number } = {}): Promise<T> {
+    const id = `r${(this.nextRequest++).toString(36)}`;
+    const timeout = opts.timeout ?? 10_000;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.requests.delete(id);
+        reject(new Error(`[ignis-ws-native/client] request "${event}" got no answer within ${timeout} ms`));
+      }, timeout);
+      this.requests.set(id, { resolve, reject, timer });
+      const frame = JSON.stringify(data === undefined ? { event, id } : { event, data, id });
+      if (!this.sendFrame(frame, event, data)) {
+        clearTimeout(timer);
+        this.requests.delete(id);
+        reject(new Error(`[ignis-ws-native/client] request "${event}" not sent: the client is closed or its queue is full`));
+      }
+    });
+  }
+
+  private sendFrame(frame: string, event: string, data: unknown): boolean {
     if (this._state === 'connected' && this.socket?.readyState === 1) {
       this.socket.send(frame);
       return true;
@@ -225,12 +254,12 @@ export class WebSocketClient<
     if (this.socket?.readyState === 1) this.socket.send(JSON.stringify(msg));
   }
 
-  private dispatch(event: string, data: unknown): void {
+  private notify(event: string, data: unknown): void {
     for (const fn of [...(this.listeners.get(event) ?? [])]) {
       try {
         fn(data);
       } catch (e) {
-        if (event !== 'listenerError') this.dispatch('listenerError', e);
+        if (event !== 'listenerError') this.notify('listenerError', e);
       }
     }
   }
@@ -310,6 +339,22 @@ export class WebSocketClient<
       return;
     }
     this.decryptChain = this.decryptChain.then(() => this.dispatch(msg.event, msg.data));
+  }
+
+  /** An `ack` answering one of our requests settles it; any other event is dispatched. */
+  private dispatch(event: string, data: unknown): void {
+    if (event === 'ack' && data && typeof (data as { id?: unknown }).id === 'string') {
+      const ack = data as { id: string; result?: unknown; error?: unknown };
+      const req = this.requests.get(ack.id);
+      if (req) {
+        this.requests.delete(ack.id);
+        clearTimeout(req.timer);
+        if ('error' in ack) req.reject(new Error(String(ack.error)));
+        else req.resolve(ack.result);
+        return;
+      }
+    }
+    this.notify(event, data);
   }
 
   private async onConnected(payload: IConnectedPayload): Promise<void> {

@@ -114,6 +114,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (opts.encryption !== undefined && opts.encryption !== null && opts.encryption !== 'ecdh-p256-aes-256-gcm') {
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
+  bool('acks', opts.acks, false);
   const logFormat = opts.logFormat ?? D.logFormat;
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);

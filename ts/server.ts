@@ -69,6 +69,23 @@ class Answers<T> {
  * including one from `ok` itself, so nothing escapes as an unhandled
  * rejection.
  */
+/** Longest `id` a frame may carry to be acknowledged. */
+const MAX_ACK_ID_LENGTH = 64;
+/** What a client is told when its request failed for a reason not meant for it. */
+const GENERIC_ACK_ERROR = 'Internal error';
+
+/**
+ * Thrown by a `messageHandler` to answer a request (`acks: true`) with an
+ * error whose message is meant for the client. Anything else thrown is
+ * answered with a generic text, and logged.
+ */
+export class WebSocketClientError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WebSocketClientError';
+  }
+}
+
 function settle(call: () => unknown, ok: (value: unknown) => void, fail: (e: unknown) => void): void {
   const done = (value: unknown) => {
     try {
@@ -125,6 +142,8 @@ export class WebSocketServer<
   port: number | undefined;
 
   private readonly opts: IWebSocketServerOptions<AuthDataType, MetadataType>;
+  /** `acks: true`: frames with an `id` are answered with `ack`. */
+  private readonly acks: boolean;
   private readonly settings: NormalisedOptions;
   private readonly native: NativeServer;
   /**
@@ -149,6 +168,7 @@ export class WebSocketServer<
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
     this.settings = normaliseOptions(opts);
     this.opts = opts;
+    this.acks = opts.acks === true;
     this.identifier = this.settings.identifier;
     this.serverId = globalThis.crypto.randomUUID();
     const s = this.settings;
@@ -652,11 +672,43 @@ export class WebSocketServer<
           break;
         case EVENT_MESSAGE: {
           const message = ev[3] as IWebSocketMessage;
-          this.invoke('messageHandler', clientId, () => this.opts.messageHandler?.({ clientId, userId, message }));
+          const id = (message as { id?: unknown }).id;
+          if (this.acks && typeof id === 'string' && id.length <= MAX_ACK_ID_LENGTH) {
+            this.answer(clientId, id, () => this.opts.messageHandler?.({ clientId, userId, message }));
+          } else {
+            this.invoke('messageHandler', clientId, () => this.opts.messageHandler?.({ clientId, userId, message }));
+          }
           break;
         }
       }
     }
+  }
+
+  /**
+   * `acks: true`: calls `messageHandler` for a frame with an `id` and, once
+   * it settles, sends the client `ack` with its result, or with an error:
+   * the message of a `WebSocketClientError` (meant for clients), otherwise
+   * a generic text (internals never leave the server; the throw is logged).
+   */
+  private answer(clientId: string, id: string, call: () => unknown): void {
+    const ack = (data: { id: string; result?: unknown; error?: string }) => {
+      try {
+        this.sendToClient({ clientId, event: 'ack', data });
+      } catch (e) {
+        // A result JSON cannot express (a BigInt, a cycle).
+        this.log('error', 'messageHandler result not sendable', { id: clientId, error: errorText(e) });
+        this.sendToClient({ clientId, event: 'ack', data: { id, error: GENERIC_ACK_ERROR } });
+      }
+    };
+    settle(
+      call,
+      value => ack({ id, result: value === undefined ? null : value }),
+      e => {
+        if (e instanceof WebSocketClientError) return ack({ id, error: e.message });
+        this.log('error', 'messageHandler error', { id: clientId, error: errorText(e) });
+        ack({ id, error: GENERIC_ACK_ERROR });
+      },
+    );
   }
 
   /** Calls a fire-and-forget handler; its throw or rejection is logged. */

@@ -199,6 +199,15 @@ export interface IWebSocketServerOptions<
    * dropped. Default 30000; 0 disables it.
    */
   sendTimeout?: number;
+  /**
+   * Request/response: a client frame with a string `id` (at most 64
+   * characters) is answered, once `messageHandler` settles, with
+   * `{"event":"ack","data":{"id":…,"result":…}}` (its return value), or
+   * `{"event":"ack","data":{"id":…,"error":…}}` when it throws or rejects:
+   * the message of a `WebSocketClientError`, otherwise a generic text.
+   * Frames without `id` get no ack. Default false (the original's wire).
+   */
+  acks?: boolean;
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */
