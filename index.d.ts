@@ -195,6 +195,15 @@ export interface NativeOptions {
   backlog: number
   /** ms a write may make no progress before the socket is dropped; 0 disables. */
   sendTimeout: number
+  /** History rooms: publications kept per room; 0: no history. */
+  historySize: number
+  /** ms a room's history lives after its last publication. */
+  historyTtl: number
+  /**
+   * Names or prefixes ending in `*`; absent: every room but the default
+   * and client-id rooms.
+   */
+  historyRooms?: Array<string>
 }
 
 /** Redis connection, normalised by `ts/redis-options.ts`. */

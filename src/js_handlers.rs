@@ -13,6 +13,7 @@
 use crate::batched_calls::BatchedCalls;
 use crate::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
 use crate::core::log::{Field, Format, Level, Log};
+use crate::core::protocol::push_json_str;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
@@ -263,18 +264,6 @@ pub fn batch_json(events: &[AppEvent]) -> String {
     }
     out.push(']');
     out
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
-    // Ids are almost always plain ASCII: copy those as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
-    }
 }
 
 /// Log lines to the application's `logger` (fire and forget).

@@ -155,6 +155,13 @@ pub struct NativeOptions {
     pub backlog: u32,
     /// ms a write may make no progress before the socket is dropped; 0 disables.
     pub send_timeout: f64,
+    /// History rooms: publications kept per room; 0: no history.
+    pub history_size: u32,
+    /// ms a room's history lives after its last publication.
+    pub history_ttl: f64,
+    /// Names or prefixes ending in `*`; absent: every room but the default
+    /// and client-id rooms.
+    pub history_rooms: Option<Vec<String>>,
 }
 
 #[napi(object)]
@@ -283,6 +290,9 @@ pub fn default_options() -> NativeOptions {
         tls_key: None,
         backlog: c.backlog,
         send_timeout: c.send_timeout.as_millis() as f64,
+        history_size: c.history_size as u32,
+        history_ttl: c.history_ttl.as_millis() as f64,
+        history_rooms: c.history_rooms,
     }
 }
 
@@ -331,6 +341,9 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         metrics_path: o.metrics_path.clone(),
         backlog: o.backlog,
         send_timeout: millis("sendTimeout", o.send_timeout)?,
+        history_size: o.history_size as usize,
+        history_ttl: millis("history.ttl", o.history_ttl)?,
+        history_rooms: o.history_rooms.clone(),
         tls: match (&o.tls_cert, &o.tls_key) {
             (Some(c), Some(k)) => Some((c.as_bytes().to_vec(), k.as_bytes().to_vec())),
             (None, None) => None,

@@ -64,6 +64,10 @@ export interface IClientEvents {
   state: TClientState;
   error: unknown;
   dropped: { event: string; data: unknown };
+  /** A history room's `joined` answer: where it stands, and whether what was missed was recovered. */
+  joined: { room: string; offset: number; epoch: string; recovered?: boolean };
+  /** After a re-join asking to recover: false means messages were lost (refetch). */
+  recovered: { room: string; recovered: boolean };
 }
 
 /** Close codes after which reconnecting cannot help. */
@@ -137,6 +141,8 @@ export class WebSocketClient<
   private firstConnect: { resolve: (p: IConnectedPayload) => void; reject: (e: Error) => void } | undefined;
   private readonly requests = new Map<string, { resolve: (v: any) => void; reject: (e: Error) => void; timer: ReturnType<typeof setTimeout> }>();
   private nextRequest = 0;
+  /** The last position seen in each joined history room. */
+  private readonly positions = new Map<string, { offset: number; epoch: string }>();
 
   constructor(opts: IWebSocketClientOptions<AuthData>) {
     if (!opts || typeof opts.url !== 'string') throw new TypeError('[ignis-ws-native/client] options.url is required');
@@ -233,7 +239,10 @@ export class WebSocketClient<
 
   leave(rooms: string | string[]): void {
     const list = Array.isArray(rooms) ? rooms : [rooms];
-    for (const r of list) this.rooms.delete(r);
+    for (const r of list) {
+      this.rooms.delete(r);
+      this.positions.delete(r);
+    }
     if (this._state === 'connected') this.send({ event: 'leave', data: { rooms: list } });
   }
 
@@ -331,14 +340,26 @@ export class WebSocketClient<
             b64decode(msg.data.ct),
           );
           const inner = JSON.parse(new TextDecoder().decode(pt)) as { event: string; data?: unknown };
-          this.dispatch(inner.event, inner.data);
+          this.deliver(inner);
         } catch (e) {
           this.dispatch('error', e);
         }
       });
       return;
     }
-    this.decryptChain = this.decryptChain.then(() => this.dispatch(msg.event, msg.data));
+    this.decryptChain = this.decryptChain.then(() => this.deliver(msg));
+  }
+
+  /** Notes a history room's position, then dispatches the event. */
+  private deliver(msg: { event: string; data?: any; room?: unknown; offset?: unknown; epoch?: unknown }): void {
+    if (typeof msg.room === 'string' && typeof msg.offset === 'number' && typeof msg.epoch === 'string' && this.rooms.has(msg.room)) {
+      this.positions.set(msg.room, { offset: msg.offset, epoch: msg.epoch });
+    } else if (msg.event === 'joined' && msg.data && typeof msg.data.room === 'string') {
+      const { room, offset, epoch, recovered } = msg.data;
+      if (typeof offset === 'number' && typeof epoch === 'string') this.positions.set(room, { offset, epoch });
+      if (typeof recovered === 'boolean') this.dispatch('recovered', { room, recovered });
+    }
+    this.dispatch(msg.event, msg.data);
   }
 
   /** An `ack` answering one of our requests settles it; any other event is dispatched. */
@@ -380,7 +401,17 @@ export class WebSocketClient<
     this.startHeartbeat();
     // Rooms and queued events go out before listeners hear `connected`, so
     // whatever they send follows the re-join.
-    if (this.rooms.size) this.send({ event: 'join', data: { rooms: [...this.rooms] } });
+    if (this.rooms.size) {
+      // History rooms (the server's `history` option): ask for what was
+      // missed since the last position seen in each.
+      const recover: Record<string, { offset: number; epoch: string }> = {};
+      for (const room of this.rooms) {
+        const at = this.positions.get(room);
+        if (at) recover[room] = at;
+      }
+      const data = Object.keys(recover).length ? { rooms: [...this.rooms], recover } : { rooms: [...this.rooms] };
+      this.send({ event: 'join', data });
+    }
     while (this.queue.length && this.socket?.readyState === 1) this.socket.send(this.queue.shift()!);
     this.setState('connected', payload);
     this.firstConnect?.resolve(payload);

@@ -115,6 +115,26 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
   bool('acks', opts.acks, false);
+  let history = { size: 0, ttl: D.historyTtl, rooms: undefined as string[] | undefined };
+  if (opts.history !== undefined && opts.history !== null && opts.history !== false) {
+    const h = opts.history === true ? {} : opts.history;
+    if (typeof h !== 'object') throw new WebSocketOptionError('history', `expected an object, got ${describe(opts.history)}`);
+    if (opts.redis !== undefined || opts.redisConnection !== undefined) {
+      throw new WebSocketOptionError('history', 'not supported together with redis in this version (history is kept per instance)');
+    }
+    let rooms: string[] | undefined;
+    if (h.rooms !== undefined && h.rooms !== null) {
+      if (!Array.isArray(h.rooms) || !h.rooms.every(r => typeof r === 'string' && r.length > 0)) {
+        throw new WebSocketOptionError('history.rooms', 'expected an array of room names or prefixes ending in "*"');
+      }
+      rooms = [...h.rooms];
+    }
+    history = {
+      size: num('history.size', h.size, 100, { min: 1, integer: true }),
+      ttl: num('history.ttl', h.ttl, D.historyTtl, { min: 1 }),
+      rooms,
+    };
+  }
   const logFormat = opts.logFormat ?? D.logFormat;
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
@@ -183,5 +203,8 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     tlsKey,
     backlog: num('backlog', opts.backlog, D.backlog, { min: 1, integer: true }),
     sendTimeout: num('sendTimeout', opts.sendTimeout, D.sendTimeout, { min: 0 }),
+    historySize: history.size,
+    historyTtl: history.ttl,
+    historyRooms: history.rooms,
   };
 }

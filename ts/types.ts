@@ -208,6 +208,16 @@ export interface IWebSocketServerOptions<
    * Frames without `id` get no ack. Default false (the original's wire).
    */
   acks?: boolean;
+  /**
+   * History rooms: keep the last `size` (default 100) publications of each
+   * matching room for `ttl` ms (default 300000) after its last publication,
+   * so a client that was away can recover what it missed (`join` with
+   * `recover`). `rooms`: names or prefixes ending in `*`; default every room
+   * but the default rooms and client-id rooms. Publications to these rooms
+   * carry `room`, `offset` and `epoch`; a join answers `joined`. Kept per
+   * instance in this version (not with `redis`). Default: off.
+   */
+  history?: boolean | { size?: number; ttl?: number; rooms?: string[] };
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */

@@ -69,6 +69,13 @@ pub struct Config {
     /// A write that makes no progress for this long (the peer stopped
     /// reading) drops the connection; zero disables it.
     pub send_timeout: Duration,
+    /// History rooms: publications kept per room (0: no history).
+    pub history_size: usize,
+    /// How long a room's history lives after its last publication.
+    pub history_ttl: Duration,
+    /// Rooms with history: names or prefixes ending in `*`; `None`: every
+    /// room but the default rooms and client-id rooms.
+    pub history_rooms: Option<Vec<String>>,
     /// `host:port` of the application's HTTP server: connections that do
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
@@ -111,6 +118,9 @@ impl Default for Config {
             tls: None,
             http_fallback: None,
             backlog: 511,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_rooms: None,
             send_timeout: Duration::from_secs(30),
         }
     }

@@ -13,6 +13,7 @@ use crate::core::events::Events;
 use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
 use crate::core::handlers::Handlers;
 use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
+use crate::core::history::{self, History, Recover};
 use crate::core::hub::Hub;
 use crate::core::log::Logger;
 use crate::core::protocol::Frame;
@@ -69,12 +70,16 @@ pub struct Env {
     pub connections: Arc<Connections>,
     /// Set when the application has an outbound transformer.
     pub transformer: Option<Arc<Transformer>>,
+    /// Set with the `history` option.
+    pub history: Option<Arc<History>>,
     /// `authenticateFn` calls in flight, against `maxPendingAuthentications`.
     pub pending_auth: std::sync::atomic::AtomicUsize,
 }
 
 struct JoinDone {
     requested: Vec<String>,
+    /// What the client asked to recover, per room (history rooms).
+    recover: std::collections::HashMap<String, Recover>,
     result: Result<Vec<String>, String>,
 }
 
@@ -595,7 +600,11 @@ impl Connection {
         match event.as_deref() {
             Some(events::JOIN) => {
                 let rooms = protocol::parse_rooms(frame.data, env.config.max_rooms_per_request);
-                self.start_join(rooms);
+                let recover = match &env.history {
+                    Some(_) => history::parse_recover(frame.data, rooms.len()),
+                    None => Default::default(),
+                };
+                self.start_join(rooms, recover);
                 Next::Continue
             }
             Some(events::LEAVE) => {
@@ -800,7 +809,11 @@ impl Connection {
         }
     }
 
-    fn start_join(&mut self, rooms: Vec<String>) {
+    fn start_join(
+        &mut self,
+        rooms: Vec<String>,
+        recover: std::collections::HashMap<String, Recover>,
+    ) {
         let env = &self.env;
         let id = &self.client.id;
         let requested: Vec<String> = rooms
@@ -836,6 +849,7 @@ impl Connection {
                 async move {
                     JoinDone {
                         requested,
+                        recover,
                         result: fut.await,
                     }
                 }
@@ -876,7 +890,21 @@ impl Connection {
                         );
                         allowed.truncate(room_left);
                     }
-                    env.hub.join(id, &allowed);
+                    match &env.history {
+                        None => {
+                            env.hub.join(id, &allowed);
+                        }
+                        Some(history) => {
+                            // History rooms one by one (each answers
+                            // `joined`, after any replay); the rest at once.
+                            let (kept, plain): (Vec<String>, Vec<String>) =
+                                allowed.iter().cloned().partition(|r| history.applies(r));
+                            env.hub.join(id, &plain);
+                            for room in &kept {
+                                history.join(&env.hub, &self.client, room, done.recover.get(room));
+                            }
+                        }
+                    }
                     env.log.debug(
                         "Joined rooms",
                         &[("id", &id), ("rooms", &format_args!("{:?}", allowed))],

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod frame_writer;
 pub mod handlers;
 pub mod heartbeat;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;

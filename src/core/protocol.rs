@@ -19,6 +19,8 @@ pub mod events {
     pub const ERROR: &str = "error";
     pub const HEARTBEAT: &str = "heartbeat";
     pub const ENCRYPTED: &str = "encrypted";
+    /// The answer to a `join` for a history room (docs/PROTOCOL.md §15).
+    pub const JOINED: &str = "joined";
 }
 
 pub mod errors {
@@ -67,6 +69,18 @@ pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
     }
     out.push('}');
     Frame::from(out)
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    // Ids are almost always plain ASCII: copy those as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+    }
 }
 
 /// `{"event":"error","data":{"message":<message>}}`

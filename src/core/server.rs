@@ -23,6 +23,7 @@ use crate::core::events::{self, Events};
 use crate::core::forward::Forwarder;
 use crate::core::handlers::Handlers;
 use crate::core::heartbeat;
+use crate::core::history::{History, HistoryConfig};
 use crate::core::hub::Hub;
 use crate::core::listener::{self, Listener};
 use crate::core::log::Logger;
@@ -130,6 +131,14 @@ impl Server {
                 log.clone(),
             )
         });
+        let history = (config.history_size > 0).then(|| {
+            Arc::new(History::new(HistoryConfig {
+                size: config.history_size,
+                ttl: config.history_ttl,
+                rooms: config.history_rooms.clone(),
+                default_rooms: config.default_rooms.clone(),
+            }))
+        });
         let env = Arc::new(Env {
             config: config.clone(),
             hub: hub.clone(),
@@ -139,6 +148,7 @@ impl Server {
             events,
             connections: connections.clone(),
             transformer,
+            history: history.clone(),
             pending_auth: Default::default(),
         });
         let listener = Arc::new(Listener {
@@ -166,6 +176,21 @@ impl Server {
         ))];
         if let Some(tcp) = tcp {
             tasks.push(tokio::spawn(listener.clone().accept_loop(tcp)));
+        }
+        if let Some(h) = history {
+            // Rooms whose history expired are dropped lazily on use; this
+            // frees the ones nobody uses again.
+            let period = config.history_ttl.clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(60),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tick.tick().await;
+                    h.sweep();
+                }
+            }));
         }
         log.info(
             "WebSocket Server READY",
@@ -262,8 +287,12 @@ impl Server {
         self.env.hub.send_to_user(user_id, frame)
     }
 
+    /// A publication to a room: through its history when it keeps one.
     pub fn send_to_room(&self, room: &str, frame: &Frame, exclude: &[String]) -> usize {
-        self.env.hub.send_to_room(room, frame, exclude)
+        match &self.env.history {
+            Some(h) if h.applies(room) => h.publish(&self.env.hub, room, frame.as_str(), exclude),
+            _ => self.env.hub.send_to_room(room, frame, exclude),
+        }
     }
 
     pub fn broadcast(&self, frame: &Frame, exclude: &[String]) -> usize {
@@ -308,7 +337,7 @@ impl Server {
             Some(d) => {
                 // A local room, or something on another instance: either way
                 // the original publishes it as a room.
-                hub.send_to_room(d, &frame, &[]);
+                self.send_to_room(d, &frame, &[]);
                 (Kind::Room, Some(d))
             }
         };
