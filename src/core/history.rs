@@ -260,7 +260,6 @@ pub fn parse_recover(
 mod tests {
     use super::*;
     use crate::core::client::QueueReader;
-    use crate::core::stats::Stats;
 
     fn history(size: usize, ttl: Duration) -> History {
         History::new(HistoryConfig {
@@ -272,15 +271,7 @@ mod tests {
     }
 
     fn member(hub: &Hub, id: &str) -> (Arc<Client>, QueueReader) {
-        let (c, r) = Client::new(
-            Arc::from(id),
-            "127.0.0.1:1".into(),
-            0,
-            1 << 20,
-            false,
-            Arc::new(Stats::default()),
-        );
-        hub.register(c.clone());
+        let (c, r) = crate::core::hub::tests::client(hub, id);
         hub.authenticate(&c, Some("u"), None, &[]);
         (c, r)
     }

@@ -384,7 +384,7 @@ fn offer_all<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::client::QueueReader;
     use crate::core::stats::Stats;
@@ -413,7 +413,8 @@ mod tests {
         (hub, rec)
     }
 
-    fn client(hub: &Hub, id: &str) -> (Arc<Client>, QueueReader) {
+    /// A client registered with `hub` (1 MiB queue, not authenticated).
+    pub(crate) fn client(hub: &Hub, id: &str) -> (Arc<Client>, QueueReader) {
         let (c, reader) = Client::new(
             Arc::from(id),
             "127.0.0.1:1".into(),
