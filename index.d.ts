@@ -92,6 +92,8 @@ export declare class NativeServer {
   /** Closes one client's socket with `code` and `reason`. */
   closeClient(clientId: string, code: number, reason: string): boolean
   hasClient(clientId: string): boolean
+  /** Whether `room` has presence (the `presence` option). */
+  hasPresence(room: string): boolean
   hasRoom(room: string): boolean
   clients(): Array<NativeClient>
   client(clientId: string): NativeClient | null
@@ -204,6 +206,15 @@ export interface NativeOptions {
    * and client-id rooms.
    */
   historyRooms?: Array<string>
+  /** Presence on. */
+  presence: boolean
+  /**
+   * Names or prefixes ending in `*`; absent: every room but the default
+   * and client-id rooms.
+   */
+  presenceRooms?: Array<string>
+  /** Send `presence` join/leave events to the room's members. */
+  presenceEvents: boolean
 }
 
 /** Redis connection, normalised by `ts/redis-options.ts`. */

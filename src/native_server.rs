@@ -162,6 +162,13 @@ pub struct NativeOptions {
     /// Names or prefixes ending in `*`; absent: every room but the default
     /// and client-id rooms.
     pub history_rooms: Option<Vec<String>>,
+    /// Presence on.
+    pub presence: bool,
+    /// Names or prefixes ending in `*`; absent: every room but the default
+    /// and client-id rooms.
+    pub presence_rooms: Option<Vec<String>>,
+    /// Send `presence` join/leave events to the room's members.
+    pub presence_events: bool,
 }
 
 #[napi(object)]
@@ -293,6 +300,9 @@ pub fn default_options() -> NativeOptions {
         history_size: c.history_size as u32,
         history_ttl: c.history_ttl.as_millis() as f64,
         history_rooms: c.history_rooms,
+        presence: c.presence,
+        presence_rooms: c.presence_rooms,
+        presence_events: c.presence_events,
     }
 }
 
@@ -344,6 +354,9 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         history_size: o.history_size as usize,
         history_ttl: millis("history.ttl", o.history_ttl)?,
         history_rooms: o.history_rooms.clone(),
+        presence: o.presence,
+        presence_rooms: o.presence_rooms.clone(),
+        presence_events: o.presence_events,
         tls: match (&o.tls_cert, &o.tls_key) {
             (Some(c), Some(k)) => Some((c.as_bytes().to_vec(), k.as_bytes().to_vec())),
             (None, None) => None,
@@ -641,12 +654,12 @@ impl NativeServer {
 
     #[napi]
     pub fn join_room(&self, client_id: String, room: String) -> bool {
-        self.with(|s| s.hub().join(&client_id, &[room]), false)
+        self.with(|s| s.join_room(&client_id, &room), false)
     }
 
     #[napi]
     pub fn leave_room(&self, client_id: String, room: String) -> bool {
-        self.with(|s| !s.hub().leave(&client_id, &[room]).is_empty(), false)
+        self.with(|s| s.leave_room(&client_id, &room), false)
     }
 
     /// Takes over a TCP socket that an HTTP server accepted and is about to
@@ -716,6 +729,12 @@ impl NativeServer {
     #[napi]
     pub fn has_client(&self, client_id: String) -> bool {
         self.with(|s| s.hub().has_client(&client_id), false)
+    }
+
+    /// Whether `room` has presence (the `presence` option).
+    #[napi]
+    pub fn has_presence(&self, room: String) -> bool {
+        self.with(|s| s.has_presence(&room), false)
     }
 
     #[napi]

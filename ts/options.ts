@@ -115,6 +115,18 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
   bool('acks', opts.acks, false);
+  let presence = { on: false, rooms: undefined as string[] | undefined, events: false };
+  if (opts.presence !== undefined && opts.presence !== null && opts.presence !== false) {
+    const p = opts.presence === true ? {} : opts.presence;
+    if (typeof p !== 'object') throw new WebSocketOptionError('presence', `expected an object, got ${describe(opts.presence)}`);
+    if (opts.redis !== undefined || opts.redisConnection !== undefined) {
+      throw new WebSocketOptionError('presence', 'not supported together with redis in this version (presence is per instance)');
+    }
+    if (p.rooms !== undefined && p.rooms !== null && (!Array.isArray(p.rooms) || !p.rooms.every(r => typeof r === 'string' && r.length > 0))) {
+      throw new WebSocketOptionError('presence.rooms', 'expected an array of room names or prefixes ending in "*"');
+    }
+    presence = { on: true, rooms: p.rooms ? [...p.rooms] : undefined, events: bool('presence.events', p.events, false) };
+  }
   let history = { size: 0, ttl: D.historyTtl, rooms: undefined as string[] | undefined };
   if (opts.history !== undefined && opts.history !== null && opts.history !== false) {
     const h = opts.history === true ? {} : opts.history;
@@ -206,5 +218,8 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     historySize: history.size,
     historyTtl: history.ttl,
     historyRooms: history.rooms,
+    presence: presence.on,
+    presenceRooms: presence.rooms,
+    presenceEvents: presence.events,
   };
 }

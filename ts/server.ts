@@ -500,6 +500,25 @@ export class WebSocketServer<
     return this.native.clientsByRoom(opts.room).map(c => this.record(c));
   }
 
+  /**
+   * Who is in a presence room (the `presence` option): its members on this
+   * instance, as `{clientId, userId, metadata?}`. Rejects for a room without
+   * presence.
+   */
+  async getPresence(opts: { room: string }): Promise<Array<{ clientId: string; userId?: string; metadata?: MetadataType }>> {
+    const room = opts?.room;
+    if (typeof room !== 'string' || !this.ordered().hasPresence(room)) {
+      throw new Error(`[ignis-ws-native] getPresence: room ${JSON.stringify(room)} has no presence (option presence)`);
+    }
+    return this.native.clientsByRoom(room).map(c => {
+      const entry: { clientId: string; userId?: string; metadata?: MetadataType } = { clientId: c.id };
+      if (c.userId != null) entry.userId = c.userId;
+      const metadata = this.metadata.get(c.id);
+      if (metadata !== undefined) entry.metadata = metadata;
+      return entry;
+    });
+  }
+
   private record(c: NativeClient): IWebSocketClient<MetadataType> {
     const native = this.native;
     const id = c.id;

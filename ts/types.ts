@@ -218,6 +218,15 @@ export interface IWebSocketServerOptions<
    * instance in this version (not with `redis`). Default: off.
    */
   history?: boolean | { size?: number; ttl?: number; rooms?: string[] };
+  /**
+   * Presence: `getPresence({room})` lists a room's members
+   * (`{clientId, userId, metadata?}`); with `events: true` the members of a
+   * presence room receive `{"event":"presence","data":{"room","clientId",
+   * "userId","state":"join"|"leave"}}` when someone joins or leaves it.
+   * `rooms` as for `history`. Per instance in this version (not with
+   * `redis`). Default: off.
+   */
+  presence?: boolean | { rooms?: string[]; events?: boolean };
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */

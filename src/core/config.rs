@@ -76,6 +76,11 @@ pub struct Config {
     /// Rooms with history: names or prefixes ending in `*`; `None`: every
     /// room but the default rooms and client-id rooms.
     pub history_rooms: Option<Vec<String>>,
+    /// Presence: whether it is on, for which rooms (as `history_rooms`), and
+    /// whether join/leave events go to the room's members.
+    pub presence: bool,
+    pub presence_rooms: Option<Vec<String>>,
+    pub presence_events: bool,
     /// `host:port` of the application's HTTP server: connections that do
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
@@ -121,6 +126,9 @@ impl Default for Config {
             history_size: 0,
             history_ttl: Duration::from_secs(300),
             history_rooms: None,
+            presence: false,
+            presence_rooms: None,
+            presence_events: false,
             send_timeout: Duration::from_secs(30),
         }
     }

@@ -16,6 +16,7 @@ use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
 use crate::core::history::{self, History, Recover};
 use crate::core::hub::Hub;
 use crate::core::log::Logger;
+use crate::core::presence::Presence;
 use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close, errors, events, EventName};
 use crate::core::stats::bump;
@@ -72,6 +73,8 @@ pub struct Env {
     pub transformer: Option<Arc<Transformer>>,
     /// Set with the `history` option.
     pub history: Option<Arc<History>>,
+    /// Set with the `presence` option.
+    pub presence: Option<Arc<Presence>>,
     /// `authenticateFn` calls in flight, against `maxPendingAuthentications`.
     pub pending_auth: std::sync::atomic::AtomicUsize,
 }
@@ -148,9 +151,18 @@ where
 /// Removes the client from every index and tells the application, once
 /// (a closing connection does it before its close handshake).
 async fn gone(env: &Env, id: &str) {
+    let rooms: Vec<Arc<str>> = match (&env.presence, env.hub.get(id)) {
+        (Some(_), Some(c)) => c.details.lock().rooms.iter().cloned().collect(),
+        _ => Vec::new(),
+    };
     let Some(user_id) = env.hub.remove(id) else {
         return;
     };
+    if let Some(p) = &env.presence {
+        for room in &rooms {
+            p.announce(&env.hub, room, id, user_id.as_deref(), false);
+        }
+    }
     env.log.info(
         "Client disconnected",
         &[
@@ -611,6 +623,12 @@ impl Connection {
                 let rooms = protocol::parse_rooms(frame.data, env.config.max_rooms_per_request);
                 if !rooms.is_empty() {
                     let left = env.hub.leave(&self.client.id, &rooms);
+                    if let Some(p) = &env.presence {
+                        let user = self.client.user_id();
+                        for room in &left {
+                            p.announce(&env.hub, room, &self.client.id, user.as_deref(), false);
+                        }
+                    }
                     if !left.is_empty() {
                         env.log.debug(
                             "Left rooms",
@@ -903,6 +921,12 @@ impl Connection {
                             for room in &kept {
                                 history.join(&env.hub, &self.client, room, done.recover.get(room));
                             }
+                        }
+                    }
+                    if let Some(p) = &env.presence {
+                        let user = self.client.user_id();
+                        for room in &allowed {
+                            p.announce(&env.hub, room, id, user.as_deref(), true);
                         }
                     }
                     env.log.debug(

@@ -28,14 +28,19 @@ pub struct HistoryConfig {
     pub size: usize,
     /// How long a room's history lives after its last publication.
     pub ttl: Duration,
+    pub rooms: RoomSelection,
+}
+
+/// Which rooms an option (`history`, `presence`) applies to.
+#[derive(Debug, Clone)]
+pub struct RoomSelection {
     /// Names, or prefixes ending in `*`; `None`: every room but the default
     /// rooms and client-id rooms.
     pub rooms: Option<Vec<String>>,
     pub default_rooms: Vec<String>,
 }
 
-impl HistoryConfig {
-    /// Whether `room` keeps history.
+impl RoomSelection {
     pub fn applies(&self, room: &str) -> bool {
         match &self.rooms {
             Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
@@ -102,7 +107,7 @@ impl History {
     }
 
     pub fn applies(&self, room: &str) -> bool {
-        self.cfg.applies(room)
+        self.cfg.rooms.applies(room)
     }
 
     /// The room's ring, created (with a new epoch) when missing or expired.
@@ -265,8 +270,10 @@ mod tests {
         History::new(HistoryConfig {
             size,
             ttl,
-            rooms: None,
-            default_rooms: vec!["ws-default".into()],
+            rooms: RoomSelection {
+                rooms: None,
+                default_rooms: vec!["ws-default".into()],
+            },
         })
     }
 
@@ -294,9 +301,7 @@ mod tests {
         assert!(h.applies("chat"));
         assert!(!h.applies("ws-default"));
         assert!(!h.applies("0b0f6a3e-3a8e-4a57-9f0c-2d3c7a0c1f11"));
-        let only = HistoryConfig {
-            size: 1,
-            ttl: Duration::from_secs(1),
+        let only = RoomSelection {
             rooms: Some(vec!["chat-*".into(), "news".into()]),
             default_rooms: vec![],
         };

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -21,6 +21,8 @@ pub mod events {
     pub const ENCRYPTED: &str = "encrypted";
     /// The answer to a `join` for a history room (docs/PROTOCOL.md §15).
     pub const JOINED: &str = "joined";
+    /// A presence room's join/leave notice (docs/PROTOCOL.md §16).
+    pub const PRESENCE: &str = "presence";
 }
 
 pub mod errors {

@@ -23,11 +23,12 @@ use crate::core::events::{self, Events};
 use crate::core::forward::Forwarder;
 use crate::core::handlers::Handlers;
 use crate::core::heartbeat;
-use crate::core::history::{History, HistoryConfig};
+use crate::core::history::{History, HistoryConfig, RoomSelection};
 use crate::core::hub::Hub;
 use crate::core::listener::{self, Listener};
 use crate::core::log::Logger;
 use crate::core::metrics::Metrics;
+use crate::core::presence::Presence;
 use crate::core::protocol::{self, close, Frame};
 use crate::core::stats::Stats;
 use crate::core::transform::Transformer;
@@ -135,8 +136,10 @@ impl Server {
             Arc::new(History::new(HistoryConfig {
                 size: config.history_size,
                 ttl: config.history_ttl,
-                rooms: config.history_rooms.clone(),
-                default_rooms: config.default_rooms.clone(),
+                rooms: RoomSelection {
+                    rooms: config.history_rooms.clone(),
+                    default_rooms: config.default_rooms.clone(),
+                },
             }))
         });
         let env = Arc::new(Env {
@@ -149,6 +152,15 @@ impl Server {
             connections: connections.clone(),
             transformer,
             history: history.clone(),
+            presence: config.presence.then(|| {
+                Arc::new(Presence {
+                    rooms: RoomSelection {
+                        rooms: config.presence_rooms.clone(),
+                        default_rooms: config.default_rooms.clone(),
+                    },
+                    events: config.presence_events,
+                })
+            }),
             pending_auth: Default::default(),
         });
         let listener = Arc::new(Listener {
@@ -285,6 +297,31 @@ impl Server {
 
     pub fn send_to_user(&self, user_id: &str, frame: &Frame) -> usize {
         self.env.hub.send_to_user(user_id, frame)
+    }
+
+    /// Joins without validation (the server-side `joinRoom`).
+    pub fn join_room(&self, client_id: &str, room: &str) -> bool {
+        let joined = self.env.hub.join(client_id, &[room]);
+        if let (true, Some(p)) = (joined, &self.env.presence) {
+            let user = self.env.hub.get(client_id).and_then(|c| c.user_id());
+            p.announce(&self.env.hub, room, client_id, user.as_deref(), true);
+        }
+        joined
+    }
+
+    /// Leaves (the server-side `leaveRoom`); false when not a member.
+    pub fn leave_room(&self, client_id: &str, room: &str) -> bool {
+        let left = !self.env.hub.leave(client_id, &[room]).is_empty();
+        if let (true, Some(p)) = (left, &self.env.presence) {
+            let user = self.env.hub.get(client_id).and_then(|c| c.user_id());
+            p.announce(&self.env.hub, room, client_id, user.as_deref(), false);
+        }
+        left
+    }
+
+    /// Whether `room` has presence (the `presence` option).
+    pub fn has_presence(&self, room: &str) -> bool {
+        self.env.presence.as_ref().is_some_and(|p| p.applies(room))
     }
 
     /// A publication to a room: through its history when it keeps one.
