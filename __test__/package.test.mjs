@@ -28,7 +28,11 @@ let app;
 
 describe('install from the packed tarballs, no Rust toolchain', () => {
   before(() => {
-    execFileSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'pack:all'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'pack:all'], {
+      cwd: root,
+      stdio: ['ignore', 'ignore', 'inherit'],
+      shell: process.platform === 'win32',
+    });
     tarballs = fs.readdirSync(path.join(root, 'pkg')).filter(f => f.endsWith('.tgz')).map(f => path.join(root, 'pkg', f));
   });
   after(() => app && fs.rmSync(app, { recursive: true, force: true }));
@@ -57,7 +61,8 @@ describe('install from the packed tarballs, no Rust toolchain', () => {
 
   test('an app installs the tarballs with no cargo on PATH and runs the server on Node and on Bun', () => {
     const env = { ...process.env, PATH: pathWithoutRust() };
-    assert.notEqual(spawnSync('sh', ['-c', 'command -v cargo || command -v rustc'], { env }).status, 0, 'cargo is still on PATH');
+    // `command -v` answers 1 when neither is found (null would mean the shell did not even start).
+    assert.equal(spawnSync('/bin/sh', ['-c', 'command -v cargo || command -v rustc'], { env }).status, 1, 'cargo or rustc is still on PATH');
     const r = spawnSync(node, [path.join(root, 'scripts', 'smoke-install.mjs'), '--runtime', node, '--runtime', bun, ...tarballs], {
       env,
       encoding: 'utf8',

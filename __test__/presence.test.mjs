@@ -47,6 +47,10 @@ describe('presence', () => {
     assert.deepEqual((await a.next('presence')).data, { room: 'r', clientId: c.id, userId: 'user-c', state: 'leave' });
     ws.joinRoom({ clientId: b.id, room: 'r' });
     assert.equal((await a.next('presence')).data.clientId, b.id);
+    // Joining a room one is in already announces nothing.
+    b.emit('join', { rooms: ['r'] });
+    ws.joinRoom({ clientId: b.id, room: 'r' });
+    assert.ok(await a.nothing('presence', 200));
     assert.ok(!b.frames.some(f => f.event === 'presence' && f.data.clientId === b.id), 'not told of its own join');
     a.close();
     b.close();

@@ -28,8 +28,9 @@ const net = require('node:net');
   const body = Buffer.from(JSON.stringify({ event: 'authenticate', data: { token: 't' } }));
   let seen = '';
   let sent = false;
+  let timer;
   const frame = await new Promise((resolve, reject) => {
-    setTimeout(() => reject(new Error('no connected frame: ' + seen)), 5000);
+    timer = setTimeout(() => reject(new Error('no connected frame: ' + seen)), 5000);
     sock.on('data', d => {
       seen += d.toString('latin1');
       if (seen.includes('HTTP/1.1 101') && !sent) {
@@ -40,6 +41,7 @@ const net = require('node:net');
       if (i >= 0) resolve(seen.slice(i));
     });
   });
+  clearTimeout(timer);
   sock.destroy();
   await ws.shutdown();
   console.log('CONNECTED ' + frame);

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 const failed = [];
 for (const half of ['test:node', 'test:bun']) {
-  const r = spawnSync(npm, ['run', half], { stdio: 'inherit' });
+  const r = spawnSync(npm, ['run', half], { stdio: 'inherit', shell: process.platform === 'win32' });
   if (r.status !== 0) failed.push(half);
 }
 if (failed.length) {

@@ -353,6 +353,10 @@ export class WebSocketClient<
   /** Notes a history room's position, then dispatches the event. */
   private deliver(msg: { event: string; data?: any; room?: unknown; offset?: unknown; epoch?: unknown }): void {
     if (typeof msg.room === 'string' && typeof msg.offset === 'number' && typeof msg.epoch === 'string' && this.rooms.has(msg.room)) {
+      const at = this.positions.get(msg.room);
+      // A live publication skipped (dropped at this client's backpressure
+      // limit): say so, as a failed recovery would, so the app refetches.
+      if (at && at.epoch === msg.epoch && msg.offset > at.offset + 1) this.dispatch('recovered', { room: msg.room, recovered: false });
       this.positions.set(msg.room, { offset: msg.offset, epoch: msg.epoch });
     } else if (msg.event === 'joined' && msg.data && typeof msg.data.room === 'string') {
       const { room, offset, epoch, recovered } = msg.data;

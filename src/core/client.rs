@@ -191,13 +191,20 @@ impl Client {
     /// (however large); beyond that the queue (frames waiting for the
     /// transformer included) holds at most `backpressure_limit` bytes.
     pub fn offer(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, false, self.transformer.get())
+        self.enqueue(frame, false, self.transformer.get(), true)
+    }
+
+    /// `offer` beyond the backpressure limit: for a history replay, whose
+    /// size the history bounds, and which must arrive whole or its
+    /// `joined` answer would lie.
+    pub fn offer_replay(&self, frame: &Frame) -> Offer {
+        self.enqueue(frame, false, self.transformer.get(), false)
     }
 
     /// Queues a frame for the socket as it is, bypassing any transformer
     /// (`connected`, and frames the transformer already produced).
     pub fn offer_plain(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, true, None)
+        self.enqueue(frame, true, None, true)
     }
 
     fn enqueue(
@@ -205,13 +212,14 @@ impl Client {
         frame: &Frame,
         plain: bool,
         transformer: Option<&mpsc::UnboundedSender<Frame>>,
+        limited: bool,
     ) -> Offer {
         let len = frame.len();
         let mut q = self.queue.lock();
         if q.closed {
             return Offer::Closed;
         }
-        if q.queued > 0 && q.queued + len > self.backpressure_limit {
+        if limited && q.queued > 0 && q.queued + len > self.backpressure_limit {
             drop(q);
             self.backpressured.store(true, Ordering::Relaxed);
             self.stats

@@ -304,6 +304,45 @@ impl Connection {
                 tokio::select! {
                     biased;
                     req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
+                    // Second: however busy the socket, deadlines are seen.
+                    () = &mut timer => {
+                        let now = Instant::now();
+                        if paused.is_some() {
+                            // Reads wait for the application, not the peer.
+                            heard_since_tick = true;
+                        }
+                        if now >= auth_until && this.awaiting_auth() {
+                            this.env.log.warn("Auth timeout", &[("id", &this.client.id)]);
+                            let (code, reason) = close::AUTH_TIMEOUT;
+                            break Some(CloseRequest { code, reason: reason.into() });
+                        }
+                        if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
+                            bump(&this.env.stats.send_timeouts);
+                            this.env.log.warn(
+                                "Send timeout: no write progress; dropping the connection",
+                                &[("id", &this.client.id), ("sendTimeoutMs", &cfg.send_timeout.as_millis())],
+                            );
+                            break None;
+                        }
+                        if now >= next_tick {
+                            next_tick = now + idle_period;
+                            if heard_since_tick {
+                                heard_since_tick = false;
+                                quiet_ticks = 0;
+                            } else {
+                                quiet_ticks += 1;
+                                if quiet_ticks >= 2 {
+                                    let (code, reason) = close::IDLE;
+                                    break Some(CloseRequest { code, reason: reason.into() });
+                                }
+                                if cfg.send_pings
+                                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx))).await.is_err()
+                                {
+                                    break None;
+                                }
+                            }
+                        }
+                    }
                     io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
                         Io::Written(Ok(())) => {}
                         Io::Written(Err(_)) => break None,
@@ -338,40 +377,6 @@ impl Connection {
                     Some(done) = this.joins.next(), if !this.joins.is_empty() => {
                         this.finish_join(done);
                     }
-                    () = &mut timer => {
-                        let now = Instant::now();
-                        if now >= auth_until && this.awaiting_auth() {
-                            this.env.log.warn("Auth timeout", &[("id", &this.client.id)]);
-                            let (code, reason) = close::AUTH_TIMEOUT;
-                            break Some(CloseRequest { code, reason: reason.into() });
-                        }
-                        if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
-                            bump(&this.env.stats.send_timeouts);
-                            this.env.log.warn(
-                                "Send timeout: no write progress; dropping the connection",
-                                &[("id", &this.client.id), ("sendTimeoutMs", &cfg.send_timeout.as_millis())],
-                            );
-                            break None;
-                        }
-                        if now >= next_tick {
-                            next_tick = now + idle_period;
-                            if heard_since_tick {
-                                heard_since_tick = false;
-                                quiet_ticks = 0;
-                            } else {
-                                quiet_ticks += 1;
-                                if quiet_ticks >= 2 {
-                                    let (code, reason) = close::IDLE;
-                                    break Some(CloseRequest { code, reason: reason.into() });
-                                }
-                                if cfg.send_pings
-                                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx))).await.is_err()
-                                {
-                                    break None;
-                                }
-                            }
-                        }
-                    }
                 }
                 // The authenticate frame swaps the auth deadline for the
                 // longer one.
@@ -392,6 +397,11 @@ impl Connection {
                 }
             };
 
+            // A message read before the end waits for room in the event
+            // queue: hand it over rather than lose it.
+            if let Some(wait) = paused.take() {
+                wait.await;
+            }
             if let Some(req) = close_with {
                 // Gone for the rest of the server (indexes, callbacks) now,
                 // as the original's close does; the close handshake below
@@ -908,6 +918,11 @@ impl Connection {
                         );
                         allowed.truncate(room_left);
                     }
+                    // Presence announces only rooms the client was not in.
+                    let before = match &env.presence {
+                        Some(_) => self.client.details.lock().rooms.clone(),
+                        None => Default::default(),
+                    };
                     match &env.history {
                         None => {
                             env.hub.join(id, &allowed);
@@ -925,7 +940,7 @@ impl Connection {
                     }
                     if let Some(p) = &env.presence {
                         let user = self.client.user_id();
-                        for room in &allowed {
+                        for room in allowed.iter().filter(|r| !before.contains(r.as_str())) {
                             p.announce(&env.hub, room, id, user.as_deref(), true);
                         }
                     }

@@ -73,7 +73,8 @@ struct Ring {
     epoch: String,
     /// The last offset given out (0: none yet).
     top: u64,
-    items: VecDeque<(u64, Frame)>,
+    /// Each publication with the clients it excluded (by connection).
+    items: VecDeque<(u64, Frame, Box<[String]>)>,
     last: Instant,
 }
 
@@ -138,7 +139,7 @@ impl History {
         r.last = now;
         let frame = positioned(frame_json, room, r.top, &r.epoch);
         let top = r.top;
-        r.items.push_back((top, frame.clone()));
+        r.items.push_back((top, frame.clone(), exclude.into()));
         while r.items.len() > self.cfg.size {
             r.items.pop_front();
         }
@@ -161,30 +162,45 @@ impl History {
         if !hub.join(&client.id, &[room]) {
             return false;
         }
-        let first = r.items.front().map_or(r.top + 1, |(o, _)| *o);
+        let first = r.items.front().map_or(r.top + 1, |(o, _, _)| *o);
         let recovered = match recover {
             None => None,
             Some(Recover::Malformed) => Some(false),
             Some(Recover::From { offset, epoch }) => {
                 let ok = *epoch == r.epoch && *offset <= r.top && offset + 1 >= first;
                 if ok {
-                    for (_, frame) in r.items.iter().filter(|(o, _)| o > offset) {
-                        client.offer(frame);
+                    let id = &*client.id;
+                    for (_, frame, _) in r
+                        .items
+                        .iter()
+                        .filter(|(o, _, ex)| o > offset && !ex.iter().any(|e| e == id))
+                    {
+                        client.offer_replay(frame);
                     }
                 }
                 Some(ok)
             }
         };
-        client.offer(&joined_frame(room, r.top, &r.epoch, recovered));
+        client.offer_replay(&joined_frame(room, r.top, &r.epoch, recovered));
         true
     }
 
-    /// Forgets the history of rooms whose time to live ran out.
+    /// Forgets the history of rooms whose time to live ran out. A ring in
+    /// use (its handle held by a publication or a join, which took it under
+    /// this same map lock) is left for the next sweep, so nobody appends
+    /// to a ring no longer in the map, and the sweep never waits on a
+    /// fan-out.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.rooms
-            .lock()
-            .retain(|_, ring| now.duration_since(ring.lock().last) <= self.cfg.ttl);
+        self.rooms.lock().retain(|_, ring| {
+            if Arc::strong_count(ring) > 1 {
+                return true;
+            }
+            match ring.try_lock() {
+                Some(r) => now.duration_since(r.last) <= self.cfg.ttl,
+                None => true,
+            }
+        });
     }
 
     /// Rooms with history kept.
@@ -422,6 +438,37 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         h.sweep();
         assert_eq!(h.room_count(), 0);
+    }
+
+    #[test]
+    fn a_replay_is_queued_whole_and_skips_what_excluded_this_connection() {
+        let hub = Hub::new();
+        let h = history(100, Duration::from_secs(60));
+        let (a, mut ra) = member(&hub, "a");
+        h.join(&hub, &a, "r", None);
+        let epoch = epoch_of(&texts(&mut ra).pop().unwrap());
+        let big = "x".repeat(200);
+        for i in 1..=10 {
+            let exclude = if i == 5 { vec!["b".to_string()] } else { vec![] };
+            h.publish(&hub, "r", &format!("{{\"event\":\"m\",\"data\":\"{big}{i}\"}}"), &exclude);
+        }
+        // b's queue holds 300 bytes before dropping: the replay of 9
+        // frames of 250 bytes goes in whole all the same.
+        let (b, mut rb) = Client::new(
+            Arc::from("b"),
+            "127.0.0.1:1".into(),
+            0,
+            300,
+            false,
+            Arc::new(crate::core::stats::Stats::default()),
+        );
+        hub.register(b.clone());
+        hub.authenticate(&b, Some("u"), None, &[]);
+        h.join(&hub, &b, "r", Some(&Recover::From { offset: 0, epoch }));
+        let got = texts(&mut rb);
+        assert_eq!(got.len(), 10, "9 publications and joined");
+        assert!(!got.iter().any(|f| f.contains("\"offset\":5,")), "5 excluded b");
+        assert!(got[9].contains("\"recovered\":true"));
     }
 
     #[test]

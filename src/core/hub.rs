@@ -167,12 +167,13 @@ impl Hub {
         true
     }
 
+    /// Returns whether the client was not in the room yet.
     fn join_locked(
         st: &mut State,
         client: &Arc<Client>,
         room: Arc<str>,
         changes: &mut Vec<(Interest, bool)>,
-    ) {
+    ) -> bool {
         // One allocation per room name kept, shared by every member's record,
         // rather than one per member (every client joins the default rooms).
         let room = match st.rooms.get_key_value(&*room) {
@@ -184,24 +185,29 @@ impl Hub {
             changes.push((Interest::Room(room.clone()), true));
         }
         members.insert(client.id.clone(), client.clone());
-        client.details.lock().rooms.insert(room);
+        client.details.lock().rooms.insert(room)
     }
 
     /// Joins rooms (no validation: callers validated). Returns false when the
     /// client is unknown.
     pub fn join<S: AsRef<str>>(&self, client_id: &str, rooms: &[S]) -> bool {
+        self.join_new(client_id, rooms).is_some()
+    }
+
+    /// `join`, returning the rooms the client was not in yet (`None`: the
+    /// client is unknown).
+    pub fn join_new<S: AsRef<str>>(&self, client_id: &str, rooms: &[S]) -> Option<Vec<String>> {
         let mut changes = Vec::new();
-        {
-            let mut st = self.state.write();
-            let Some(client) = st.clients.get(client_id).cloned() else {
-                return false;
-            };
-            for room in rooms {
-                Self::join_locked(&mut st, &client, Arc::from(room.as_ref()), &mut changes);
+        let mut new = Vec::new();
+        let mut st = self.state.write();
+        let client = st.clients.get(client_id).cloned()?;
+        for room in rooms {
+            if Self::join_locked(&mut st, &client, Arc::from(room.as_ref()), &mut changes) {
+                new.push(room.as_ref().to_string());
             }
-            self.notify(changes);
         }
-        true
+        self.notify(changes);
+        Some(new)
     }
 
     /// Leaves rooms the client has joined; names it has not joined are

@@ -100,9 +100,8 @@ impl Metrics {
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Encodes a sample; every series carries `server="<identifier>"`, first
-/// (as a label of each family rather than a registry-wide constant label,
-/// which the encoder would write after the family's own).
+/// Encodes a sample; every series carries `server="<identifier>"` (the
+/// encoder writes a series' labels in name order).
 pub fn encode(identifier: &str, s: &Sample) -> String {
     let registry =
         Registry::new_custom(Some("ignis_ws".into()), None).expect("the prefix is valid");

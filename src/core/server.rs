@@ -301,12 +301,14 @@ impl Server {
 
     /// Joins without validation (the server-side `joinRoom`).
     pub fn join_room(&self, client_id: &str, room: &str) -> bool {
-        let joined = self.env.hub.join(client_id, &[room]);
-        if let (true, Some(p)) = (joined, &self.env.presence) {
+        let Some(new) = self.env.hub.join_new(client_id, &[room]) else {
+            return false;
+        };
+        if let (false, Some(p)) = (new.is_empty(), &self.env.presence) {
             let user = self.env.hub.get(client_id).and_then(|c| c.user_id());
             p.announce(&self.env.hub, room, client_id, user.as_deref(), true);
         }
-        joined
+        true
     }
 
     /// Leaves (the server-side `leaveRoom`); false when not a member.
