@@ -449,8 +449,17 @@ mod tests {
         let epoch = epoch_of(&texts(&mut ra).pop().unwrap());
         let big = "x".repeat(200);
         for i in 1..=10 {
-            let exclude = if i == 5 { vec!["b".to_string()] } else { vec![] };
-            h.publish(&hub, "r", &format!("{{\"event\":\"m\",\"data\":\"{big}{i}\"}}"), &exclude);
+            let exclude = if i == 5 {
+                vec!["b".to_string()]
+            } else {
+                vec![]
+            };
+            h.publish(
+                &hub,
+                "r",
+                &format!("{{\"event\":\"m\",\"data\":\"{big}{i}\"}}"),
+                &exclude,
+            );
         }
         // b's queue holds 300 bytes before dropping: the replay of 9
         // frames of 250 bytes goes in whole all the same.
@@ -467,7 +476,10 @@ mod tests {
         h.join(&hub, &b, "r", Some(&Recover::From { offset: 0, epoch }));
         let got = texts(&mut rb);
         assert_eq!(got.len(), 10, "9 publications and joined");
-        assert!(!got.iter().any(|f| f.contains("\"offset\":5,")), "5 excluded b");
+        assert!(
+            !got.iter().any(|f| f.contains("\"offset\":5,")),
+            "5 excluded b"
+        );
         assert!(got[9].contains("\"recovered\":true"));
     }
 
