@@ -245,7 +245,7 @@ export interface NativeRedisTls {
 }
 
 export interface NativeStats {
-  /** Open connections (the next three summed). */
+  /** Clients connected (in any state, until removed). */
   connections: number
   unauthorized: number
   authenticating: number

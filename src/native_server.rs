@@ -214,7 +214,7 @@ macro_rules! native_stats {
     ) => {
         #[napi(object)]
         pub struct NativeStats {
-            /// Open connections (the next three summed).
+            /// Clients connected (in any state, until removed).
             pub connections: u32,
             pub unauthorized: u32,
             pub authenticating: u32,
@@ -234,7 +234,7 @@ macro_rules! native_stats {
             fn from(sample: Sample) -> NativeStats {
                 let [un, ing, ed] = sample.by_state;
                 NativeStats {
-                    connections: (un + ing + ed) as u32,
+                    connections: sample.clients as u32,
                     unauthorized: un as u32,
                     authenticating: ing as u32,
                     authenticated: ed as u32,

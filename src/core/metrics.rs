@@ -19,6 +19,8 @@ use std::sync::Arc;
 /// agrees.
 #[derive(Debug, Default)]
 pub struct Sample {
+    /// Clients in the hub (any state, closing ones until they are removed).
+    pub clients: u64,
     pub by_state: [u64; 3],
     pub rooms: u64,
     pub users: u64,
@@ -82,6 +84,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn sample(&self) -> Sample {
         Sample {
+            clients: self.hub.client_count() as u64,
             by_state: self.hub.count_by_state().map(|n| n as u64),
             rooms: self.hub.room_count() as u64,
             users: self.hub.user_count() as u64,
@@ -167,6 +170,7 @@ mod tests {
     #[test]
     fn one_help_and_type_per_family() {
         let s = Sample {
+            clients: 6,
             by_state: [1, 2, 3],
             rooms: 4,
             users: 5,
