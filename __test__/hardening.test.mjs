@@ -251,11 +251,18 @@ describe('options of this hardening', () => {
     assert.equal(lines.filter(l => l.includes('serverOptions.perMessageDeflate')).length, 1, lines.join('\n'));
   });
 
+  test('integer options larger than 32 bits are refused, not wrapped', () => {
+    for (const opts of [{ limits: { maxConnections: 5e9 } }, { encryptedBatchLimit: 2 ** 32 }, { history: { size: 2 ** 40 } }]) {
+      assert.throws(() => new lib.WebSocketServer({ authenticateFn: () => null, ...opts }), /at most 4294967295/, JSON.stringify(opts));
+    }
+  });
+
   test('backlog and sendTimeout are validated', () => {
     for (const [name, value] of [
       ['backlog', 0],
       ['backlog', 1.5],
       ['backlog', 'big'],
+      ['backlog', 2 ** 32],
       ['sendTimeout', -1],
       ['sendTimeout', 'soon'],
     ]) {

@@ -23,6 +23,8 @@ export type NormalisedOptions = NativeOptions;
 /** Defaults, from the one place they are set (the native `Config::default()`). */
 const D = native.defaultOptions();
 
+const MAX_U32 = 0xffff_ffff;
+
 function num(option: string, value: unknown, fallback: number, opts: { min: number; integer?: boolean }): number {
   if (value === undefined || value === null) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value)) {
@@ -33,6 +35,11 @@ function num(option: string, value: unknown, fallback: number, opts: { min: numb
   }
   if (opts.integer && !Number.isInteger(value)) {
     throw new WebSocketOptionError(option, `expected an integer, got ${value}`);
+  }
+  // Integer options cross to the native side as 32-bit unsigned values,
+  // which would silently wrap a larger number.
+  if (opts.integer && value > MAX_U32) {
+    throw new WebSocketOptionError(option, `expected at most ${MAX_U32}, got ${value}`);
   }
   return value;
 }
