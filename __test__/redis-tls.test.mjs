@@ -8,13 +8,14 @@ import { makeCertificates, startTlsRedis, noRedis, noOpenssl } from './redis-hel
 let certs;
 let tlsRedis;
 before(async () => {
+  if (noRedis || noOpenssl) return;
   certs = makeCertificates();
   tlsRedis = await startTlsRedis(certs);
 });
 after(async () => {
   await stopAll();
   await tlsRedis?.stop();
-  fs.rmSync(certs.dir, { recursive: true, force: true });
+  if (certs) fs.rmSync(certs.dir, { recursive: true, force: true });
 });
 
 describe('Redis over TLS', { skip: noRedis || noOpenssl }, () => {
