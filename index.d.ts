@@ -10,7 +10,7 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeEmitter {
-  constructor(redis: NativeRedisOptions)
+  constructor(redis: NativeRedisOptions, history?: NativeEmitterHistory | undefined | null)
   configure(): Promise<void>
   /**
    * Publishes `{serverId:"emitter", type, target, event, data, exclude}`
@@ -92,6 +92,17 @@ export declare class NativeServer {
   /** Closes one client's socket with `code` and `reason`. */
   closeClient(clientId: string, code: number, reason: string): boolean
   hasClient(clientId: string): boolean
+  /**
+   * A presence room's members across the fleet, as JSON text
+   * (`[{clientId, userId?, metadata?}]`); `null` without Redis, where
+   * the caller lists this instance's members itself.
+   */
+  fleetPresence(room: string): Promise<string | null>
+  /**
+   * The `metadata` `authenticateFn` gave a client, as JSON: shared with
+   * the fleet by presence entries.
+   */
+  setClientMetadata(clientId: string, metadataJson?: string | undefined | null): void
   /** Whether `room` has presence (the `presence` option). */
   hasPresence(room: string): boolean
   hasRoom(room: string): boolean
@@ -146,6 +157,15 @@ export interface NativeClient {
   serverPublicKey?: string
   salt?: string
   remoteAddress: string
+}
+
+/** The servers' `history` option, for `toRoom`. */
+export interface NativeEmitterHistory {
+  size: number
+  /** ms */
+  ttl: number
+  rooms?: Array<string>
+  defaultRooms: Array<string>
 }
 
 /**
@@ -215,6 +235,8 @@ export interface NativeOptions {
   presenceRooms?: Array<string>
   /** Send `presence` join/leave events to the room's members. */
   presenceEvents: boolean
+  /** With Redis: ms a member's entry outlives its instance's last refresh. */
+  presenceTtl: number
 }
 
 /** Redis connection, normalised by `ts/redis-options.ts`. */
@@ -311,6 +333,10 @@ export interface NativeStats {
   busReceived: number
   /** Envelopes received that were not JSON or not shaped right. */
   busInvalid: number
+  /** History publications a member could not be given: missing from Redis when a gap was filled. */
+  historySkipped: number
+  /** Redis requests for history or presence that failed or timed out. */
+  storeErrors: number
 }
 
 /**

@@ -78,6 +78,52 @@ for (const sharded of [false, true]) {
   });
 }
 
+for (const sharded of [false, true]) {
+  test(`history and presence on a ${sharded ? 'sharded' : 'classic'} cluster: one sequence per room, recovery on the other instance, fleet presence`, { skip: noRedis }, async () => {
+    const redis = { nodes: cluster.seeds, sharded };
+    const opts = { redis, validateRoomFn: ({ rooms }) => rooms, history: { size: 500 }, presence: { events: true } };
+    const a = await startServer(opts);
+    const b = await startServer(opts);
+    const emitter = new lib.WebSocketEmitter({ redis, history: true });
+    await emitter.configure();
+    // Names on different slots, braces included (they change a channel's slot).
+    for (const room of ['hist-alpha', 'hist-bravo', 'a{b}c', 'x}y{'].map(r => `${r}-${sharded}`)) {
+      const a1 = await joined(a, `ha${sharded}${room}`, [room]);
+      const j = await a1.next('joined');
+      assert.equal(j.data.offset, 0);
+      const b1 = await joined(b, `hb${sharded}${room}`, [room]);
+      await b1.next('joined');
+      await sleep(200);
+      a.ws.sendToRoom({ room, event: 'm', data: 1 });
+      b.ws.sendToRoom({ room, event: 'm', data: 2 });
+      await emitter.toRoom({ room, event: 'm', data: 3 });
+      for (const c of [a1, b1]) {
+        for (let offset = 1; offset <= 3; offset++) {
+          const m = await c.next('m');
+          assert.deepEqual([m.offset, m.epoch, m.room], [offset, j.data.epoch, room], room);
+        }
+      }
+      const members = await b.ws.getPresence({ room });
+      assert.deepEqual(members.map(m => m.clientId).sort(), [a1.id, b1.id].sort(), room);
+      // a1 leaves; publications go on; it comes back on b and recovers.
+      await a1.close();
+      for (let i = 4; i <= 10; i++) a.ws.sendToRoom({ room, event: 'm', data: i });
+      await until(() => b1.frames.filter(m => m.event === 'm').length === 7, 3000, 'b1 got them');
+      const again = await Client.auth(b.url, { token: `again${sharded}${room}` });
+      again.emit('join', { rooms: [room], recover: { [room]: { offset: 3, epoch: j.data.epoch } } });
+      const back = await again.next('joined');
+      assert.equal(back.data.recovered, true, room);
+      const replay = again.frames.filter(m => m.event === 'm').map(m => m.offset);
+      assert.deepEqual(replay, [4, 5, 6, 7, 8, 9, 10], room);
+      again.close();
+      b1.close();
+    }
+    await emitter.shutdown();
+    await a.ws.shutdown();
+    await b.ws.shutdown();
+  });
+}
+
 // Last: it takes the shared cluster down and back.
 test('busState reports a cluster outage and its end', { skip: noRedis }, async () => {
   const a = await startServer({ redis: { nodes: cluster.seeds } });

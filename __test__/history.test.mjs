@@ -124,11 +124,10 @@ describe('history rooms', () => {
     b.close();
   });
 
-  test('options: validated, and refused together with redis in this version', () => {
+  test('options: validated', () => {
     const base = { authenticateFn: () => null };
     assert.throws(() => new lib.WebSocketServer({ ...base, history: { size: 0 } }), /history\.size/);
     assert.throws(() => new lib.WebSocketServer({ ...base, history: { rooms: 'x' } }), /history\.rooms/);
-    assert.throws(() => new lib.WebSocketServer({ ...base, history: true, redis: 'redis://127.0.0.1:1' }), /history/);
   });
 });
 

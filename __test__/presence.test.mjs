@@ -69,11 +69,11 @@ describe('presence', () => {
     }
   });
 
-  test('options are validated, and refused together with redis in this version', () => {
+  test('options are validated', () => {
     const base = { authenticateFn: () => null };
     assert.throws(() => new lib.WebSocketServer({ ...base, presence: 'yes' }), /presence/);
     assert.throws(() => new lib.WebSocketServer({ ...base, presence: { rooms: [1] } }), /presence\.rooms/);
     assert.throws(() => new lib.WebSocketServer({ ...base, presence: { events: 'x' } }), /presence\.events/);
-    assert.throws(() => new lib.WebSocketServer({ ...base, presence: true, redis: 'redis://127.0.0.1:1' }), /presence/);
+    assert.throws(() => new lib.WebSocketServer({ ...base, presence: { ttl: 10 } }), /presence\.ttl/);
   });
 });

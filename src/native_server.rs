@@ -169,6 +169,8 @@ pub struct NativeOptions {
     pub presence_rooms: Option<Vec<String>>,
     /// Send `presence` join/leave events to the room's members.
     pub presence_events: bool,
+    /// With Redis: ms a member's entry outlives its instance's last refresh.
+    pub presence_ttl: f64,
 }
 
 #[napi(object)]
@@ -303,6 +305,7 @@ pub fn default_options() -> NativeOptions {
         presence: c.presence,
         presence_rooms: c.presence_rooms,
         presence_events: c.presence_events,
+        presence_ttl: c.presence_ttl.as_millis() as f64,
     }
 }
 
@@ -357,6 +360,7 @@ fn to_config(o: &NativeOptions) -> Result<Config> {
         presence: o.presence,
         presence_rooms: o.presence_rooms.clone(),
         presence_events: o.presence_events,
+        presence_ttl: millis("presence.ttl", o.presence_ttl)?,
         tls: match (&o.tls_cert, &o.tls_key) {
             (Some(c), Some(k)) => Some((c.as_bytes().to_vec(), k.as_bytes().to_vec())),
             (None, None) => None,
@@ -729,6 +733,36 @@ impl NativeServer {
     #[napi]
     pub fn has_client(&self, client_id: String) -> bool {
         self.with(|s| s.hub().has_client(&client_id), false)
+    }
+
+    /// A presence room's members across the fleet, as JSON text
+    /// (`[{clientId, userId?, metadata?}]`); `null` without Redis, where
+    /// the caller lists this instance's members itself.
+    #[napi]
+    pub async fn fleet_presence(&self, room: String) -> Result<Option<String>> {
+        let server = self.server.lock().clone();
+        let Some(server) = server else {
+            return Ok(None);
+        };
+        match server.fleet_presence(&room).await {
+            None => Ok(None),
+            Some(Ok(json)) => Ok(Some(json)),
+            Some(Err(e)) => Err(Error::new(Status::GenericFailure, e)),
+        }
+    }
+
+    /// The `metadata` `authenticateFn` gave a client, as JSON: shared with
+    /// the fleet by presence entries.
+    #[napi]
+    pub fn set_client_metadata(&self, client_id: String, metadata_json: Option<String>) {
+        self.with(
+            |s| {
+                if let Some(c) = s.hub().get(&client_id) {
+                    c.details.lock().metadata = metadata_json.map(Arc::from);
+                }
+            },
+            (),
+        )
     }
 
     /// Whether `room` has presence (the `presence` option).

@@ -5,7 +5,7 @@
 import { native } from './native';
 import type { NativeEmitter } from '../index';
 const { NativeEmitter: NativeEmitterClass } = native;
-import { WebSocketOptionError, describe } from './options';
+import { WebSocketOptionError, describe, normaliseHistory } from './options';
 import { normaliseRedis } from './redis-options';
 import type { IWebSocketEmitterOptions } from './types';
 
@@ -25,7 +25,13 @@ export class WebSocketEmitter {
     const name = opts.redis !== undefined ? 'redis' : 'redisConnection';
     const redis = normaliseRedis(name, opts.redis ?? opts.redisConnection);
     if (!redis) throw new WebSocketOptionError(name, '[WebSocketEmitter] Invalid redis connection!');
-    this.native = new NativeEmitterClass(redis);
+    const history = normaliseHistory(opts.history);
+    this.native = new NativeEmitterClass(
+      redis,
+      history.size > 0
+        ? { size: history.size, ttl: history.ttl, rooms: history.rooms, defaultRooms: native.defaultOptions().defaultRooms }
+        : null,
+    );
   }
 
   /** Connects to Redis; rejects with the address when it cannot. */

@@ -122,38 +122,21 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
   bool('acks', opts.acks, false);
-  let presence = { on: false, rooms: undefined as string[] | undefined, events: false };
+  let presence = { on: false, rooms: undefined as string[] | undefined, events: false, ttl: D.presenceTtl };
   if (opts.presence !== undefined && opts.presence !== null && opts.presence !== false) {
     const p = opts.presence === true ? {} : opts.presence;
     if (typeof p !== 'object') throw new WebSocketOptionError('presence', `expected an object, got ${describe(opts.presence)}`);
-    if (opts.redis !== undefined || opts.redisConnection !== undefined) {
-      throw new WebSocketOptionError('presence', 'not supported together with redis in this version (presence is per instance)');
-    }
     if (p.rooms !== undefined && p.rooms !== null && (!Array.isArray(p.rooms) || !p.rooms.every(r => typeof r === 'string' && r.length > 0))) {
       throw new WebSocketOptionError('presence.rooms', 'expected an array of room names or prefixes ending in "*"');
     }
-    presence = { on: true, rooms: p.rooms ? [...p.rooms] : undefined, events: bool('presence.events', p.events, false) };
-  }
-  let history = { size: 0, ttl: D.historyTtl, rooms: undefined as string[] | undefined };
-  if (opts.history !== undefined && opts.history !== null && opts.history !== false) {
-    const h = opts.history === true ? {} : opts.history;
-    if (typeof h !== 'object') throw new WebSocketOptionError('history', `expected an object, got ${describe(opts.history)}`);
-    if (opts.redis !== undefined || opts.redisConnection !== undefined) {
-      throw new WebSocketOptionError('history', 'not supported together with redis in this version (history is kept per instance)');
-    }
-    let rooms: string[] | undefined;
-    if (h.rooms !== undefined && h.rooms !== null) {
-      if (!Array.isArray(h.rooms) || !h.rooms.every(r => typeof r === 'string' && r.length > 0)) {
-        throw new WebSocketOptionError('history.rooms', 'expected an array of room names or prefixes ending in "*"');
-      }
-      rooms = [...h.rooms];
-    }
-    history = {
-      size: num('history.size', h.size, 100, { min: 1, integer: true }),
-      ttl: num('history.ttl', h.ttl, D.historyTtl, { min: 1 }),
-      rooms,
+    presence = {
+      on: true,
+      rooms: p.rooms ? [...p.rooms] : undefined,
+      events: bool('presence.events', p.events, false),
+      ttl: num('presence.ttl', p.ttl, D.presenceTtl, { min: 300 }),
     };
   }
+  const history = normaliseHistory(opts.history);
   const logFormat = opts.logFormat ?? D.logFormat;
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
@@ -228,5 +211,25 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     presence: presence.on,
     presenceRooms: presence.rooms,
     presenceEvents: presence.events,
+    presenceTtl: presence.ttl,
+  };
+}
+
+/** The `history` option (of a server or an emitter); size 0: off. */
+export function normaliseHistory(value: unknown): { size: number; ttl: number; rooms: string[] | undefined } {
+  if (value === undefined || value === null || value === false) return { size: 0, ttl: D.historyTtl, rooms: undefined };
+  const h = (value === true ? {} : value) as { size?: unknown; ttl?: unknown; rooms?: unknown };
+  if (typeof h !== 'object') throw new WebSocketOptionError('history', `expected an object, got ${describe(value)}`);
+  let rooms: string[] | undefined;
+  if (h.rooms !== undefined && h.rooms !== null) {
+    if (!Array.isArray(h.rooms) || !h.rooms.every(r => typeof r === 'string' && r.length > 0)) {
+      throw new WebSocketOptionError('history.rooms', 'expected an array of room names or prefixes ending in "*"');
+    }
+    rooms = [...h.rooms];
+  }
+  return {
+    size: num('history.size', h.size, 100, { min: 1, integer: true }),
+    ttl: num('history.ttl', h.ttl, D.historyTtl, { min: 1 }),
+    rooms,
   };
 }

@@ -501,15 +501,23 @@ export class WebSocketServer<
   }
 
   /**
-   * Who is in a presence room (the `presence` option): its members on this
-   * instance, as `{clientId, userId, metadata?}`. Rejects for a room without
-   * presence.
+   * Who is in a presence room (the `presence` option), as
+   * `{clientId, userId, metadata?}`: with Redis, its members on every
+   * instance; without, this instance's. Rejects for a room without
+   * presence, and when Redis cannot answer.
    */
   async getPresence(opts: { room: string }): Promise<Array<{ clientId: string; userId?: string; metadata?: MetadataType }>> {
     const room = opts?.room;
     if (typeof room !== 'string' || !this.ordered().hasPresence(room)) {
       throw new Error(`[ignis-ws-native] getPresence: room ${JSON.stringify(room)} has no presence (option presence)`);
     }
+    let fleet: string | null;
+    try {
+      fleet = await this.native.fleetPresence(room);
+    } catch (e) {
+      throw new Error(`[ignis-ws-native] getPresence: ${errorText(e)}`);
+    }
+    if (fleet !== null) return JSON.parse(fleet);
     return this.native.clientsByRoom(room).map(c => {
       const entry: { clientId: string; userId?: string; metadata?: MetadataType } = { clientId: c.id };
       if (c.userId != null) entry.userId = c.userId;
@@ -592,8 +600,22 @@ export class WebSocketServer<
     const { userId, metadata } = result as { userId?: unknown; metadata?: MetadataType };
     // Kept only while the client exists: its disconnect event, queued after
     // its removal, deletes the entry again.
-    if (metadata !== undefined && this.native.hasClient(clientId)) this.metadata.set(clientId, metadata);
+    if (metadata !== undefined && this.native.hasClient(clientId)) {
+      this.metadata.set(clientId, metadata);
+      // Fleet presence entries carry it to the other instances.
+      if (this.settings.presence) this.shareMetadata(clientId, metadata);
+    }
     this.authAnswers.push([seq, AUTH_OK, userId === undefined || userId === null ? null : String(userId)]);
+  }
+
+  private shareMetadata(clientId: string, metadata: MetadataType): void {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(metadata);
+    } catch (e) {
+      this.log('warn', 'Client metadata is not JSON; presence entries leave it out', { id: clientId, error: errorText(e) });
+    }
+    this.native.setClientMetadata(clientId, json ?? null);
   }
 
   /** A batch of room validations, answered like authentication. */

@@ -214,8 +214,10 @@ export interface IWebSocketServerOptions<
    * so a client that was away can recover what it missed (`join` with
    * `recover`). `rooms`: names or prefixes ending in `*`; default every room
    * but the default rooms and client-id rooms. Publications to these rooms
-   * carry `room`, `offset` and `epoch`; a join answers `joined`. Kept per
-   * instance in this version (not with `redis`). Default: off.
+   * carry `room`, `offset` and `epoch`; a join answers `joined`. Kept in
+   * process, or, with `redis`, in Redis: one sequence per room for the
+   * whole fleet, recoverable on any instance (a publication to a history
+   * room then reaches its members on every instance). Default: off.
    */
   history?: boolean | { size?: number; ttl?: number; rooms?: string[] };
   /**
@@ -223,10 +225,12 @@ export interface IWebSocketServerOptions<
    * (`{clientId, userId, metadata?}`); with `events: true` the members of a
    * presence room receive `{"event":"presence","data":{"room","clientId",
    * "userId","state":"join"|"leave"}}` when someone joins or leaves it.
-   * `rooms` as for `history`. Per instance in this version (not with
-   * `redis`). Default: off.
+   * `rooms` as for `history`. With `redis` both cover the whole fleet:
+   * entries live in Redis, refreshed while their instance lives, and the
+   * members of an instance that stops vanish at most `ttl` ms (default
+   * 30000) after its last refresh. Default: off.
    */
-  presence?: boolean | { rooms?: string[]; events?: boolean };
+  presence?: boolean | { rooms?: string[]; events?: boolean; ttl?: number };
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */
@@ -262,6 +266,12 @@ export interface IWebSocketEmitterOptions {
   identifier?: string;
   redis?: unknown;
   redisConnection?: unknown;
+  /**
+   * The servers' `history` option: `toRoom` to a history room then goes
+   * through the room's history in Redis (positioned, recoverable) like a
+   * server's publication. Default: off.
+   */
+  history?: boolean | { size?: number; ttl?: number; rooms?: string[] };
 }
 
 /**

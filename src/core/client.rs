@@ -52,6 +52,8 @@ pub struct ClientDetails {
     pub rooms: HashSet<Arc<str>>,
     pub server_public_key: Option<String>,
     pub salt: Option<String>,
+    /// `metadata` from `authenticateFn`, as JSON, for fleet presence.
+    pub metadata: Option<Arc<str>>,
 }
 
 /// A request to close the socket, honoured ahead of queued frames.

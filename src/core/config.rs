@@ -81,6 +81,9 @@ pub struct Config {
     pub presence: bool,
     pub presence_rooms: Option<Vec<String>>,
     pub presence_events: bool,
+    /// With Redis: how long a member's entry outlives its instance's last
+    /// refresh (entries are refreshed every third of it).
+    pub presence_ttl: Duration,
     /// `host:port` of the application's HTTP server: connections that do
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
@@ -129,6 +132,7 @@ impl Default for Config {
             presence: false,
             presence_rooms: None,
             presence_events: false,
+            presence_ttl: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
         }
     }

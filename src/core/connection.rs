@@ -13,7 +13,7 @@ use crate::core::events::Events;
 use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
 use crate::core::handlers::Handlers;
 use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
-use crate::core::history::{self, History, Recover};
+use crate::core::history::{self, Backend, Recover};
 use crate::core::hub::Hub;
 use crate::core::log::Logger;
 use crate::core::presence::Presence;
@@ -72,7 +72,7 @@ pub struct Env {
     /// Set when the application has an outbound transformer.
     pub transformer: Option<Arc<Transformer>>,
     /// Set with the `history` option.
-    pub history: Option<Arc<History>>,
+    pub history: Option<Backend>,
     /// Set with the `presence` option.
     pub presence: Option<Arc<Presence>>,
     /// `authenticateFn` calls in flight, against `maxPendingAuthentications`.
@@ -933,8 +933,22 @@ impl Connection {
                             let (kept, plain): (Vec<String>, Vec<String>) =
                                 allowed.iter().cloned().partition(|r| history.applies(r));
                             env.hub.join(id, &plain);
-                            for room in &kept {
-                                history.join(&env.hub, &self.client, room, done.recover.get(room));
+                            for room in kept {
+                                let recover = done.recover.get(&room).cloned();
+                                match history {
+                                    Backend::Local(h) => {
+                                        h.join(&env.hub, &self.client, &room, recover.as_ref());
+                                    }
+                                    // Reading Redis is awaited apart, so the
+                                    // connection goes on meanwhile.
+                                    Backend::Redis(h) => {
+                                        tokio::spawn(h.clone().join(
+                                            self.client.clone(),
+                                            room,
+                                            recover,
+                                        ));
+                                    }
+                                }
                             }
                         }
                     }

@@ -103,6 +103,10 @@ pub struct Incoming<'a> {
     pub event: Cow<'a, str>,
     pub data: Option<&'a RawValue>,
     pub exclude: Vec<String>,
+    /// A history room's position of this publication (envelopes from this
+    /// package's servers and emitters with the `history` option); the
+    /// original's envelopes have none.
+    pub position: Option<(u64, Cow<'a, str>)>,
 }
 
 impl Incoming<'_> {
@@ -126,6 +130,9 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     exclude: Option<&'a RawValue>,
+    offset: Option<u64>,
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
 }
 
 fn as_str(v: Option<&RawValue>) -> Option<Cow<'_, str>> {
@@ -159,7 +166,31 @@ pub fn decode(text: &str) -> Result<Incoming<'_>, &'static str> {
         event,
         data: wire.data,
         exclude,
+        position: wire.offset.zip(wire.epoch),
     })
+}
+
+/// The head of a room envelope (everything but the closing brace) built
+/// from a frame `{"event":E[,"data":D]}`, as `encode` would write it: the
+/// history script appends the offset and epoch it assigns.
+pub fn room_head(server_id: &str, room: &str, frame_json: &str, exclude: &[String]) -> String {
+    let body = frame_json.trim();
+    let body = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(body);
+    let mut out = String::with_capacity(64 + room.len() + body.len());
+    out.push_str("{\"serverId\":");
+    protocol::push_json_str(&mut out, server_id);
+    out.push_str(",\"type\":\"room\",\"target\":");
+    protocol::push_json_str(&mut out, room);
+    out.push(',');
+    out.push_str(body);
+    if !exclude.is_empty() {
+        out.push_str(",\"exclude\":");
+        out.push_str(&serde_json::to_string(exclude).expect("strings always serialize"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -184,6 +215,22 @@ mod tests {
             r#"{"serverId":"emitter","type":"broadcast","event":"e","data":1}"#
         );
         assert_eq!(channel(Kind::User, Some("u")), "ws:user:u");
+        let ex = ["x".to_string()];
+        assert_eq!(
+            room_head("s1", "r", r#"{"event":"e","data":{"a":1}}"#, &ex) + "}",
+            encode(
+                "s1",
+                Kind::Room,
+                Some("r"),
+                "e",
+                Some(r#"{"a":1}"#),
+                Some(&ex)
+            )
+        );
+        assert_eq!(
+            room_head("s1", "r", r#"{"event":"e"}"#, &[]) + "}",
+            encode("s1", Kind::Room, Some("r"), "e", None, None)
+        );
         assert_eq!(channel(Kind::Broadcast, None), "ws:broadcast");
     }
 
@@ -198,6 +245,12 @@ mod tests {
         assert!(decode("[]").is_err());
         assert!(decode(r#"{"serverId":1,"event":"x"}"#).is_err());
         assert!(decode(r#"{"serverId":"a"}"#).is_err());
+        assert_eq!(e.position, None);
+        let p = decode(
+            r#"{"serverId":"a","type":"room","target":"r","event":"x","offset":7,"epoch":"e1"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.position, Some((7, Cow::Borrowed("e1"))));
         let odd = decode(r#"{"serverId":"a","type":"weird","target":"","event":"x"}"#).unwrap();
         assert_eq!(odd.kind, None);
         assert_eq!(odd.target, None);

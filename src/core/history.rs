@@ -89,9 +89,39 @@ impl Ring {
     }
 }
 
-fn new_epoch() -> String {
+pub fn new_epoch() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..12].to_string()
+}
+
+/// Where a server keeps its history rooms: in process, or in Redis when
+/// it has one (shared by the fleet).
+#[derive(Clone)]
+pub enum Backend {
+    Local(Arc<History>),
+    Redis(Arc<crate::core::history_redis::RedisHistory>),
+}
+
+impl Backend {
+    pub fn applies(&self, room: &str) -> bool {
+        match self {
+            Backend::Local(h) => h.applies(room),
+            Backend::Redis(h) => h.applies(room),
+        }
+    }
+
+    /// A publication to a history room. In process it is delivered here and
+    /// now (returns how many members got it); with Redis it is queued for
+    /// Redis to position and publish to every instance (returns 0).
+    pub fn publish(&self, hub: &Hub, room: &str, frame_json: &str, exclude: &[String]) -> usize {
+        match self {
+            Backend::Local(h) => h.publish(hub, room, frame_json, exclude),
+            Backend::Redis(h) => {
+                h.publish(room, frame_json, exclude);
+                0
+            }
+        }
+    }
 }
 
 pub struct History {
@@ -210,7 +240,7 @@ impl History {
 }
 
 /// `{"event":E,"data":D}` → `{"event":E,"data":D,"room":R,"offset":N,"epoch":"S"}`.
-fn positioned(frame_json: &str, room: &str, offset: u64, epoch: &str) -> Frame {
+pub fn positioned(frame_json: &str, room: &str, offset: u64, epoch: &str) -> Frame {
     let body = frame_json.trim_end();
     let body = body.strip_suffix('}').unwrap_or(body);
     let mut out = String::with_capacity(body.len() + room.len() + epoch.len() + 48);

@@ -280,6 +280,16 @@ impl Hub {
         counts
     }
 
+    /// The members of each room `keep` selects.
+    pub fn room_members(&self, keep: impl Fn(&str) -> bool) -> Vec<(Arc<str>, Vec<Arc<Client>>)> {
+        let st = self.state.read();
+        st.rooms
+            .iter()
+            .filter(|(r, _)| keep(r))
+            .map(|(r, m)| (r.clone(), m.values().cloned().collect()))
+            .collect()
+    }
+
     pub fn all_clients(&self) -> Vec<Arc<Client>> {
         self.state.read().clients.values().cloned().collect()
     }

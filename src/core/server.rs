@@ -23,12 +23,14 @@ use crate::core::events::{self, Events};
 use crate::core::forward::Forwarder;
 use crate::core::handlers::Handlers;
 use crate::core::heartbeat;
-use crate::core::history::{History, HistoryConfig, RoomSelection};
+use crate::core::history::{Backend, History, HistoryConfig, RoomSelection};
+use crate::core::history_redis::RedisHistory;
 use crate::core::hub::Hub;
 use crate::core::listener::{self, Listener};
 use crate::core::log::Logger;
 use crate::core::metrics::Metrics;
 use crate::core::presence::Presence;
+use crate::core::presence_redis::RedisPresence;
 use crate::core::protocol::{self, close, Frame};
 use crate::core::stats::Stats;
 use crate::core::transform::Transformer;
@@ -63,11 +65,12 @@ impl Server {
             server_id: config.server_id.clone(),
             stats: stats.clone(),
             log: log.clone(),
+            history: Default::default(),
         });
         let broker: Arc<dyn Broker> = match redis {
             None => Arc::new(LocalBroker),
             Some(rc) => Arc::new(
-                RedisBroker::connect(rc, router, log.clone(), stats.clone())
+                RedisBroker::connect(rc, router.clone(), log.clone(), stats.clone())
                     .await
                     .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?,
             ),
@@ -104,7 +107,7 @@ impl Server {
             },
         };
         Ok(Self::assemble(
-            config, hub, stats, handlers, log, broker, tcp, tls,
+            config, hub, stats, handlers, log, broker, router, tcp, tls,
         ))
     }
 
@@ -116,6 +119,7 @@ impl Server {
         handlers: Arc<dyn Handlers>,
         log: Logger,
         broker: Arc<dyn Broker>,
+        router: Arc<Router>,
         tcp: Option<TcpListener>,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Server {
@@ -132,15 +136,50 @@ impl Server {
                 log.clone(),
             )
         });
+        let store = broker.store();
         let history = (config.history_size > 0).then(|| {
-            Arc::new(History::new(HistoryConfig {
+            let cfg = HistoryConfig {
                 size: config.history_size,
                 ttl: config.history_ttl,
                 rooms: RoomSelection {
                     rooms: config.history_rooms.clone(),
                     default_rooms: config.default_rooms.clone(),
                 },
-            }))
+            };
+            match &store {
+                None => Backend::Local(Arc::new(History::new(cfg))),
+                Some(store) => {
+                    let h = Arc::new(RedisHistory::new(
+                        cfg,
+                        hub.clone(),
+                        broker.clone(),
+                        store.clone(),
+                        stats.clone(),
+                        log.clone(),
+                        config.server_id.clone(),
+                    ));
+                    let _ = router.history.set(h.clone());
+                    Backend::Redis(h)
+                }
+            }
+        });
+        let presence = config.presence.then(|| {
+            Arc::new(Presence {
+                rooms: RoomSelection {
+                    rooms: config.presence_rooms.clone(),
+                    default_rooms: config.default_rooms.clone(),
+                },
+                events: config.presence_events,
+                fleet: store.as_ref().map(|store| {
+                    Arc::new(RedisPresence::new(
+                        config.presence_ttl,
+                        broker.clone(),
+                        store.clone(),
+                        stats.clone(),
+                        config.server_id.clone(),
+                    ))
+                }),
+            })
         });
         let env = Arc::new(Env {
             config: config.clone(),
@@ -152,15 +191,7 @@ impl Server {
             connections: connections.clone(),
             transformer,
             history: history.clone(),
-            presence: config.presence.then(|| {
-                Arc::new(Presence {
-                    rooms: RoomSelection {
-                        rooms: config.presence_rooms.clone(),
-                        default_rooms: config.default_rooms.clone(),
-                    },
-                    events: config.presence_events,
-                })
-            }),
+            presence: presence.clone(),
             pending_auth: Default::default(),
         });
         let listener = Arc::new(Listener {
@@ -191,7 +222,8 @@ impl Server {
         }
         if let Some(h) = history {
             // Rooms whose history expired are dropped lazily on use; this
-            // frees the ones nobody uses again.
+            // frees the ones nobody uses again (locally: rings; with Redis:
+            // the feeds of rooms nobody here follows).
             let period = config.history_ttl.clamp(
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(60),
@@ -200,7 +232,26 @@ impl Server {
                 let mut tick = tokio::time::interval(period);
                 loop {
                     tick.tick().await;
-                    h.sweep();
+                    match &h {
+                        Backend::Local(h) => h.sweep(),
+                        Backend::Redis(h) => h.sweep(),
+                    }
+                }
+            }));
+        }
+        if let Some((p, fleet)) = presence
+            .as_ref()
+            .and_then(|p| Some((p.clone(), p.fleet.clone()?)))
+        {
+            // Entries of a live instance never expire: each is re-added
+            // well within its time to live.
+            let hub = env.hub.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(fleet.ttl / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    fleet.refresh(&hub, |r| p.applies(r));
                 }
             }));
         }
@@ -326,12 +377,25 @@ impl Server {
         self.env.presence.as_ref().is_some_and(|p| p.applies(room))
     }
 
-    /// A publication to a room: through its history when it keeps one.
+    /// A publication to a room: through its history when it keeps one
+    /// (with Redis, that reaches the room's members on every instance).
     pub fn send_to_room(&self, room: &str, frame: &Frame, exclude: &[String]) -> usize {
         match &self.env.history {
             Some(h) if h.applies(room) => h.publish(&self.env.hub, room, frame.as_str(), exclude),
             _ => self.env.hub.send_to_room(room, frame, exclude),
         }
+    }
+
+    /// Whether publications to `room` go through a history in Redis.
+    fn fleet_history(&self, room: &str) -> bool {
+        matches!(&self.env.history, Some(h @ Backend::Redis(_)) if h.applies(room))
+    }
+
+    /// The members of a presence room across the fleet (with Redis), as a
+    /// JSON array text; `None` without Redis (the hub has the answer).
+    pub async fn fleet_presence(&self, room: &str) -> Option<Result<String, String>> {
+        let fleet = self.env.presence.as_ref()?.fleet.clone()?;
+        Some(fleet.get(room).await)
     }
 
     pub fn broadcast(&self, frame: &Frame, exclude: &[String]) -> usize {
@@ -372,6 +436,11 @@ impl Server {
             Some(d) if hub.has_client(d) => {
                 hub.send_to_client(d, &frame);
                 (Kind::Client, Some(d))
+            }
+            Some(d) if self.fleet_history(d) => {
+                // Redis positions it and publishes it to every instance.
+                self.send_to_room(d, &frame, &[]);
+                return;
             }
             Some(d) => {
                 // A local room, or something on another instance: either way

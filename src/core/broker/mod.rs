@@ -6,8 +6,10 @@
 //! Two implementations: [`LocalBroker`] (no Redis: one instance, nothing to
 //! deliver elsewhere) and [`redis::RedisBroker`] (standalone or cluster).
 
+pub mod keys;
 pub mod redis;
 pub mod router;
+pub mod store;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -15,6 +17,9 @@ use futures_util::FutureExt;
 /// Where received envelopes go.
 pub trait Subscriber: Send + Sync + 'static {
     fn deliver(&self, channel: &str, payload: &str);
+    /// The subscriptions were lost and are live again: what was published
+    /// meanwhile was not delivered.
+    fn resubscribed(&self) {}
 }
 
 #[derive(Debug, Clone, Default)]
@@ -31,6 +36,27 @@ pub trait Broker: Send + Sync + 'static {
     /// Queues a publication; never waits. What cannot be sent is buffered
     /// (bounded) or dropped and counted, per implementation.
     fn publish(&self, channel: String, payload: String);
+    /// Queues a script call behind the publications queued before it (a
+    /// history append, a presence change); never waits. Dropped by a
+    /// broker without a store.
+    fn eval(&self, _call: store::ScriptCall) {}
+    /// Resolves once `channel` is subscribed on the server (true), or when
+    /// that did not happen within `timeout` (false).
+    fn subscribed(
+        &self,
+        _channel: &str,
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'static, bool> {
+        async { true }.boxed()
+    }
+    /// A connection for awaited requests, when the bus is a store too.
+    fn store(&self) -> Option<store::Store> {
+        None
+    }
+    /// Whether publications use sharded Pub/Sub (SPUBLISH).
+    fn sharded(&self) -> bool {
+        false
+    }
     /// This instance gained (`true`) or lost local interest in a channel.
     fn interest(&self, channel: String, present: bool);
     fn status(&self) -> BrokerStatus;

@@ -19,6 +19,7 @@
 //! way is sent again (it can arrive twice), and past the buffer's bound
 //! the oldest are dropped (counted in `busPublishDropped`).
 
+use super::store::{scripts, ScriptCall, Store};
 use super::{Broker, BrokerStatus, Subscriber};
 use crate::core::envelope::BROADCAST_CHANNEL;
 use crate::core::log::Logger;
@@ -26,7 +27,7 @@ use crate::core::stats::Stats;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, RedisResult};
@@ -101,6 +102,13 @@ const BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// for a channel nobody is subscribed to.
 const RESUBSCRIBE_GRACE: Duration = Duration::from_millis(350);
 
+/// What the publisher sends, in queue order.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Publish(String, String),
+    Script(ScriptCall),
+}
+
 /// The two connection flavours behind one small surface.
 #[derive(Clone)]
 enum Publisher {
@@ -109,23 +117,37 @@ enum Publisher {
 }
 
 impl Publisher {
-    async fn publish_batch(&mut self, batch: &[(String, String)]) -> RedisResult<()> {
+    async fn publish_batch(&mut self, batch: &[Outgoing]) -> RedisResult<()> {
         match self {
             Publisher::Standalone(c) => {
                 let mut p = redis::pipe();
-                for (ch, msg) in batch {
-                    p.publish(ch, msg).ignore();
+                for item in batch {
+                    match item {
+                        Outgoing::Publish(ch, msg) => {
+                            p.publish(ch, msg).ignore();
+                        }
+                        Outgoing::Script(call) => {
+                            p.invoke_script(&call.invocation()).ignore();
+                        }
+                    }
                 }
                 p.query_async::<()>(c).await
             }
             Publisher::Cluster(c, sharded) => {
                 let cmd_name = if *sharded { "SPUBLISH" } else { "PUBLISH" };
-                for (ch, msg) in batch {
-                    redis::cmd(cmd_name)
-                        .arg(ch)
-                        .arg(msg)
-                        .query_async::<()>(c)
-                        .await?;
+                for item in batch {
+                    match item {
+                        Outgoing::Publish(ch, msg) => {
+                            redis::cmd(cmd_name)
+                                .arg(ch)
+                                .arg(msg)
+                                .query_async::<()>(c)
+                                .await?
+                        }
+                        Outgoing::Script(call) => {
+                            call.invocation().invoke_async::<redis::Value>(c).await?;
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -133,12 +155,28 @@ impl Publisher {
     }
 }
 
+/// Loads the scripts a pipeline may call by SHA1: a restarted server
+/// knows none, and a pipeline cannot load one half way.
+async fn load_scripts(c: &mut MultiplexedConnection) -> RedisResult<()> {
+    let s = scripts();
+    for script in [
+        &s.append,
+        &s.read,
+        &s.presence_add,
+        &s.presence_remove,
+        &s.presence_get,
+    ] {
+        script.prepare_invoke().load_async(c).await?;
+    }
+    Ok(())
+}
+
 struct Inner {
     cfg: RedisConfig,
     log: Logger,
     inbound: Arc<dyn Subscriber>,
     cluster_client: Option<redis::cluster::ClusterClient>,
-    queue: Mutex<VecDeque<(String, String)>>,
+    queue: Mutex<VecDeque<Outgoing>>,
     queue_notify: Notify,
     interest_tx: mpsc::UnboundedSender<(Channel, bool)>,
     state: AtomicU8,
@@ -149,7 +187,18 @@ struct Inner {
     /// Publications taken from the queue and not yet confirmed.
     in_flight: AtomicU64,
     subscribed: AtomicU64,
+    /// Channels the server confirmed, for [`Broker::subscribed`].
+    confirmed: Mutex<HashSet<Channel>>,
+    confirm_notify: Notify,
+    store: Store,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn confirm(&self, live: &HashSet<Channel>) {
+        *self.confirmed.lock() = live.clone();
+        self.confirm_notify.notify_waiters();
+    }
 }
 
 pub struct RedisBroker {
@@ -190,9 +239,24 @@ async fn standalone_publisher(
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(Duration::from_secs(5)));
-    client
+    let mut c = client
         .get_multiplexed_async_connection_with_config(&cfg)
-        .await
+        .await?;
+    load_scripts(&mut c).await?;
+    Ok(c)
+}
+
+async fn standalone_store(
+    url: &str,
+    tls: Option<&TlsSettings>,
+    timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    let client = standalone_client(url, tls)?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(super::store::REQUEST_TIMEOUT))
+        .set_max_delay(BACKOFF_MAX);
+    ConnectionManager::new_with_config(client, cfg).await
 }
 
 async fn standalone_subscriber(
@@ -240,20 +304,27 @@ impl RedisBroker {
             )
         };
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
-        let (publisher, sub, push_rx, cluster_client) = match &cfg.endpoint {
+        let (publisher, sub, push_rx, cluster_client, store) = match &cfg.endpoint {
             Endpoint::Standalone(url) => {
                 let connect = async {
                     let p =
                         standalone_publisher(url, cfg.tls.as_ref(), cfg.connect_timeout).await?;
                     let s =
                         standalone_subscriber(url, cfg.tls.as_ref(), cfg.connect_timeout).await?;
-                    RedisResult::Ok((p, s))
+                    let st = standalone_store(url, cfg.tls.as_ref(), cfg.connect_timeout).await?;
+                    RedisResult::Ok((p, s, st))
                 };
-                let (p, s) = tokio::time::timeout(cfg.connect_timeout, connect)
+                let (p, s, st) = tokio::time::timeout(cfg.connect_timeout, connect)
                     .await
                     .map_err(|_| unreachable("timed out".into()))?
                     .map_err(|e| unreachable(e.to_string()))?;
-                (Publisher::Standalone(p), Some(s), None, None)
+                (
+                    Publisher::Standalone(p),
+                    Some(s),
+                    None,
+                    None,
+                    Store::Standalone(st),
+                )
             }
             Endpoint::Cluster { nodes, sharded } => {
                 let (tx, rx) = mpsc::unbounded_channel::<PushInfo>();
@@ -269,10 +340,11 @@ impl RedisBroker {
                     .map_err(|_| unreachable("timed out".into()))?
                     .map_err(|e| unreachable(e.to_string()))?;
                 (
-                    Publisher::Cluster(conn, *sharded),
+                    Publisher::Cluster(conn.clone(), *sharded),
                     None,
                     Some(rx),
                     Some(client),
+                    Store::Cluster(conn),
                 )
             }
         };
@@ -291,6 +363,9 @@ impl RedisBroker {
             stats,
             in_flight: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
+            confirmed: Mutex::new(HashSet::new()),
+            confirm_notify: Notify::new(),
+            store,
             tasks: Mutex::new(Vec::new()),
         });
         // Every instance hears broadcasts.
@@ -327,8 +402,9 @@ impl RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
-    fn publish(&self, channel: String, payload: String) {
+impl RedisBroker {
+    /// Queues an item for the publisher, dropping the oldest past the bound.
+    fn enqueue(&self, item: Outgoing) {
         let inner = &self.inner;
         if inner.closing.load(Ordering::Acquire) {
             inner
@@ -355,9 +431,50 @@ impl Broker for RedisBroker {
                     );
                 }
             }
-            q.push_back((channel, payload));
+            q.push_back(item);
         }
         inner.queue_notify.notify_one();
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, channel: String, payload: String) {
+        self.enqueue(Outgoing::Publish(channel, payload));
+    }
+
+    fn eval(&self, call: ScriptCall) {
+        self.enqueue(Outgoing::Script(call));
+    }
+
+    fn subscribed(&self, channel: &str, timeout: Duration) -> BoxFuture<'static, bool> {
+        let inner = self.inner.clone();
+        let channel = Channel::from(channel);
+        async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let notified = inner.confirm_notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if inner.confirmed.lock().contains(&channel) {
+                    return true;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn store(&self) -> Option<Store> {
+        Some(self.inner.store.clone())
+    }
+
+    fn sharded(&self) -> bool {
+        matches!(
+            self.inner.cfg.endpoint,
+            Endpoint::Cluster { sharded: true, .. }
+        )
     }
 
     fn interest(&self, channel: String, present: bool) {
@@ -441,7 +558,7 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
             link_was_up = true;
             tokio::time::sleep(RESUBSCRIBE_GRACE).await;
         }
-        let batch: Vec<(String, String)> = {
+        let batch: Vec<Outgoing> = {
             let mut q = inner.queue.lock();
             let n = q.len().min(PUBLISH_BATCH);
             inner.in_flight.store(n as u64, Ordering::Relaxed);
@@ -487,7 +604,7 @@ async fn publish_loop(inner: Arc<Inner>, mut conn: Publisher) {
     }
 }
 
-fn requeue_front(inner: &Inner, batch: Vec<(String, String)>) {
+fn requeue_front(inner: &Inner, batch: Vec<Outgoing>) {
     let mut q = inner.queue.lock();
     inner.in_flight.store(0, Ordering::Relaxed);
     for item in batch.into_iter().rev() {
@@ -611,10 +728,12 @@ async fn standalone_subscribe_loop(
             }
             live.extend(add);
         }
+        inner.confirm(&live);
         inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
         inner.state.store(STATE_CONNECTED, Ordering::Release);
         attempt = 0;
         if let Some(t) = lost_at.take() {
+            inner.inbound.resubscribed();
             inner.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
             // The publisher may be waiting on a dead connection: wake it.
             inner.queue_notify.notify_one();
@@ -642,6 +761,7 @@ async fn standalone_subscribe_loop(
                         if let Err(e) = sink.unsubscribe(names(&remove)).await { break e.to_string(); }
                         for r in &remove { live.remove(r); }
                     }
+                    inner.confirm(&live);
                     inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
                 }
                 msg = stream.next() => {
@@ -665,6 +785,7 @@ async fn standalone_subscribe_loop(
             return;
         }
         inner.state.store(STATE_DISCONNECTED, Ordering::Release);
+        inner.confirm(&HashSet::new());
         lost_at = Some(Instant::now());
         inner.log.error(
             "Redis subscriber connection lost; local delivery continues, reconnecting",
@@ -698,6 +819,7 @@ async fn cluster_probe(inner: Arc<Inner>, mut conn: ClusterConnection) {
             return;
         }
         if up && was != STATE_CONNECTED {
+            inner.inbound.resubscribed();
             inner.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
             inner.state.store(STATE_CONNECTED, Ordering::Release);
             inner.queue_notify.notify_one();
@@ -749,6 +871,7 @@ async fn cluster_subscribe_loop(
                     let r = if sharded { conn.sunsubscribe(&*ch).await } else { conn.unsubscribe(&*ch).await };
                     if r.is_ok() { live.remove(&ch); }
                 }
+                inner.confirm(&live);
                 inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
             }
             info = push.recv() => {
@@ -818,10 +941,15 @@ impl RedisEmitter {
         r.map_err(|e| self.error(&e.to_string()))
     }
 
-    /// Publishes one message; on a broken connection reconnects once and
-    /// retries before giving up.
+    /// Publishes one message (see [`RedisEmitter::send`]).
     pub async fn publish(&self, channel: String, payload: String) -> Result<(), String> {
-        let batch = [(channel, payload)];
+        self.send(Outgoing::Publish(channel, payload)).await
+    }
+
+    /// Sends one publication or script call; on a broken connection
+    /// reconnects once and retries before giving up.
+    pub async fn send(&self, item: Outgoing) -> Result<(), String> {
+        let batch = [item];
         let mut guard = self.conn.lock().await;
         for attempt in 0..2 {
             if guard.is_none() {

@@ -4,6 +4,7 @@
 
 use super::{Broker, Subscriber};
 use crate::core::envelope::{self, Kind};
+use crate::core::history_redis::RedisHistory;
 use crate::core::hub::{Hub, Interest, InterestListener};
 use crate::core::log::Logger;
 use crate::core::stats::{bump, Stats};
@@ -17,6 +18,9 @@ pub struct Router {
     pub server_id: String,
     pub stats: Arc<Stats>,
     pub log: Logger,
+    /// Set when history rooms live in Redis: positioned envelopes go
+    /// through it (this instance's own included).
+    pub history: std::sync::OnceLock<Arc<RedisHistory>>,
 }
 
 impl Subscriber for Router {
@@ -32,6 +36,17 @@ impl Subscriber for Router {
                 return;
             }
         };
+        if let (Some(Kind::Room), Some(room), Some((offset, epoch)), Some(h)) = (
+            env.kind,
+            env.target.as_deref(),
+            env.position.as_ref(),
+            self.history.get(),
+        ) {
+            if h.applies(room) {
+                h.deliver(room, &env, *offset, epoch);
+                return;
+            }
+        }
         if env.server_id == self.server_id {
             return;
         }
@@ -50,6 +65,12 @@ impl Subscriber for Router {
                 hub.send_to_user(user, &env.frame());
             }
             _ => {}
+        }
+    }
+
+    fn resubscribed(&self) {
+        if let Some(h) = self.history.get() {
+            h.catch_up();
         }
     }
 }

@@ -1,0 +1,473 @@
+//! History kept in Redis (option `history` with `redis`): one sequence of
+//! offsets per room across every instance and emitter sharing the Redis,
+//! so a client can recover on any instance what it missed on another.
+//!
+//! Per room, Redis holds a meta hash (epoch, top offset) and a stream of
+//! the last `size` positioned envelopes, both expiring `ttl` after the last
+//! publication (keys in `broker::keys`). A publication is one script call
+//! (`store::APPEND`): next offset, append, publish, atomically, so the
+//! order of offsets is the order in which every subscriber receives them.
+//!
+//! Each instance keeps, per room it hosts, a [`Feed`]: the epoch and the
+//! last offset it delivered. Positioned envelopes from the bus (its own
+//! included: local members get a publication when Redis has positioned it)
+//! go through the feed, which drops duplicates and, on a gap (the bus lost
+//! messages while the subscriber reconnected), reads the missing entries
+//! from the stream before going on. A client joining with `recover` is
+//! added to the feed as a joiner: live publications are kept aside for it
+//! while its replay is read, then merged by offset, so it sees each
+//! publication once, in order.
+
+use crate::core::broker::keys::room_key;
+use crate::core::broker::store::{self, scripts, ScriptCall, Store};
+use crate::core::broker::Broker;
+use crate::core::client::Client;
+use crate::core::envelope::{self, Kind};
+use crate::core::history::{self, HistoryConfig, Recover};
+use crate::core::hub::Hub;
+use crate::core::log::Logger;
+use crate::core::protocol::Frame;
+use crate::core::stats::{bump, Stats};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a join waits for its room's subscription before reading the
+/// history anyway (a publication in between may then reach the client
+/// only with the next gap fill).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// Out-of-order publications a feed holds while it fills a gap; past this
+/// the gap is given up (counted in `historySkipped`).
+const PENDING_MAX: usize = 10_000;
+const FILL_TRIES: u32 = 3;
+
+pub fn meta_key(room: &str) -> String {
+    room_key("ws:history", room, "meta")
+}
+
+pub fn log_key(room: &str) -> String {
+    room_key("ws:history", room, "log")
+}
+
+/// The script call that appends `head` (an envelope without its closing
+/// brace, see `envelope::room_head`) to a room's history and publishes it.
+pub fn append_call(cfg: &HistoryConfig, room: &str, head: String, sharded: bool) -> ScriptCall {
+    ScriptCall {
+        script: &scripts().append,
+        keys: vec![meta_key(room), log_key(room)],
+        args: vec![
+            history::new_epoch(),
+            cfg.size.max(1).to_string(),
+            ttl_ms(cfg).to_string(),
+            head,
+            if sharded { "SPUBLISH" } else { "PUBLISH" }.to_string(),
+            envelope::channel(Kind::Room, Some(room)),
+        ],
+    }
+}
+
+fn ttl_ms(cfg: &HistoryConfig) -> u128 {
+    cfg.ttl.as_millis().max(1)
+}
+
+/// A publication as a member receives it.
+#[derive(Clone)]
+struct Item {
+    offset: u64,
+    epoch: Arc<str>,
+    frame: Frame,
+    exclude: Arc<[String]>,
+}
+
+impl Item {
+    /// From a positioned envelope's text (the bus, the stream).
+    fn parse(room: &str, text: &str) -> Option<Item> {
+        let env = envelope::decode(text).ok()?;
+        let (offset, epoch) = env.position.clone()?;
+        Some(Item::of(room, &env, offset, &epoch))
+    }
+
+    fn of(room: &str, env: &envelope::Incoming<'_>, offset: u64, epoch: &str) -> Item {
+        Item {
+            offset,
+            epoch: Arc::from(epoch),
+            frame: history::positioned(env.frame().as_str(), room, offset, epoch),
+            exclude: env.exclude.clone().into(),
+        }
+    }
+
+    fn excludes(&self, id: &str) -> bool {
+        self.exclude.iter().any(|e| e == id)
+    }
+}
+
+struct Joiner {
+    token: u64,
+    id: Arc<str>,
+    /// Live publications kept aside while the replay is read.
+    held: Vec<Item>,
+}
+
+/// What this instance delivered of a room, in order.
+#[derive(Default)]
+struct Feed {
+    /// `None` until a publication or a join's read says where the room is.
+    epoch: Option<Arc<str>>,
+    top: u64,
+    /// Publications past a gap, waiting for the fill.
+    pending: BTreeMap<u64, Item>,
+    filling: bool,
+    joiners: Vec<Joiner>,
+}
+
+pub struct RedisHistory {
+    pub cfg: HistoryConfig,
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    store: Store,
+    stats: Arc<Stats>,
+    log: Logger,
+    server_id: String,
+    feeds: Mutex<HashMap<Arc<str>, Arc<Mutex<Feed>>>>,
+    next_token: std::sync::atomic::AtomicU64,
+}
+
+/// A join's read of a room's history.
+struct Read {
+    epoch: String,
+    top: u64,
+    recovered: bool,
+    entries: Vec<String>,
+}
+
+fn parse_read(v: redis::Value) -> Option<Read> {
+    let redis::Value::Array(parts) = v else {
+        return None;
+    };
+    let mut it = parts.into_iter();
+    let epoch = store::text(it.next()?)?;
+    let top = u64::try_from(store::integer(&it.next()?)?).ok()?;
+    let recovered = store::integer(&it.next()?)? == 1;
+    Some(Read {
+        epoch,
+        top,
+        recovered,
+        entries: it.filter_map(store::text).collect(),
+    })
+}
+
+impl RedisHistory {
+    pub fn new(
+        cfg: HistoryConfig,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        store: Store,
+        stats: Arc<Stats>,
+        log: Logger,
+        server_id: String,
+    ) -> RedisHistory {
+        RedisHistory {
+            cfg,
+            hub,
+            broker,
+            store,
+            stats,
+            log,
+            server_id,
+            feeds: Mutex::new(HashMap::new()),
+            next_token: Default::default(),
+        }
+    }
+
+    pub fn applies(&self, room: &str) -> bool {
+        self.cfg.rooms.applies(room)
+    }
+
+    /// Queues a publication to a history room: Redis positions it and
+    /// publishes it to every instance, this one included.
+    pub fn publish(&self, room: &str, frame_json: &str, exclude: &[String]) {
+        let head = envelope::room_head(&self.server_id, room, frame_json, exclude);
+        self.broker
+            .eval(append_call(&self.cfg, room, head, self.broker.sharded()));
+    }
+
+    fn feed(&self, room: &str) -> Arc<Mutex<Feed>> {
+        self.feeds
+            .lock()
+            .entry(Arc::from(room))
+            .or_default()
+            .clone()
+    }
+
+    /// A positioned envelope from the bus.
+    pub fn deliver(
+        self: &Arc<Self>,
+        room: &str,
+        env: &envelope::Incoming<'_>,
+        offset: u64,
+        epoch: &str,
+    ) {
+        let feed = self.feed(room);
+        let item = Item::of(room, env, offset, epoch);
+        let mut f = feed.lock();
+        self.accept(room, &feed, &mut f, item);
+    }
+
+    fn accept(self: &Arc<Self>, room: &str, feed: &Arc<Mutex<Feed>>, f: &mut Feed, item: Item) {
+        if f.epoch.as_deref() != Some(&*item.epoch) {
+            // First publication seen here, or the room's history was lost
+            // (expired, flushed) and offsets restarted.
+            f.epoch = Some(item.epoch.clone());
+            f.top = item.offset.saturating_sub(1);
+            f.pending.clear();
+        }
+        if item.offset <= f.top {
+            return;
+        }
+        if item.offset == f.top + 1 {
+            self.emit(room, f, item);
+            self.drain(room, f);
+            return;
+        }
+        f.pending.insert(item.offset, item);
+        if f.pending.len() > PENDING_MAX {
+            self.skip_gap(room, f, "too many publications past a gap");
+        }
+        if !f.filling {
+            f.filling = true;
+            let (this, room, feed) = (self.clone(), Arc::<str>::from(room), feed.clone());
+            tokio::spawn(async move { this.fill(room, feed).await });
+        }
+    }
+
+    /// Delivers the publications that became next in order.
+    fn drain(&self, room: &str, f: &mut Feed) {
+        while let Some(entry) = f.pending.first_entry() {
+            if *entry.key() > f.top + 1 {
+                break;
+            }
+            let item = entry.remove();
+            if item.offset == f.top + 1 {
+                self.emit(room, f, item);
+            }
+        }
+    }
+
+    fn emit(&self, room: &str, f: &mut Feed, item: Item) {
+        f.top = item.offset;
+        if f.joiners.is_empty() {
+            self.hub.send_to_room(room, &item.frame, &item.exclude);
+            return;
+        }
+        let mut exclude: Vec<String> = item.exclude.to_vec();
+        exclude.extend(f.joiners.iter().map(|j| j.id.to_string()));
+        self.hub.send_to_room(room, &item.frame, &exclude);
+        for j in f.joiners.iter_mut().filter(|j| !item.excludes(&j.id)) {
+            j.held.push(item.clone());
+        }
+    }
+
+    /// Gives up the publications missing before the first pending one.
+    fn skip_gap(&self, room: &str, f: &mut Feed, why: &str) {
+        let Some(&first) = f.pending.keys().next() else {
+            return;
+        };
+        if first > f.top + 1 {
+            let lost = first - f.top - 1;
+            self.stats
+                .history_skipped
+                .fetch_add(lost, Ordering::Relaxed);
+            self.log.error(
+                "History publications could not be delivered here",
+                &[
+                    ("room", &room),
+                    ("from", &(f.top + 1)),
+                    ("missing", &lost),
+                    ("reason", &why),
+                ],
+            );
+            f.top = first - 1;
+        }
+        self.drain(room, f);
+    }
+
+    /// Reads from the room's stream everything after what this instance
+    /// delivered, and delivers it (a gap, or a catch-up after the bus was
+    /// lost).
+    async fn fill(self: Arc<Self>, room: Arc<str>, feed: Arc<Mutex<Feed>>) {
+        let key = log_key(&room);
+        let mut tries = 0;
+        loop {
+            let from = feed.lock().top + 1;
+            match self.store.xrange(&key, from, None).await {
+                Ok(v) => {
+                    let mut f = feed.lock();
+                    for text in store::stream_values(v) {
+                        match Item::parse(&room, &text) {
+                            Some(item) if f.epoch.as_deref() == Some(&*item.epoch) => {
+                                self.accept(&room, &feed, &mut f, item)
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.skip_gap(&room, &mut f, "no longer in the history");
+                    f.filling = false;
+                    return;
+                }
+                Err(e) => {
+                    bump(&self.stats.store_errors);
+                    tries += 1;
+                    if tries >= FILL_TRIES {
+                        let mut f = feed.lock();
+                        self.skip_gap(&room, &mut f, &format!("Redis: {e}"));
+                        f.filling = false;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200) * tries).await;
+                }
+            }
+        }
+    }
+
+    /// The bus was lost and is back: every hosted room may have missed
+    /// publications; read them from the streams.
+    pub fn catch_up(self: &Arc<Self>) {
+        let feeds: Vec<(Arc<str>, Arc<Mutex<Feed>>)> = self
+            .feeds
+            .lock()
+            .iter()
+            .map(|(r, f)| (r.clone(), f.clone()))
+            .collect();
+        for (room, feed) in feeds {
+            let mut f = feed.lock();
+            if f.epoch.is_none() || f.filling {
+                continue;
+            }
+            f.filling = true;
+            drop(f);
+            tokio::spawn(self.clone().fill(room, feed));
+        }
+    }
+
+    /// Joins `client` to a history room and queues, in order, what it
+    /// missed since `recover` (when Redis still holds it), the publications
+    /// made meanwhile, then `joined`.
+    pub async fn join(
+        self: Arc<Self>,
+        client: Arc<Client>,
+        room: String,
+        recover: Option<Recover>,
+    ) {
+        let feed = self.feed(&room);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut f = feed.lock();
+            if f.joiners.is_empty() && !self.hub.has_room(&room) {
+                // Nobody here followed the room: where it stands is read
+                // below, not assumed from an earlier stay.
+                f.epoch = None;
+                f.top = 0;
+                f.pending.clear();
+            }
+            if !self.hub.join(&client.id, &[room.as_str()]) {
+                return;
+            }
+            f.joiners.push(Joiner {
+                token,
+                id: client.id.clone(),
+                held: Vec::new(),
+            });
+        }
+        let channel = envelope::channel(Kind::Room, Some(&room));
+        if !self.broker.subscribed(&channel, SUBSCRIBE_WAIT).await {
+            self.log.warn(
+                "History join: room subscription not confirmed in time; reading the history anyway",
+                &[("room", &room), ("id", &client.id)],
+            );
+        }
+        let (want_epoch, from) = match &recover {
+            Some(Recover::From { offset, epoch }) => (epoch.clone(), *offset),
+            _ => (String::new(), 0),
+        };
+        let call = ScriptCall {
+            script: &scripts().read,
+            keys: vec![meta_key(&room), log_key(&room)],
+            args: vec![
+                history::new_epoch(),
+                ttl_ms(&self.cfg).to_string(),
+                want_epoch,
+                from.to_string(),
+            ],
+        };
+        let read = self.store.run(&call).await;
+        let mut f = feed.lock();
+        let Some(at) = f.joiners.iter().position(|j| j.token == token) else {
+            return;
+        };
+        let held = f.joiners.swap_remove(at).held;
+        if !client.details.lock().rooms.contains(room.as_str()) {
+            return; // left (or gone) meanwhile
+        }
+        let asked = recover.is_some();
+        let read = match read {
+            Ok(v) => parse_read(v).ok_or_else(|| "unexpected answer".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let id = &*client.id;
+        let (mut top, mut epoch, recovered) = match read {
+            Ok(r) => {
+                if f.epoch.is_none() {
+                    f.epoch = Some(Arc::from(r.epoch.as_str()));
+                    f.top = r.top;
+                }
+                let recovered = r.recovered && matches!(recover, Some(Recover::From { .. }));
+                if recovered {
+                    for item in r.entries.iter().filter_map(|t| Item::parse(&room, t)) {
+                        if !item.excludes(id) {
+                            client.offer_replay(&item.frame);
+                        }
+                    }
+                }
+                (r.top, Arc::<str>::from(r.epoch), recovered)
+            }
+            Err(e) => {
+                bump(&self.stats.store_errors);
+                self.log.error(
+                    "History join: cannot read the room's history from Redis",
+                    &[("room", &room), ("id", &id), ("error", &e)],
+                );
+                (
+                    f.top,
+                    f.epoch.clone().unwrap_or_else(|| Arc::from("")),
+                    false,
+                )
+            }
+        };
+        for item in held {
+            if item.epoch == epoch && item.offset <= top {
+                continue; // in the replay, or before the position given
+            }
+            top = item.offset;
+            epoch = item.epoch.clone();
+            client.offer_replay(&item.frame);
+        }
+        client.offer_replay(&history::joined_frame(
+            &room,
+            top,
+            &epoch,
+            asked.then_some(recovered),
+        ));
+    }
+
+    /// Forgets the feeds of rooms nobody here follows any more.
+    pub fn sweep(&self) {
+        self.feeds.lock().retain(|room, feed| {
+            Arc::strong_count(feed) > 1 || self.hub.has_room(room) || {
+                let f = feed.lock();
+                f.filling || !f.joiners.is_empty()
+            }
+        });
+    }
+}
