@@ -226,6 +226,36 @@ describe('history in Redis', { skip: noRedis }, () => {
     assert.deepEqual(r.data, oneToN(r.total));
   });
 
+  test('a member that stays while its instance loses the bus gets what was published meanwhile, once, in order', async () => {
+    const a = await instance();
+    const room = freshRoom();
+    const { c } = await member(a.url, room);
+    // The emitter has no subscriber: it goes on publishing while the
+    // instances resubscribe.
+    const emitter = new lib.WebSocketEmitter({ redis: redis.url, history: true });
+    await emitter.configure();
+    let n = 0;
+    const next = () => emitter.toRoom({ room, event: 'm', data: ++n });
+    const pub = publisher(next);
+    await until(() => received(c).length >= 20, 3000, 'live');
+    // Drops every subscriber connection (Pub/Sub keeps nothing for them,
+    // so only the room's stream can give a back what it missed), with a
+    // burst of publications while a reconnects.
+    const burst = Promise.all(Array.from({ length: 2000 }, next));
+    await sleep(20);
+    redis.cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    await burst;
+    await until(() => a.ws.stats().busReconnects >= 1, 5000, 'a resubscribed');
+    await sleep(300);
+    pub.stop();
+    await until(() => received(c).some(m => m.data === n), 5000, 'the last publication');
+    await sleep(100);
+    assert.deepEqual(received(c).map(m => m.offset), oneToN(n), 'every offset once, in order');
+    assert.equal(a.ws.stats().historySkipped, 0);
+    await emitter.shutdown();
+    c.close();
+  });
+
   test('the SDK client rejoins with recover after a reconnection and delivers the missed publications to its listeners', async () => {
     const { WebSocketClient } = await import('../dist/client.js');
     const a = await instance();
