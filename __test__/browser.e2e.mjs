@@ -43,18 +43,20 @@ async function joinAs(page, base, name, room = 'lobby') {
 }
 
 describe('demo in Chromium', { skip: noChromium }, () => {
-  test('two pages join a room, see each other online and exchange messages', async () => {
-    const demo = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent' });
-    cleanups.push(() => demo.stop());
-    const base = `http://127.0.0.1:${demo.port}/`;
+  /**
+   * Two pages chat; one goes offline while the other writes, and when it is
+   * back it shows what it missed, marked recovered. The online lists come
+   * from getPresence.
+   */
+  async function chatAndRecover(adaBase, bobBase, room, instances) {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 640 } });
     const ada = await ctx.newPage();
     const bob = await ctx.newPage();
-    await joinAs(ada, base, 'ada');
-    await joinAs(bob, base, 'bob');
+    await joinAs(ada, adaBase, 'ada', room);
+    await joinAs(bob, bobBase, 'bob', room);
     for (const p of [ada, bob]) {
-      await p.waitForSelector('#online li[data-name="ada"]');
-      await p.waitForSelector('#online li[data-name="bob"]');
+      await p.waitForSelector(`#online li[data-name="ada"]:has-text("${instances[0]}")`);
+      await p.waitForSelector(`#online li[data-name="bob"]:has-text("${instances[1]}")`);
     }
     await ada.fill('#text', 'hello bob');
     await ada.press('#text', 'Enter');
@@ -63,33 +65,50 @@ describe('demo in Chromium', { skip: noChromium }, () => {
     await bob.press('#text', 'Enter');
     await ada.waitForSelector('#messages li:has-text("hi ada")');
     assert.match(await ada.textContent('#status'), /connected as ada to instance 1/);
+
+    await ada.click('#offline');
+    await ada.waitForSelector('#status:has-text("offline")');
+    await bob.waitForSelector('#online li[data-name="ada"]', { state: 'detached' });
+    for (const text of ['while you were away 1', 'while you were away 2', 'while you were away 3']) {
+      await bob.fill('#text', text);
+      await bob.press('#text', 'Enter');
+      await bob.waitForSelector(`#messages li:has-text("${text}")`);
+    }
+    await ada.waitForTimeout(500);
+    assert.equal(await ada.locator('#messages li:has-text("while you were away")').count(), 0, 'nothing while offline');
+    await ada.click('#offline');
+    await ada.waitForSelector('#messages li.system:has-text("Back online: 3 missed messages recovered")');
+    const recovered = await ada.locator('#messages li.recovered').allTextContents();
+    assert.equal(recovered.length, 3);
+    assert.ok(recovered.every((t, i) => t.includes(`while you were away ${i + 1}`)), recovered.join(' | '));
+    assert.equal(await ada.locator('#messages li:has-text("hi ada")').count(), 1, 'nothing twice');
+    await bob.waitForSelector('#online li[data-name="ada"]');
     // The README's picture is refreshed only on request, so a test run leaves
     // the working tree as it found it.
     if (process.env.UPDATE_DOCS_SCREENSHOT) await ada.screenshot({ path: path.join(here, '..', 'docs', 'demo.png') });
     await bob.close();
     await ada.waitForSelector('#messages li:has-text("bob left")');
+    await ada.waitForSelector('#online li[data-name="bob"]', { state: 'detached' });
     await ctx.close();
+  }
+
+  test('two pages chat, see each other online; a page back from offline shows what it missed, marked recovered', async () => {
+    const demo = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent' });
+    cleanups.push(() => demo.stop());
+    const base = `http://127.0.0.1:${demo.port}/`;
+    await chatAndRecover(base, base, 'lobby', ['instance 1', 'instance 1']);
   });
 
-  test('two instances on Redis: each page shows which instance every user is on, messages cross', { skip: noRedis }, async () => {
+  test('two instances on Redis: online lists show every instance, messages cross, a page recovers what was sent on the other instance', { skip: noRedis }, async () => {
     const redis = await startRedis();
     cleanups.push(() => redis.stop());
     const one = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent', redis: redis.url });
     const two = await startInstance(1, 0, { host: '127.0.0.1', logLevel: 'silent', redis: redis.url });
     cleanups.push(() => one.stop(), () => two.stop());
-    const ctx = await browser.newContext();
-    const ada = await ctx.newPage();
-    const bob = await ctx.newPage();
-    await joinAs(ada, `http://127.0.0.1:${one.port}/`, 'ada', 'ops');
-    await joinAs(bob, `http://127.0.0.1:${two.port}/`, 'bob', 'ops');
-    for (const p of [ada, bob]) {
-      await p.waitForSelector(`#online li[data-name="ada"]:has-text("instance 1 (:${one.port})")`);
-      await p.waitForSelector(`#online li[data-name="bob"]:has-text("instance 2 (:${two.port})")`);
-    }
-    await bob.fill('#text', 'from the other instance');
-    await bob.press('#text', 'Enter');
-    await ada.waitForSelector('#messages li:has-text("from the other instance")');
-    await ctx.close();
+    await chatAndRecover(`http://127.0.0.1:${one.port}/`, `http://127.0.0.1:${two.port}/`, 'ops', [
+      `instance 1 (:${one.port})`,
+      `instance 2 (:${two.port})`,
+    ]);
   });
 
   test('an encrypted session decrypts in the page (ECDH P-256 / HKDF / AES-256-GCM)', async () => {

@@ -1,4 +1,5 @@
-// Demo: chat rooms with presence, served with the client SDK.
+// Demo: chat rooms with history (recovery after a disconnection) and
+// presence, served with the client SDK.
 //
 //   npm run demo                                  one instance on PORT (default 3000), no Redis
 //   REDIS_URL=redis://… npm run demo -- --instances 2   two instances (PORT, PORT+1) sharing Redis
@@ -32,7 +33,6 @@ const files = {
 
 export async function startInstance(index, port, opts = {}) {
   const bus = opts.redis ?? redis;
-  const members = new Map(); // clientId -> { name, rooms }
   let label = `instance ${index + 1}`;
   const ws = new WebSocketServer({
     identifier: `demo-${index + 1}`,
@@ -40,46 +40,33 @@ export async function startInstance(index, port, opts = {}) {
     logLevel: opts.logLevel ?? 'warn',
     heartbeatInterval: 10_000,
     heartbeatTimeout: 35_000,
+    // Every room keeps its last 200 messages: a page that was offline gets
+    // what it missed when it is back (on any instance, with Redis).
+    history: { size: 200 },
+    // The online list: getPresence, and join/leave events to the room.
+    presence: { events: true },
+    // `client.request('who')` gets the message handler's return value.
+    acks: true,
     authenticateFn: ({ name }) => {
       const n = typeof name === 'string' ? name.trim().slice(0, 24) : '';
-      return n ? { userId: n, metadata: { name: n } } : null;
+      return n ? { userId: n, metadata: { name: n, instance: label } } : null;
     },
-    clientConnectedFn: ({ clientId, userId }) => {
-      members.set(clientId, { name: userId, rooms: new Set() });
+    clientConnectedFn: ({ clientId }) => {
       ws.sendToClient({ clientId, event: 'instance', data: { label } });
     },
-    validateRoomFn: ({ clientId, rooms }) => {
-      const ok = rooms.filter(r => ROOM.test(r));
-      for (const r of ok) members.get(clientId)?.rooms.add(r);
-      return ok;
-    },
-    clientDisconnectedFn: ({ clientId }) => {
-      const m = members.get(clientId);
-      members.delete(clientId);
-      for (const room of m?.rooms ?? []) {
-        ws.send({ destination: room, payload: { topic: 'presence', data: { room, clientId, name: m.name, instance: label, state: 'left' } } });
-      }
-    },
+    validateRoomFn: ({ rooms }) => rooms.filter(r => ROOM.test(r)),
     messageHandler: ({ clientId, userId, message }) => {
       const { event, data } = message;
       const room = data?.room;
-      const member = members.get(clientId);
-      if (typeof room !== 'string' || !ROOM.test(room) || !member) return;
-      // A join is validated asynchronously; a presence announcement may
-      // overtake it, so it records the room itself.
-      if (event === 'here') member.rooms.add(room);
-      if (!member.rooms.has(room)) return;
+      if (typeof room !== 'string' || !ws.getClients({ id: clientId })?.rooms.has(room)) return undefined;
+      if (event === 'who') return ws.getPresence({ room });
       if (event === 'chat' && typeof data.text === 'string' && data.text.trim()) {
         ws.send({
           destination: room,
           payload: { topic: 'chat', data: { room, from: userId, instance: label, text: data.text.slice(0, 500), at: Date.now() } },
         });
-      } else if (event === 'here') {
-        // Announce to the room; everyone already there answers the newcomer directly.
-        ws.send({ destination: room, payload: { topic: 'presence', data: { room, clientId, name: userId, instance: label, state: 'here' } } });
-      } else if (event === 'here-too' && typeof data.to === 'string') {
-        ws.send({ destination: data.to, payload: { topic: 'presence', data: { room, clientId, name: userId, instance: label, state: 'here' } } });
       }
+      return undefined;
     },
   });
   const server = http.createServer((req, res) => {
