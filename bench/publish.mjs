@@ -3,13 +3,13 @@
 // plain PUBLISH for the hand-written relays, @socket.io/redis-emitter for
 // Socket.IO. Every message carries `t` (ms since the epoch) for latency.
 //
-//   node bench/publish.mjs --kind ignis|raw|socketio --redis URL --count N [--rate R] [--room bench] [--size 100]
+//   node bench/publish.mjs --kind ignis|raw|socketio --redis URL --count N [--rate R] [--room bench] [--size 100] [--history 1]
 // --rate 0 (default) publishes as fast as Redis takes it. Prints one JSON line.
 import { createRequire } from 'node:module';
 import Redis from 'ioredis';
 
 const require = createRequire(import.meta.url);
-const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100 };
+const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100, history: 0 };
 for (let i = 2; i < process.argv.length; i += 2) {
   const k = process.argv[i].replace(/^--/, '');
   opt[k] = typeof opt[k] === 'number' ? Number(process.argv[i + 1]) : process.argv[i + 1];
@@ -20,7 +20,8 @@ const now = () => performance.timeOrigin + performance.now();
 let publish, close;
 if (opt.kind === 'ignis') {
   const { WebSocketEmitter } = require('../dist/index.js');
-  const emitter = new WebSocketEmitter({ identifier: 'bench-emitter', redis: opt.redis });
+  // --history 1: through the rooms' history, as the servers of (h) keep it.
+  const emitter = new WebSocketEmitter({ identifier: 'bench-emitter', redis: opt.redis, history: opt.history > 0 });
   await emitter.configure();
   publish = data => emitter.toRoom({ room: opt.room, event: opt.event, data });
   close = () => emitter.shutdown();

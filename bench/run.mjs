@@ -23,7 +23,7 @@ const node = process.execPath;
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
-const ONLY = (process.env.BENCH_ONLY ?? 'a,b,c,d,e').split(',');
+const ONLY = (process.env.BENCH_ONLY ?? 'a,b,h,c,d,e').split(',');
 const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
 
 export const CONTENDERS = [
@@ -45,10 +45,10 @@ function procStat(pid) {
 const cpuOf = pid => procStat(pid).cpu;
 const rssOf = pid => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) * 1024;
 
-async function startServer(c, redis) {
+async function startServer(c, redis, env = {}) {
   const child = spawn(c.cmd, [path.join(here, 'servers', c.script)], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, REDIS_URL: redis.url },
+    env: { ...process.env, REDIS_URL: redis.url, ...env },
   });
   let out = '';
   let err = '';
@@ -117,8 +117,8 @@ function publish(c, redis, args) {
 
 const proto = c => ['--proto', c.proto ?? 'ignis'];
 
-async function withServer(c, redis, fn) {
-  const s = await startServer(c, redis);
+async function withServer(c, redis, fn, env) {
+  const s = await startServer(c, redis, env);
   try {
     return await fn(s);
   } finally {
@@ -157,15 +157,18 @@ export const SCENARIOS = {
   },
   b: {
     title: '(b) fan-out burst: 1000 clients in one room, 2000 messages published through Redis',
-    async run(c, redis) {
-      return withServer(c, redis, async s => {
+    async run(c, redis, history = false) {
+      return withServer(
+        c,
+        redis,
+        async s => {
         let started;
         let cpu0;
         const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60'], {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
             started = performance.now();
-            publish(c, redis, ['--count', '2000', '--rate', '0']).catch(() => {});
+            publish(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : [])]).catch(() => {});
           },
         });
         const r = await result;
@@ -176,7 +179,16 @@ export const SCENARIOS = {
           server_cpu_s: cpuOf(s.pid) - cpu0,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      });
+        },
+        history ? { BENCH_HISTORY: '1' } : {},
+      );
+    },
+  },
+  h: {
+    title: '(h) the burst of (b) with history on: each publication positioned and kept in Redis (the original has no history and runs (b) as is)',
+    contenders: ['original', 'native-node', 'native-bun'],
+    async run(c, redis) {
+      return SCENARIOS.b.run(c, redis, c.id !== 'original');
     },
   },
   c: {
@@ -287,6 +299,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
         const sc = SCENARIOS[key];
         runs[key] ??= {};
         for (const c of CONTENDERS) {
+          if (sc.contenders && !sc.contenders.includes(c.id)) continue;
           let r;
           try {
             r = await sc.run(c, redis);

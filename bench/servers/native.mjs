@@ -14,6 +14,8 @@ const ws = new WebSocketServer({
   // scenario (d) sends more than the default 1000 frames/s per client.
   limits: { maxFramesPerSecond: 0 },
   redis: process.env.REDIS_URL ? { url: process.env.REDIS_URL } : undefined,
+  // Scenario (h): every room keeps history (in Redis with the bus).
+  history: process.env.BENCH_HISTORY ? { size: 100 } : undefined,
   authenticateFn: d => (d.token ? { userId: d.userId ?? 'u-' + d.token } : null),
   validateRoomFn: ({ rooms }) => rooms,
   messageHandler: ({ clientId, message }) => {
