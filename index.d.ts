@@ -14,7 +14,9 @@ export declare class NativeEmitter {
   configure(): Promise<void>
   /**
    * Publishes `{serverId:"emitter", type, target, event, data, exclude}`
-   * on the envelope's channel; resolves once Redis accepted it.
+   * on the envelope's channel (a history room's through its history);
+   * resolves once Redis accepted it. The request is queued here, on the
+   * caller's thread, so publications keep the order of the calls.
    */
   publish(kind: string, target: string | undefined | null, event: string, dataJson?: string | undefined | null, exclude?: Array<string> | undefined | null): Promise<void>
   shutdown(): Promise<void>

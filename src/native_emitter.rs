@@ -1,14 +1,16 @@
 //! `NativeEmitter`: the Redis publisher behind `WebSocketEmitter`.
 
-use crate::core::broker::redis::{Endpoint, Outgoing, RedisEmitter};
+use crate::core::broker::emitter::RedisEmitter;
+use crate::core::broker::redis::{Endpoint, Outgoing};
 use crate::core::envelope::{self, Kind, EMITTER_SERVER_ID};
 use crate::core::history::{HistoryConfig, RoomSelection};
 use crate::core::history_redis;
 use crate::native_server::{to_redis_config, NativeRedisOptions};
-use napi::{Error, Result, Status};
+use napi::bindgen_prelude::PromiseRaw;
+use napi::{Env, Error, Result, Status};
 use napi_derive::napi;
+use parking_lot::Mutex;
 use std::sync::Arc;
-use tokio::sync::RwLock;
 
 /// The servers' `history` option, for `toRoom`.
 #[napi(object)]
@@ -24,7 +26,7 @@ pub struct NativeEmitterHistory {
 pub struct NativeEmitter {
     config: crate::core::broker::redis::RedisConfig,
     history: Option<HistoryConfig>,
-    inner: Arc<RwLock<Option<Arc<RedisEmitter>>>>,
+    inner: Mutex<Option<Arc<RedisEmitter>>>,
 }
 
 #[napi]
@@ -41,7 +43,7 @@ impl NativeEmitter {
                     default_rooms: h.default_rooms,
                 },
             }),
-            inner: Arc::new(RwLock::new(None)),
+            inner: Mutex::new(None),
         })
     }
 
@@ -50,32 +52,35 @@ impl NativeEmitter {
         let e = RedisEmitter::connect(self.config.clone())
             .await
             .map_err(|e| Error::new(Status::GenericFailure, e))?;
-        *self.inner.write().await = Some(Arc::new(e));
+        *self.inner.lock() = Some(Arc::new(e));
         Ok(())
     }
 
     /// Publishes `{serverId:"emitter", type, target, event, data, exclude}`
-    /// on the envelope's channel; resolves once Redis accepted it.
-    #[napi]
-    pub async fn publish(
+    /// on the envelope's channel (a history room's through its history);
+    /// resolves once Redis accepted it. The request is queued here, on the
+    /// caller's thread, so publications keep the order of the calls.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn publish<'env>(
         &self,
+        env: &'env Env,
         kind: String,
         target: Option<String>,
         event: String,
         data_json: Option<String>,
         exclude: Option<Vec<String>>,
-    ) -> Result<()> {
+    ) -> Result<PromiseRaw<'env, ()>> {
         let kind = Kind::parse(&kind).ok_or_else(|| {
             Error::new(Status::InvalidArg, format!("unknown message type {kind:?}"))
         })?;
-        let emitter = self.inner.read().await.clone().ok_or_else(|| {
+        let emitter = self.inner.lock().clone().ok_or_else(|| {
             Error::new(
                 Status::GenericFailure,
                 "WebSocketEmitter: call configure() before publishing",
             )
         })?;
-        if let (Kind::Room, Some(room), Some(h)) = (kind, target.as_deref(), &self.history) {
-            if h.rooms.applies(room) {
+        let item = match (kind, target.as_deref(), &self.history) {
+            (Kind::Room, Some(room), Some(h)) if h.rooms.applies(room) => {
                 let frame = crate::core::protocol::encode_frame(&event, data_json.as_deref());
                 let head = envelope::room_head(
                     EMITTER_SERVER_ID,
@@ -87,30 +92,31 @@ impl NativeEmitter {
                     self.config.endpoint,
                     Endpoint::Cluster { sharded: true, .. }
                 );
-                let call = history_redis::append_call(h, room, head, sharded);
-                return emitter
-                    .send(Outgoing::Script(call))
-                    .await
-                    .map_err(|e| Error::new(Status::GenericFailure, e));
+                Outgoing::Script(history_redis::append_call(h, room, head, sharded))
             }
-        }
-        let payload = envelope::encode(
-            EMITTER_SERVER_ID,
-            kind,
-            target.as_deref(),
-            &event,
-            data_json.as_deref(),
-            exclude.as_deref(),
-        );
-        emitter
-            .publish(envelope::channel(kind, target.as_deref()), payload)
-            .await
-            .map_err(|e| Error::new(Status::GenericFailure, e))
+            _ => Outgoing::Publish(
+                envelope::channel(kind, target.as_deref()),
+                envelope::encode(
+                    EMITTER_SERVER_ID,
+                    kind,
+                    target.as_deref(),
+                    &event,
+                    data_json.as_deref(),
+                    exclude.as_deref(),
+                ),
+            ),
+        };
+        let sent = emitter.send(item);
+        env.spawn_future(async move {
+            sent.await
+                .map_err(|e| Error::new(Status::GenericFailure, e))
+        })
     }
 
     #[napi]
     pub async fn shutdown(&self) -> Result<()> {
-        if let Some(e) = self.inner.write().await.take() {
+        let emitter = self.inner.lock().take();
+        if let Some(e) = emitter {
             e.close().await;
         }
         Ok(())

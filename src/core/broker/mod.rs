@@ -6,6 +6,7 @@
 //! Two implementations: [`LocalBroker`] (no Redis: one instance, nothing to
 //! deliver elsewhere) and [`redis::RedisBroker`] (standalone or cluster).
 
+pub mod emitter;
 pub mod keys;
 pub mod redis;
 pub mod router;

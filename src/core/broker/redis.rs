@@ -111,13 +111,13 @@ pub enum Outgoing {
 
 /// The two connection flavours behind one small surface.
 #[derive(Clone)]
-enum Publisher {
+pub(super) enum Publisher {
     Standalone(MultiplexedConnection),
     Cluster(ClusterConnection, bool),
 }
 
 impl Publisher {
-    async fn publish_batch(&mut self, batch: &[Outgoing]) -> RedisResult<()> {
+    pub(super) async fn publish_batch(&mut self, batch: &[Outgoing]) -> RedisResult<()> {
         match self {
             Publisher::Standalone(c) => {
                 let mut p = redis::pipe();
@@ -230,7 +230,7 @@ fn standalone_client(url: &str, tls: Option<&TlsSettings>) -> RedisResult<redis:
     }
 }
 
-async fn standalone_publisher(
+pub(super) async fn standalone_publisher(
     url: &str,
     tls: Option<&TlsSettings>,
     timeout: Duration,
@@ -274,7 +274,7 @@ async fn standalone_subscriber(
     }
 }
 
-fn cluster_builder(nodes: &[String], tls: Option<&TlsSettings>) -> ClusterClientBuilder {
+pub(super) fn cluster_builder(nodes: &[String], tls: Option<&TlsSettings>) -> ClusterClientBuilder {
     let mut b = ClusterClientBuilder::new(nodes.to_vec());
     if let Some(tls) = tls {
         if let Some(certs) = tls.certificates() {
@@ -885,91 +885,6 @@ async fn cluster_subscribe_loop(
             }
             _ = inner.close_notify.notified() => return,
         }
-    }
-}
-
-/// A publisher only, for `WebSocketEmitter`: every publication is awaited
-/// and either reaches Redis or fails with an error naming the address.
-pub struct RedisEmitter {
-    cfg: RedisConfig,
-    cluster_client: Option<redis::cluster::ClusterClient>,
-    conn: tokio::sync::Mutex<Option<Publisher>>,
-}
-
-impl RedisEmitter {
-    pub async fn connect(cfg: RedisConfig) -> Result<RedisEmitter, String> {
-        let mut e = RedisEmitter {
-            cfg,
-            cluster_client: None,
-            conn: tokio::sync::Mutex::new(None),
-        };
-        if let Endpoint::Cluster { nodes, .. } = &e.cfg.endpoint {
-            e.cluster_client = Some(
-                cluster_builder(nodes, e.cfg.tls.as_ref())
-                    .connection_timeout(e.cfg.connect_timeout)
-                    .response_timeout(Duration::from_secs(5))
-                    .build()
-                    .map_err(|err| e.error(&err.to_string()))?,
-            );
-        }
-        let c = e.open().await?;
-        *e.conn.lock().await = Some(c);
-        Ok(e)
-    }
-
-    fn error(&self, why: &str) -> String {
-        format!("Redis at {} unavailable: {why}", self.cfg.display)
-    }
-
-    async fn open(&self) -> Result<Publisher, String> {
-        let t = self.cfg.connect_timeout;
-        let r = match &self.cfg.endpoint {
-            Endpoint::Standalone(url) => {
-                tokio::time::timeout(t, standalone_publisher(url, self.cfg.tls.as_ref(), t))
-                    .await
-                    .map_err(|_| self.error("connection timed out"))?
-                    .map(Publisher::Standalone)
-            }
-            Endpoint::Cluster { sharded, .. } => {
-                let client = self.cluster_client.as_ref().expect("set for clusters");
-                tokio::time::timeout(t, client.get_async_connection())
-                    .await
-                    .map_err(|_| self.error("connection timed out"))?
-                    .map(|c| Publisher::Cluster(c, *sharded))
-            }
-        };
-        r.map_err(|e| self.error(&e.to_string()))
-    }
-
-    /// Publishes one message (see [`RedisEmitter::send`]).
-    pub async fn publish(&self, channel: String, payload: String) -> Result<(), String> {
-        self.send(Outgoing::Publish(channel, payload)).await
-    }
-
-    /// Sends one publication or script call; on a broken connection
-    /// reconnects once and retries before giving up.
-    pub async fn send(&self, item: Outgoing) -> Result<(), String> {
-        let batch = [item];
-        let mut guard = self.conn.lock().await;
-        for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(self.open().await?);
-            }
-            let conn = guard.as_mut().expect("just set");
-            match conn.publish_batch(&batch).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt == 0 => {
-                    let _ = e;
-                    *guard = None;
-                }
-                Err(e) => return Err(self.error(&e.to_string())),
-            }
-        }
-        Err(self.error("publish failed"))
-    }
-
-    pub async fn close(&self) {
-        self.conn.lock().await.take();
     }
 }
 
