@@ -88,3 +88,25 @@ client.emit('chat', { text: 'hi', from: 'me' });
 client.on('chat', m => void m.nope);
 // @ts-expect-error: wrong payload type for `chat`
 client.emit('chat', { text: 1 });
+
+// This project's extensions: history, presence and acks, fleet-wide with Redis.
+import { WebSocketEmitter } from 'ignis-ws-native';
+async function extensions(): Promise<void> {
+  const server = new WebSocketServer<Auth, Meta>({
+    ...options,
+    redis: 'redis://127.0.0.1:6379',
+    acks: true,
+    history: { size: 500, ttl: 60_000, rooms: ['chat-*'] },
+    presence: { rooms: ['chat-*'], events: true, ttl: 15_000 },
+  });
+  const members: Array<{ clientId: string; userId?: string; metadata?: Meta }> = await server.getPresence({ room: 'chat-1' });
+  void members;
+  const emitter = new WebSocketEmitter({ redis: 'redis://127.0.0.1:6379', history: { rooms: ['chat-*'] } });
+  await emitter.toRoom({ room: 'chat-1', event: 'e', data: 1 });
+  // @ts-expect-error: presence.ttl is a number of ms
+  void new WebSocketServer<Auth, Meta>({ ...options, presence: { ttl: '15s' } });
+  const answer: number = await client.request<number>('sum', [1, 2], { timeout: 1000 });
+  client.on('recovered', r => void (r.recovered ? r.room : ''));
+  void answer;
+}
+void extensions;
