@@ -105,8 +105,12 @@ describe('a connection storm', () => {
     figure(`storm of ${n}: p50 ${Math.round(ms[n / 2])} ms, p99 ${Math.round(p99)} ms, max ${Math.round(max)} ms`);
     await until(() => ws.stats().connections === n, 5000, 'every connection registered');
     for (const t of times) t.s.terminate();
-    // A SYN dropped by a full accept queue is retransmitted after 1 s.
-    assert.ok(max < 900, `slowest open took ${Math.round(max)} ms`);
+    // A SYN dropped by a full accept queue is retransmitted after 1 s. With
+    // the old queue of 128 most of the storm waited for that (p99 1.2-1.4 s);
+    // on these shared 2 cores a rare straggler still can.
+    const late = ms.filter(x => x >= 1000).length;
+    assert.ok(p99 < 900, `p99 open took ${Math.round(p99)} ms`);
+    assert.ok(late <= n / 100, `${late} of ${n} opens waited for a SYN retransmit`);
   });
 });
 
