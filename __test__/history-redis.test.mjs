@@ -288,6 +288,48 @@ describe('history in Redis', { skip: noRedis }, () => {
     proxy.close();
   });
 
+  test('clients joining while their instance catches up on missed publications get each one once', async () => {
+    const proxy = await cuttableProxy(redis.port);
+    const a = await instance({ redis: `redis://127.0.0.1:${proxy.port}` });
+    const room = freshRoom();
+    const { c: stayer, joined } = await member(a.url, room);
+    const emitter = new lib.WebSocketEmitter({ redis: redis.url, history: { size: 1000 } });
+    await emitter.configure();
+    let n = 0;
+    const next = () => emitter.toRoom({ room, event: 'm', data: ++n });
+    await Promise.all(Array.from({ length: 20 }, next));
+    await until(() => received(stayer).length === 20, 3000, 'live');
+    // a is cut off while 200 more are published; clients join a as soon
+    // as it takes connections again, while it reads what it missed and
+    // publications go on.
+    proxy.cut(600);
+    await Promise.all(Array.from({ length: 200 }, next));
+    const pub = publisher(next, 5);
+    await sleep(450);
+    const joiners = await Promise.all(
+      Array.from({ length: 8 }, async (_, k) => {
+        const c = await Client.auth(a.url, { token: `j${k}` });
+        c.emit('join', { rooms: [room], recover: { [room]: { offset: 10, epoch: joined.epoch } } });
+        return c;
+      }),
+    );
+    await sleep(800);
+    pub.stop();
+    await until(() => [stayer, ...joiners].every(c => received(c).some(m => m.data === n)), 8000, 'everyone got the last one');
+    await sleep(100);
+    assert.deepEqual(received(stayer).map(m => m.offset), oneToN(n), 'the member that stayed');
+    for (const c of joiners) {
+      const joinedAck = c.frames.find(m => m.event === 'joined');
+      assert.equal(joinedAck?.data.recovered, true);
+      assert.deepEqual(received(c).map(m => m.offset), oneToN(n).slice(10), 'a joiner: from offset 11, once each, in order');
+      c.close();
+    }
+    await emitter.shutdown();
+    stayer.close();
+    await a.ws.shutdown();
+    proxy.close();
+  });
+
   test('the SDK client rejoins with recover after a reconnection and delivers the missed publications to its listeners', async () => {
     const { WebSocketClient } = await import('../dist/client.js');
     const a = await instance();

@@ -26,6 +26,7 @@ pub struct NativeEmitterHistory {
 pub struct NativeEmitter {
     config: crate::core::broker::redis::RedisConfig,
     history: Option<HistoryConfig>,
+    appender: history_redis::Appender,
     inner: Mutex<Option<Arc<RedisEmitter>>>,
 }
 
@@ -44,6 +45,10 @@ impl NativeEmitter {
                 },
             }),
             inner: Mutex::new(None),
+            appender: history_redis::Appender::new(format!(
+                "{EMITTER_SERVER_ID}-{}",
+                uuid::Uuid::new_v4().simple()
+            )),
         })
     }
 
@@ -79,7 +84,7 @@ impl NativeEmitter {
                 "WebSocketEmitter: call configure() before publishing",
             )
         })?;
-        let item = match (kind, target.as_deref(), &self.history) {
+        let sent = match (kind, target.as_deref(), &self.history) {
             (Kind::Room, Some(room), Some(h)) if h.rooms.applies(room) => {
                 let frame = crate::core::protocol::encode_frame(&event, data_json.as_deref());
                 let head = envelope::room_head(
@@ -92,9 +97,11 @@ impl NativeEmitter {
                     self.config.endpoint,
                     Endpoint::Cluster { sharded: true, .. }
                 );
-                Outgoing::Script(history_redis::append_call(h, room, head, sharded))
+                self.appender.append(h, room, head, sharded, |call| {
+                    emitter.send(Outgoing::Script(call))
+                })
             }
-            _ => Outgoing::Publish(
+            _ => emitter.send(Outgoing::Publish(
                 envelope::channel(kind, target.as_deref()),
                 envelope::encode(
                     EMITTER_SERVER_ID,
@@ -104,9 +111,8 @@ impl NativeEmitter {
                     data_json.as_deref(),
                     exclude.as_deref(),
                 ),
-            ),
+            )),
         };
-        let sent = emitter.send(item);
         env.spawn_future(async move {
             sent.await
                 .map_err(|e| Error::new(Status::GenericFailure, e))

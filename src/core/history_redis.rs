@@ -51,9 +51,46 @@ pub fn log_key(room: &str) -> String {
     room_key("ws:history", room, "log")
 }
 
-/// The script call that appends `head` (an envelope without its closing
-/// brace, see `envelope::room_head`) to a room's history and publishes it.
-pub fn append_call(cfg: &HistoryConfig, room: &str, head: String, sharded: bool) -> ScriptCall {
+/// Numbers a publisher's appends, for the script to recognise one sent
+/// twice (`store::APPEND`).
+pub struct Appender {
+    /// Unique per process: the server's id, or one per emitter.
+    id: String,
+    /// The next number; held while a call is numbered *and* queued, so
+    /// numbers reach Redis in order (a smaller one after a larger would be
+    /// taken for a repeat).
+    next: Mutex<u64>,
+}
+
+impl Appender {
+    pub fn new(id: String) -> Appender {
+        Appender {
+            id,
+            next: Mutex::new(1),
+        }
+    }
+
+    /// Numbers the script call that appends `head` (an envelope without its
+    /// closing brace, see `envelope::room_head`) to a room's history and
+    /// publishes it, and hands it to `queue`.
+    pub fn append<R>(
+        &self,
+        cfg: &HistoryConfig,
+        room: &str,
+        head: String,
+        sharded: bool,
+        queue: impl FnOnce(ScriptCall) -> R,
+    ) -> R {
+        let mut next = self.next.lock();
+        let mut call = append_call(cfg, room, head, sharded);
+        call.args.push(self.id.clone());
+        call.args.push(next.to_string());
+        *next += 1;
+        queue(call)
+    }
+}
+
+fn append_call(cfg: &HistoryConfig, room: &str, head: String, sharded: bool) -> ScriptCall {
     ScriptCall {
         script: &scripts().append,
         keys: vec![meta_key(room), log_key(room)],
@@ -103,11 +140,28 @@ impl Item {
     }
 }
 
+/// A client joining a room, between its join and the moment this
+/// instance's feed has delivered everything the client was given.
 struct Joiner {
     token: u64,
-    id: Arc<str>,
+    client: Arc<Client>,
     /// Live publications kept aside while the replay is read.
     held: Vec<Item>,
+    /// Once the replay is queued: the last position the client was given.
+    /// The read may be ahead of this instance's feed (publications still on
+    /// their way here), so until the feed passes this position the client
+    /// is served here, past it, and not by the room's fan-out.
+    given: Option<(Arc<str>, u64)>,
+}
+
+impl Joiner {
+    /// Whether the room's fan-out can serve it from now on.
+    fn caught_up(&self, f: &Feed) -> bool {
+        match &self.given {
+            None => false,
+            Some((epoch, offset)) => f.epoch.as_ref() != Some(epoch) || f.top >= *offset,
+        }
+    }
 }
 
 /// What this instance delivered of a room, in order.
@@ -132,6 +186,7 @@ pub struct RedisHistory {
     server_id: String,
     feeds: Mutex<HashMap<Arc<str>, Arc<Mutex<Feed>>>>,
     next_token: std::sync::atomic::AtomicU64,
+    appender: Appender,
 }
 
 /// A join's read of a room's history.
@@ -169,6 +224,7 @@ impl RedisHistory {
         server_id: String,
     ) -> RedisHistory {
         RedisHistory {
+            appender: Appender::new(server_id.clone()),
             cfg,
             hub,
             broker,
@@ -189,8 +245,10 @@ impl RedisHistory {
     /// publishes it to every instance, this one included.
     pub fn publish(&self, room: &str, frame_json: &str, exclude: &[String]) {
         let head = envelope::room_head(&self.server_id, room, frame_json, exclude);
-        self.broker
-            .eval(append_call(&self.cfg, room, head, self.broker.sharded()));
+        self.appender
+            .append(&self.cfg, room, head, self.broker.sharded(), |call| {
+                self.broker.eval(call)
+            });
     }
 
     fn feed(&self, room: &str) -> Arc<Mutex<Feed>> {
@@ -262,11 +320,35 @@ impl RedisHistory {
             return;
         }
         let mut exclude: Vec<String> = item.exclude.to_vec();
-        exclude.extend(f.joiners.iter().map(|j| j.id.to_string()));
+        exclude.extend(f.joiners.iter().map(|j| j.client.id.to_string()));
         self.hub.send_to_room(room, &item.frame, &exclude);
-        for j in f.joiners.iter_mut().filter(|j| !item.excludes(&j.id)) {
-            j.held.push(item.clone());
+        for j in f
+            .joiners
+            .iter_mut()
+            .filter(|j| !item.excludes(&j.client.id))
+        {
+            match &j.given {
+                None => j.held.push(item.clone()),
+                Some((epoch, offset)) if *epoch != item.epoch || item.offset > *offset => {
+                    if j.client.details.lock().rooms.contains(room) {
+                        j.client.offer(&item.frame);
+                    }
+                }
+                Some(_) => {} // in its replay already
+            }
         }
+        // Served by the fan-out from now on, or no longer in the room.
+        let f_now = &*f;
+        let done: Vec<u64> = f_now
+            .joiners
+            .iter()
+            .filter(|j| {
+                j.caught_up(f_now)
+                    || (j.given.is_some() && !j.client.details.lock().rooms.contains(room))
+            })
+            .map(|j| j.token)
+            .collect();
+        f.joiners.retain(|j| !done.contains(&j.token));
     }
 
     /// Gives up the publications missing before the first pending one.
@@ -376,8 +458,9 @@ impl RedisHistory {
             }
             f.joiners.push(Joiner {
                 token,
-                id: client.id.clone(),
+                client: client.clone(),
                 held: Vec::new(),
+                given: None,
             });
         }
         let channel = envelope::channel(Kind::Room, Some(&room));
@@ -406,8 +489,9 @@ impl RedisHistory {
         let Some(at) = f.joiners.iter().position(|j| j.token == token) else {
             return;
         };
-        let held = f.joiners.swap_remove(at).held;
+        let held = std::mem::take(&mut f.joiners[at].held);
         if !client.details.lock().rooms.contains(room.as_str()) {
+            f.joiners.swap_remove(at);
             return; // left (or gone) meanwhile
         }
         let asked = recover.is_some();
@@ -459,6 +543,15 @@ impl RedisHistory {
             &epoch,
             asked.then_some(recovered),
         ));
+        let at = f
+            .joiners
+            .iter()
+            .position(|j| j.token == token)
+            .expect("held under this lock");
+        f.joiners[at].given = Some((epoch, top));
+        if f.joiners[at].caught_up(&f) {
+            f.joiners.swap_remove(at);
+        }
     }
 
     /// Forgets the feeds of rooms nobody here follows any more.

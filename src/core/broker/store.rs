@@ -36,11 +36,23 @@ end"#
 /// size), both keys' time to live, then the envelope on the room's channel
 /// (`ARGV[5]`: PUBLISH, SPUBLISH, or empty for none).
 ///
+/// Appends are idempotent: each publisher numbers its publications
+/// (`ARGV[7]`, `ARGV[8]`) and sends them in order, and the meta keeps the
+/// last number applied per publisher, so a call sent again after a
+/// connection failure (it may have run before the reply was lost) is not
+/// appended twice. Returns `{0, epoch}` for such a repeat.
+///
 /// KEYS: meta, log. ARGV: new epoch, size, ttl ms, envelope head, publish
-/// command, channel. Returns `{offset, epoch}`.
+/// command, channel, publisher id, publication number. Returns `{offset,
+/// epoch}`.
 pub const APPEND: &str = concat!(
     room_epoch!(),
     r#"
+local seen = 'p:' .. ARGV[7]
+if tonumber(ARGV[8]) <= tonumber(redis.call('HGET', KEYS[1], seen) or '0') then
+  return {0, epoch}
+end
+redis.call('HSET', KEYS[1], seen, ARGV[8])
 local top = redis.call('HINCRBY', KEYS[1], 't', 1)
 local msg = ARGV[4] .. ',"offset":' .. top .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. top, 'm', msg)
