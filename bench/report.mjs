@@ -54,6 +54,9 @@ const COLUMNS = {
   ],
 };
 
+// The one-core scenarios have the columns of the scenario they pin.
+for (const key of ['b', 'h', 'c', 'd']) COLUMNS[`p${key}`] = COLUMNS[key];
+
 /** The chart: one headline metric per row group. */
 const HEADLINES = [
   ['a', 'rss_per_conn_kib', '(a) memory per connection'],

@@ -37,6 +37,12 @@ export const CONTENDERS = [
 
 // ---- processes -------------------------------------------------------------
 
+// The one-core scenarios (`p…`): the server pinned to CPU 0, the load
+// generator, the publisher and Redis to CPU 1, as a server in a 1-vCPU
+// container with its clients elsewhere.
+let pinned = false;
+const onCpu = (cpu, cmd, args) => (pinned ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args]);
+
 function procStat(pid) {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -46,7 +52,7 @@ const cpuOf = pid => procStat(pid).cpu;
 const rssOf = pid => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) * 1024;
 
 async function startServer(c, redis, env = {}) {
-  const child = spawn(c.cmd, [path.join(here, 'servers', c.script)], {
+  const child = spawn(...onCpu(0, c.cmd, [path.join(here, 'servers', c.script)]), {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, REDIS_URL: redis.url, ...env },
   });
@@ -79,7 +85,7 @@ async function startServer(c, redis, env = {}) {
  */
 function runLoadgen(args, { onReady, onResult, timeoutMs = 120_000 } = {}) {
   return new Promise((resolve, reject) => {
-    const lg = spawn(loadgen, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lg = spawn(...onCpu(1, loadgen, args), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     let ready = false;
@@ -108,7 +114,7 @@ function runLoadgen(args, { onReady, onResult, timeoutMs = 120_000 } = {}) {
 
 function publish(c, redis, args) {
   return new Promise((resolve, reject) => {
-    const p = spawn(node, [path.join(here, 'publish.mjs'), '--kind', c.pub, '--redis', redis.url, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn(...onCpu(1, node, [path.join(here, 'publish.mjs'), '--kind', c.pub, '--redis', redis.url, ...args]), { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout.on('data', d => (out += d));
     p.on('exit', code => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`publisher exited ${code}`))));
@@ -258,6 +264,22 @@ export const SCENARIOS = {
   },
 };
 
+for (const key of ['b', 'h', 'c', 'd']) {
+  const sc = SCENARIOS[key];
+  SCENARIOS[`p${key}`] = {
+    title: `${sc.title.replace(/^\((\w)\)/, '(p$1)')}; server pinned to one core (taskset), load on the other`,
+    contenders: sc.contenders,
+    async run(c, redis) {
+      pinned = true;
+      try {
+        return await sc.run(c, redis);
+      } finally {
+        pinned = false;
+      }
+    },
+  };
+}
+
 // ---- main ------------------------------------------------------------------
 
 function machine() {
@@ -292,6 +314,8 @@ function machine() {
 if (import.meta.url === `file://${process.argv[1]}`) {
   if (!fs.existsSync(loadgen)) throw new Error('build the load generator first: cargo build --release --manifest-path bench/loadgen/Cargo.toml');
   const redis = await startRedis();
+  // With the one-core scenarios, Redis runs beside the load, not the server.
+  if (ONLY.some(k => k.startsWith('p'))) execFileSync('taskset', ['-pc', '1', String(redis.proc.pid)], { stdio: 'ignore' });
   const runs = {}; // runs[scenario][contender] = [result, …]
   try {
     for (let rep = 1; rep <= REPEAT; rep++) {
