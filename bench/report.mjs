@@ -224,7 +224,11 @@ export function render(data) {
   md += `- Machine: ${mc.cpu}, ${mc.memory_gib} GiB, Linux ${mc.kernel}\n`;
   md += `- Runtimes: Node ${mc.node}, Bun ${mc.bun}, ${mc.redis}\n`;
   md += `- Packages: ${Object.entries(mc.packages).map(([k, v]) => `${k} ${v}`).join(', ')}\n`;
-  for (const m of mc.merged ?? []) md += `- Scenario ${m} (all contenders, same repeat count); the rest as above\n`;
+  for (const m of mc.merged ?? []) {
+    const keys = m.split(' ')[0].split(',');
+    const who = [...new Set(keys.flatMap(k => Object.keys(data.runs[k] ?? {})))].join(', ');
+    md += `- Scenario ${m} (${who}; same repeat count); the rest as above\n`;
+  }
   md += '\n';
   md += `![Times better than the original, per scenario](results.svg)\n\n`;
   md += `## Targets\n\n| Target | ours on Node | ours on Bun | |\n|---|---|---|---|\n${targets(m).join('\n')}\n\n`;
