@@ -155,11 +155,14 @@ struct Joiner {
 }
 
 impl Joiner {
-    /// Whether the room's fan-out can serve it from now on.
+    /// Whether the room's fan-out can serve it from now on: the feed has
+    /// delivered, in the same epoch, everything the client was given (an
+    /// unknown epoch, when Redis could not be read, has nothing to wait for).
     fn caught_up(&self, f: &Feed) -> bool {
         match &self.given {
             None => false,
-            Some((epoch, offset)) => f.epoch.as_ref() != Some(epoch) || f.top >= *offset,
+            Some((epoch, _)) if epoch.is_empty() => true,
+            Some((epoch, offset)) => f.epoch.as_ref() == Some(epoch) && f.top >= *offset,
         }
     }
 }
