@@ -18,7 +18,7 @@
 //! while its replay is read, then merged by offset, so it sees each
 //! publication once, in order.
 
-use crate::core::broker::keys::room_key;
+use crate::core::broker::keys::{room_key, room_keys};
 use crate::core::broker::store::{self, scripts, ScriptCall, Store};
 use crate::core::broker::Broker;
 use crate::core::client::Client;
@@ -49,6 +49,11 @@ pub fn meta_key(room: &str) -> String {
 
 pub fn log_key(room: &str) -> String {
     room_key("ws:history", room, "log")
+}
+
+/// KEYS of both history scripts: meta, log.
+fn keys(room: &str) -> Vec<String> {
+    room_keys("ws:history", room, ["meta", "log"]).into()
 }
 
 /// Numbers a publisher's appends, for the script to recognise one sent
@@ -93,7 +98,7 @@ impl Appender {
 fn append_call(cfg: &HistoryConfig, room: &str, head: String, sharded: bool) -> ScriptCall {
     ScriptCall {
         script: &scripts().append,
-        keys: vec![meta_key(room), log_key(room)],
+        keys: keys(room),
         args: vec![
             history::new_epoch(),
             cfg.size.max(1).to_string(),
@@ -479,7 +484,7 @@ impl RedisHistory {
         };
         let call = ScriptCall {
             script: &scripts().read,
-            keys: vec![meta_key(&room), log_key(&room)],
+            keys: keys(&room),
             args: vec![
                 history::new_epoch(),
                 ttl_ms(&self.cfg).to_string(),

@@ -9,7 +9,7 @@
 //! refresh at the latest and are dropped by the next `getPresence`. Times
 //! are Redis's (`TIME`), so clocks of instances do not matter.
 
-use crate::core::broker::keys::room_key;
+use crate::core::broker::keys::room_keys;
 use crate::core::broker::store::{self, scripts, ScriptCall, Store};
 use crate::core::broker::Broker;
 use crate::core::client::Client;
@@ -32,10 +32,7 @@ pub struct RedisPresence {
 }
 
 fn keys(room: &str) -> Vec<String> {
-    vec![
-        room_key("ws:presence", room, "members"),
-        room_key("ws:presence", room, "expiry"),
-    ]
+    room_keys("ws:presence", room, ["members", "expiry"]).into()
 }
 
 /// A member's entry as `getPresence` returns it.

@@ -7,9 +7,7 @@
 //! calls that are not awaited one by one goes out at the speed of Redis,
 //! not one round trip per call, and in order.
 
-use super::redis::{
-    cluster_builder, standalone_publisher, Endpoint, Outgoing, Publisher, RedisConfig,
-};
+use super::redis::{cluster_builder, open_publisher, Endpoint, Outgoing, Publisher, RedisConfig};
 use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -36,23 +34,9 @@ impl Link {
     }
 
     async fn open(&self) -> Result<Publisher, String> {
-        let t = self.cfg.connect_timeout;
-        let r = match &self.cfg.endpoint {
-            Endpoint::Standalone(url) => {
-                tokio::time::timeout(t, standalone_publisher(url, self.cfg.tls.as_ref(), t))
-                    .await
-                    .map_err(|_| self.error("connection timed out"))?
-                    .map(Publisher::Standalone)
-            }
-            Endpoint::Cluster { sharded, .. } => {
-                let client = self.cluster_client.as_ref().expect("set for clusters");
-                tokio::time::timeout(t, client.get_async_connection())
-                    .await
-                    .map_err(|_| self.error("connection timed out"))?
-                    .map(|c| Publisher::Cluster(c, *sharded))
-            }
-        };
-        r.map_err(|e| self.error(&e.to_string()))
+        open_publisher(&self.cfg, self.cluster_client.as_ref())
+            .await
+            .map_err(|e| self.error(&e.to_string()))
     }
 }
 

@@ -68,9 +68,15 @@ fn tags() -> &'static [Box<str>] {
 
 /// `<prefix>:{<tag>}:<room>:<suffix>`, in the slot of `ws:room:<room>`.
 pub fn room_key(prefix: &str, room: &str, suffix: &str) -> String {
+    let [key] = room_keys(prefix, room, [suffix]);
+    key
+}
+
+/// Several keys of one room (the slot is computed once).
+pub fn room_keys<const N: usize>(prefix: &str, room: &str, suffixes: [&str; N]) -> [String; N] {
     let channel = crate::core::envelope::channel(crate::core::envelope::Kind::Room, Some(room));
     let tag = &tags()[usize::from(slot(&channel))];
-    format!("{prefix}:{{{tag}}}:{room}:{suffix}")
+    suffixes.map(|suffix| format!("{prefix}:{{{tag}}}:{room}:{suffix}"))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ impl Publisher {
                             p.publish(ch, msg).ignore();
                         }
                         Outgoing::Script(call) => {
-                            p.invoke_script(&call.invocation()).ignore();
+                            p.add_command(call.evalsha()).ignore();
                         }
                     }
                 }
@@ -158,14 +158,7 @@ impl Publisher {
 /// Loads the scripts a pipeline may call by SHA1: a restarted server
 /// knows none, and a pipeline cannot load one half way.
 async fn load_scripts(c: &mut MultiplexedConnection) -> RedisResult<()> {
-    let s = scripts();
-    for script in [
-        &s.append,
-        &s.read,
-        &s.presence_add,
-        &s.presence_remove,
-        &s.presence_get,
-    ] {
+    for script in scripts().all() {
         script.prepare_invoke().load_async(c).await?;
     }
     Ok(())
@@ -186,18 +179,42 @@ struct Inner {
     stats: Arc<Stats>,
     /// Publications taken from the queue and not yet confirmed.
     in_flight: AtomicU64,
-    subscribed: AtomicU64,
-    /// Channels the server confirmed, for [`Broker::subscribed`].
-    confirmed: Mutex<HashSet<Channel>>,
+    /// The channels the server confirmed on the live connection: what the
+    /// subscriber compares wanted channels with, what `subscribed()` waits
+    /// for, and the count `status()` reports. Changed batch by batch, never
+    /// copied whole.
+    live: Mutex<HashSet<Channel>>,
     confirm_notify: Notify,
     store: Store,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
-    fn confirm(&self, live: &HashSet<Channel>) {
-        *self.confirmed.lock() = live.clone();
+    /// Records what the server confirmed (or, `clear`, that the connection
+    /// holding the subscriptions is gone) and wakes `subscribed()` waiters.
+    fn confirm(&self, clear: bool, add: Vec<Channel>, remove: &[Channel]) {
+        {
+            let mut live = self.live.lock();
+            if clear {
+                live.clear();
+            }
+            for r in remove {
+                live.remove(r);
+            }
+            live.extend(add);
+        }
         self.confirm_notify.notify_waiters();
+    }
+
+    /// The channels to subscribe and unsubscribe for the queued interest
+    /// changes (see `drain_interest`).
+    fn drain(
+        &self,
+        first: Option<(Channel, bool)>,
+        rx: &mut mpsc::UnboundedReceiver<(Channel, bool)>,
+        desired: &mut HashSet<Channel>,
+    ) -> (Vec<Channel>, Vec<Channel>) {
+        drain_interest(first, rx, desired, &self.live.lock())
     }
 }
 
@@ -230,7 +247,7 @@ fn standalone_client(url: &str, tls: Option<&TlsSettings>) -> RedisResult<redis:
     }
 }
 
-pub(super) async fn standalone_publisher(
+async fn standalone_publisher(
     url: &str,
     tls: Option<&TlsSettings>,
     timeout: Duration,
@@ -362,8 +379,7 @@ impl RedisBroker {
             drop_logged: AtomicBool::new(false),
             stats,
             in_flight: AtomicU64::new(0),
-            subscribed: AtomicU64::new(0),
-            confirmed: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashSet::new()),
             confirm_notify: Notify::new(),
             store,
             tasks: Mutex::new(Vec::new()),
@@ -455,7 +471,7 @@ impl Broker for RedisBroker {
                 let notified = inner.confirm_notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if inner.confirmed.lock().contains(&channel) {
+                if inner.live.lock().contains(&channel) {
                     return true;
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -499,7 +515,7 @@ impl Broker for RedisBroker {
                 _ => "closed",
             },
             publish_buffered: i.queue.lock().len() as u64 + i.in_flight.load(Ordering::Relaxed),
-            subscribed_channels: i.subscribed.load(Ordering::Relaxed),
+            subscribed_channels: i.live.lock().len() as u64,
         }
     }
 
@@ -620,21 +636,40 @@ fn requeue_front(inner: &Inner, batch: Vec<Outgoing>) {
 }
 
 async fn reconnect_publisher(inner: &Inner) -> Option<Publisher> {
-    match &inner.cfg.endpoint {
-        Endpoint::Standalone(url) => {
-            standalone_publisher(url, inner.cfg.tls.as_ref(), inner.cfg.connect_timeout)
-                .await
-                .ok()
-                .map(Publisher::Standalone)
-        }
-        Endpoint::Cluster { sharded, .. } => {
-            let client = inner.cluster_client.as_ref()?;
-            client
+    open_publisher(&inner.cfg, inner.cluster_client.as_ref())
+        .await
+        .ok()
+}
+
+/// Opens a publisher connection (scripts loaded), bounded by
+/// `connect_timeout`: the servers' publisher and the emitter's both.
+pub(super) async fn open_publisher(
+    cfg: &RedisConfig,
+    cluster: Option<&redis::cluster::ClusterClient>,
+) -> RedisResult<Publisher> {
+    let open = async {
+        match (&cfg.endpoint, cluster) {
+            (Endpoint::Standalone(url), _) => {
+                standalone_publisher(url, cfg.tls.as_ref(), cfg.connect_timeout)
+                    .await
+                    .map(Publisher::Standalone)
+            }
+            (Endpoint::Cluster { sharded, .. }, Some(client)) => client
                 .get_async_connection()
                 .await
-                .ok()
-                .map(|c| Publisher::Cluster(c, *sharded))
+                .map(|c| Publisher::Cluster(c, *sharded)),
+            (Endpoint::Cluster { .. }, None) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no cluster client",
+            ))),
         }
+    };
+    match tokio::time::timeout(cfg.connect_timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connection timed out",
+        ))),
     }
 }
 
@@ -715,21 +750,18 @@ async fn standalone_subscribe_loop(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let mut live: HashSet<Channel> = HashSet::new();
         // A new connection subscribes to everything wanted, not just the
         // channels that changed meanwhile.
-        drain_interest(None, &mut rx, &mut desired, &live);
+        inner.confirm(true, Vec::new(), &[]);
+        inner.drain(None, &mut rx, &mut desired);
         let add: Vec<Channel> = desired.iter().cloned().collect();
-        if !add.is_empty() {
-            if sink.subscribe(names(&add)).await.is_err() {
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-            live.extend(add);
+        if !add.is_empty() && sink.subscribe(names(&add)).await.is_err() {
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            continue;
         }
-        inner.confirm(&live);
-        inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
+        let channels = add.len();
+        inner.confirm(false, add, &[]);
         inner.state.store(STATE_CONNECTED, Ordering::Release);
         attempt = 0;
         if let Some(t) = lost_at.take() {
@@ -741,7 +773,7 @@ async fn standalone_subscribe_loop(
                 "Redis reconnected; channels resubscribed",
                 &[
                     ("afterMs", &t.elapsed().as_millis()),
-                    ("channels", &live.len()),
+                    ("channels", &channels),
                     ("redis", &inner.cfg.display),
                 ],
             );
@@ -752,17 +784,15 @@ async fn standalone_subscribe_loop(
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
+                    let (add, remove) = inner.drain(Some(cmd), &mut rx, &mut desired);
                     if !add.is_empty() {
                         if let Err(e) = sink.subscribe(names(&add)).await { break e.to_string(); }
-                        live.extend(add);
+                        inner.confirm(false, add, &[]);
                     }
                     if !remove.is_empty() {
                         if let Err(e) = sink.unsubscribe(names(&remove)).await { break e.to_string(); }
-                        for r in &remove { live.remove(r); }
+                        inner.confirm(false, Vec::new(), &remove);
                     }
-                    inner.confirm(&live);
-                    inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break "connection closed".to_string() };
@@ -785,7 +815,7 @@ async fn standalone_subscribe_loop(
             return;
         }
         inner.state.store(STATE_DISCONNECTED, Ordering::Release);
-        inner.confirm(&HashSet::new());
+        inner.confirm(true, Vec::new(), &[]);
         lost_at = Some(Instant::now());
         inner.log.error(
             "Redis subscriber connection lost; local delivery continues, reconnecting",
@@ -846,16 +876,15 @@ async fn cluster_subscribe_loop(
 ) {
     // The cluster connection resubscribes by itself after node failures.
     let mut desired: HashSet<Channel> = HashSet::new();
-    let mut live: HashSet<Channel> = HashSet::new();
     loop {
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
-                let (add, remove) = drain_interest(Some(cmd), &mut rx, &mut desired, &live);
+                let (add, remove) = inner.drain(Some(cmd), &mut rx, &mut desired);
                 for ch in add {
                     let r = if sharded { conn.ssubscribe(&*ch).await } else { conn.subscribe(&*ch).await };
                     match r {
-                        Ok(()) => { live.insert(ch); }
+                        Ok(()) => inner.confirm(false, vec![ch], &[]),
                         Err(e) => {
                             inner.log.error("Redis cluster subscribe failed", &[("channel", &ch), ("error", &e)]);
                             // Retry with the next change or after a pause.
@@ -869,10 +898,8 @@ async fn cluster_subscribe_loop(
                 }
                 for ch in remove {
                     let r = if sharded { conn.sunsubscribe(&*ch).await } else { conn.unsubscribe(&*ch).await };
-                    if r.is_ok() { live.remove(&ch); }
+                    if r.is_ok() { inner.confirm(false, Vec::new(), &[ch]); }
                 }
-                inner.confirm(&live);
-                inner.subscribed.store(live.len() as u64, Ordering::Relaxed);
             }
             info = push.recv() => {
                 let Some(info) = info else { return };

@@ -151,6 +151,19 @@ pub struct Scripts {
     pub presence_get: Script,
 }
 
+impl Scripts {
+    /// Every script, for loading them all on a new connection.
+    pub fn all(&self) -> [&Script; 5] {
+        [
+            &self.append,
+            &self.read,
+            &self.presence_add,
+            &self.presence_remove,
+            &self.presence_get,
+        ]
+    }
+}
+
 pub fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
@@ -171,6 +184,17 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
+    /// `EVALSHA` of the call, for a pipeline (its scripts were loaded
+    /// when the connection was made).
+    pub fn evalsha(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+
     pub fn invocation(&self) -> redis::ScriptInvocation<'static> {
         let mut inv = self.script.prepare_invoke();
         for k in &self.keys {
@@ -194,6 +218,36 @@ pub enum Store {
     Cluster(ClusterConnection),
 }
 
+/// A store is a connection like the one it wraps (the requests below are
+/// written once for both).
+impl redis::aio::ConnectionLike for Store {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Store::Standalone(c) => c.req_packed_command(cmd),
+            Store::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Store::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Store::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Store::Standalone(c) => c.get_db(),
+            Store::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl Store {
     /// Runs a script (loading it first when the server does not know it,
     /// as after a restart), bounded by [`REQUEST_TIMEOUT`].
@@ -201,12 +255,7 @@ impl Store {
         let inv = call.invocation();
         self.retried(|mut conn| {
             let inv = &inv;
-            async move {
-                match &mut conn {
-                    Store::Standalone(c) => inv.invoke_async(c).await,
-                    Store::Cluster(c) => inv.invoke_async(c).await,
-                }
-            }
+            async move { inv.invoke_async(&mut conn).await }
         })
         .await
     }
@@ -221,12 +270,7 @@ impl Store {
         };
         self.retried(|mut conn| {
             let cmd = &cmd;
-            async move {
-                match &mut conn {
-                    Store::Standalone(c) => cmd.query_async(c).await,
-                    Store::Cluster(c) => cmd.query_async(c).await,
-                }
-            }
+            async move { cmd.query_async(&mut conn).await }
         })
         .await
     }
