@@ -59,7 +59,11 @@ async function startServer(c, redis, env = {}) {
   let out = '';
   let err = '';
   child.stdout.on('data', d => (out += d));
-  child.stderr.on('data', d => (err = (err + d).slice(-2000)));
+  // BENCH_SERVER_STDERR=1 shows what the servers write to stderr as it comes.
+  child.stderr.on('data', d => {
+    err = (err + d).slice(-2000);
+    if (process.env.BENCH_SERVER_STDERR) process.stderr.write(d);
+  });
   for (let i = 0; i < 400 && !/PORT (\d+)/.test(out); i++) {
     if (child.exitCode !== null) break;
     await sleep(25);

@@ -717,7 +717,7 @@ export class WebSocketServer<
           if (this.acks && typeof id === 'string' && id.length <= MAX_ACK_ID_LENGTH) {
             this.answer(clientId, id, () => this.opts.messageHandler?.({ clientId, userId, message }));
           } else {
-            this.invoke('messageHandler', clientId, () => this.opts.messageHandler?.({ clientId, userId, message }));
+            this.onMessage(clientId, userId, message);
           }
           break;
         }
@@ -750,6 +750,27 @@ export class WebSocketServer<
         ack({ id, error: GENERIC_ACK_ERROR });
       },
     );
+  }
+
+  /**
+   * `messageHandler` for a frame nobody awaits: `invoke` without the
+   * closure, on the path every message takes.
+   */
+  private onMessage(clientId: string, userId: string | undefined, message: IWebSocketMessage): void {
+    const handler = this.opts.messageHandler;
+    if (!handler) return;
+    try {
+      const r = handler({ clientId, userId, message });
+      if (r && typeof (r as Promise<unknown>).then === 'function') {
+        (r as Promise<unknown>).then(undefined, e => this.messageError(clientId, e));
+      }
+    } catch (e) {
+      this.messageError(clientId, e);
+    }
+  }
+
+  private messageError(clientId: string, e: unknown): void {
+    this.log('error', 'messageHandler error', { id: clientId, error: errorText(e) });
   }
 
   /** Calls a fire-and-forget handler; its throw or rejection is logged. */
