@@ -23,7 +23,7 @@ const node = process.execPath;
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
-const ONLY = (process.env.BENCH_ONLY ?? 'a,b,h,c,d,e').split(',');
+const ONLY = (process.env.BENCH_ONLY ?? 'a,b,h,c,d,r,e,pb,pc,pd,pr').split(',');
 const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
 
 export const CONTENDERS = [
@@ -225,20 +225,12 @@ export const SCENARIOS = {
   },
   d: {
     title: '(d) 50 clients in closed loop; the JS message handler answers each with sendToClient',
-    async run(c, redis) {
-      return withServer(c, redis, async s => {
-        const cpu0 = cpuOf(s.pid);
-        const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5']);
-        if (r.closed_early > 0) throw new Error(`${r.closed_early} of 50 clients were disconnected during the loop`);
-        return {
-          round_trips_per_s: r.per_second,
-          p50_ms: r.p50_ms,
-          p99_ms: r.p99_ms,
-          server_cpu_s: cpuOf(s.pid) - cpu0,
-          loadgen_cpu_s: r.loadgen_cpu_s,
-        };
-      });
-    },
+    run: (c, redis) => closedLoop(c, redis, 'echo'),
+  },
+  r: {
+    title: '(r) the closed loop of (d) with a realistic handler: it validates and prices a 1.7 KiB order and answers a 1 KiB receipt',
+    contenders: ['original', 'native-node', 'native-bun'],
+    run: (c, redis) => closedLoop(c, redis, 'order'),
   },
   e: {
     title: '(e) two instances, 1000 clients each; a client on one sends 100 msg/s for 5 s to a room spanning both',
@@ -268,7 +260,26 @@ export const SCENARIOS = {
   },
 };
 
-for (const key of ['b', 'h', 'c', 'd']) {
+/** (d) and (r): 50 clients, each sending `message` and waiting for the answer. */
+function closedLoop(c, redis, message) {
+  return withServer(c, redis, async s => {
+    const cpu0 = cpuOf(s.pid);
+    const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5', '--message', message]);
+    const cpu = cpuOf(s.pid) - cpu0;
+    if (r.closed_early > 0) throw new Error(`${r.closed_early} of 50 clients were disconnected during the loop`);
+    if (r.rejected > 0) throw new Error(`${r.rejected} orders were answered with an error`);
+    return {
+      round_trips_per_s: r.per_second,
+      p50_ms: r.p50_ms,
+      p99_ms: r.p99_ms,
+      server_cpu_s: cpu,
+      cpu_us_per_round_trip: (cpu * 1e6) / r.round_trips,
+      loadgen_cpu_s: r.loadgen_cpu_s,
+    };
+  });
+}
+
+for (const key of ['b', 'h', 'c', 'd', 'r']) {
   const sc = SCENARIOS[key];
   SCENARIOS[`p${key}`] = {
     title: `${sc.title.replace(/^\((\w)\)/, '(p$1)')}; server pinned to one core (taskset), load on the other`,

@@ -1,7 +1,8 @@
 // ignis-ws-native, on Node or Bun, wired like an Ignis application:
 // Redis bus, rooms validated in JS, a messageHandler that answers `echo`
-// with sendToClient and relays `chat` to its room on every instance.
+// (and `order`, scenario r) with sendToClient and relays `chat` to its room on every instance.
 import { createRequire } from 'node:module';
+import { answerOrder } from './order.mjs';
 const require = createRequire(import.meta.url);
 const { WebSocketServer } = require('../../dist/index.js');
 
@@ -20,6 +21,7 @@ const ws = new WebSocketServer({
   validateRoomFn: ({ rooms }) => rooms,
   messageHandler: ({ clientId, message }) => {
     if (message.event === 'echo') ws.sendToClient({ clientId, event: 'echo', data: message.data });
+    else if (message.event === 'order') answerOrder(o => ws.sendToClient(o), clientId, message.data);
     else if (message.event === 'chat') ws.send({ destination: message.data.room, payload: { topic: 'chat', data: message.data } });
   },
 });

@@ -1,6 +1,7 @@
 // The original Ignis helper (@venizia/ignis-helpers 0.0.7) on Bun, wired the
 // way its component wires it, with the same handlers as native.mjs.
 import { WebSocketServerHelper, RedisHelper } from '@venizia/ignis-helpers';
+import { answerOrder } from './order.mjs';
 
 const url = new URL(process.env.REDIS_URL);
 const redis = new RedisHelper({ name: 'bench', host: url.hostname, port: Number(url.port), autoConnect: false });
@@ -13,6 +14,7 @@ const helper = new WebSocketServerHelper({
   validateRoomFn: ({ rooms }) => rooms,
   messageHandler: ({ clientId, message }) => {
     if (message.event === 'echo') helper.sendToClient({ clientId, event: 'echo', data: message.data });
+    else if (message.event === 'order') answerOrder(o => helper.sendToClient(o), clientId, message.data);
     else if (message.event === 'chat') helper.send({ destination: message.data.room, payload: { topic: 'chat', data: message.data } });
   },
 });

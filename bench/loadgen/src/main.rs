@@ -18,9 +18,11 @@
 //!   percentiles. With `--send N --rate R`, the first client also sends N
 //!   `--send-event` frames (`{room, t}`) at R per second after READY.
 //!
-//! `echo --clients 50 --duration 5`
+//! `echo --clients 50 --duration 5 [--message echo|order]`
 //!   closed loop: each client sends `echo` and waits for the server's `echo`
 //!   answer before sending again; reports round trips/s and percentiles.
+//!   With `--message order` it sends an order of about 1.5 KiB instead and
+//!   waits for the `receipt` (about 1 KiB) the server's handler answers.
 
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,9 @@ struct Args {
     send_event: String,
     duration: f64,
     settle: u64,
+    /// What the closed loop sends: `echo`, or `order` (a 1–2 KiB order the
+    /// server's handler validates and answers with a `receipt`).
+    message: String,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -89,6 +94,7 @@ fn args() -> Args {
         send_event: "chat".into(),
         duration: 5.0,
         settle: 1500,
+        message: "echo".into(),
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -115,6 +121,10 @@ fn args() -> Args {
             "--send-event" => a.send_event = v,
             "--duration" => a.duration = v.parse().expect("--duration"),
             "--settle" => a.settle = v.parse().expect("--settle"),
+            "--message" => {
+                assert!(v == "echo" || v == "order", "--message echo|order, got {v}");
+                a.message = v
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -162,6 +172,27 @@ fn stamp(text: &str) -> Option<f64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// An order of 12 lines, about 1.5 KiB, different for every client and
+/// round (the handler prices every line, so the numbers vary).
+fn order_json(client: usize, k: u64) -> String {
+    let mut items = String::new();
+    for n in 0..12u64 {
+        if n > 0 {
+            items.push(',');
+        }
+        let sku = (client as u64 * 31 + k * 7 + n) % 10_000;
+        items.push_str(&format!(
+            r#"{{"sku":"SKU-{sku:04}","name":"Stainless steel widget, model {n}","qty":{},"price":{}.{:02},"tags":["hardware","steel","in-stock"]}}"#,
+            1 + (k + n) % 5,
+            3 + n * 2,
+            (k * 13 + n) % 100
+        ));
+    }
+    format!(
+        r#"{{"id":"ord-{client}-{k}","customer":{{"id":"cust-{client}","name":"Customer number {client}","email":"customer{client}@example.com","tier":"gold"}},"currency":"EUR","items":[{items}],"note":"Please leave the parcel at the reception desk if nobody answers the door.","createdAt":"2026-11-29T12:00:00.000Z"}}"#
+    )
 }
 
 fn percentiles(mut v: Vec<f64>) -> String {
@@ -391,24 +422,38 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(a.duration);
-    let needle = a.proto.needle("echo");
+    let order = a.message == "order";
+    let needle = a.proto.needle(if order { "receipt" } else { "echo" });
     let closed = Arc::new(AtomicU64::new(0));
+    // Orders the server's handler did not accept (a broken payload would
+    // measure the error path instead).
+    let rejected = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for mut ws in sockets {
-        let (needle, proto, closed) = (needle.clone(), a.proto, closed.clone());
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let (needle, proto, closed, rejected) =
+            (needle.clone(), a.proto, closed.clone(), rejected.clone());
         tasks.push(tokio::spawn(async move {
             let mut rtts = Vec::new();
             let mut k = 0u64;
             while Instant::now() < end {
                 let sent = Instant::now();
-                let frame = proto.frame("echo", &format!(r#"{{"k":{k}}}"#));
+                let frame = if order {
+                    proto.frame("order", &order_json(i, k))
+                } else {
+                    proto.frame("echo", &format!(r#"{{"k":{k}}}"#))
+                };
                 if ws.send(Message::Text(frame.into())).await.is_err() {
                     closed.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 loop {
                     match next_text(&mut ws, proto).await {
-                        Some(t) if is_event(&t, &needle) => break,
+                        Some(t) if is_event(&t, &needle) => {
+                            if order && !t.contains(r#""status":"accepted""#) {
+                                rejected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
                         Some(_) => continue,
                         None => {
                             closed.fetch_add(1, Ordering::Relaxed);
@@ -428,9 +473,11 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        r#"{{"mode":"echo","clients":{},"closed_early":{},"round_trips":{},"per_second":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        r#"{{"mode":"echo","message":"{}","clients":{},"closed_early":{},"rejected":{},"round_trips":{},"per_second":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        a.message,
         a.clients,
         closed.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
         all.len(),
         all.len() as f64 / secs,
         percentiles(all),
