@@ -182,6 +182,9 @@ struct Feed {
     pending: BTreeMap<u64, Item>,
     filling: bool,
     joiners: Vec<Joiner>,
+    /// While a batch of bus messages is delivered (`deliver_many`): frames
+    /// for the whole room, sent to its members together at the end.
+    batch: Option<Vec<Frame>>,
 }
 
 pub struct RedisHistory {
@@ -267,18 +270,22 @@ impl RedisHistory {
             .clone()
     }
 
-    /// A positioned envelope from the bus.
-    pub fn deliver(
-        self: &Arc<Self>,
-        room: &str,
-        env: &envelope::Incoming<'_>,
-        offset: u64,
-        epoch: &str,
-    ) {
+    /// Positioned envelopes of `room` received together from the bus, in
+    /// order. What they release for the whole room goes to its members as
+    /// one batch (`Hub::send_to_room_many`), after anything sent before it.
+    pub fn deliver_many(self: &Arc<Self>, room: &str, envs: &[envelope::Incoming<'_>]) {
         let feed = self.feed(room);
-        let item = Item::of(room, env, offset, epoch);
         let mut f = feed.lock();
-        self.accept(room, &feed, &mut f, item);
+        f.batch = Some(Vec::new());
+        for env in envs {
+            if let Some((offset, epoch)) = &env.position {
+                let item = Item::of(room, env, *offset, epoch);
+                self.accept(room, &feed, &mut f, item);
+            }
+        }
+        if let Some(frames) = f.batch.take() {
+            self.hub.send_to_room_many(room, &frames);
+        }
     }
 
     fn accept(self: &Arc<Self>, room: &str, feed: &Arc<Mutex<Feed>>, f: &mut Feed, item: Item) {
@@ -323,6 +330,17 @@ impl RedisHistory {
 
     fn emit(&self, room: &str, f: &mut Feed, item: Item) {
         f.top = item.offset;
+        if f.joiners.is_empty() && item.exclude.is_empty() {
+            if let Some(batch) = f.batch.as_mut() {
+                batch.push(item.frame);
+                return;
+            }
+        }
+        // Anything batched goes first.
+        if let Some(batch) = f.batch.as_mut().filter(|b| !b.is_empty()) {
+            let frames = std::mem::take(batch);
+            self.hub.send_to_room_many(room, &frames);
+        }
         if f.joiners.is_empty() {
             self.hub.send_to_room(room, &item.frame, &item.exclude);
             return;

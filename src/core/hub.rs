@@ -315,6 +315,15 @@ impl Hub {
             .map_or(0, |m| offer_all(m.values(), frame, exclude))
     }
 
+    /// `send_to_room` for several frames, in order (see
+    /// `Client::offer_many`); returns the number of deliveries.
+    pub fn send_to_room_many(&self, room: &str, frames: &[Frame]) -> usize {
+        let st = self.state.read();
+        st.rooms
+            .get(room)
+            .map_or(0, |m| m.values().map(|c| c.offer_many(frames)).sum())
+    }
+
     /// Every authenticated client, except `exclude`.
     pub fn broadcast(&self, frame: &Frame, exclude: &[String]) -> usize {
         let st = self.state.read();

@@ -189,7 +189,29 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// At most this many received messages are handed to the subscriber at
+/// once: it bounds how long the first of them waits for the others' fan-out.
+const BUS_BATCH: usize = 32;
+
 impl Inner {
+    /// Messages from the subscriptions, to the subscriber in one call.
+    fn receive(&self, batch: &[redis::Msg]) {
+        self.stats
+            .bus_received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut messages = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match std::str::from_utf8(msg.get_payload_bytes()) {
+                Ok(payload) => messages.push((msg.get_channel_name(), payload)),
+                Err(_) => self.log.error(
+                    "Redis message is not UTF-8",
+                    &[("channel", &msg.get_channel_name())],
+                ),
+            }
+        }
+        self.inbound.deliver_all(&messages);
+    }
+
     /// Records what the server confirmed (or, `clear`, that the connection
     /// holding the subscriptions is gone) and wakes `subscribed()` waiters.
     fn confirm(&self, clear: bool, add: Vec<Channel>, remove: &[Channel]) {
@@ -796,11 +818,19 @@ async fn standalone_subscribe_loop(
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break "connection closed".to_string() };
-                    inner.stats.bus_received.fetch_add(1, Ordering::Relaxed);
-                    match std::str::from_utf8(msg.get_payload_bytes()) {
-                        Ok(payload) => inner.inbound.deliver(msg.get_channel_name(), payload),
-                        Err(_) => inner.log.error("Redis message is not UTF-8", &[("channel", &msg.get_channel_name())]),
+                    // This message and those already received after it, as
+                    // one batch (the router fans a burst out batch by batch).
+                    let mut batch = vec![msg];
+                    let mut ended = false;
+                    while batch.len() < BUS_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(m)) => batch.push(m),
+                            Some(None) => { ended = true; break }
+                            None => break,
+                        }
                     }
+                    inner.receive(&batch);
+                    if ended { break "connection closed".to_string() }
                 }
                 _ = ping.tick() => {
                     // A subscribed RESP2 connection answers PING with an array
@@ -903,12 +933,17 @@ async fn cluster_subscribe_loop(
             }
             info = push.recv() => {
                 let Some(info) = info else { return };
-                if let Some(msg) = redis::Msg::from_push_info(info) {
-                    inner.stats.bus_received.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) {
-                        inner.inbound.deliver(msg.get_channel_name(), payload);
+                // As on a standalone connection: what is already received,
+                // as one batch.
+                let mut batch = Vec::new();
+                let mut next = Some(info);
+                while let Some(info) = next.take() {
+                    batch.extend(redis::Msg::from_push_info(info));
+                    if batch.len() < BUS_BATCH {
+                        next = push.try_recv().ok();
                     }
                 }
+                inner.receive(&batch);
             }
             _ = inner.close_notify.notified() => return,
         }
