@@ -133,6 +133,29 @@ pub enum Offer {
     Closed,
 }
 
+/// What became of frames offered together.
+#[derive(Default)]
+struct Enqueued {
+    queued: usize,
+    /// Over the backpressure limit (counted).
+    dropped: u64,
+    /// The client is gone (or its transformer is).
+    closed: bool,
+}
+
+impl Enqueued {
+    /// The outcome of a single frame.
+    fn offer(&self) -> Offer {
+        if self.queued > 0 {
+            Offer::Queued
+        } else if self.closed {
+            Offer::Closed
+        } else {
+            Offer::Dropped
+        }
+    }
+}
+
 impl Client {
     pub fn new(
         id: ClientId,
@@ -193,20 +216,20 @@ impl Client {
     /// (however large); beyond that the queue (frames waiting for the
     /// transformer included) holds at most `backpressure_limit` bytes.
     pub fn offer(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, false, self.transformer.get(), true)
+        self.enqueue_one(frame, false, self.transformer.get(), true)
     }
 
     /// `offer` beyond the backpressure limit: for a history replay, whose
     /// size the history bounds, and which must arrive whole or its
     /// `joined` answer would lie.
     pub fn offer_replay(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, false, self.transformer.get(), false)
+        self.enqueue_one(frame, false, self.transformer.get(), false)
     }
 
     /// Queues a frame for the socket as it is, bypassing any transformer
     /// (`connected`, and frames the transformer already produced).
     pub fn offer_plain(&self, frame: &Frame) -> Offer {
-        self.enqueue(frame, true, None, true)
+        self.enqueue_one(frame, true, None, true)
     }
 
     /// `offer` for several frames in order, under one lock and with one
@@ -215,96 +238,75 @@ impl Client {
     /// were queued; each frame over the backpressure limit is dropped and
     /// counted as `offer` would.
     pub fn offer_many(&self, frames: &[Frame]) -> usize {
-        if frames.len() == 1 || self.transformer.get().is_some() {
-            return frames
-                .iter()
-                .filter(|f| self.offer(f) == Offer::Queued)
-                .count();
-        }
-        let (mut queued, mut dropped) = (0usize, 0u64);
-        {
-            let mut q = self.queue.lock();
-            if q.closed {
-                return 0;
-            }
-            for frame in frames {
-                let len = frame.len();
-                if q.queued > 0 && q.queued + len > self.backpressure_limit {
-                    dropped += 1;
-                    continue;
-                }
-                q.items.push_back(QueuedFrame {
-                    frame: frame.clone(),
-                    plain: false,
-                });
-                q.queued += len;
-                queued += 1;
-            }
-        }
-        if dropped > 0 {
-            self.backpressured.store(true, Ordering::Relaxed);
-            self.stats
-                .dropped_backpressure
-                .fetch_add(dropped, Ordering::Relaxed);
-            if self.close_on_backpressure_limit {
-                let (code, reason) = crate::core::protocol::close::BACKPRESSURE;
-                self.request_close(code, reason);
-            }
-        }
-        if queued > 0 {
-            self.task.wake();
-        }
-        queued
+        self.enqueue(frames, false, self.transformer.get(), true)
+            .queued
     }
 
-    fn enqueue(
+    fn enqueue_one(
         &self,
         frame: &Frame,
         plain: bool,
         transformer: Option<&mpsc::UnboundedSender<Frame>>,
         limited: bool,
     ) -> Offer {
-        let len = frame.len();
-        let mut q = self.queue.lock();
-        if q.closed {
-            return Offer::Closed;
+        self.enqueue(std::slice::from_ref(frame), plain, transformer, limited)
+            .offer()
+    }
+
+    fn enqueue(
+        &self,
+        frames: &[Frame],
+        plain: bool,
+        transformer: Option<&mpsc::UnboundedSender<Frame>>,
+        limited: bool,
+    ) -> Enqueued {
+        let mut out = Enqueued::default();
+        {
+            let mut q = self.queue.lock();
+            if q.closed {
+                out.closed = true;
+                return out;
+            }
+            for frame in frames {
+                let len = frame.len();
+                if limited && q.queued > 0 && q.queued + len > self.backpressure_limit {
+                    out.dropped += 1;
+                    continue;
+                }
+                match transformer {
+                    Some(tx) => {
+                        if tx.send(frame.clone()).is_err() {
+                            out.closed = true;
+                            break;
+                        }
+                    }
+                    None => q.items.push_back(QueuedFrame {
+                        frame: frame.clone(),
+                        plain,
+                    }),
+                }
+                q.queued += len;
+                out.queued += 1;
+            }
         }
-        if limited && q.queued > 0 && q.queued + len > self.backpressure_limit {
-            drop(q);
+        if out.dropped > 0 {
             self.backpressured.store(true, Ordering::Relaxed);
             self.stats
                 .dropped_backpressure
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(out.dropped, Ordering::Relaxed);
             if self.close_on_backpressure_limit {
                 let (code, reason) = crate::core::protocol::close::BACKPRESSURE;
                 self.request_close(code, reason);
             }
-            return Offer::Dropped;
         }
-        let wake = match transformer {
-            Some(tx) => {
-                if tx.send(frame.clone()).is_err() {
-                    return Offer::Closed;
-                }
-                false
-            }
-            None => {
-                q.items.push_back(QueuedFrame {
-                    frame: frame.clone(),
-                    plain,
-                });
-                // Every frame wakes (a no-op until the task registers
-                // again). Waking only for the first frame into an empty
-                // queue measured slower in a burst fan-out.
-                true
-            }
-        };
-        q.queued += len;
-        drop(q);
-        if wake {
+        // Every offer that queued something wakes (a no-op until the task
+        // registers again); waking only for the first frame into an empty
+        // queue measured slower in a burst fan-out. The transformer's task
+        // hands its output back through `offer_plain`, which wakes then.
+        if out.queued > 0 && transformer.is_none() {
             self.task.wake();
         }
-        Offer::Queued
+        out
     }
 
     /// Called once a frame has left the transformer's queue.

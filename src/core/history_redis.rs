@@ -163,11 +163,11 @@ impl Joiner {
     /// Whether the room's fan-out can serve it from now on: the feed has
     /// delivered, in the same epoch, everything the client was given (an
     /// unknown epoch, when Redis could not be read, has nothing to wait for).
-    fn caught_up(&self, f: &Feed) -> bool {
+    fn caught_up(&self, feed_epoch: Option<&Arc<str>>, top: u64) -> bool {
         match &self.given {
             None => false,
             Some((epoch, _)) if epoch.is_empty() => true,
-            Some((epoch, offset)) => f.epoch.as_ref() == Some(epoch) && f.top >= *offset,
+            Some((epoch, offset)) => feed_epoch == Some(epoch) && top >= *offset,
         }
     }
 }
@@ -364,17 +364,11 @@ impl RedisHistory {
             }
         }
         // Served by the fan-out from now on, or no longer in the room.
-        let f_now = &*f;
-        let done: Vec<u64> = f_now
-            .joiners
-            .iter()
-            .filter(|j| {
-                j.caught_up(f_now)
-                    || (j.given.is_some() && !j.client.details.lock().rooms.contains(room))
-            })
-            .map(|j| j.token)
-            .collect();
-        f.joiners.retain(|j| !done.contains(&j.token));
+        let (epoch, top) = (f.epoch.as_ref(), f.top);
+        f.joiners.retain(|j| {
+            !(j.caught_up(epoch, top)
+                || (j.given.is_some() && !j.client.details.lock().rooms.contains(room)))
+        });
     }
 
     /// Gives up the publications missing before the first pending one.
@@ -575,7 +569,7 @@ impl RedisHistory {
             .position(|j| j.token == token)
             .expect("held under this lock");
         f.joiners[at].given = Some((epoch, top));
-        if f.joiners[at].caught_up(&f) {
+        if f.joiners[at].caught_up(f.epoch.as_ref(), f.top) {
             f.joiners.swap_remove(at);
         }
     }

@@ -17,13 +17,8 @@ use futures_util::FutureExt;
 
 /// Where received envelopes go.
 pub trait Subscriber: Send + Sync + 'static {
-    fn deliver(&self, channel: &str, payload: &str);
     /// Messages received together, `(channel, payload)` each, in order.
-    fn deliver_all(&self, messages: &[(&str, &str)]) {
-        for (channel, payload) in messages {
-            self.deliver(channel, payload);
-        }
-    }
+    fn deliver_all(&self, messages: &[(&str, &str)]);
     /// The subscriptions were lost and are live again: what was published
     /// meanwhile was not delivered.
     fn resubscribed(&self) {}

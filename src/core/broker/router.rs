@@ -63,12 +63,16 @@ impl Router {
         }
     }
 
-    /// Delivers a batch gathered by `deliver_all`, and empties it.
-    fn flush(&self, batch: Batch, room: &str, envs: &mut Vec<envelope::Incoming<'_>>) {
+    /// Delivers the run gathered by `deliver_all` (publications of `run`'s
+    /// kind to its room), and empties it.
+    fn flush(&self, run: &Option<(Batch, String)>, envs: &mut Vec<envelope::Incoming<'_>>) {
+        let Some((batch, room)) = run else {
+            return;
+        };
         if envs.is_empty() {
             return;
         }
-        match (batch, self.history.get()) {
+        match (*batch, self.history.get()) {
             (Batch::History, Some(h)) => h.deliver_many(room, envs),
             _ => {
                 let frames: Vec<_> = envs.iter().map(|e| e.frame()).collect();
@@ -103,10 +107,6 @@ impl Router {
 }
 
 impl Subscriber for Router {
-    fn deliver(&self, channel: &str, payload: &str) {
-        self.deliver_all(&[(channel, payload)]);
-    }
-
     /// Consecutive publications to the same room go to its members as one
     /// batch (`Hub::send_to_room_many`, directly or through the room's
     /// history): in a burst, each member's queue is locked and its task
@@ -114,7 +114,7 @@ impl Subscriber for Router {
     /// is delivered as it comes, after the batch before it, so every client
     /// still sees the bus's order.
     fn deliver_all(&self, messages: &[(&str, &str)]) {
-        let mut current: Option<(Batch, String)> = None;
+        let mut run: Option<(Batch, String)> = None;
         let mut envs = Vec::new();
         for (channel, payload) in messages {
             let Some(env) = self.decode(channel, payload) else {
@@ -122,26 +122,19 @@ impl Subscriber for Router {
             };
             match self.batchable(&env) {
                 Some((kind, room)) => {
-                    let same = matches!(&current, Some((k, r)) if *k == kind && r == room);
-                    if !same {
-                        if let Some((k, r)) = &current {
-                            self.flush(*k, r, &mut envs);
-                        }
-                        current = Some((kind, room.to_string()));
+                    if !matches!(&run, Some((k, r)) if *k == kind && r == room) {
+                        self.flush(&run, &mut envs);
+                        run = Some((kind, room.to_string()));
                     }
                     envs.push(env);
                 }
                 None => {
-                    if let Some((k, r)) = &current {
-                        self.flush(*k, r, &mut envs);
-                    }
+                    self.flush(&run, &mut envs);
                     self.route(&env);
                 }
             }
         }
-        if let Some((k, r)) = &current {
-            self.flush(*k, r, &mut envs);
-        }
+        self.flush(&run, &mut envs);
     }
 
     fn resubscribed(&self) {
