@@ -17,6 +17,9 @@
 //!   delivery and, when frames carry `"t":<ms since the epoch>`, latency
 //!   percentiles. With `--send N --rate R`, the first client also sends N
 //!   `--send-event` frames (`{room, t}`) at R per second after READY.
+//!   `--latency 0` skips the stamps (a burst reports no latency): reading
+//!   the clock and parsing `t` for every frame was a fifth of the load
+//!   generator's CPU in a burst, taken from the server on a 2-core machine.
 //!
 //! `echo --clients 50 --duration 5 [--message echo|order]`
 //!   closed loop: each client sends `echo` and waits for the server's `echo`
@@ -52,6 +55,8 @@ struct Args {
     /// What the closed loop sends: `echo`, or `order` (a 1–2 KiB order the
     /// server's handler validates and answers with a `receipt`).
     message: String,
+    /// Whether `receive` reads the `t` stamps of the frames for latency.
+    latency: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -95,6 +100,7 @@ fn args() -> Args {
         duration: 5.0,
         settle: 1500,
         message: "echo".into(),
+        latency: true,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -121,6 +127,7 @@ fn args() -> Args {
             "--send-event" => a.send_event = v,
             "--duration" => a.duration = v.parse().expect("--duration"),
             "--settle" => a.settle = v.parse().expect("--settle"),
+            "--latency" => a.latency = v != "0",
             "--message" => {
                 assert!(v == "echo" || v == "order", "--message echo|order, got {v}");
                 a.message = v
@@ -335,17 +342,18 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
     let mut tasks = Vec::new();
     for mut ws in sockets {
-        let (total, first, latencies, needle, expect, proto) = (
+        let (total, first, latencies, needle, expect, proto, latency) = (
             total.clone(),
             first.clone(),
             latencies.clone(),
             needle.clone(),
             a.expect,
             a.proto,
+            a.latency,
         );
         tasks.push(tokio::spawn(async move {
             let mut got = 0u64;
-            let mut own = Vec::with_capacity(expect as usize);
+            let mut own = Vec::with_capacity(if latency { expect as usize } else { 0 });
             // One timer for the whole run, not one per frame.
             let timeout = tokio::time::sleep_until(deadline);
             tokio::pin!(timeout);
@@ -362,8 +370,10 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
                     first.get_or_init(Instant::now);
                     got += 1;
                     total.fetch_add(1, Ordering::Relaxed);
-                    if let Some(t) = stamp(&text) {
-                        own.push(now_ms() - t);
+                    if latency {
+                        if let Some(t) = stamp(&text) {
+                            own.push(now_ms() - t);
+                        }
                     }
                 }
             }
