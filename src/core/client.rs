@@ -97,7 +97,7 @@ pub struct Client {
 /// The receiving end of a client's queue, owned by its connection task.
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<QueuedFrame>,
+    items: VecDeque<Entry>,
     /// The connection task is gone: nothing will read these any more.
     closed: bool,
     /// Bytes queued here or waiting for the transformer, against
@@ -117,9 +117,118 @@ pub struct QueuedFrame {
     pub plain: bool,
 }
 
-impl crate::core::frame_writer::Payload for QueuedFrame {
-    fn bytes(&self) -> &[u8] {
-        self.frame.as_bytes()
+/// What a queue holds: one frame, or frames `start..end` of a run of
+/// publications fanned out to a room, shared by every member it was
+/// offered to. A run costs each member one reference count per batch
+/// instead of one per frame: in a burst, cloning and dropping the frames'
+/// counts (touched by the fanning-out core and by every writing core) was
+/// the largest user-space cost of the server.
+enum Entry {
+    One(QueuedFrame),
+    Run {
+        frames: Arc<[Frame]>,
+        start: usize,
+        end: usize,
+    },
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Entry::One(_) => 1,
+            Entry::Run { start, end, .. } => end - start,
+        }
+    }
+}
+
+/// Frames taken off a client's queue for its socket, in order.
+#[derive(Default)]
+pub struct Batch {
+    entries: VecDeque<Entry>,
+    len: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frames, in order.
+    pub fn frames(&self) -> Frames<'_> {
+        Frames {
+            entries: self.entries.iter(),
+            run: [].iter(),
+        }
+    }
+
+    /// Drops the first `n` frames (the socket took them).
+    pub fn consume(&mut self, mut n: usize) {
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.entries.front_mut() else {
+                return;
+            };
+            match front {
+                Entry::Run { start, end, .. } if *end - *start > n => {
+                    *start += n;
+                    return;
+                }
+                _ => {
+                    n -= front.len();
+                    self.entries.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Replaces every frame that is not `plain` by `f(frame)`, which is
+    /// then plain (the built-in encryption seals each client's own copy).
+    pub fn seal_with(&mut self, f: impl Fn(&Frame) -> Frame) {
+        let entries = std::mem::take(&mut self.entries);
+        for e in entries {
+            match e {
+                Entry::One(q) if q.plain => self.entries.push_back(Entry::One(q)),
+                Entry::One(q) => self.entries.push_back(Entry::One(QueuedFrame {
+                    frame: f(&q.frame),
+                    plain: true,
+                })),
+                Entry::Run { frames, start, end } => {
+                    for frame in &frames[start..end] {
+                        self.entries.push_back(Entry::One(QueuedFrame {
+                            frame: f(frame),
+                            plain: true,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The frames of a [`Batch`], in order.
+#[derive(Clone)]
+pub struct Frames<'a> {
+    entries: std::collections::vec_deque::Iter<'a, Entry>,
+    run: std::slice::Iter<'a, Frame>,
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = &'a Frame;
+
+    fn next(&mut self) -> Option<&'a Frame> {
+        loop {
+            if let Some(f) = self.run.next() {
+                return Some(f);
+            }
+            match self.entries.next()? {
+                Entry::One(q) => return Some(&q.frame),
+                Entry::Run { frames, start, end } => self.run = frames[*start..*end].iter(),
+            }
+        }
     }
 }
 
@@ -234,12 +343,33 @@ impl Client {
 
     /// `offer` for several frames in order, under one lock and with one
     /// wake-up: a batch of publications fanned out to a room costs each
-    /// member one hand-over instead of one per frame. Returns how many
-    /// were queued; each frame over the backpressure limit is dropped and
+    /// member one hand-over instead of one per frame, and the frames are
+    /// queued as one shared run when they all fit. Returns how many were
+    /// queued; each frame over the backpressure limit is dropped and
     /// counted as `offer` would.
-    pub fn offer_many(&self, frames: &[Frame]) -> usize {
-        self.enqueue(frames, false, self.transformer.get(), true)
-            .queued
+    pub fn offer_many(&self, frames: &Arc<[Frame]>) -> usize {
+        let transformer = self.transformer.get();
+        if transformer.is_none() && frames.len() > 1 {
+            let bytes: usize = frames.iter().map(|f| f.len()).sum();
+            let mut q = self.queue.lock();
+            if q.closed {
+                return 0;
+            }
+            if q.queued + bytes <= self.backpressure_limit {
+                q.items.push_back(Entry::Run {
+                    frames: frames.clone(),
+                    start: 0,
+                    end: frames.len(),
+                });
+                q.queued += bytes;
+                drop(q);
+                self.task.wake();
+                return frames.len();
+            }
+        }
+        // Some would be over the limit (or they go to the transformer):
+        // frame by frame.
+        self.enqueue(frames, false, transformer, true).queued
     }
 
     fn enqueue_one(
@@ -280,10 +410,10 @@ impl Client {
                             break;
                         }
                     }
-                    None => q.items.push_back(QueuedFrame {
+                    None => q.items.push_back(Entry::One(QueuedFrame {
                         frame: frame.clone(),
                         plain,
-                    }),
+                    })),
                 }
                 q.queued += len;
                 out.queued += 1;
@@ -353,7 +483,7 @@ impl QueueReader {
     /// Ready with up to `max` queued frames. The waker is registered
     /// before the queue is looked at, so a frame pushed in between still
     /// wakes us.
-    pub fn poll_batch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Vec<QueuedFrame>> {
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Batch> {
         self.client.task.register(cx.waker());
         let batch = self.take(max);
         if batch.is_empty() {
@@ -364,17 +494,42 @@ impl QueueReader {
     }
 
     /// Takes up to `max` queued frames off the queue and its byte count,
-    /// under one lock.
-    pub fn take(&mut self, max: usize) -> Vec<QueuedFrame> {
+    /// under one lock. Frames taken no longer count against the
+    /// backpressure limit, so at most `max` are ever out of its view.
+    pub fn take(&mut self, max: usize) -> Batch {
+        let mut batch = Batch::default();
         let mut q = self.client.queue.lock();
-        let n = q.items.len().min(max);
-        if n == 0 {
-            return Vec::new();
+        let mut bytes = 0;
+        while batch.len < max {
+            let room = max - batch.len;
+            let Some(front) = q.items.front_mut() else {
+                break;
+            };
+            let entry = match front {
+                Entry::Run { frames, start, end } if *end - *start > room => {
+                    let part = Entry::Run {
+                        frames: frames.clone(),
+                        start: *start,
+                        end: *start + room,
+                    };
+                    *start += room;
+                    part
+                }
+                _ => q.items.pop_front().expect("front"),
+            };
+            bytes += match &entry {
+                Entry::One(f) => f.frame.len(),
+                Entry::Run { frames, start, end } => {
+                    frames[*start..*end].iter().map(|f| f.len()).sum()
+                }
+            };
+            batch.len += entry.len();
+            batch.entries.push_back(entry);
         }
-        let batch: Vec<QueuedFrame> = q.items.drain(..n).collect();
-        let bytes: usize = batch.iter().map(|out| out.frame.len()).sum();
-        q.queued = q.queued.saturating_sub(bytes);
-        self.client.release(q.queued);
+        if batch.len > 0 {
+            q.queued = q.queued.saturating_sub(bytes);
+            self.client.release(q.queued);
+        }
         batch
     }
 }
@@ -391,6 +546,82 @@ impl Drop for QueueReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(limit: usize) -> (Arc<Client>, QueueReader) {
+        Client::new(
+            "c".into(),
+            "127.0.0.1".into(),
+            0,
+            limit,
+            false,
+            Arc::new(Stats::default()),
+        )
+    }
+
+    fn frames(texts: &[&str]) -> Arc<[Frame]> {
+        texts.iter().map(|t| Frame::from(*t)).collect()
+    }
+
+    fn texts(b: &Batch) -> Vec<String> {
+        b.frames().map(|f| f.as_str().to_string()).collect()
+    }
+
+    /// A run is shared, not copied frame by frame, and it keeps its place
+    /// between single frames; `take` splits it at `max` and `consume`
+    /// walks across entries.
+    #[test]
+    fn runs_are_shared_and_taken_in_order() {
+        let (c, mut r) = client(1 << 20);
+        let run = frames(&["b", "c", "d", "e"]);
+        c.offer(&Frame::from("a"));
+        assert_eq!(c.offer_many(&run), 4);
+        c.offer(&Frame::from("f"));
+        // One reference per member, whatever the number of frames.
+        assert_eq!(Arc::strong_count(&run), 2);
+
+        let mut first = r.take(3);
+        assert_eq!(texts(&first), ["a", "b", "c"]);
+        assert_eq!(first.len(), 3);
+        let rest = r.take(10);
+        assert_eq!(texts(&rest), ["d", "e", "f"]);
+        assert!(r.take(10).is_empty());
+
+        first.consume(2);
+        assert_eq!(texts(&first), ["c"]);
+        first.consume(1);
+        assert!(first.is_empty());
+        drop((first, rest));
+        assert_eq!(Arc::strong_count(&run), 1);
+    }
+
+    /// A run that would pass the backpressure limit is queued frame by
+    /// frame under the single-frame rule: the frames that fit are queued,
+    /// the others dropped and counted.
+    #[test]
+    fn a_run_over_the_limit_is_offered_frame_by_frame() {
+        let (c, mut r) = client(10);
+        let run = frames(&["1234", "5678", "9abc"]);
+        assert_eq!(c.offer_many(&run), 2);
+        assert_eq!(c.stats.dropped_backpressure.load(Ordering::Relaxed), 1);
+        assert_eq!(texts(&r.take(10)), ["1234", "5678"]);
+        // Taken frames no longer count: the next run fits whole.
+        assert_eq!(c.offer_many(&frames(&["x", "y"])), 2);
+        assert_eq!(texts(&r.take(10)), ["x", "y"]);
+    }
+
+    /// Sealing (built-in encryption) gives each client its own frames:
+    /// the shared run is left as it was.
+    #[test]
+    fn sealing_a_batch_leaves_the_shared_run_alone() {
+        let (c, mut r) = client(1 << 20);
+        let run = frames(&["p", "q"]);
+        c.offer_plain(&Frame::from("plain"));
+        c.offer_many(&run);
+        let mut b = r.take(10);
+        b.seal_with(|f| Frame::from(format!("<{}>", f.as_str())));
+        assert_eq!(texts(&b), ["plain", "<p>", "<q>"]);
+        assert_eq!(run[0].as_str(), "p");
+    }
 
     /// Every idle connection pays for this struct; the cipher, larger than
     /// the rest of the record, is boxed out of it for the clients that

@@ -6,7 +6,7 @@
 //! `validateRoomFn` never stops the socket from being read or written, and a
 //! socket that cannot be written never holds up anyone else.
 
-use crate::core::client::{Client, ClientState, CloseRequest, QueueReader, QueuedFrame};
+use crate::core::client::{Batch, Client, ClientState, CloseRequest, QueueReader};
 use crate::core::config::Config;
 use crate::core::connections::Connections;
 use crate::core::events::Events;
@@ -187,12 +187,9 @@ enum Io {
 /// Seals the frames of a batch for a client with built-in encryption
 /// (here, on the connection's own task, so a fan-out's encryption spreads
 /// over the runtime's threads).
-fn seal_batch(client: &Client, batch: &mut [QueuedFrame]) {
+fn seal_batch(client: &Client, batch: &mut Batch) {
     if let Some(cipher) = client.cipher.get() {
-        for out in batch.iter_mut().filter(|o| !o.plain) {
-            out.frame = seal(cipher, &out.frame);
-            out.plain = true;
-        }
+        batch.seal_with(|frame| seal(cipher, frame));
     }
 }
 
@@ -291,7 +288,7 @@ impl Connection {
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
             // Frames taken off the queue that the socket has not taken yet.
-            let mut batch: Vec<QueuedFrame> = Vec::new();
+            let mut batch = Batch::default();
             // Set while the event queue is full: reads pause until it has room.
             let mut paused: Option<BoxFuture<'static, ()>> = None;
 
@@ -427,7 +424,7 @@ impl Connection {
     fn poll_socket<S>(
         stats: &crate::core::stats::Stats,
         ws: &mut WebSocketStream<FrameWriter<S>>,
-        batch: &mut Vec<QueuedFrame>,
+        batch: &mut Batch,
         writing: bool,
         reading: bool,
         cx: &mut Context<'_>,
@@ -454,7 +451,7 @@ impl Connection {
     fn poll_write<S>(
         stats: &crate::core::stats::Stats,
         ws: &mut WebSocketStream<FrameWriter<S>>,
-        batch: &mut Vec<QueuedFrame>,
+        batch: &mut Batch,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WsError>>
     where
@@ -462,11 +459,11 @@ impl Connection {
     {
         let out = ws.get_mut();
         while !batch.is_empty() {
-            let taken = ready!(out.poll_write_frames(cx, batch))?;
+            let taken = ready!(out.poll_write_frames(cx, batch.frames().map(|f| f.as_bytes())))?;
             stats
                 .frames_out
                 .fetch_add(taken as u64, std::sync::atomic::Ordering::Relaxed);
-            batch.drain(..taken);
+            batch.consume(taken);
         }
         ready!(out.poll_drain(cx))?;
         Poll::Ready(Ok(()))
@@ -481,7 +478,7 @@ impl Connection {
         grace: Duration,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         queue: &mut QueueReader,
-        batch: Vec<QueuedFrame>,
+        batch: Batch,
         req: CloseRequest,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,

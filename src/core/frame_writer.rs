@@ -16,11 +16,6 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// The text of a frame to write.
-pub trait Payload {
-    fn bytes(&self) -> &[u8];
-}
-
 /// Frames per write (a vectored one takes two slices each; the system's
 /// limit is 1024).
 pub const FRAMES_PER_WRITE: usize = 128;
@@ -144,64 +139,71 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     /// Writes up to [`FRAMES_PER_WRITE`] text frames with one write, once
     /// nothing is pending; ready with how many were taken (their unwritten
     /// part, if any, is now pending).
-    pub fn poll_write_frames<P: Payload>(
+    pub fn poll_write_frames<'a, I>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[P],
-    ) -> Poll<io::Result<usize>> {
+        payloads: I,
+    ) -> Poll<io::Result<usize>>
+    where
+        I: Iterator<Item = &'a [u8]> + Clone,
+    {
         ready!(self.poll_drain(cx))?;
-        let payloads = &payloads[..payloads.len().min(FRAMES_PER_WRITE)];
-        let bytes: usize = payloads.iter().map(|p| p.bytes().len()).sum();
+        let payloads = payloads.take(FRAMES_PER_WRITE);
+        let (count, bytes) = payloads
+            .clone()
+            .fold((0, 0), |(n, b), p| (n + 1, b + p.len()));
         if bytes <= JOIN_MAX {
             self.write_joined(cx, payloads)
-        } else if payloads.len() <= 4 {
+        } else if count <= 4 {
             // Slices on the stack, sized for a few large frames too.
-            self.write_vectored::<P, 4, 8>(cx, payloads)
+            self.write_vectored::<4, 8>(cx, payloads)
         } else {
-            self.write_vectored::<P, FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
+            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
         }
     }
 
     /// Small frames are copied into one buffer (per thread, not per
     /// socket) and written as one slice: the kernel's per-slice cost for a
     /// 2-byte header and a 100-byte payload is several times that copy.
-    fn write_joined<P: Payload>(
+    fn write_joined<'a>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[P],
+        payloads: impl Iterator<Item = &'a [u8]>,
     ) -> Poll<io::Result<usize>> {
         JOINED.with(|joined| {
             let mut buf = joined.borrow_mut();
             buf.clear();
+            let mut n = 0;
             for p in payloads {
-                let p = p.bytes();
                 let (h, used) = text_header(p.len());
                 buf.extend_from_slice(&h[..used]);
                 buf.extend_from_slice(p);
+                n += 1;
             }
             let written = ready!(self.poll_inner(cx, &buf))?;
             self.pending.extend_from_slice(&buf[written..]);
-            Poll::Ready(Ok(payloads.len()))
+            Poll::Ready(Ok(n))
         })
     }
 
     /// `payloads` holds at most `N` frames.
-    fn write_vectored<P: Payload, const N: usize, const SLICES: usize>(
+    fn write_vectored<'a, const N: usize, const SLICES: usize>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: &[P],
+        payloads: impl Iterator<Item = &'a [u8]> + Clone,
     ) -> Poll<io::Result<usize>> {
-        let n = payloads.len();
         let mut headers = [([0u8; 10], 0usize); N];
-        for (h, p) in headers.iter_mut().zip(&payloads[..n]) {
-            *h = text_header(p.bytes().len());
+        let mut n = 0;
+        for (h, p) in headers.iter_mut().zip(payloads.clone()) {
+            *h = text_header(p.len());
+            n += 1;
         }
         let mut slices = [IoSlice::new(&[]); SLICES];
         let mut total = 0;
-        for (i, (h, p)) in headers.iter().zip(&payloads[..n]).enumerate() {
+        for (i, (h, p)) in headers[..n].iter().zip(payloads).enumerate() {
             slices[2 * i] = IoSlice::new(&h.0[..h.1]);
-            slices[2 * i + 1] = IoSlice::new(p.bytes());
-            total += h.1 + p.bytes().len();
+            slices[2 * i + 1] = IoSlice::new(p);
+            total += h.1 + p.len();
         }
         let slices = &slices[..2 * n];
         let written = ready!(self.poll_inner_vectored(cx, slices))?;
@@ -282,12 +284,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
 mod tests {
     use super::*;
     use crate::core::protocol::Frame;
-
-    impl Payload for Frame {
-        fn bytes(&self) -> &[u8] {
-            self.as_bytes()
-        }
-    }
     use tokio::io::AsyncReadExt;
 
     #[test]
@@ -318,9 +314,11 @@ mod tests {
             });
             let mut done = 0;
             while done < frames.len() {
-                done += std::future::poll_fn(|cx| out.poll_write_frames(cx, &frames[done..]))
-                    .await
-                    .unwrap();
+                done += std::future::poll_fn(|cx| {
+                    out.poll_write_frames(cx, frames[done..].iter().map(|f| f.as_bytes()))
+                })
+                .await
+                .unwrap();
             }
             tokio::io::AsyncWriteExt::write_all(&mut out, b"TAIL")
                 .await

@@ -331,8 +331,8 @@ mod tests {
 
     fn texts(r: &mut QueueReader) -> Vec<String> {
         r.take(1000)
-            .into_iter()
-            .map(|q| q.frame.as_str().to_string())
+            .frames()
+            .map(|f| f.as_str().to_string())
             .collect()
     }
 

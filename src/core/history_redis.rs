@@ -284,7 +284,7 @@ impl RedisHistory {
             }
         }
         if let Some(frames) = f.batch.take() {
-            self.hub.send_to_room_many(room, &frames);
+            self.hub.send_to_room_many(room, frames);
         }
     }
 
@@ -339,7 +339,7 @@ impl RedisHistory {
         // Anything batched goes first.
         if let Some(batch) = f.batch.as_mut().filter(|b| !b.is_empty()) {
             let frames = std::mem::take(batch);
-            self.hub.send_to_room_many(room, &frames);
+            self.hub.send_to_room_many(room, frames);
         }
         if f.joiners.is_empty() {
             self.hub.send_to_room(room, &item.frame, &item.exclude);

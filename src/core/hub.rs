@@ -316,12 +316,15 @@ impl Hub {
     }
 
     /// `send_to_room` for several frames, in order (see
-    /// `Client::offer_many`); returns the number of deliveries.
-    pub fn send_to_room_many(&self, room: &str, frames: &[Frame]) -> usize {
+    /// `Client::offer_many`: every member shares one run of them); returns
+    /// the number of deliveries.
+    pub fn send_to_room_many(&self, room: &str, frames: Vec<Frame>) -> usize {
         let st = self.state.read();
-        st.rooms
-            .get(room)
-            .map_or(0, |m| m.values().map(|c| c.offer_many(frames)).sum())
+        let Some(members) = st.rooms.get(room) else {
+            return 0;
+        };
+        let frames: Arc<[Frame]> = frames.into();
+        members.values().map(|c| c.offer_many(&frames)).sum()
     }
 
     /// Every authenticated client, except `exclude`.

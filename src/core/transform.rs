@@ -182,8 +182,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let out: Vec<String> = reader
             .take(10)
-            .into_iter()
-            .map(|q| q.frame.as_str().to_string())
+            .frames()
+            .map(|f| f.as_str().to_string())
             .collect();
         assert_eq!(out, ["A", "B", "C"]);
         assert_eq!(stats.handler_errors.load(Ordering::Relaxed), 1);

@@ -76,7 +76,7 @@ impl Router {
             (Batch::History, Some(h)) => h.deliver_many(room, envs),
             _ => {
                 let frames: Vec<_> = envs.iter().map(|e| e.frame()).collect();
-                self.hub.send_to_room_many(room, &frames);
+                self.hub.send_to_room_many(room, frames);
             }
         }
         envs.clear();
@@ -179,8 +179,8 @@ mod tests {
     fn texts(reader: &mut QueueReader) -> Vec<String> {
         reader
             .take(1000)
-            .iter()
-            .map(|q| q.frame.as_str().to_string())
+            .frames()
+            .map(|f| f.as_str().to_string())
             .collect()
     }
 
