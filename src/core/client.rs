@@ -4,6 +4,7 @@
 //! The socket itself belongs to the connection task; everything here is
 //! shared (behind `Arc`) and safe to touch from any thread.
 
+use crate::core::frame_writer::Chunk;
 use crate::core::protocol::Frame;
 use crate::core::stats::Stats;
 use futures_util::task::AtomicWaker;
@@ -117,16 +118,62 @@ pub struct QueuedFrame {
     pub plain: bool,
 }
 
-/// What a queue holds: one frame, or frames `start..end` of a run of
-/// publications fanned out to a room, shared by every member it was
-/// offered to. A run costs each member one reference count per batch
-/// instead of one per frame: in a burst, cloning and dropping the frames'
-/// counts (touched by the fanning-out core and by every writing core) was
-/// the largest user-space cost of the server.
+/// Publications fanned out together to a room's members: their frames,
+/// and the same frames framed for the wire, once for every member. In a
+/// burst, cloning and dropping each frame's reference count for each
+/// member (counts touched by the fanning-out core and by every writing
+/// core) and joining the frames again for each member's write were the
+/// largest user-space costs of the server.
+pub struct Run {
+    frames: Vec<Frame>,
+    wire: Vec<u8>,
+    /// Where each frame starts in `wire`, and where the last one ends.
+    at: Vec<usize>,
+    /// The frames' text, in bytes (what the backpressure limit counts).
+    bytes: usize,
+}
+
+impl Run {
+    pub fn new(frames: Vec<Frame>) -> Arc<Run> {
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        let mut wire = Vec::with_capacity(bytes + 4 * frames.len());
+        let mut at = Vec::with_capacity(frames.len() + 1);
+        for f in &frames {
+            at.push(wire.len());
+            crate::core::frame_writer::append_text_frame(&mut wire, f.as_bytes());
+        }
+        at.push(wire.len());
+        Arc::new(Run {
+            frames,
+            wire,
+            at,
+            bytes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn text_bytes(&self, start: usize, end: usize) -> usize {
+        if start == 0 && end == self.frames.len() {
+            return self.bytes;
+        }
+        self.frames[start..end].iter().map(|f| f.len()).sum()
+    }
+}
+
+/// What a queue holds: one frame, or frames `start..end` of a [`Run`]
+/// shared by every member it was offered to (one reference count per
+/// member per run, not one per frame).
 enum Entry {
     One(QueuedFrame),
     Run {
-        frames: Arc<[Frame]>,
+        run: Arc<Run>,
         start: usize,
         end: usize,
     },
@@ -165,6 +212,17 @@ impl Batch {
         }
     }
 
+    /// The frames as the socket is to be sent them: runs framed already.
+    pub fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> + Clone {
+        self.entries.iter().map(|e| match e {
+            Entry::One(q) => Chunk::Text(q.frame.as_bytes()),
+            Entry::Run { run, start, end } => Chunk::Framed {
+                bytes: &run.wire[run.at[*start]..run.at[*end]],
+                frames: end - start,
+            },
+        })
+    }
+
     /// Drops the first `n` frames (the socket took them).
     pub fn consume(&mut self, mut n: usize) {
         self.len -= n.min(self.len);
@@ -196,8 +254,8 @@ impl Batch {
                     frame: f(&q.frame),
                     plain: true,
                 })),
-                Entry::Run { frames, start, end } => {
-                    for frame in &frames[start..end] {
+                Entry::Run { run, start, end } => {
+                    for frame in &run.frames[start..end] {
                         self.entries.push_back(Entry::One(QueuedFrame {
                             frame: f(frame),
                             plain: true,
@@ -226,7 +284,7 @@ impl<'a> Iterator for Frames<'a> {
             }
             match self.entries.next()? {
                 Entry::One(q) => return Some(&q.frame),
-                Entry::Run { frames, start, end } => self.run = frames[*start..*end].iter(),
+                Entry::Run { run, start, end } => self.run = run.frames[*start..*end].iter(),
             }
         }
     }
@@ -347,29 +405,28 @@ impl Client {
     /// queued as one shared run when they all fit. Returns how many were
     /// queued; each frame over the backpressure limit is dropped and
     /// counted as `offer` would.
-    pub fn offer_many(&self, frames: &Arc<[Frame]>) -> usize {
+    pub fn offer_many(&self, run: &Arc<Run>) -> usize {
         let transformer = self.transformer.get();
-        if transformer.is_none() && frames.len() > 1 {
-            let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        if transformer.is_none() && run.len() > 1 {
             let mut q = self.queue.lock();
             if q.closed {
                 return 0;
             }
-            if q.queued + bytes <= self.backpressure_limit {
+            if q.queued + run.bytes <= self.backpressure_limit {
                 q.items.push_back(Entry::Run {
-                    frames: frames.clone(),
+                    run: run.clone(),
                     start: 0,
-                    end: frames.len(),
+                    end: run.len(),
                 });
-                q.queued += bytes;
+                q.queued += run.bytes;
                 drop(q);
                 self.task.wake();
-                return frames.len();
+                return run.len();
             }
         }
         // Some would be over the limit (or they go to the transformer):
         // frame by frame.
-        self.enqueue(frames, false, transformer, true).queued
+        self.enqueue(&run.frames, false, transformer, true).queued
     }
 
     fn enqueue_one(
@@ -506,9 +563,9 @@ impl QueueReader {
                 break;
             };
             let entry = match front {
-                Entry::Run { frames, start, end } if *end - *start > room => {
+                Entry::Run { run, start, end } if *end - *start > room => {
                     let part = Entry::Run {
-                        frames: frames.clone(),
+                        run: run.clone(),
                         start: *start,
                         end: *start + room,
                     };
@@ -519,9 +576,7 @@ impl QueueReader {
             };
             bytes += match &entry {
                 Entry::One(f) => f.frame.len(),
-                Entry::Run { frames, start, end } => {
-                    frames[*start..*end].iter().map(|f| f.len()).sum()
-                }
+                Entry::Run { run, start, end } => run.text_bytes(*start, *end),
             };
             batch.len += entry.len();
             batch.entries.push_back(entry);
@@ -558,8 +613,8 @@ mod tests {
         )
     }
 
-    fn frames(texts: &[&str]) -> Arc<[Frame]> {
-        texts.iter().map(|t| Frame::from(*t)).collect()
+    fn frames(texts: &[&str]) -> Arc<Run> {
+        Run::new(texts.iter().map(|t| Frame::from(*t)).collect())
     }
 
     fn texts(b: &Batch) -> Vec<String> {
@@ -582,6 +637,19 @@ mod tests {
         let mut first = r.take(3);
         assert_eq!(texts(&first), ["a", "b", "c"]);
         assert_eq!(first.len(), 3);
+        // On the wire: "a" framed on its way out, "b" and "c" cut from the
+        // run's framing.
+        let mut wire = Vec::new();
+        for c in first.chunks() {
+            match c {
+                Chunk::Text(t) => crate::core::frame_writer::append_text_frame(&mut wire, t),
+                Chunk::Framed { bytes, frames } => {
+                    assert_eq!(frames, 2);
+                    wire.extend_from_slice(bytes);
+                }
+            }
+        }
+        assert_eq!(wire, [0x81, 1, b'a', 0x81, 1, b'b', 0x81, 1, b'c']);
         let rest = r.take(10);
         assert_eq!(texts(&rest), ["d", "e", "f"]);
         assert!(r.take(10).is_empty());
@@ -620,7 +688,7 @@ mod tests {
         let mut b = r.take(10);
         b.seal_with(|f| Frame::from(format!("<{}>", f.as_str())));
         assert_eq!(texts(&b), ["plain", "<p>", "<q>"]);
-        assert_eq!(run[0].as_str(), "p");
+        assert_eq!(run.frames[0].as_str(), "p");
     }
 
     /// Every idle connection pays for this struct; the cipher, larger than

@@ -459,7 +459,7 @@ impl Connection {
     {
         let out = ws.get_mut();
         while !batch.is_empty() {
-            let taken = ready!(out.poll_write_frames(cx, batch.frames().map(|f| f.as_bytes())))?;
+            let taken = ready!(out.poll_write_frames(cx, batch.chunks()))?;
             stats
                 .frames_out
                 .fetch_add(taken as u64, std::sync::atomic::Ordering::Relaxed);

@@ -136,30 +136,47 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes up to [`FRAMES_PER_WRITE`] text frames with one write, once
-    /// nothing is pending; ready with how many were taken (their unwritten
-    /// part, if any, is now pending).
+    /// Writes up to [`FRAMES_PER_WRITE`] chunks of frames with one write,
+    /// once nothing is pending; ready with how many frames were taken
+    /// (their unwritten part, if any, is now pending).
     pub fn poll_write_frames<'a, I>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: I,
+        chunks: I,
     ) -> Poll<io::Result<usize>>
     where
-        I: Iterator<Item = &'a [u8]> + Clone,
+        I: Iterator<Item = Chunk<'a>> + Clone,
     {
         ready!(self.poll_drain(cx))?;
-        let payloads = payloads.take(FRAMES_PER_WRITE);
-        let (count, bytes) = payloads
-            .clone()
-            .fold((0, 0), |(n, b), p| (n + 1, b + p.len()));
-        if bytes <= JOIN_MAX {
-            self.write_joined(cx, payloads)
+        let chunks = chunks.take(FRAMES_PER_WRITE);
+        let (mut count, mut texts, mut bytes, mut frames) = (0, 0, 0, 0);
+        for c in chunks.clone() {
+            count += 1;
+            frames += c.frames();
+            bytes += c.len();
+            texts += matches!(c, Chunk::Text(_)) as usize;
+        }
+        let written = if texts == 0 {
+            // Frames framed already: written as they are, without a copy.
+            if count == 1 {
+                let Some(Chunk::Framed { bytes, .. }) = chunks.clone().next() else {
+                    unreachable!("one framed chunk")
+                };
+                let n = ready!(self.poll_inner(cx, bytes))?;
+                self.pending.extend_from_slice(&bytes[n..]);
+                return Poll::Ready(Ok(frames));
+            }
+            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, chunks)
+        } else if bytes <= JOIN_MAX {
+            self.write_joined(cx, chunks)
         } else if count <= 4 {
             // Slices on the stack, sized for a few large frames too.
-            self.write_vectored::<4, 8>(cx, payloads)
+            self.write_vectored::<4, 8>(cx, chunks)
         } else {
-            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, payloads)
-        }
+            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, chunks)
+        };
+        ready!(written)?;
+        Poll::Ready(Ok(frames))
     }
 
     /// Small frames are copied into one buffer (per thread, not per
@@ -168,44 +185,49 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     fn write_joined<'a>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: impl Iterator<Item = &'a [u8]>,
-    ) -> Poll<io::Result<usize>> {
+        chunks: impl Iterator<Item = Chunk<'a>>,
+    ) -> Poll<io::Result<()>> {
         JOINED.with(|joined| {
             let mut buf = joined.borrow_mut();
             buf.clear();
-            let mut n = 0;
-            for p in payloads {
-                let (h, used) = text_header(p.len());
-                buf.extend_from_slice(&h[..used]);
-                buf.extend_from_slice(p);
-                n += 1;
+            for c in chunks {
+                c.append_to(&mut buf);
             }
             let written = ready!(self.poll_inner(cx, &buf))?;
             self.pending.extend_from_slice(&buf[written..]);
-            Poll::Ready(Ok(n))
+            Poll::Ready(Ok(()))
         })
     }
 
-    /// `payloads` holds at most `N` frames.
+    /// `chunks` holds at most `N` chunks.
     fn write_vectored<'a, const N: usize, const SLICES: usize>(
         &mut self,
         cx: &mut Context<'_>,
-        payloads: impl Iterator<Item = &'a [u8]> + Clone,
-    ) -> Poll<io::Result<usize>> {
+        chunks: impl Iterator<Item = Chunk<'a>> + Clone,
+    ) -> Poll<io::Result<()>> {
         let mut headers = [([0u8; 10], 0usize); N];
-        let mut n = 0;
-        for (h, p) in headers.iter_mut().zip(payloads.clone()) {
-            *h = text_header(p.len());
-            n += 1;
+        for (h, c) in headers.iter_mut().zip(chunks.clone()) {
+            if let Chunk::Text(p) = c {
+                *h = text_header(p.len());
+            }
         }
         let mut slices = [IoSlice::new(&[]); SLICES];
-        let mut total = 0;
-        for (i, (h, p)) in headers[..n].iter().zip(payloads).enumerate() {
-            slices[2 * i] = IoSlice::new(&h.0[..h.1]);
-            slices[2 * i + 1] = IoSlice::new(p);
-            total += h.1 + p.len();
+        let (mut used, mut total) = (0, 0);
+        for (h, c) in headers.iter().zip(chunks) {
+            match c {
+                Chunk::Text(p) => {
+                    slices[used] = IoSlice::new(&h.0[..h.1]);
+                    slices[used + 1] = IoSlice::new(p);
+                    used += 2;
+                }
+                Chunk::Framed { bytes, .. } => {
+                    slices[used] = IoSlice::new(bytes);
+                    used += 1;
+                }
+            }
+            total += c.len();
         }
-        let slices = &slices[..2 * n];
+        let slices = &slices[..used];
         let written = ready!(self.poll_inner_vectored(cx, slices))?;
         if written < total {
             let mut skip = written;
@@ -218,8 +240,48 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
                 }
             }
         }
-        Poll::Ready(Ok(n))
+        Poll::Ready(Ok(()))
     }
+}
+
+/// Part of what a socket is sent: one frame's text, framed on its way
+/// out, or frames framed already (a run of publications shared by a
+/// room's members is framed once for all of them).
+#[derive(Clone, Copy)]
+pub enum Chunk<'a> {
+    Text(&'a [u8]),
+    Framed { bytes: &'a [u8], frames: usize },
+}
+
+impl Chunk<'_> {
+    fn frames(&self) -> usize {
+        match self {
+            Chunk::Text(_) => 1,
+            Chunk::Framed { frames, .. } => *frames,
+        }
+    }
+
+    /// Bytes on the wire.
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Text(p) => text_header(p.len()).1 + p.len(),
+            Chunk::Framed { bytes, .. } => bytes.len(),
+        }
+    }
+
+    fn append_to(&self, buf: &mut Vec<u8>) {
+        match self {
+            Chunk::Text(p) => append_text_frame(buf, p),
+            Chunk::Framed { bytes, .. } => buf.extend_from_slice(bytes),
+        }
+    }
+}
+
+/// Appends `payload` as one unmasked text frame.
+pub fn append_text_frame(buf: &mut Vec<u8>, payload: &[u8]) {
+    let (h, used) = text_header(payload.len());
+    buf.extend_from_slice(&h[..used]);
+    buf.extend_from_slice(payload);
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for FrameWriter<S> {
@@ -283,7 +345,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::protocol::Frame;
     use tokio::io::AsyncReadExt;
 
     #[test]
@@ -297,44 +358,88 @@ mod tests {
         assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
-    /// A reader slower than the writer: frames split by a full socket still
-    /// arrive whole and in order, with tungstenite-style writes behind them,
-    /// whether joined (small) or written as slices (large).
+    /// Writes `chunks` through a 64-byte pipe (a reader slower than the
+    /// writer), then a tungstenite-style write; returns what arrived.
+    async fn through_a_slow_reader(chunks: &[Chunk<'_>]) -> Vec<u8> {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut out = FrameWriter::new(a);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let mut i = 0;
+        while i < chunks.len() {
+            let mut taken =
+                std::future::poll_fn(|cx| out.poll_write_frames(cx, chunks[i..].iter().copied()))
+                    .await
+                    .unwrap();
+            // Whole chunks are taken, never part of one.
+            while taken > 0 {
+                taken -= chunks[i].frames();
+                i += 1;
+            }
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut out, b"TAIL")
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
+        drop(out);
+        reader.await.unwrap()
+    }
+
+    fn wire(texts: &[&[u8]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for t in texts {
+            append_text_frame(&mut buf, t);
+        }
+        buf
+    }
+
+    /// Frames split by a full socket still arrive whole and in order, with
+    /// tungstenite-style writes behind them, whether joined (small), written
+    /// as slices (large) or framed already (runs), alone or mixed.
     #[tokio::test]
     async fn partial_writes_keep_frames_whole_and_in_order() {
         for big_len in [300, JOIN_MAX + 1] {
-            let (a, mut b) = tokio::io::duplex(64);
-            let mut out = FrameWriter::new(a);
             let big = "x".repeat(big_len);
-            let frames: Vec<Frame> = vec!["one".into(), big.as_str().into(), "three".into()];
-            let reader = tokio::spawn(async move {
-                let mut all = Vec::new();
-                b.read_to_end(&mut all).await.unwrap();
-                all
-            });
-            let mut done = 0;
-            while done < frames.len() {
-                done += std::future::poll_fn(|cx| {
-                    out.poll_write_frames(cx, frames[done..].iter().map(|f| f.as_bytes()))
-                })
-                .await
-                .unwrap();
+            let run = wire(&[b"a", b"bb"]);
+            let big_run = wire(&[big.as_bytes(), b"c"]);
+            let (run, big_run) = (
+                Chunk::Framed {
+                    bytes: &run,
+                    frames: 2,
+                },
+                Chunk::Framed {
+                    bytes: &big_run,
+                    frames: 2,
+                },
+            );
+            let cases: Vec<(Vec<Chunk<'_>>, Vec<&[u8]>)> = vec![
+                (
+                    vec![
+                        Chunk::Text(b"one"),
+                        Chunk::Text(big.as_bytes()),
+                        Chunk::Text(b"three"),
+                    ],
+                    vec![b"one", big.as_bytes(), b"three"],
+                ),
+                (
+                    vec![Chunk::Text(b"one"), run, Chunk::Text(big.as_bytes())],
+                    vec![b"one", b"a", b"bb", big.as_bytes()],
+                ),
+                (vec![big_run], vec![big.as_bytes(), b"c"]),
+                (
+                    vec![run, big_run, run],
+                    vec![b"a", b"bb", big.as_bytes(), b"c", b"a", b"bb"],
+                ),
+            ];
+            for (n, (chunks, texts)) in cases.iter().enumerate() {
+                let mut want = wire(texts);
+                want.extend_from_slice(b"TAIL");
+                let all = through_a_slow_reader(chunks).await;
+                assert_eq!(all, want, "case {n}, big frame of {big_len} bytes");
             }
-            tokio::io::AsyncWriteExt::write_all(&mut out, b"TAIL")
-                .await
-                .unwrap();
-            tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
-            drop(out);
-            let all = reader.await.unwrap();
-            let mut want = vec![0x81, 3];
-            want.extend_from_slice(b"one");
-            let (h, used) = text_header(big_len);
-            want.extend_from_slice(&h[..used]);
-            want.extend_from_slice(big.as_bytes());
-            want.extend_from_slice(&[0x81, 5]);
-            want.extend_from_slice(b"three");
-            want.extend_from_slice(b"TAIL");
-            assert_eq!(all, want, "big frame of {big_len} bytes");
         }
     }
 }

@@ -5,7 +5,7 @@
 //! holds the read lock only while it hands a shared `Frame` (a refcounted
 //! buffer) to each recipient's queue; no socket I/O happens under the lock.
 
-use crate::core::client::{Client, ClientId, ClientState, Offer};
+use crate::core::client::{Client, ClientId, ClientState, Offer, Run};
 use crate::core::protocol::Frame;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
@@ -323,8 +323,8 @@ impl Hub {
         let Some(members) = st.rooms.get(room) else {
             return 0;
         };
-        let frames: Arc<[Frame]> = frames.into();
-        members.values().map(|c| c.offer_many(&frames)).sum()
+        let run = Run::new(frames);
+        members.values().map(|c| c.offer_many(&run)).sum()
     }
 
     /// Every authenticated client, except `exclude`.
