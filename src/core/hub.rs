@@ -323,6 +323,10 @@ impl Hub {
         let Some(members) = st.rooms.get(room) else {
             return 0;
         };
+        if let [frame] = frames.as_slice() {
+            // Nothing to share: framing it once more would only cost a copy.
+            return offer_all(members.values(), frame, &[]);
+        }
         let run = Run::new(frames);
         members.values().map(|c| c.offer_many(&run)).sum()
     }
