@@ -341,7 +341,9 @@ impl Connection {
                         }
                     }
                     io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
-                        Io::Written(Ok(())) => {}
+                        // Written: the batch's storage goes too, rather than
+                        // stay allocated in every idle connection.
+                        Io::Written(Ok(())) => batch = Batch::default(),
                         Io::Written(Err(_)) => break None,
                         Io::Read(msg) => {
                             heard_since_tick = true;

@@ -27,6 +27,8 @@
 //!   With `--message order` it sends an order of about 1.5 KiB instead and
 //!   waits for the `receipt` (about 1 KiB) the server's handler answers.
 
+mod raw;
+
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,6 +171,13 @@ fn is_event(text: &str, needle: &str) -> bool {
     text.get(1..1 + needle.len()) == Some(needle)
         || text.get(..needle.len()) == Some(needle)
         || text.contains(needle)
+}
+
+/// `is_event` on a frame's bytes.
+fn is_event_bytes(text: &[u8], needle: &[u8]) -> bool {
+    text.get(1..1 + needle.len()) == Some(needle)
+        || text.get(..needle.len()) == Some(needle)
+        || text.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The number after `"t":` in a frame, if any.
@@ -341,7 +350,7 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
     let cpu0 = cpu_seconds();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
     let mut tasks = Vec::new();
-    for mut ws in sockets {
+    for ws in sockets {
         let (total, first, latencies, needle, expect, proto, latency) = (
             total.clone(),
             first.clone(),
@@ -351,34 +360,42 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
             a.proto,
             a.latency,
         );
+        // The receivers read their frames straight from the socket
+        // (`raw`). Nothing is buffered in tungstenite at this point: the
+        // server sent nothing after `connected` (or Socket.IO's `40`) that
+        // was read with it.
+        let tcp = match ws.into_inner() {
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+            _ => panic!("the receivers read plain TCP"),
+        };
         tasks.push(tokio::spawn(async move {
+            let mut reader = raw::Reader::new(tcp);
             let mut got = 0u64;
             let mut own = Vec::with_capacity(if latency { expect as usize } else { 0 });
-            // One timer for the whole run, not one per frame.
-            let timeout = tokio::time::sleep_until(deadline);
-            tokio::pin!(timeout);
-            while got < expect {
-                let text = tokio::select! {
-                    biased;
-                    t = next_text(&mut ws, proto) => match t {
-                        Some(t) => t,
-                        None => break,
-                    },
-                    () = &mut timeout => break,
-                };
-                if is_event(&text, &needle) {
+            let needle = needle.as_bytes();
+            let read = reader.run(proto == Proto::SocketIo, |text| {
+                if is_event_bytes(text, needle) {
                     first.get_or_init(Instant::now);
                     got += 1;
-                    total.fetch_add(1, Ordering::Relaxed);
                     if latency {
-                        if let Some(t) = stamp(&text) {
+                        if let Some(t) = std::str::from_utf8(text).ok().and_then(stamp) {
                             own.push(now_ms() - t);
                         }
                     }
                 }
-            }
+                if got < expect {
+                    raw::Next::More
+                } else {
+                    raw::Next::Stop
+                }
+            });
+            // One timer for the whole run, not one per frame.
+            let _ = tokio::time::timeout_at(deadline, read).await;
+            // Counted once per receiver: a shared counter bumped for every
+            // frame would bounce its cache line between the cores.
+            total.fetch_add(got, Ordering::Relaxed);
             latencies.lock().unwrap().extend(own);
-            ws
+            reader
         }));
     }
     if let Some((mut tx, mut rx)) = sender {
