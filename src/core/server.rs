@@ -425,31 +425,40 @@ impl Server {
 
     /// The original's `send`: local delivery when the destination is here,
     /// and always a publication for the other instances.
+    ///
+    /// The publication is queued first. Its task is woken before the local
+    /// recipients' tasks, so it goes out ahead of the local fan-out rather
+    /// than behind a room's worth of socket writes; the original's Redis
+    /// command likewise leaves before Bun writes its local subscribers. The
+    /// two sets of recipients are disjoint (this instance ignores its own
+    /// envelopes), so no client sees a different order.
     pub fn send(&self, destination: Option<&str>, event: &str, data_json: &str) {
         let frame = protocol::encode_frame(event, Some(data_json));
         let hub = &self.env.hub;
         let (kind, target) = match destination {
-            None => {
-                hub.broadcast(&frame, &[]);
-                (Kind::Broadcast, None)
-            }
-            Some(d) if hub.has_client(d) => {
-                hub.send_to_client(d, &frame);
-                (Kind::Client, Some(d))
-            }
+            None => (Kind::Broadcast, None),
+            Some(d) if hub.has_client(d) => (Kind::Client, Some(d)),
             Some(d) if self.fleet_history(d) => {
                 // Redis positions it and publishes it to every instance.
                 self.send_to_room(d, &frame, &[]);
                 return;
             }
-            Some(d) => {
-                // A local room, or something on another instance: either way
-                // the original publishes it as a room.
-                self.send_to_room(d, &frame, &[]);
-                (Kind::Room, Some(d))
-            }
+            // A local room, or something on another instance: either way
+            // the original publishes it as a room.
+            Some(d) => (Kind::Room, Some(d)),
         };
         self.publish(kind, target, event, Some(data_json), None);
+        match (kind, target) {
+            (Kind::Client, Some(d)) => {
+                hub.send_to_client(d, &frame);
+            }
+            (Kind::Room, Some(d)) => {
+                self.send_to_room(d, &frame, &[]);
+            }
+            _ => {
+                hub.broadcast(&frame, &[]);
+            }
+        }
     }
 
     pub fn broker_status(&self) -> BrokerStatus {
