@@ -123,7 +123,10 @@ pub struct QueuedFrame {
 /// burst, cloning and dropping each frame's reference count for each
 /// member (counts touched by the fanning-out core and by every writing
 /// core) and joining the frames again for each member's write were the
-/// largest user-space costs of the server.
+/// largest user-space costs of the server. A member holds the whole run
+/// until it has written the run's last frame, so the frames of a run it has
+/// already written (at most a bus batch of 32 publications) stay in memory
+/// beyond what its backpressure limit counts.
 pub struct Run {
     frames: Vec<Frame>,
     wire: Vec<u8>,
