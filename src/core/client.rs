@@ -154,12 +154,8 @@ impl Run {
         })
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
     }
 
     fn text_bytes(&self, start: usize, end: usize) -> usize {
@@ -195,24 +191,34 @@ impl Entry {
 #[derive(Default)]
 pub struct Batch {
     entries: VecDeque<Entry>,
-    len: usize,
 }
 
 impl Batch {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.iter().map(Entry::len).sum()
     }
 
+    /// Entries are never empty: `take` makes none and `consume` drops them.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
-    /// The frames, in order.
-    pub fn frames(&self) -> Frames<'_> {
-        Frames {
-            entries: self.entries.iter(),
-            run: [].iter(),
+    /// The frames' texts, in order.
+    #[cfg(test)]
+    pub fn texts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            match e {
+                Entry::One(q) => out.push(q.frame.as_str().to_string()),
+                Entry::Run { run, start, end } => out.extend(
+                    run.frames[*start..*end]
+                        .iter()
+                        .map(|f| f.as_str().to_string()),
+                ),
+            }
         }
+        out
     }
 
     /// The frames as the socket is to be sent them: runs framed already.
@@ -228,7 +234,6 @@ impl Batch {
 
     /// Drops the first `n` frames (the socket took them).
     pub fn consume(&mut self, mut n: usize) {
-        self.len -= n.min(self.len);
         while n > 0 {
             let Some(front) = self.entries.front_mut() else {
                 return;
@@ -265,29 +270,6 @@ impl Batch {
                         }));
                     }
                 }
-            }
-        }
-    }
-}
-
-/// The frames of a [`Batch`], in order.
-#[derive(Clone)]
-pub struct Frames<'a> {
-    entries: std::collections::vec_deque::Iter<'a, Entry>,
-    run: std::slice::Iter<'a, Frame>,
-}
-
-impl<'a> Iterator for Frames<'a> {
-    type Item = &'a Frame;
-
-    fn next(&mut self) -> Option<&'a Frame> {
-        loop {
-            if let Some(f) = self.run.next() {
-                return Some(f);
-            }
-            match self.entries.next()? {
-                Entry::One(q) => return Some(&q.frame),
-                Entry::Run { run, start, end } => self.run = run.frames[*start..*end].iter(),
             }
         }
     }
@@ -410,7 +392,7 @@ impl Client {
     /// counted as `offer` would.
     pub fn offer_many(&self, run: &Arc<Run>) -> usize {
         let transformer = self.transformer.get();
-        if transformer.is_none() && run.len() > 1 {
+        if transformer.is_none() {
             let mut q = self.queue.lock();
             if q.closed {
                 return 0;
@@ -559,9 +541,9 @@ impl QueueReader {
     pub fn take(&mut self, max: usize) -> Batch {
         let mut batch = Batch::default();
         let mut q = self.client.queue.lock();
-        let mut bytes = 0;
-        while batch.len < max {
-            let room = max - batch.len;
+        let (mut frames, mut bytes) = (0, 0);
+        while frames < max {
+            let room = max - frames;
             let Some(front) = q.items.front_mut() else {
                 break;
             };
@@ -581,10 +563,10 @@ impl QueueReader {
                 Entry::One(f) => f.frame.len(),
                 Entry::Run { run, start, end } => run.text_bytes(*start, *end),
             };
-            batch.len += entry.len();
+            frames += entry.len();
             batch.entries.push_back(entry);
         }
-        if batch.len > 0 {
+        if frames > 0 {
             q.queued = q.queued.saturating_sub(bytes);
             self.client.release(q.queued);
         }
@@ -621,7 +603,7 @@ mod tests {
     }
 
     fn texts(b: &Batch) -> Vec<String> {
-        b.frames().map(|f| f.as_str().to_string()).collect()
+        b.texts()
     }
 
     /// A run is shared, not copied frame by frame, and it keeps its place

@@ -156,18 +156,9 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
             bytes += c.len();
             texts += matches!(c, Chunk::Text(_)) as usize;
         }
-        let written = if texts == 0 {
-            // Frames framed already: written as they are, without a copy.
-            if count == 1 {
-                let Some(Chunk::Framed { bytes, .. }) = chunks.clone().next() else {
-                    unreachable!("one framed chunk")
-                };
-                let n = ready!(self.poll_inner(cx, bytes))?;
-                self.pending.extend_from_slice(&bytes[n..]);
-                return Poll::Ready(Ok(frames));
-            }
-            self.write_vectored::<FRAMES_PER_WRITE, { 2 * FRAMES_PER_WRITE }>(cx, chunks)
-        } else if bytes <= JOIN_MAX {
+        // Frames framed already (runs) go as they are, without a copy;
+        // small single frames are joined.
+        let written = if texts > 0 && bytes <= JOIN_MAX {
             self.write_joined(cx, chunks)
         } else if count <= 4 {
             // Slices on the stack, sized for a few large frames too.

@@ -330,10 +330,7 @@ mod tests {
     }
 
     fn texts(r: &mut QueueReader) -> Vec<String> {
-        r.take(1000)
-            .frames()
-            .map(|f| f.as_str().to_string())
-            .collect()
+        r.take(1000).texts()
     }
 
     fn epoch_of(joined: &str) -> String {

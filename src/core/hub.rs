@@ -319,16 +319,17 @@ impl Hub {
     /// `Client::offer_many`: every member shares one run of them); returns
     /// the number of deliveries.
     pub fn send_to_room_many(&self, room: &str, frames: Vec<Frame>) -> usize {
-        let st = self.state.read();
-        let Some(members) = st.rooms.get(room) else {
-            return 0;
-        };
         if let [frame] = frames.as_slice() {
             // Nothing to share: framing it once more would only cost a copy.
-            return offer_all(members.values(), frame, &[]);
+            return self.send_to_room(room, frame, &[]);
         }
+        // Framed before the lock is taken: nothing but handing out
+        // references happens under it.
         let run = Run::new(frames);
-        members.values().map(|c| c.offer_many(&run)).sum()
+        let st = self.state.read();
+        st.rooms
+            .get(room)
+            .map_or(0, |m| m.values().map(|c| c.offer_many(&run)).sum())
     }
 
     /// Every authenticated client, except `exclude`.

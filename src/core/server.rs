@@ -455,9 +455,10 @@ impl Server {
             (Kind::Room, Some(d)) => {
                 self.send_to_room(d, &frame, &[]);
             }
-            _ => {
+            (Kind::Broadcast, _) => {
                 hub.broadcast(&frame, &[]);
             }
+            _ => {}
         }
     }
 

@@ -180,11 +180,7 @@ mod tests {
             client.offer(&Frame::from(f));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let out: Vec<String> = reader
-            .take(10)
-            .frames()
-            .map(|f| f.as_str().to_string())
-            .collect();
+        let out: Vec<String> = reader.take(10).texts();
         assert_eq!(out, ["A", "B", "C"]);
         assert_eq!(stats.handler_errors.load(Ordering::Relaxed), 1);
         assert_eq!(

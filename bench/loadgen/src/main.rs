@@ -167,14 +167,7 @@ fn now_ms() -> f64 {
 
 /// Whether `text` is a frame of the event `needle` names. Every contender
 /// puts the event first, so the search starts with a look at the start.
-fn is_event(text: &str, needle: &str) -> bool {
-    text.get(1..1 + needle.len()) == Some(needle)
-        || text.get(..needle.len()) == Some(needle)
-        || text.contains(needle)
-}
-
-/// `is_event` on a frame's bytes.
-fn is_event_bytes(text: &[u8], needle: &[u8]) -> bool {
+fn is_event(text: &[u8], needle: &[u8]) -> bool {
     text.get(1..1 + needle.len()) == Some(needle)
         || text.get(..needle.len()) == Some(needle)
         || text.windows(needle.len()).any(|w| w == needle)
@@ -374,7 +367,7 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
             let mut own = Vec::with_capacity(if latency { expect as usize } else { 0 });
             let needle = needle.as_bytes();
             let read = reader.run(proto == Proto::SocketIo, |text| {
-                if is_event_bytes(text, needle) {
+                if is_event(text, needle) {
                     first.get_or_init(Instant::now);
                     got += 1;
                     if latency {
@@ -475,7 +468,7 @@ async fn echo(a: &Args, sockets: Vec<Ws>) {
                 }
                 loop {
                     match next_text(&mut ws, proto).await {
-                        Some(t) if is_event(&t, &needle) => {
+                        Some(t) if is_event(t.as_bytes(), needle.as_bytes()) => {
                             if order && !t.contains(r#""status":"accepted""#) {
                                 rejected.fetch_add(1, Ordering::Relaxed);
                             }

@@ -50,10 +50,10 @@ impl Reader {
         }
     }
 
-    /// Reads and parses until `on_text` says stop or the socket closes
-    /// (returns false then). With `engine_io`, Engine.IO's ping text ("2")
+    /// Reads and parses until `on_text` says stop or the socket closes.
+    /// With `engine_io`, Engine.IO's ping text ("2")
     /// is answered with "3" instead of being handed on.
-    pub async fn run(&mut self, engine_io: bool, mut on_text: impl FnMut(&[u8]) -> Next) -> bool {
+    pub async fn run(&mut self, engine_io: bool, mut on_text: impl FnMut(&[u8]) -> Next) {
         loop {
             while let Some(f) = self.parse() {
                 match f.opcode {
@@ -78,20 +78,20 @@ impl Reader {
                             }
                         };
                         if let Next::Stop = done {
-                            return true;
+                            return;
                         }
                     }
                     0x9 => {
                         let payload = self.buf[f.start..f.end].to_vec();
                         self.send(0xA, &payload).await;
                     }
-                    0x8 => return false,
+                    0x8 => return,
                     // Pong, binary: nothing to do.
                     _ => {}
                 }
             }
             if !self.fill().await {
-                return false;
+                return;
             }
         }
     }

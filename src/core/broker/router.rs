@@ -177,11 +177,7 @@ mod tests {
     }
 
     fn texts(reader: &mut QueueReader) -> Vec<String> {
-        reader
-            .take(1000)
-            .frames()
-            .map(|f| f.as_str().to_string())
-            .collect()
+        reader.take(1000).texts()
     }
 
     fn member(hub: &Hub, id: &str, rooms: &[&str]) -> (Arc<Client>, QueueReader) {
