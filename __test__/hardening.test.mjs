@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, lib, startServer, stopAll, sleep, until, needs, hasCommand } from './helpers.mjs';
 import { soakServer } from './soak-helpers.mjs';
+import { startRedis, noRedis } from './redis-helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const runtime = process.versions.bun ? 'Bun' : 'Node';
@@ -193,6 +194,48 @@ describe('a client that stops reading (real TCP)', () => {
     flood(ws, 'stall', 32);
     await until(() => ws.getClients().size === 0, 1000, 'closed at the limit');
     raw.stop();
+  });
+
+  test('a burst through Redis to its room: its drops are counted at the limit, a member that reads gets every publication once, in order', { skip: noRedis }, async () => {
+    // Bus bursts reach members as shared runs of publications; a run that
+    // would pass the stalled member's limit is offered frame by frame.
+    const redis = await startRedis();
+    try {
+      const { ws, url } = await startServer({
+        heartbeatInterval: 60_000,
+        redis: redis.url,
+        serverOptions: { backpressureLimit: 1024 * 1024 },
+        validateRoomFn: ({ rooms }) => rooms,
+      });
+      const raw = await stalledClient(ws, 'burst');
+      const reader = await Client.auth(url, { token: 'reader' });
+      reader.emit('join', { rooms: ['burst'] });
+      await until(() => ws.getClientsByRoom({ room: 'burst' }).length === 2, 2000, 'the reader joined');
+      await sleep(150); // the room's subscription on the bus
+      const emitter = new lib.WebSocketEmitter({ redis: redis.url });
+      await emitter.configure();
+      const n = 2000;
+      const pad = 'x'.repeat(8 * 1024); // 16 MiB in all: past the kernel's buffers and the limit
+      const got = () => reader.frames.filter(f => f.event === 'b').length;
+      // Bursts of 100 (800 KiB, under the limit, so the member that reads
+      // is never over it however far behind it falls), each published at
+      // once and so fanned out in runs.
+      for (let base = 0; base < n; base += 100) {
+        await Promise.all(Array.from({ length: 100 }, (_, i) => emitter.toRoom({ room: 'burst', event: 'b', data: { k: base + i, pad } })));
+        await until(() => got() === base + 100, 5000, `publications ${base}-${base + 99} at the reader`);
+      }
+      const ks = reader.frames.filter(f => f.event === 'b').map(f => f.data.k);
+      assert.deepEqual(ks, Array.from({ length: n }, (_, k) => k), 'once each, in order');
+      const dropped = ws.stats().droppedBackpressure;
+      figure(`Redis burst of ${n} x 8 KiB to a room with a stalled member: ${dropped} dropped for it, ${n} of ${n} at the reader`);
+      assert.ok(dropped > 0, 'the stalled member overflowed its limit');
+      assert.ok(dropped < n, `not every publication was dropped for it (${dropped})`);
+      await emitter.shutdown();
+      reader.close();
+      raw.stop();
+    } finally {
+      await redis.stop();
+    }
   });
 
   test('shutdown() and an explicit close finish within the grace', async () => {
