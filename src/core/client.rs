@@ -391,6 +391,11 @@ impl Client {
     /// queued; each frame over the backpressure limit is dropped and
     /// counted as `offer` would.
     pub fn offer_many(&self, run: &Arc<Run>) -> usize {
+        if run.frames.is_empty() {
+            // A queue never holds an empty entry: a batch of none would
+            // be written, and never be done, forever.
+            return 0;
+        }
         let transformer = self.transformer.get();
         if transformer.is_none() {
             let mut q = self.queue.lock();
@@ -660,6 +665,17 @@ mod tests {
         // Taken frames no longer count: the next run fits whole.
         assert_eq!(c.offer_many(&frames(&["x", "y"])), 2);
         assert_eq!(texts(&r.take(10)), ["x", "y"]);
+    }
+
+    /// A run of no frames (a history feed's batch can end up empty) queues
+    /// nothing: an empty entry would leave a batch that is never written.
+    #[test]
+    fn an_empty_run_queues_nothing() {
+        let (c, mut r) = client(1 << 20);
+        assert_eq!(c.offer_many(&frames(&[])), 0);
+        assert!(r.take(10).is_empty());
+        c.offer(&Frame::from("a"));
+        assert_eq!(texts(&r.take(10)), ["a"]);
     }
 
     /// Sealing (built-in encryption) gives each client its own frames:

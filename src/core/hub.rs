@@ -319,9 +319,11 @@ impl Hub {
     /// `Client::offer_many`: every member shares one run of them); returns
     /// the number of deliveries.
     pub fn send_to_room_many(&self, room: &str, frames: Vec<Frame>) -> usize {
-        if let [frame] = frames.as_slice() {
+        match frames.as_slice() {
+            [] => return 0,
             // Nothing to share: framing it once more would only cost a copy.
-            return self.send_to_room(room, frame, &[]);
+            [frame] => return self.send_to_room(room, frame, &[]),
+            _ => {}
         }
         // Framed before the lock is taken: nothing but handing out
         // references happens under it.
