@@ -241,6 +241,27 @@ export interface NativeOptions {
   presenceTtl: number
 }
 
+export interface NativeProtocolErrors {
+  /** Client frames without a mask. */
+  unmaskedFrame: number
+  /** Frames with reserved bits set that no extension defines. */
+  reservedBits: number
+  /** Frames with a reserved opcode. */
+  reservedOpcode: number
+  /** A continuation with no message started, or a new message inside a fragmented one. */
+  badContinuation: number
+  /** Control frames fragmented or over 125 bytes. */
+  badControlFrame: number
+  /** Close frames with a 1-byte payload. */
+  badCloseFrame: number
+  /** Text messages or close reasons that are not UTF-8. */
+  invalidUtf8: number
+  /** Messages over maxPayloadLength. */
+  messageTooBig: number
+  /** Any other violation of RFC 6455. */
+  other: number
+}
+
 /** Redis connection, normalised by `ts/redis-options.ts`. */
 export interface NativeRedisOptions {
   /** `redis://` / `rediss://` URL of a standalone server. */
@@ -339,6 +360,8 @@ export interface NativeStats {
   historySkipped: number
   /** Redis requests for history or presence that failed or timed out. */
   storeErrors: number
+  /** Clients closed for violating RFC 6455, by reason. */
+  protocolErrors: NativeProtocolErrors
 }
 
 /**

@@ -11,6 +11,7 @@ use crate::core::log::{Format, Level, Logger, StderrLog};
 use crate::core::metrics::Sample;
 use crate::core::protocol::Frame;
 use crate::core::server::Server;
+use crate::core::violation::Violation;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
@@ -230,6 +231,8 @@ macro_rules! native_stats {
             pub log_dropped: f64,
             $(#[doc = $ghelp] pub $gauge: f64,)*
             $(#[doc = $help] pub $field: f64,)*
+            /// Clients closed for violating RFC 6455, by reason.
+            pub protocol_errors: NativeProtocolErrors,
         }
 
         impl From<Sample> for NativeStats {
@@ -245,11 +248,33 @@ macro_rules! native_stats {
                     log_dropped: sample.log_dropped as f64,
                     $($gauge: { let $s = &sample; $read } as f64,)*
                     $($field: sample.stats.$field as f64,)*
+                    protocol_errors: NativeProtocolErrors::from(&sample.stats.violations),
                 }
             }
         }
     };
 }
+
+/// `ws.stats().protocolErrors`: one count per kind of
+/// `core::violation::with_violations!`, generated from that list.
+macro_rules! native_protocol_errors {
+    ($($name:ident $code:literal $reason:literal $help:literal,)*) => {
+        #[napi(object)]
+        #[allow(non_snake_case)]
+        pub struct NativeProtocolErrors {
+            $(#[doc = $help] pub $name: f64,)*
+        }
+
+        impl From<&[u64; Violation::ALL.len()]> for NativeProtocolErrors {
+            fn from(counts: &[u64; Violation::ALL.len()]) -> Self {
+                NativeProtocolErrors {
+                    $($name: counts[Violation::$name as usize] as f64,)*
+                }
+            }
+        }
+    };
+}
+crate::with_violations!(native_protocol_errors);
 
 /// Feeds both lists to `native_stats!`.
 macro_rules! with_gauges_then_counters {

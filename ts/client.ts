@@ -70,8 +70,12 @@ export interface IClientEvents {
   recovered: { room: string; recovered: boolean };
 }
 
-/** Close codes after which reconnecting cannot help. */
-const FINAL_CODES = new Set([4003, 4004]);
+/**
+ * Close codes after which reconnecting cannot help: refused credentials or
+ * encryption, and a protocol violation (1002, 1007), which the same client
+ * would only repeat.
+ */
+const FINAL_CODES = new Set([1002, 1007, 4003, 4004]);
 const HKDF_INFO = 'ignis-ecdh-p256-aes-256-gcm-v1';
 
 interface ISocket {

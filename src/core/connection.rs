@@ -22,6 +22,7 @@ use crate::core::protocol::{self, close, errors, events, EventName};
 use crate::core::stats::bump;
 use crate::core::stats::Stats;
 use crate::core::transform::Transformer;
+use crate::core::violation::Violation;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink, StreamExt};
@@ -667,35 +668,34 @@ impl Connection {
         }
     }
 
+    /// A violation of RFC 6455 is answered with the close code the RFC
+    /// gives it (`core::violation`), counted by kind; the socket's own end
+    /// (reset, EOF) stops quietly.
     fn on_read_error(&self, e: WsError) -> Next {
-        match e {
-            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                bump(&self.env.stats.oversized_frames);
-                self.env.log.warn(
-                    "Frame too large",
-                    &[("id", &self.client.id), ("size", &size), ("max", &max_size)],
-                );
-                let (code, reason) = close::TOO_BIG;
-                Next::Close(code, reason)
-            }
-            WsError::ConnectionClosed | WsError::AlreadyClosed => Next::Stop,
-            // A peer that vanished (reset, process gone) sent nothing invalid.
-            WsError::Io(_)
-            | WsError::Protocol(
-                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            ) => {
-                self.env.log.debug("Peer gone", &[("id", &self.client.id)]);
-                Next::Stop
-            }
-            other => {
-                bump(&self.env.stats.invalid_frames);
-                self.env.log.debug(
-                    "Socket error",
-                    &[("id", &self.client.id), ("error", &other)],
-                );
-                Next::Stop
-            }
+        let Some(violation) = Violation::of(&e) else {
+            self.env
+                .log
+                .debug("Peer gone", &[("id", &self.client.id), ("error", &e)]);
+            return Next::Stop;
+        };
+        self.env.stats.violations.bump(violation);
+        if let WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) = e {
+            bump(&self.env.stats.oversized_frames);
+            self.env.log.warn(
+                "Frame too large",
+                &[("id", &self.client.id), ("size", &size), ("max", &max_size)],
+            );
+        } else {
+            self.env.log.debug(
+                "Protocol violation",
+                &[
+                    ("id", &self.client.id),
+                    ("reason", &violation.label()),
+                    ("error", &e),
+                ],
+            );
         }
+        Next::Close(violation.code(), violation.reason())
     }
 
     fn start_auth(&mut self, data_json: String, pending: PendingAuth) {

@@ -12,6 +12,28 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 /// Largest request head accepted (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 
+/// The error of [`read_head`] for a head over [`MAX_HEAD`] or with more
+/// headers than it reads: answered with HTTP 431.
+#[derive(Debug)]
+struct HeadTooLarge;
+
+impl std::fmt::Display for HeadTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request head too large")
+    }
+}
+
+impl std::error::Error for HeadTooLarge {}
+
+/// The status and reason an error of [`read_head`] is answered with.
+pub fn head_error_status(e: &io::Error) -> (u16, &'static str) {
+    if e.get_ref().is_some_and(|inner| inner.is::<HeadTooLarge>()) {
+        (431, "Request Header Fields Too Large")
+    } else {
+        (400, "Bad Request")
+    }
+}
+
 /// What the server needs to know about an upgrade request.
 #[derive(Debug, Default)]
 pub struct Head {
@@ -63,11 +85,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Head
                 return Ok((head, buf));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "request head too large",
-                ))
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge))
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
         }
@@ -215,5 +234,37 @@ mod tests {
         let mut out = vec![0u8; raw.len()];
         replay.read_exact(&mut out).await.unwrap();
         assert_eq!(&out[..], &raw[..]);
+    }
+}
+
+#[cfg(test)]
+mod head_limits {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn status_of(raw: Vec<u8>) -> u16 {
+        let (mut client, mut server) = tokio::io::duplex(256 * 1024);
+        client.write_all(&raw).await.unwrap();
+        drop(client);
+        match read_head(&mut server).await {
+            Ok(_) => 200,
+            Err(e) => head_error_status(&e).0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_431_and_garbage_400() {
+        let mut big = b"GET /ws HTTP/1.1\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(status_of(big).await, 431);
+        let mut many = b"GET /ws HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(status_of(many).await, 431);
+        assert_eq!(status_of(b"\x00\x01 nonsense\r\n\r\n".to_vec()).await, 400);
+        assert_eq!(status_of(b"GET /ws HTTP/1.1\r\n\r\n".to_vec()).await, 200);
     }
 }

@@ -202,12 +202,13 @@ impl Listener {
                 Ok(Ok(h)) => h,
                 Ok(Err(e)) => {
                     log.debug("Bad request head", &[("remote", &addr), ("error", &e)]);
+                    let (status, reason) = http::head_error_status(&e);
                     http::respond(
                         &mut stream,
-                        400,
-                        "Bad Request",
+                        status,
+                        reason,
                         "text/plain",
-                        "Bad Request\n",
+                        &format!("{reason}\n"),
                     )
                     .await;
                     return None;

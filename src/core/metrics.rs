@@ -12,6 +12,7 @@ use crate::core::broker::{Broker, BrokerStatus};
 use crate::core::connections::Connections;
 use crate::core::hub::Hub;
 use crate::core::stats::{Stats, StatsSnapshot};
+use crate::core::violation::Violation;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 
@@ -34,8 +35,9 @@ type Read = fn(&Sample) -> u64;
 
 /// Calls `$m! { name "help" |sample| value, … }` with every gauge without
 /// labels: the metrics page below and the binding's `stats()` object are
-/// generated from this list (the labelled ones, connections by state and
-/// the bus's kind, are written out in `encode`).
+/// generated from this list (the labelled ones, connections by state,
+/// protocol errors by reason and the bus's kind, are written out in
+/// `encode`).
 #[macro_export]
 macro_rules! with_gauges {
     ($m:path) => {
@@ -144,6 +146,22 @@ pub fn encode(identifier: &str, s: &Sample) -> String {
         s.bus.state == "connected" || s.bus.kind.is_empty(),
     ));
     registry.register(Box::new(bus)).expect("unique name");
+    let violations = IntCounterVec::new(
+        Opts::new(
+            "protocol_errors_total",
+            "Clients closed for violating RFC 6455, by reason (1002, 1007 or 1009).",
+        ),
+        &["server", "reason"],
+    )
+    .expect("valid");
+    for (v, n) in Violation::ALL.iter().zip(s.stats.violations) {
+        violations
+            .with_label_values(&[identifier, v.label()])
+            .inc_by(n);
+    }
+    registry
+        .register(Box::new(violations))
+        .expect("unique name");
     for (name, help, read) in GAUGES {
         let g = IntGaugeVec::new(Opts::new(*name, *help), &["server"]).expect("valid");
         g.with_label_values(&[identifier]).set(read(s) as i64);
@@ -185,7 +203,7 @@ mod tests {
             let name = line.split(' ').nth(2).unwrap();
             assert!(names.insert(name.to_string()), "second HELP for {name}");
         }
-        assert_eq!(names.len(), 2 + GAUGES.len() + COUNTERS.len());
+        assert_eq!(names.len(), 3 + GAUGES.len() + COUNTERS.len());
         assert!(text
             .contains("ignis_ws_connections{server=\"srv \\\"1\\\"\",state=\"authenticating\"} 2"));
         assert!(text.contains("ignis_ws_log_dropped_total{server=\"srv \\\"1\\\"\"} 7"));

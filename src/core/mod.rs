@@ -28,3 +28,4 @@ pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod transform;
+pub mod violation;

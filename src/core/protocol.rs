@@ -38,7 +38,6 @@ pub mod errors {
 pub mod close {
     pub const SHUTDOWN: (u16, &str) = (1001, "Server shutting down");
     pub const IDLE: (u16, &str) = (1001, "Idle timeout");
-    pub const TOO_BIG: (u16, &str) = (1009, "Message too big");
     pub const BACKPRESSURE: (u16, &str) = (1013, "Backpressure limit exceeded");
     pub const RATE_LIMIT: (u16, &str) = (1008, "Rate limit exceeded");
     pub const AUTH_BUSY: (u16, &str) = (1013, "Too many pending authentications");

@@ -49,18 +49,23 @@ macro_rules! define_stats {
         #[derive(Debug, Default)]
         pub struct Stats {
             $(#[doc = $help] pub $field: AtomicU64,)*
+            /// Protocol violations, by kind (`core::violation`).
+            pub violations: crate::core::violation::Counts,
         }
 
         /// The counters' values at one moment.
         #[derive(Debug, Clone, Default)]
         pub struct StatsSnapshot {
             $(#[doc = $help] pub $field: u64,)*
+            /// Protocol violations, in `Violation::ALL`'s order.
+            pub violations: [u64; crate::core::violation::Violation::ALL.len()],
         }
 
         impl Stats {
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
                     $($field: self.$field.load(Ordering::Relaxed),)*
+                    violations: self.violations.snapshot(),
                 }
             }
         }
