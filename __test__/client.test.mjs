@@ -107,6 +107,51 @@ describe('WebSocketClient', () => {
     assert.ok(seen.some(([s]) => s === 'reconnecting'));
   });
 
+  test('an attempt that gets no connected in handshakeTimeout is treated as lost and retried', async () => {
+    let calls = 0;
+    // The first authentication never settles: the socket is open, the server silent.
+    const { url } = await startServer({ authenticateFn: () => (++calls === 1 ? new Promise(() => {}) : { userId: 'u' }) });
+    const c = client({ url, auth: () => ({}), handshakeTimeout: 300, reconnect: { minDelay: 10, maxDelay: 20 } });
+    const lost = [];
+    c.on('disconnected', d => lost.push(d));
+    const session = await c.connect();
+    assert.equal(session.userId, 'u');
+    assert.deepEqual(lost, [{ code: 1006, reason: 'no connected in time', willReconnect: true }]);
+    assert.equal(calls, 2);
+  });
+
+  test('a re-join that gets no joined in joinTimeout is treated as lost and retried', async () => {
+    const first = await startServer({ validateRoomFn: ({ rooms }) => rooms, history: true });
+    const port = first.ws.port;
+    const c = client({ url: first.url, auth: () => ({ token: 'j' }), joinTimeout: 300, reconnect: { minDelay: 10, maxDelay: 20 } });
+    await c.connect();
+    c.join('h');
+    await until(() => first.ws.getClientsByRoom({ room: 'h' }).length === 1, 2000, 'joined');
+    const got = [];
+    c.on('m', d => got.push(d));
+    first.ws.sendToRoom({ room: 'h', event: 'm', data: 1 });
+    await until(() => got.length === 1, 2000, 'a positioned publication');
+    await first.ws.shutdown();
+    // The next instance's first validation never settles: `joined` never comes.
+    let validations = 0;
+    const second = await startServer({
+      port,
+      history: true,
+      validateRoomFn: ({ rooms }) => (++validations === 1 ? new Promise(() => {}) : rooms),
+    });
+    const lost = [];
+    const joined = [];
+    c.on('disconnected', d => lost.push(d));
+    c.on('joined', j => joined.push(j));
+    await until(() => joined.length === 1, 5000, 'joined on the retry');
+    assert.equal(validations, 2);
+    assert.ok(lost.some(d => d.code === 1006 && d.reason === 'no joined in time' && d.willReconnect), JSON.stringify(lost));
+    assert.equal(joined[0].room, 'h');
+    assert.equal(c.state, 'connected');
+    second.ws.sendToRoom({ room: 'h', event: 'm', data: 2 });
+    await until(() => got.length === 2, 2000, 'live again');
+  });
+
   test('4003 is final: no retry, connect() rejects', async () => {
     const { url } = await startServer({ authenticateFn: () => null });
     let calls = 0;

@@ -44,6 +44,17 @@ export interface IWebSocketClientOptions<AuthData = Record<string, unknown>> {
   encryption?: boolean;
   /** A WebSocket constructor, for runtimes without a global one. */
   WebSocket?: unknown;
+  /**
+   * ms from opening a socket to the server's `connected`; past it the
+   * attempt is treated as lost and retried. Default 10000; 0 disables.
+   */
+  handshakeTimeout?: number;
+  /**
+   * ms from a re-join asking to recover to each of its rooms' `joined`;
+   * past it the connection is treated as lost and opened again (the
+   * rooms re-join from the same positions). Default 10000; 0 disables.
+   */
+  joinTimeout?: number;
 }
 
 export interface IDisconnectInfo {
@@ -70,12 +81,10 @@ export interface IClientEvents {
   recovered: { room: string; recovered: boolean };
 }
 
-/**
- * Close codes after which reconnecting cannot help: refused credentials or
- * encryption, and a protocol violation (1002, 1007), which the same client
- * would only repeat.
- */
-const FINAL_CODES = new Set([1002, 1007, 4003, 4004]);
+/** Close codes after which reconnecting cannot help. */
+const FINAL_CODES = new Set([4003, 4004]);
+/** The close code reported when the client gives up on a socket itself. */
+const ABANDONED = 1006;
 const HKDF_INFO = 'ignis-ecdh-p256-aes-256-gcm-v1';
 
 interface ISocket {
@@ -137,6 +146,10 @@ export class WebSocketClient<
   private attempts = 0;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Armed while an attempt waits for `connected`, then for the `joined` answers. */
+  private watchdog: ReturnType<typeof setTimeout> | undefined;
+  /** History rooms whose `joined` answer the current connection still waits for. */
+  private readonly awaitingJoined = new Set<string>();
   private closedByUser = false;
   // WebCrypto key objects (typed loosely: the package builds without DOM typings).
   private key: any;
@@ -164,7 +177,12 @@ export class WebSocketClient<
     if (this._state === 'connected' && this.session) return Promise.resolve(this.session);
     this.closedByUser = false;
     const p = new Promise<IConnectedPayload>((resolve, reject) => (this.firstConnect = { resolve, reject }));
-    if (this._state === 'idle' || this._state === 'disconnected') void this.open();
+    if (this._state === 'idle' || this._state === 'disconnected') {
+      // A retry already scheduled is this attempt: one socket at a time.
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+      void this.open();
+    }
     return p;
   }
 
@@ -246,6 +264,7 @@ export class WebSocketClient<
     for (const r of list) {
       this.rooms.delete(r);
       this.positions.delete(r);
+      if (this.awaitingJoined.delete(r) && !this.awaitingJoined.size) this.disarm();
     }
     if (this._state === 'connected') this.send({ event: 'leave', data: { rooms: list } });
   }
@@ -253,6 +272,7 @@ export class WebSocketClient<
   /** Closes for good (no reconnection). */
   close(code = 1000, reason = ''): void {
     this.closedByUser = true;
+    this.disarm();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.stopHeartbeat();
@@ -315,6 +335,7 @@ export class WebSocketClient<
     }
     this.socket = socket;
     this.key = undefined;
+    this.arm(socket, this.opts.handshakeTimeout ?? 10_000, 'no connected in time');
     socket.onopen = () => socket.send(JSON.stringify({ event: 'authenticate', data }));
     socket.onmessage = ev => this.onFrame(socket, ev.data);
     socket.onerror = ev => this.dispatch('error', ev);
@@ -331,7 +352,7 @@ export class WebSocketClient<
     }
     if (msg.event === 'connected') {
       // Decryption must wait for the key; chain it so frames stay in order.
-      this.decryptChain = this.decryptChain.then(() => this.onConnected(msg.data as IConnectedPayload));
+      this.decryptChain = this.decryptChain.then(() => this.onConnected(socket, msg.data as IConnectedPayload));
       return;
     }
     if (msg.event === 'encrypted') {
@@ -366,6 +387,10 @@ export class WebSocketClient<
       const { room, offset, epoch, recovered } = msg.data;
       if (typeof offset === 'number' && typeof epoch === 'string') this.positions.set(room, { offset, epoch });
       if (typeof recovered === 'boolean') this.dispatch('recovered', { room, recovered });
+      if (this.awaitingJoined.delete(room) && !this.awaitingJoined.size) {
+        this.disarm();
+        this.attempts = 0;
+      }
     }
     this.dispatch(msg.event, msg.data);
   }
@@ -386,7 +411,7 @@ export class WebSocketClient<
     this.notify(event, data);
   }
 
-  private async onConnected(payload: IConnectedPayload): Promise<void> {
+  private async onConnected(socket: ISocket, payload: IConnectedPayload): Promise<void> {
     if (payload.serverPublicKey && payload.salt && this.keyPair) {
       try {
         const peer = await crypto.subtle.importKey('raw', b64decode(payload.serverPublicKey), { name: 'ECDH', namedCurve: 'P-256' }, false, []);
@@ -403,8 +428,9 @@ export class WebSocketClient<
         this.dispatch('error', e);
       }
     }
+    if (socket !== this.socket) return;
+    this.disarm();
     this.session = payload;
-    this.attempts = 0;
     this._state = 'connected';
     this.startHeartbeat();
     // Rooms and queued events go out before listeners hear `connected`, so
@@ -419,15 +445,53 @@ export class WebSocketClient<
       }
       const data = Object.keys(recover).length ? { rooms: [...this.rooms], recover } : { rooms: [...this.rooms] };
       this.send({ event: 'join', data });
+      // Only history rooms answer `joined`; those with a position are known to be.
+      for (const room of Object.keys(recover)) this.awaitingJoined.add(room);
     }
+    // A connection counts as made once its re-joins are answered: one that
+    // stalls after `connected` keeps backing off.
+    if (this.awaitingJoined.size) this.arm(socket, this.opts.joinTimeout ?? 10_000, 'no joined in time');
+    else this.attempts = 0;
     while (this.queue.length && this.socket?.readyState === 1) this.socket.send(this.queue.shift()!);
     this.setState('connected', payload);
     this.firstConnect?.resolve(payload);
     this.firstConnect = undefined;
   }
 
+  /**
+   * Gives `socket` `ms` to get past the current step (`connected`, then the
+   * `joined` answers); past it the socket is treated as lost: a half-open
+   * connection, or a server that stopped answering, never keeps the client
+   * waiting for longer.
+   */
+  private arm(socket: ISocket, ms: number, reason: string): void {
+    this.disarm();
+    if (!(ms > 0)) return;
+    this.watchdog = setTimeout(() => {
+      this.watchdog = undefined;
+      if (socket !== this.socket) return;
+      socket.onopen = socket.onmessage = socket.onclose = null;
+      socket.onerror = () => {};
+      try {
+        const s = socket as ISocket & { terminate?: () => void };
+        if (typeof s.terminate === 'function') s.terminate();
+        else s.close();
+      } catch {
+        // already closed
+      }
+      this.onClose(socket, ABANDONED, reason);
+    }, ms);
+  }
+
+  private disarm(): void {
+    if (this.watchdog) clearTimeout(this.watchdog);
+    this.watchdog = undefined;
+  }
+
   private onClose(socket: ISocket, code: number, reason: string): void {
     if (socket !== this.socket) return;
+    this.disarm();
+    this.awaitingJoined.clear();
     this.stopHeartbeat();
     this.socket = undefined;
     this.session = undefined;

@@ -38,6 +38,10 @@ use std::time::Duration;
 /// history anyway (a publication in between may then reach the client
 /// only with the next gap fill).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// The longest a history join waits for Redis (subscription and read)
+/// before it is answered anyway, `joined` with `recovered: false` and the
+/// feed's position (docs/PROTOCOL.md §15).
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Out-of-order publications a feed holds while it fills a gap; past this
 /// the gap is given up (counted in `historySkipped`).
 const PENDING_MAX: usize = 10_000;
@@ -187,6 +191,61 @@ struct Feed {
     batch: Option<Vec<Frame>>,
 }
 
+impl Feed {
+    /// Positions a feed that has none from its joiners' reads, once no read
+    /// is outstanding, at the lowest position any joiner was given.
+    ///
+    /// Not from the first read to come back: reads run in Redis in one
+    /// order and come back to the feed in another, and a read that saw a
+    /// publication this instance has not received yet would mark it
+    /// delivered; the bus's copy would then be dropped as a duplicate
+    /// before the joiners whose reads ran earlier were given it. At the
+    /// lowest position, everything past it reaches each joiner through
+    /// `emit`, which serves a joiner past its own position.
+    fn position_from_reads(&mut self) {
+        if self.epoch.is_some() {
+            return;
+        }
+        let mut lowest: Option<(Arc<str>, u64)> = None;
+        for j in &self.joiners {
+            match (&j.given, &lowest) {
+                (None, _) => return, // a read still outstanding
+                (Some((epoch, _)), _) if epoch.is_empty() => {} // Redis could not say
+                (Some((epoch, offset)), None) => lowest = Some((epoch.clone(), *offset)),
+                (Some((epoch, offset)), Some((at, low))) if epoch == at => {
+                    lowest = Some((epoch.clone(), (*offset).min(*low)));
+                }
+                // The history restarted between two reads: the bus says
+                // where the room is.
+                (Some(_), Some(_)) => return,
+            }
+        }
+        if let Some((epoch, top)) = lowest {
+            self.epoch = Some(epoch);
+            self.top = top;
+        }
+    }
+
+    /// The lowest position a joiner was given in `epoch`: the first
+    /// publication seen in an epoch positions the feed no later, so a
+    /// publication the bus missed (sent before this instance subscribed) is
+    /// a gap to fill rather than a silent loss.
+    fn lowest_given(&self, epoch: &str) -> Option<u64> {
+        self.joiners
+            .iter()
+            .filter_map(|j| j.given.as_ref())
+            .filter(|(e, _)| &**e == epoch)
+            .map(|(_, offset)| *offset)
+            .min()
+    }
+
+    /// Hands the joiners that are caught up to the room's fan-out.
+    fn release_caught_up(&mut self) {
+        let (epoch, top) = (self.epoch.clone(), self.top);
+        self.joiners.retain(|j| !j.caught_up(epoch.as_ref(), top));
+    }
+}
+
 pub struct RedisHistory {
     pub cfg: HistoryConfig,
     hub: Arc<Hub>,
@@ -292,8 +351,9 @@ impl RedisHistory {
         if f.epoch.as_deref() != Some(&*item.epoch) {
             // First publication seen here, or the room's history was lost
             // (expired, flushed) and offsets restarted.
+            let before = item.offset.saturating_sub(1);
+            f.top = f.lowest_given(&item.epoch).map_or(before, |low| low.min(before));
             f.epoch = Some(item.epoch.clone());
-            f.top = item.offset.saturating_sub(1);
             f.pending.clear();
         }
         if item.offset <= f.top {
@@ -483,6 +543,7 @@ impl RedisHistory {
                 given: None,
             });
         }
+        let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
         let channel = envelope::channel(Kind::Room, Some(&room));
         if !self.broker.subscribed(&channel, SUBSCRIBE_WAIT).await {
             self.log.warn(
@@ -504,7 +565,15 @@ impl RedisHistory {
                 from.to_string(),
             ],
         };
-        let read = self.store.run(&call).await;
+        // Bounded as a whole: a store slowed down by a storm of joins
+        // answers this one `joined` (recovered: false) rather than never.
+        let read = match tokio::time::timeout_at(deadline, self.store.run(&call)).await {
+            Ok(read) => read,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "history read timed out",
+            ))),
+        };
         let mut f = feed.lock();
         let Some(at) = f.joiners.iter().position(|j| j.token == token) else {
             return;
@@ -522,10 +591,6 @@ impl RedisHistory {
         let id = &*client.id;
         let (mut top, mut epoch, recovered) = match read {
             Ok(r) => {
-                if f.epoch.is_none() {
-                    f.epoch = Some(Arc::from(r.epoch.as_str()));
-                    f.top = r.top;
-                }
                 let recovered = r.recovered && matches!(recover, Some(Recover::From { .. }));
                 if recovered {
                     for item in r.entries.iter().filter_map(|t| Item::parse(&room, t)) {
@@ -569,9 +634,8 @@ impl RedisHistory {
             .position(|j| j.token == token)
             .expect("held under this lock");
         f.joiners[at].given = Some((epoch, top));
-        if f.joiners[at].caught_up(f.epoch.as_ref(), f.top) {
-            f.joiners.swap_remove(at);
-        }
+        f.position_from_reads();
+        f.release_caught_up();
     }
 
     /// Forgets the feeds of rooms nobody here follows any more.
@@ -582,5 +646,76 @@ impl RedisHistory {
                 f.filling || !f.joiners.is_empty()
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joiner(token: u64, given: Option<(&str, u64)>) -> Joiner {
+        let (client, _queue) = Client::new(
+            Arc::from(format!("c{token}")),
+            "127.0.0.1:1".into(),
+            0,
+            1 << 20,
+            false,
+            Arc::new(Stats::default()),
+        );
+        Joiner {
+            token,
+            client,
+            held: Vec::new(),
+            given: given.map(|(e, o)| (Arc::from(e), o)),
+        }
+    }
+
+    fn feed(joiners: Vec<Joiner>) -> Feed {
+        Feed {
+            joiners,
+            ..Feed::default()
+        }
+    }
+
+    /// Reads that ran in Redis before and after a publication come back in
+    /// the other order: the feed is not positioned past what the earlier
+    /// one was given while it is still out, then at the lower position.
+    #[test]
+    fn reads_back_out_of_order_position_the_feed_at_the_lowest() {
+        let mut f = feed(vec![joiner(1, None), joiner(2, Some(("e", 223)))]);
+        f.position_from_reads();
+        assert_eq!(f.epoch, None, "a read is outstanding");
+        f.release_caught_up();
+        assert_eq!(f.joiners.len(), 2, "nobody is caught up with an unpositioned feed");
+        f.joiners[0].given = Some((Arc::from("e"), 222));
+        f.position_from_reads();
+        assert_eq!((f.epoch.as_deref(), f.top), (Some("e"), 222));
+        f.release_caught_up();
+        // The one given 222 is served by the fan-out from 223 on; the one
+        // given 223 waits until the feed delivered 223.
+        assert_eq!(f.joiners.iter().map(|j| j.token).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn reads_in_two_epochs_leave_the_position_to_the_bus() {
+        let mut f = feed(vec![joiner(1, Some(("old", 9))), joiner(2, Some(("new", 1)))]);
+        f.position_from_reads();
+        assert_eq!(f.epoch, None);
+        // A read Redis could not answer has no position to offer.
+        let mut g = feed(vec![joiner(1, Some(("", 0))), joiner(2, Some(("e", 5)))]);
+        g.position_from_reads();
+        assert_eq!((g.epoch.as_deref(), g.top), (Some("e"), 5));
+    }
+
+    #[test]
+    fn the_lowest_position_given_in_an_epoch() {
+        let f = feed(vec![
+            joiner(1, Some(("e", 7))),
+            joiner(2, Some(("e", 4))),
+            joiner(3, Some(("x", 1))),
+            joiner(4, None),
+        ]);
+        assert_eq!(f.lowest_given("e"), Some(4));
+        assert_eq!(f.lowest_given("y"), None);
     }
 }

@@ -1,0 +1,226 @@
+// A rolling restart (or crash) of two instances under a history room's
+// traffic, with N client SDKs re-joining at once: the reproduction behind
+// docs/RELIABILITY.md's "recovery storm" figures. Shared by the test suite
+// (recovery-storm.test.mjs) and the larger benchmark-style run
+// (bench/recovery-storm.mjs).
+import net from 'node:net';
+import { createRequire } from 'node:module';
+import { freePort } from './redis-helpers.mjs';
+import { soakServer } from './soak-helpers.mjs';
+import { sleep, until } from './helpers.mjs';
+
+const require = createRequire(import.meta.url);
+const { WebSocketEmitter } = require('../dist/index.js');
+const { WebSocketClient } = require('../dist/client.js');
+
+/**
+ * A plain TCP round-robin balancer: each connection goes to the next
+ * upstream, skipping one that refuses it, as an L4 load balancer does.
+ */
+export async function balancer(ports) {
+  let next = 0;
+  const sockets = new Set();
+  const server = net.createServer(client => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => {});
+    client.pause();
+    const tryUpstream = tries => {
+      if (tries === 0 || client.destroyed) return client.destroy();
+      const port = ports[next++ % ports.length];
+      const up = net.connect(port, '127.0.0.1');
+      up.once('error', () => {
+        if (up.connecting || !up.remoteAddress) tryUpstream(tries - 1);
+        else client.destroy();
+      });
+      up.once('connect', () => {
+        up.removeAllListeners('error');
+        up.on('error', () => client.destroy());
+        sockets.add(up);
+        up.on('close', () => {
+          sockets.delete(up);
+          client.destroy();
+        });
+        client.on('close', () => up.destroy());
+        client.pipe(up);
+        up.pipe(client);
+        client.resume();
+      });
+    };
+    tryUpstream(ports.length);
+  });
+  await new Promise(r => server.listen(0, '127.0.0.1', r));
+  return {
+    port: server.address().port,
+    close: () => (server.close(), [...sockets].forEach(s => s.destroy())),
+  };
+}
+
+/** An instance on a fixed port that can be stopped (SIGTERM or SIGKILL) and started again. */
+async function instance(port, options, how) {
+  const self = {
+    port,
+    server: null,
+    async start() {
+      // The port is free again at once after a kill; retry while it is not.
+      for (let i = 0; ; i++) {
+        try {
+          self.server = await soakServer({ ...options, port }, {}, how);
+          return;
+        } catch (e) {
+          if (i >= 20) throw e;
+          await sleep(100);
+        }
+      }
+    },
+    async stop(signal) {
+      const s = self.server;
+      self.server = null;
+      s.child.kill(signal);
+      await Promise.race([s.exited, sleep(10_000)]);
+      if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
+      await s.exited;
+    },
+    stats: () => self.server?.stats(),
+  };
+  await self.start();
+  return self;
+}
+
+/**
+ * Runs one storm and returns what every client saw.
+ *
+ * opts: redisUrl, clients (1000), messages (1200), rate (per second, 100),
+ * path ('direct' | 'balancer'), signal ('SIGTERM' | 'SIGKILL'),
+ * sameRuntime (servers on the runtime running this), log (progress lines).
+ */
+export async function runStorm(opts) {
+  const {
+    redisUrl,
+    clients: n = 1000,
+    messages = 1200,
+    rate = 100,
+    path = 'direct',
+    signal = 'SIGTERM',
+    log = () => {},
+  } = opts;
+  const room = `storm-${process.pid}-${Date.now()}`;
+  const history = { size: 2000, ttl: 600_000 };
+  const options = { redis: redisUrl, history, shutdownSignals: true };
+  const how = { sameRuntime: true };
+  const [pa, pb] = [await freePort(), await freePort()];
+  const a = await instance(pa, options, how);
+  const b = await instance(pb, options, how);
+  const lb = path === 'balancer' ? await balancer([pa, pb]) : null;
+  const emitter = new WebSocketEmitter({ redis: redisUrl, history });
+  await emitter.configure();
+
+  const started = Date.now();
+  const members = [];
+  for (let i = 0; i < n; i++) {
+    const port = lb ? lb.port : i % 2 ? pb : pa;
+    const m = {
+      got: [],
+      joins: [],
+      closes: [],
+      connects: 0,
+      client: new WebSocketClient({
+        url: `ws://127.0.0.1:${port}/ws`,
+        auth: () => ({ userId: `u${i}` }),
+        heartbeatInterval: 0,
+        encryption: false,
+      }),
+    };
+    m.client.on('m', d => m.got.push(d.k));
+    m.client.on('joined', j => m.joins.push({ at: Date.now() - started, ...j }));
+    m.client.on('connected', () => m.connects++);
+    m.client.on('disconnected', d => m.closes.push({ at: Date.now() - started, code: d.code }));
+    m.client.join(room);
+    members.push(m);
+  }
+  await Promise.all(members.map(m => m.client.connect()));
+  await until(() => members.every(m => m.joins.length >= 1), 30_000, 'every client joined');
+  log(`${n} clients joined in ${Date.now() - started} ms`);
+
+  // Publish at `rate` per second; restart A, then B, under the traffic.
+  let published = 0;
+  let publishing = true;
+  const publisher = (async () => {
+    const t0 = Date.now();
+    while (published < messages && publishing) {
+      await emitter.toRoom({ room, event: 'm', data: { k: published } });
+      published++;
+      const ahead = t0 + (published * 1000) / rate - Date.now();
+      if (ahead > 0) await sleep(ahead);
+    }
+  })();
+  const restarts = [];
+  const period = (messages / rate) * 1000;
+  for (const [name, inst] of [
+    ['A', a],
+    ['B', b],
+  ]) {
+    await sleep(period / 4);
+    const t = { name, stoppedAt: Date.now() - started };
+    await inst.stop(signal);
+    await inst.start();
+    t.startedAt = Date.now() - started;
+    restarts.push(t);
+    log(`${name} ${signal} at ${t.stoppedAt} ms, listening again at ${t.startedAt} ms`);
+  }
+  await publisher;
+  publishing = false;
+  const done = () => members.every(m => m.got.length >= messages);
+  await until(done, 30_000, 'every client has every publication').catch(() => {});
+
+  // What each client saw.
+  let lost = 0;
+  let duplicated = 0;
+  let outOfOrder = 0;
+  let complete = 0;
+  const bad = [];
+  for (const [i, m] of members.entries()) {
+    const seen = new Set();
+    let prev = -1;
+    let dup = 0;
+    let ooo = 0;
+    for (const k of m.got) {
+      if (seen.has(k)) dup++;
+      else seen.add(k);
+      if (k < prev) ooo++;
+      prev = k;
+    }
+    const miss = messages - seen.size;
+    lost += miss;
+    duplicated += dup;
+    outOfOrder += ooo;
+    if (!miss && !dup && !ooo) complete++;
+    else if (bad.length < 5) {
+      const missing = [];
+      for (let k = 0; k < messages && missing.length < 5; k++) if (!seen.has(k)) missing.push(k);
+      bad.push({ client: i, miss, dup, ooo, missing, joins: m.joins.slice(-3), closes: m.closes.slice(-3) });
+    }
+  }
+  // Time from each stop to every client it cut off being back and
+  // recovered (its first `joined` after that stop).
+  const recovery = restarts.map(r => {
+    let worst = 0;
+    let cut = 0;
+    let unrecovered = 0;
+    for (const m of members) {
+      if (!m.closes.some(c => c.at >= r.stoppedAt && c.at < r.startedAt + 1000)) continue;
+      cut++;
+      const back = m.joins.find(j => j.at >= r.stoppedAt);
+      if (!back || back.recovered !== true) unrecovered++;
+      if (back) worst = Math.max(worst, back.at - r.stoppedAt);
+    }
+    return { instance: r.name, cut, unrecovered, backWithinMs: worst, downMs: r.startedAt - r.stoppedAt };
+  });
+  const stats = { a: await a.stats(), b: await b.stats() };
+
+  for (const m of members) m.client.close();
+  await emitter.shutdown();
+  lb?.close();
+  await Promise.all([a, b].map(i => i.server?.stop()));
+  return { clients: n, messages, published, complete, lost, duplicated, outOfOrder, recovery, bad, stats };
+}
