@@ -3,57 +3,28 @@
 // docs/RELIABILITY.md's "recovery storm" figures. Shared by the test suite
 // (recovery-storm.test.mjs) and the larger benchmark-style run
 // (bench/recovery-storm.mjs).
-import net from 'node:net';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import { freePort } from './redis-helpers.mjs';
 import { soakServer } from './soak-helpers.mjs';
 import { sleep, until } from './helpers.mjs';
 
+const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const { WebSocketEmitter } = require('../dist/index.js');
 const { WebSocketClient } = require('../dist/client.js');
 
-/**
- * A plain TCP round-robin balancer: each connection goes to the next
- * upstream, skipping one that refuses it, as an L4 load balancer does.
- */
+/** The balancer fixture in its own process, in front of `ports`. */
 export async function balancer(ports) {
-  let next = 0;
-  const sockets = new Set();
-  const server = net.createServer(client => {
-    sockets.add(client);
-    client.on('close', () => sockets.delete(client));
-    client.on('error', () => {});
-    client.pause();
-    const tryUpstream = tries => {
-      if (tries === 0 || client.destroyed) return client.destroy();
-      const port = ports[next++ % ports.length];
-      const up = net.connect(port, '127.0.0.1');
-      up.once('error', () => {
-        if (up.connecting || !up.remoteAddress) tryUpstream(tries - 1);
-        else client.destroy();
-      });
-      up.once('connect', () => {
-        up.removeAllListeners('error');
-        up.on('error', () => client.destroy());
-        sockets.add(up);
-        up.on('close', () => {
-          sockets.delete(up);
-          client.destroy();
-        });
-        client.on('close', () => up.destroy());
-        client.pipe(up);
-        up.pipe(client);
-        client.resume();
-      });
-    };
-    tryUpstream(ports.length);
+  const child = spawn(process.execPath, [path.join(here, 'fixtures', 'balancer.mjs'), ...ports.map(String)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
   });
-  await new Promise(r => server.listen(0, '127.0.0.1', r));
-  return {
-    port: server.address().port,
-    close: () => (server.close(), [...sockets].forEach(s => s.destroy())),
-  };
+  let out = '';
+  child.stdout.on('data', d => (out += d));
+  await until(() => /PORT (\d+)/.test(out), 10_000, 'balancer');
+  return { port: Number(/PORT (\d+)/.exec(out)[1]), close: () => child.kill('SIGKILL') };
 }
 
 /** An instance on a fixed port that can be stopped (SIGTERM or SIGKILL) and started again. */
@@ -134,7 +105,7 @@ export async function runStorm(opts) {
     m.client.on('m', d => m.got.push(d.k));
     m.client.on('joined', j => m.joins.push({ at: Date.now() - started, ...j }));
     m.client.on('connected', () => m.connects++);
-    m.client.on('disconnected', d => m.closes.push({ at: Date.now() - started, code: d.code }));
+    m.client.on('disconnected', d => m.closes.push({ at: Date.now() - started, code: d.code, reason: d.reason }));
     m.client.join(room);
     members.push(m);
   }
@@ -217,10 +188,13 @@ export async function runStorm(opts) {
     return { instance: r.name, cut, unrecovered, backWithinMs: worst, downMs: r.startedAt - r.stoppedAt };
   });
   const stats = { a: await a.stats(), b: await b.stats() };
+  // Why connections ended, and how long the slowest took to come back.
+  const closes = {};
+  for (const m of members) for (const c of m.closes) closes[`${c.code} ${c.reason}`] = (closes[`${c.code} ${c.reason}`] ?? 0) + 1;
 
   for (const m of members) m.client.close();
   await emitter.shutdown();
   lb?.close();
   await Promise.all([a, b].map(i => i.server?.stop()));
-  return { clients: n, messages, published, complete, lost, duplicated, outOfOrder, recovery, bad, stats };
+  return { clients: n, messages, published, complete, lost, duplicated, outOfOrder, recovery, closes, bad, stats };
 }
