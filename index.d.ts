@@ -356,6 +356,8 @@ export interface NativeStats {
   busReceived: number
   /** Envelopes received that were not JSON or not shaped right. */
   busInvalid: number
+  /** Joins to history rooms answered with a read of the room's history in Redis (the replay of a recovering join). */
+  historyReads: number
   /** History publications a member could not be given: missing from Redis when a gap was filled. */
   historySkipped: number
   /** Redis requests for history or presence that failed or timed out. */

@@ -91,6 +91,7 @@ export async function runStorm(opts) {
   for (let i = 0; i < n; i++) {
     const port = lb ? lb.port : i % 2 ? pb : pa;
     const m = {
+      connectedAt: 0,
       got: [],
       joins: [],
       closes: [],
@@ -103,8 +104,11 @@ export async function runStorm(opts) {
       }),
     };
     m.client.on('m', d => m.got.push(d.k));
-    m.client.on('joined', j => m.joins.push({ at: Date.now() - started, ...j }));
-    m.client.on('connected', () => m.connects++);
+    m.client.on('joined', j => m.joins.push({ at: Date.now() - started, wait: Date.now() - started - m.connectedAt, ...j }));
+    m.client.on('connected', () => {
+      m.connects++;
+      m.connectedAt = Date.now() - started;
+    });
     m.client.on('disconnected', d => m.closes.push({ at: Date.now() - started, code: d.code, reason: d.reason }));
     m.client.join(room);
     members.push(m);
@@ -125,6 +129,17 @@ export async function runStorm(opts) {
       if (ahead > 0) await sleep(ahead);
     }
   })();
+  // History reads served per second, per instance (sampled from stats()).
+  const reads = [];
+  let sampling = opts.sample;
+  const sampler = (async () => {
+    while (sampling) {
+      const at = Date.now() - started;
+      const [sa, sb] = await Promise.all([a.stats(), b.stats()]);
+      reads.push({ at, a: sa?.historyReads ?? null, b: sb?.historyReads ?? null });
+      await sleep(250);
+    }
+  })();
   const restarts = [];
   const period = (messages / rate) * 1000;
   for (const [name, inst] of [
@@ -141,6 +156,8 @@ export async function runStorm(opts) {
   }
   await publisher;
   publishing = false;
+  sampling = false;
+  await sampler;
   const done = () => members.every(m => m.got.length >= messages);
   await until(done, 30_000, 'every client has every publication').catch(() => {});
 
@@ -188,6 +205,21 @@ export async function runStorm(opts) {
     return { instance: r.name, cut, unrecovered, backWithinMs: worst, downMs: r.startedAt - r.stoppedAt };
   });
   const stats = { a: await a.stats(), b: await b.stats() };
+  // From `connected` to `joined` for every (re-)join: the bound a
+  // recovering join is answered within.
+  const waits = members.flatMap(m => m.joins.map(j => j.wait)).sort((x, y) => x - y);
+  const pct = q => waits[Math.min(waits.length - 1, Math.floor(q * waits.length))];
+  const joinWaitMs = { p50: pct(0.5), p99: pct(0.99), max: waits[waits.length - 1] };
+  // Peak history reads per second an instance served (over 1 s windows).
+  let peakReadsPerSecond = 0;
+  for (const key of ['a', 'b']) {
+    for (let i = 0; i < reads.length; i++) {
+      const j = reads.findIndex(r => r.at >= reads[i].at + 1000);
+      if (j < 0) break;
+      const [x, y] = [reads[i][key], reads[j][key]];
+      if (x !== null && y !== null && y >= x) peakReadsPerSecond = Math.max(peakReadsPerSecond, ((y - x) * 1000) / (reads[j].at - reads[i].at));
+    }
+  }
   // Why connections ended, and how long the slowest took to come back.
   const closes = {};
   for (const m of members) for (const c of m.closes) closes[`${c.code} ${c.reason}`] = (closes[`${c.code} ${c.reason}`] ?? 0) + 1;
@@ -196,5 +228,5 @@ export async function runStorm(opts) {
   await emitter.shutdown();
   lb?.close();
   await Promise.all([a, b].map(i => i.server?.stop()));
-  return { clients: n, messages, published, complete, lost, duplicated, outOfOrder, recovery, closes, bad, stats };
+  return { clients: n, messages, published, complete, lost, duplicated, outOfOrder, recovery, joinWaitMs, peakReadsPerSecond: Math.round(peakReadsPerSecond), closes, bad, stats };
 }

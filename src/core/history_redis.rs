@@ -574,6 +574,7 @@ impl RedisHistory {
                 "history read timed out",
             ))),
         };
+        bump(&self.stats.history_reads);
         let mut f = feed.lock();
         let Some(at) = f.joiners.iter().position(|j| j.token == token) else {
             return;
