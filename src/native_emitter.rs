@@ -3,8 +3,9 @@
 use crate::core::broker::emitter::RedisEmitter;
 use crate::core::broker::redis::{Endpoint, Outgoing};
 use crate::core::envelope::{self, Kind, EMITTER_SERVER_ID};
-use crate::core::history::{HistoryConfig, RoomSelection};
-use crate::core::history_redis;
+use crate::core::history::protocol::HistoryConfig;
+use crate::core::history::redis::Appender;
+use crate::core::room_selection::RoomSelection;
 use crate::native_server::{to_redis_config, NativeRedisOptions};
 use napi::bindgen_prelude::PromiseRaw;
 use napi::{Env, Error, Result, Status};
@@ -26,7 +27,7 @@ pub struct NativeEmitterHistory {
 pub struct NativeEmitter {
     config: crate::core::broker::redis::RedisConfig,
     history: Option<HistoryConfig>,
-    appender: history_redis::Appender,
+    appender: Appender,
     inner: Mutex<Option<Arc<RedisEmitter>>>,
 }
 
@@ -45,7 +46,7 @@ impl NativeEmitter {
                 },
             }),
             inner: Mutex::new(None),
-            appender: history_redis::Appender::new(format!(
+            appender: Appender::new(format!(
                 "{EMITTER_SERVER_ID}-{}",
                 uuid::Uuid::new_v4().simple()
             )),

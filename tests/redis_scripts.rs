@@ -5,8 +5,9 @@
 
 use ignis_ws_native::core::broker::keys::room_key;
 use ignis_ws_native::core::broker::store::{scripts, ScriptCall, Store};
-use ignis_ws_native::core::history::{HistoryConfig, RoomSelection};
-use ignis_ws_native::core::history_redis::{log_key, meta_key, Appender};
+use ignis_ws_native::core::history::protocol::HistoryConfig;
+use ignis_ws_native::core::history::redis::{log_key, meta_key, Appender};
+use ignis_ws_native::core::room_selection::RoomSelection;
 use redis::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

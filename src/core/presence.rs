@@ -7,10 +7,10 @@
 //! the room's members on every instance.
 
 use crate::core::envelope::{self, Kind};
-use crate::core::history::RoomSelection;
 use crate::core::hub::Hub;
 use crate::core::presence_redis::RedisPresence;
 use crate::core::protocol;
+use crate::core::room_selection::RoomSelection;
 use std::sync::Arc;
 
 pub struct Presence {

@@ -4,7 +4,7 @@
 
 use super::{Broker, Subscriber};
 use crate::core::envelope::{self, Kind};
-use crate::core::history_redis::RedisHistory;
+use crate::core::history::redis::RedisHistory;
 use crate::core::hub::{Hub, Interest, InterestListener};
 use crate::core::log::Logger;
 use crate::core::stats::{bump, Stats};

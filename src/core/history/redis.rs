@@ -23,7 +23,7 @@ use crate::core::broker::store::{self, scripts, ScriptCall, Store};
 use crate::core::broker::Broker;
 use crate::core::client::Client;
 use crate::core::envelope::{self, Kind};
-use crate::core::history::{self, HistoryConfig, Recover};
+use crate::core::history::protocol::{self as history, HistoryConfig, Recover};
 use crate::core::hub::Hub;
 use crate::core::log::Logger;
 use crate::core::protocol::Frame;
@@ -209,7 +209,7 @@ impl Feed {
         let mut lowest: Option<(Arc<str>, u64)> = None;
         for j in &self.joiners {
             match (&j.given, &lowest) {
-                (None, _) => return, // a read still outstanding
+                (None, _) => return,                            // a read still outstanding
                 (Some((epoch, _)), _) if epoch.is_empty() => {} // Redis could not say
                 (Some((epoch, offset)), None) => lowest = Some((epoch.clone(), *offset)),
                 (Some((epoch, offset)), Some((at, low))) if epoch == at => {
@@ -352,7 +352,9 @@ impl RedisHistory {
             // First publication seen here, or the room's history was lost
             // (expired, flushed) and offsets restarted.
             let before = item.offset.saturating_sub(1);
-            f.top = f.lowest_given(&item.epoch).map_or(before, |low| low.min(before));
+            f.top = f
+                .lowest_given(&item.epoch)
+                .map_or(before, |low| low.min(before));
             f.epoch = Some(item.epoch.clone());
             f.pending.clear();
         }
@@ -687,19 +689,29 @@ mod tests {
         f.position_from_reads();
         assert_eq!(f.epoch, None, "a read is outstanding");
         f.release_caught_up();
-        assert_eq!(f.joiners.len(), 2, "nobody is caught up with an unpositioned feed");
+        assert_eq!(
+            f.joiners.len(),
+            2,
+            "nobody is caught up with an unpositioned feed"
+        );
         f.joiners[0].given = Some((Arc::from("e"), 222));
         f.position_from_reads();
         assert_eq!((f.epoch.as_deref(), f.top), (Some("e"), 222));
         f.release_caught_up();
         // The one given 222 is served by the fan-out from 223 on; the one
         // given 223 waits until the feed delivered 223.
-        assert_eq!(f.joiners.iter().map(|j| j.token).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            f.joiners.iter().map(|j| j.token).collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 
     #[test]
     fn reads_in_two_epochs_leave_the_position_to_the_bus() {
-        let mut f = feed(vec![joiner(1, Some(("old", 9))), joiner(2, Some(("new", 1)))]);
+        let mut f = feed(vec![
+            joiner(1, Some(("old", 9))),
+            joiner(2, Some(("new", 1))),
+        ]);
         f.position_from_reads();
         assert_eq!(f.epoch, None);
         // A read Redis could not answer has no position to offer.

@@ -1,73 +1,18 @@
-//! History rooms (option `history`): the last publications of a room, kept
-//! so that a client that was away can recover what it missed.
-//!
-//! Each publication to a history room gets the room's next offset (exactly
-//! +1 per publication) and the room's epoch, a string that changes only
-//! when the room's history is lost (its time to live ran out), so a client
-//! holding an offset of another epoch knows it cannot recover from it.
-//! Members receive `{"event":E,"data":D,"room":R,"offset":N,"epoch":"S"}`.
-//!
-//! This is the in-process history of a single instance. The room's lock is
+//! History rooms kept in process (option `history` without `redis`): the
+//! history of a single instance. The room's lock is
 //! held while a publication is appended *and* handed to the members'
 //! queues, and while a client joins and is handed what it missed, so a
 //! joining client sees every publication exactly once: either in its
 //! replay or live, never both, never neither.
 
 use crate::core::client::Client;
+use crate::core::history::protocol::{joined_frame, new_epoch, positioned, HistoryConfig, Recover};
 use crate::core::hub::Hub;
-use crate::core::protocol::{self, Frame};
+use crate::core::protocol::Frame;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// `history` as configured.
-#[derive(Debug, Clone)]
-pub struct HistoryConfig {
-    /// Publications kept per room.
-    pub size: usize,
-    /// How long a room's history lives after its last publication.
-    pub ttl: Duration,
-    pub rooms: RoomSelection,
-}
-
-/// Which rooms an option (`history`, `presence`) applies to.
-#[derive(Debug, Clone)]
-pub struct RoomSelection {
-    /// Names, or prefixes ending in `*`; `None`: every room but the default
-    /// rooms and client-id rooms.
-    pub rooms: Option<Vec<String>>,
-    pub default_rooms: Vec<String>,
-}
-
-impl RoomSelection {
-    pub fn applies(&self, room: &str) -> bool {
-        match &self.rooms {
-            Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => room.starts_with(prefix),
-                None => p == room,
-            }),
-            None => !self.default_rooms.iter().any(|d| d == room) && !looks_like_client_id(room),
-        }
-    }
-}
-
-/// Client ids are UUIDs; every client is alone in the room named by its id.
-fn looks_like_client_id(room: &str) -> bool {
-    room.len() == 36 && uuid::Uuid::try_parse(room).is_ok()
-}
-
-/// What a client asked to recover a room from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recover {
-    /// Recover from this position.
-    From { offset: u64, epoch: String },
-    /// Asked, but the entry was malformed: answered `recovered: false`.
-    Malformed,
-}
-
-/// Longest epoch a client may send back.
-pub const MAX_EPOCH_LENGTH: usize = 64;
+use std::time::Instant;
 
 struct Ring {
     epoch: String,
@@ -85,41 +30,6 @@ impl Ring {
             top: 0,
             items: VecDeque::new(),
             last: now,
-        }
-    }
-}
-
-pub fn new_epoch() -> String {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    id[..12].to_string()
-}
-
-/// Where a server keeps its history rooms: in process, or in Redis when
-/// it has one (shared by the fleet).
-#[derive(Clone)]
-pub enum Backend {
-    Local(Arc<History>),
-    Redis(Arc<crate::core::history_redis::RedisHistory>),
-}
-
-impl Backend {
-    pub fn applies(&self, room: &str) -> bool {
-        match self {
-            Backend::Local(h) => h.applies(room),
-            Backend::Redis(h) => h.applies(room),
-        }
-    }
-
-    /// A publication to a history room. In process it is delivered here and
-    /// now (returns how many members got it); with Redis it is queued for
-    /// Redis to position and publish to every instance (returns 0).
-    pub fn publish(&self, hub: &Hub, room: &str, frame_json: &str, exclude: &[String]) -> usize {
-        match self {
-            Backend::Local(h) => h.publish(hub, room, frame_json, exclude),
-            Backend::Redis(h) => {
-                h.publish(room, frame_json, exclude);
-                0
-            }
         }
     }
 }
@@ -239,78 +149,12 @@ impl History {
     }
 }
 
-/// `{"event":E,"data":D}` → `{"event":E,"data":D,"room":R,"offset":N,"epoch":"S"}`.
-pub fn positioned(frame_json: &str, room: &str, offset: u64, epoch: &str) -> Frame {
-    let body = frame_json.trim_end();
-    let body = body.strip_suffix('}').unwrap_or(body);
-    let mut out = String::with_capacity(body.len() + room.len() + epoch.len() + 48);
-    out.push_str(body);
-    out.push_str(",\"room\":");
-    protocol::push_json_str(&mut out, room);
-    out.push_str(",\"offset\":");
-    out.push_str(&offset.to_string());
-    out.push_str(",\"epoch\":");
-    protocol::push_json_str(&mut out, epoch);
-    out.push('}');
-    Frame::from(out)
-}
-
-/// `{"event":"joined","data":{"room":R,"offset":M,"epoch":"S"[,"recovered":B]}}`
-pub fn joined_frame(room: &str, offset: u64, epoch: &str, recovered: Option<bool>) -> Frame {
-    let mut data = String::with_capacity(room.len() + epoch.len() + 64);
-    data.push_str("{\"room\":");
-    protocol::push_json_str(&mut data, room);
-    data.push_str(",\"offset\":");
-    data.push_str(&offset.to_string());
-    data.push_str(",\"epoch\":");
-    protocol::push_json_str(&mut data, epoch);
-    if let Some(r) = recovered {
-        data.push_str(if r {
-            ",\"recovered\":true"
-        } else {
-            ",\"recovered\":false"
-        });
-    }
-    data.push('}');
-    protocol::encode_frame(protocol::events::JOINED, Some(&data))
-}
-
-/// The `recover` map of a `join` payload: for each named room, where to
-/// recover from, or `Malformed` (a non-object, a negative or non-integer
-/// offset, a missing or overlong epoch). More entries than `max` are
-/// ignored. Anything else about the payload yields an empty map.
-pub fn parse_recover(
-    data: Option<&serde_json::value::RawValue>,
-    max: usize,
-) -> HashMap<String, Recover> {
-    let mut out = HashMap::new();
-    let Some(data) = data else { return out };
-    let Ok(serde_json::Value::Object(payload)) =
-        serde_json::from_str::<serde_json::Value>(data.get())
-    else {
-        return out;
-    };
-    let Some(serde_json::Value::Object(recover)) = payload.get("recover") else {
-        return out;
-    };
-    for (room, entry) in recover.iter().take(max) {
-        let parsed = entry.as_object().and_then(|e| {
-            let offset = e.get("offset")?.as_u64()?;
-            let epoch = e.get("epoch")?.as_str()?;
-            (epoch.len() <= MAX_EPOCH_LENGTH).then(|| Recover::From {
-                offset,
-                epoch: epoch.to_string(),
-            })
-        });
-        out.insert(room.clone(), parsed.unwrap_or(Recover::Malformed));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::client::QueueReader;
+    use crate::core::room_selection::RoomSelection;
+    use std::time::Duration;
 
     fn history(size: usize, ttl: Duration) -> History {
         History::new(HistoryConfig {
@@ -508,27 +352,5 @@ mod tests {
             "5 excluded b"
         );
         assert!(got[9].contains("\"recovered\":true"));
-    }
-
-    #[test]
-    fn recover_entries_are_read_leniently() {
-        let raw = serde_json::value::RawValue::from_string(
-            r#"{"rooms":["a","b","c","d","e"],"recover":{"a":{"offset":3,"epoch":"x"},"b":"nope","c":{"offset":-1,"epoch":"x"},"d":{"offset":1.5,"epoch":"x"},"e":{"offset":1,"epoch":"#.to_string()
-                + &format!("\"{}\"", "e".repeat(65))
-                + "}}}",
-        )
-        .unwrap();
-        let r = parse_recover(Some(&raw), 16);
-        assert_eq!(
-            r["a"],
-            Recover::From {
-                offset: 3,
-                epoch: "x".into()
-            }
-        );
-        for room in ["b", "c", "d", "e"] {
-            assert_eq!(r[room], Recover::Malformed, "{room}");
-        }
-        assert!(parse_recover(None, 16).is_empty());
     }
 }
