@@ -62,6 +62,20 @@ pub fn text_header(len: usize) -> ([u8; 10], usize) {
     }
 }
 
+/// The outcome of one write to the socket. Any byte it took is progress:
+/// `sendTimeout` counts from the last (the one place that rule is written).
+fn note_progress(
+    progress_at: &mut Instant,
+    written: Poll<io::Result<usize>>,
+) -> Poll<io::Result<usize>> {
+    if let Poll::Ready(Ok(n)) = &written {
+        if *n > 0 {
+            *progress_at = Instant::now();
+        }
+    }
+    written
+}
+
 impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     pub fn new(inner: S) -> Self {
         FrameWriter {
@@ -94,11 +108,10 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
 
     /// Writes to the socket, noting any progress.
     fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        if n > 0 {
-            self.progress_at = Instant::now();
-        }
-        Poll::Ready(Ok(n))
+        note_progress(
+            &mut self.progress_at,
+            Pin::new(&mut self.inner).poll_write(cx, buf),
+        )
     }
 
     fn poll_inner_vectored(
@@ -106,20 +119,15 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         cx: &mut Context<'_>,
         slices: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, slices))?;
-        if n > 0 {
-            self.progress_at = Instant::now();
-        }
-        Poll::Ready(Ok(n))
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
+        note_progress(&mut self.progress_at, written)
     }
 
     /// Writes what is pending; ready once nothing is.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.at < self.pending.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]))?;
-            if n > 0 {
-                self.progress_at = Instant::now();
-            }
+            let written = Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]);
+            let n = ready!(note_progress(&mut self.progress_at, written))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

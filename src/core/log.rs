@@ -280,13 +280,16 @@ pub mod stderr {
             if res.is_ok() && dropped > self.reported {
                 let lost = dropped - self.reported;
                 self.reported = dropped;
+                // The queue and this writer serve every server of the
+                // process, so the lines lost belong to none in particular:
+                // the notice names its scope instead of a server.
                 let note = if buf.first() == Some(&b'{') {
                     format!(
-                        "{{\"time\":\"{}\",\"level\":\"warn\",\"msg\":\"Log lines dropped: stderr was not read fast enough\",\"dropped\":{lost}}}\n",
+                        "{{\"time\":\"{}\",\"level\":\"warn\",\"scope\":\"process\",\"msg\":\"Log lines dropped: stderr was not read fast enough\",\"dropped\":{lost}}}\n",
                         crate::core::protocol::iso_time(crate::core::protocol::now_ms())
                     )
                 } else {
-                    format!("[ignis-ws] warn  {lost} log line(s) dropped: stderr was not read fast enough\n")
+                    format!("[ignis-ws] warn  {lost} log line(s) dropped (all servers of this process): stderr was not read fast enough\n")
                 };
                 let _ = Self::write_whole(note.as_bytes());
             }

@@ -173,6 +173,13 @@ mod tests {
         (c, r)
     }
 
+    /// Publishes `{"event":"m","data":i}` to room "r" for each `i`.
+    fn publish_numbered(h: &History, hub: &Hub, numbers: std::ops::RangeInclusive<u32>) {
+        for i in numbers {
+            h.publish(hub, "r", &format!("{{\"event\":\"m\",\"data\":{i}}}"), &[]);
+        }
+    }
+
     fn texts(r: &mut QueueReader) -> Vec<String> {
         r.take(1000).texts()
     }
@@ -208,9 +215,7 @@ mod tests {
             serde_json::json!({"room": "r", "offset": 0, "epoch": epoch_of(&joined)})
         );
         let epoch = epoch_of(&joined);
-        for i in 1..=5 {
-            h.publish(&hub, "r", &format!("{{\"event\":\"m\",\"data\":{i}}}"), &[]);
-        }
+        publish_numbered(&h, &hub, 1..=5);
         let live = texts(&mut ra);
         assert_eq!(
             live[0],
@@ -245,9 +250,7 @@ mod tests {
         let (a, mut ra) = member(&hub, "a");
         h.join(&hub, &a, "r", None);
         let epoch = epoch_of(&texts(&mut ra).pop().unwrap());
-        for i in 1..=6 {
-            h.publish(&hub, "r", &format!("{{\"event\":\"m\",\"data\":{i}}}"), &[]);
-        }
+        publish_numbered(&h, &hub, 1..=6);
         for (rec, why) in [
             (
                 Recover::From {

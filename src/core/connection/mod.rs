@@ -1,0 +1,453 @@
+//! One task per connection: it owns the socket and runs the client's state
+//! machine (docs/PROTOCOL.md §2–§5), its timers, and the writes of its queue.
+//! This file is the task and its loop; what a client sends (`inbound`), the
+//! authentication flow (`auth`) and joins (`rooms`) are beside it.
+//!
+//! Everything that can take long (the application's handlers) runs as a
+//! future polled by this same task, so a slow `authenticateFn` or
+//! `validateRoomFn` never stops the socket from being read or written, and a
+//! socket that cannot be written never holds up anyone else.
+
+mod auth;
+mod inbound;
+mod rooms;
+mod state;
+
+pub use state::Env;
+use state::{Connection, Next};
+
+use crate::core::client::{Batch, Client, ClientState, CloseRequest, QueueReader};
+use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
+use crate::core::handlers::AppEvent;
+use crate::core::protocol::Frame;
+use crate::core::protocol::{self, close};
+use crate::core::stats::bump;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Sink, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+fn seal(cipher: &crate::core::crypto::ClientCipher, frame: &Frame) -> Frame {
+    match cipher.seal(frame.as_bytes()) {
+        Some(sealed) => sealed.into(),
+        // Sealing only fails if the system RNG does; never send plaintext.
+        None => protocol::error_frame("Encryption failed"),
+    }
+}
+
+/// Runs a connection to its end, then removes the client everywhere and
+/// tells the application. A panic inside the connection closes only it.
+///
+/// The setup runs here, before the returned future exists, and the loop is
+/// boxed: that future, held for the connection's whole life, then keeps
+/// only what the clean-up needs instead of a second copy of the socket.
+pub fn run<S>(
+    env: Arc<Env>,
+    ws: WebSocketStream<FrameWriter<S>>,
+    remote: String,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let now = protocol::now_ms();
+    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let (client, queue) = Client::new(
+        id.clone(),
+        remote,
+        now,
+        env.config.backpressure_limit,
+        env.config.close_on_backpressure_limit,
+        env.stats.clone(),
+    );
+    env.hub.register(client.clone());
+    bump(&env.stats.connections_total);
+    env.log.info(
+        "New connection (unauthorized)",
+        &[("id", &id), ("remote", &client.remote)],
+    );
+    if env.connections.is_shutting_down() {
+        let (code, reason) = close::SHUTDOWN;
+        client.request_close(code, reason);
+    }
+
+    let conn = Connection {
+        env: env.clone(),
+        client,
+        auth: None,
+        auth_deadline: None,
+        joins: FuturesUnordered::new(),
+        window_start: Instant::now(),
+        window_frames: 0,
+    };
+    let drive = Box::pin(conn.drive(ws, queue));
+    async move {
+        if let Err(panic) = AssertUnwindSafe(drive).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            env.log.error(
+                "Connection task panicked; closing it",
+                &[("id", &id), ("panic", &what)],
+            );
+        }
+
+        gone(&env, &id).await;
+    }
+}
+
+/// Removes the client from every index and tells the application, once
+/// (a closing connection does it before its close handshake).
+async fn gone(env: &Env, id: &str) {
+    let rooms: Vec<Arc<str>> = match (&env.presence, env.hub.get(id)) {
+        (Some(_), Some(c)) => c.details.lock().rooms.iter().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let Some(user_id) = env.hub.remove(id) else {
+        return;
+    };
+    if let Some(p) = &env.presence {
+        for room in &rooms {
+            p.announce(&env.hub, room, id, user_id.as_deref(), false);
+        }
+    }
+    env.log.info(
+        "Client disconnected",
+        &[
+            ("id", &id),
+            ("userId", &user_id.as_deref().unwrap_or("anonymous")),
+        ],
+    );
+    env.events
+        .emit(AppEvent::Disconnected {
+            client_id: id.to_string(),
+            user_id: user_id.map(|u| u.to_string()),
+        })
+        .await;
+}
+
+/// What the socket side of the loop produced.
+enum Io {
+    Written(Result<(), WsError>),
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// Seals the frames of a batch for a client with built-in encryption
+/// (here, on the connection's own task, so a fan-out's encryption spreads
+/// over the runtime's threads).
+fn seal_batch(client: &Client, batch: &mut Batch) {
+    if let Some(cipher) = client.cipher.get() {
+        batch.seal_with(|frame| seal(cipher, frame));
+    }
+}
+
+/// Queues a transport ping without waiting: a socket that cannot take it
+/// now (its peer is not reading) is left to `sendTimeout` and the idle
+/// check rather than blocking the loop. What tungstenite does not write at
+/// once waits in `Outgoing`, which the loop drains like any frame.
+fn try_ping<S>(
+    ws: &mut WebSocketStream<FrameWriter<S>>,
+    cx: &mut Context<'_>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if ws.get_ref().pending_len() >= crate::core::frame_writer::CONTROL_PENDING_MAX {
+        return Ok(());
+    }
+    match Pin::new(&mut *ws).poll_ready(cx) {
+        Poll::Ready(r) => r?,
+        Poll::Pending => return Ok(()),
+    }
+    Pin::new(&mut *ws).start_send(Message::Ping(Default::default()))?;
+    match Pin::new(&mut *ws).poll_flush(cx) {
+        Poll::Ready(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Connection {
+    /// The connection's loop. A plain function returning an `async` block
+    /// rather than an `async fn`: an `async fn` keeps its arguments (the
+    /// socket, this struct) in its future a second time besides the locals
+    /// they move into, and every idle connection pays for that future's
+    /// size (docs/PERFORMANCE.md has the figures).
+    fn drive<S>(
+        self,
+        ws: WebSocketStream<FrameWriter<S>>,
+        queue: QueueReader,
+    ) -> impl std::future::Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut this = self;
+        let mut ws = ws;
+        let mut queue = queue;
+        async move {
+            let cfg = this.env.config.clone();
+            // One timer for every deadline (authentication, the idle
+            // check's next tick, a stalled write's `sendTimeout`), re-armed
+            // only when the earliest changes: a timer per deadline would
+            // cost every idle connection its size each and more entries in
+            // the timer wheel.
+            let idle_period = if cfg.idle_timeout.is_zero() {
+                // Effectively never; keeps the deadline arithmetic uniform.
+                Duration::from_secs(365 * 24 * 3600)
+            } else {
+                cfg.idle_timeout / 2
+            };
+            let mut auth_until = Instant::now() + cfg.auth_timeout;
+            let mut next_tick = Instant::now() + idle_period;
+            let mut armed = auth_until.min(next_tick);
+            let timer = tokio::time::sleep_until(armed);
+            tokio::pin!(timer);
+            let mut heard_since_tick = false;
+            let mut quiet_ticks = 0u8;
+            // Frames taken off the queue that the socket has not taken yet.
+            let mut batch = Batch::default();
+            // Set while the event queue is full: reads pause until it has room.
+            let mut paused: Option<BoxFuture<'static, ()>> = None;
+
+            let close_with: Option<CloseRequest> = loop {
+                // Writing is one branch among the others, never awaited
+                // inside one: a peer that stops reading must not keep
+                // close requests, timers or shutdown from being seen.
+                let writing = !batch.is_empty() || ws.get_ref().has_pending();
+                let reading = paused.is_none();
+                tokio::select! {
+                    biased;
+                    req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
+                    // Second: however busy the socket, deadlines are seen.
+                    () = &mut timer => {
+                        let now = Instant::now();
+                        if paused.is_some() {
+                            // Reads wait for the application, not the peer.
+                            heard_since_tick = true;
+                        }
+                        if now >= auth_until && this.awaiting_auth() {
+                            this.env.log.warn("Auth timeout", &[("id", &this.client.id)]);
+                            let (code, reason) = close::AUTH_TIMEOUT;
+                            break Some(CloseRequest { code, reason: reason.into() });
+                        }
+                        if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
+                            bump(&this.env.stats.send_timeouts);
+                            this.env.log.warn(
+                                "Send timeout: no write progress; dropping the connection",
+                                &[("id", &this.client.id), ("sendTimeoutMs", &cfg.send_timeout.as_millis())],
+                            );
+                            break None;
+                        }
+                        if now >= next_tick {
+                            next_tick = now + idle_period;
+                            if heard_since_tick {
+                                heard_since_tick = false;
+                                quiet_ticks = 0;
+                            } else {
+                                quiet_ticks += 1;
+                                if quiet_ticks >= 2 {
+                                    let (code, reason) = close::IDLE;
+                                    break Some(CloseRequest { code, reason: reason.into() });
+                                }
+                                if cfg.send_pings
+                                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx))).await.is_err()
+                                {
+                                    break None;
+                                }
+                            }
+                        }
+                    }
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
+                        // Written: the batch's storage goes too, rather than
+                        // stay allocated in every idle connection.
+                        Io::Written(Ok(())) => batch = Batch::default(),
+                        Io::Written(Err(_)) => break None,
+                        Io::Read(msg) => {
+                            heard_since_tick = true;
+                            match this.on_read(msg) {
+                                Next::Continue => {}
+                                Next::Wait(wait) => paused = Some(wait),
+                                Next::Close(code, reason) => break Some(CloseRequest { code, reason: reason.into() }),
+                                Next::Stop => break None,
+                            }
+                        }
+                    },
+                    taken = std::future::poll_fn(|cx| queue.poll_batch(cx, FRAMES_PER_WRITE)), if !writing => {
+                        batch = taken;
+                        seal_batch(&this.client, &mut batch);
+                        // The wait for the socket, if any, starts now.
+                        ws.get_mut().mark_progress();
+                    }
+                    () = async { paused.as_mut().expect("guarded").await }, if !reading => {
+                        paused = None;
+                    }
+                    flow = async { this.auth.as_mut().expect("guarded").await }, if this.auth.is_some() => {
+                        this.auth = None;
+                        // Boxed, like every once-per-connection await here: the
+                        // loop's future lives as long as the connection, so its
+                        // size is paid by every idle socket.
+                        if let Some((code, reason)) = Box::pin(this.finish_auth(flow)).await {
+                            break Some(CloseRequest { code, reason: reason.into() });
+                        }
+                    }
+                    Some(done) = this.joins.next(), if !this.joins.is_empty() => {
+                        this.finish_join(done);
+                    }
+                }
+                // The authenticate frame swaps the auth deadline for the
+                // longer one.
+                if let Some(deadline) = this.auth_deadline.take() {
+                    auth_until = deadline;
+                }
+                let mut deadline = next_tick;
+                if this.awaiting_auth() {
+                    deadline = deadline.min(auth_until);
+                }
+                if !cfg.send_timeout.is_zero() && (!batch.is_empty() || ws.get_ref().has_pending())
+                {
+                    deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
+                }
+                if deadline != armed {
+                    armed = deadline;
+                    timer.as_mut().reset(deadline);
+                }
+            };
+
+            // A message read before the end waits for room in the event
+            // queue: hand it over rather than lose it.
+            if let Some(wait) = paused.take() {
+                wait.await;
+            }
+            if let Some(req) = close_with {
+                // Gone for the rest of the server (indexes, callbacks) now,
+                // as the original's close does; the close handshake below
+                // is the socket's own business, bounded in time.
+                gone(&this.env, &this.client.id).await;
+                Box::pin(Self::close(
+                    &this.client,
+                    &this.env.stats,
+                    cfg.shutdown_grace,
+                    &mut ws,
+                    &mut queue,
+                    batch,
+                    req,
+                ))
+                .await;
+            }
+            this.client.set_state(ClientState::Disconnected);
+        }
+    }
+
+    /// The socket's side of the loop: writes what was taken off the queue
+    /// (when `writing`), and reads the next message (when `reading`).
+    fn poll_socket<S>(
+        stats: &crate::core::stats::Stats,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        batch: &mut Batch,
+        writing: bool,
+        reading: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Io>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if writing {
+            if let Poll::Ready(r) = Self::poll_write(stats, ws, batch, cx) {
+                return Poll::Ready(Io::Written(r));
+            }
+        }
+        if reading {
+            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(msg));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Hands `batch` to the socket (up to [`FRAMES_PER_WRITE`] frames per
+    /// system call) and then what the socket left pending; ready once the
+    /// socket has taken all of it.
+    fn poll_write<S>(
+        stats: &crate::core::stats::Stats,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        batch: &mut Batch,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WsError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let out = ws.get_mut();
+        while !batch.is_empty() {
+            let taken = ready!(out.poll_write_frames(cx, batch.chunks()))?;
+            stats
+                .frames_out
+                .fetch_add(taken as u64, std::sync::atomic::Ordering::Relaxed);
+            batch.consume(taken);
+        }
+        ready!(out.poll_drain(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what is still queued, then the close frame, then waits a little
+    /// for the peer's reply. Bounded in time: a peer that does not read
+    /// cannot keep the task alive; its TCP connection is dropped.
+    async fn close<S>(
+        client: &Client,
+        stats: &crate::core::stats::Stats,
+        grace: Duration,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        queue: &mut QueueReader,
+        batch: Batch,
+        req: CloseRequest,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let frame = CloseFrame {
+            code: CloseCode::from(req.code),
+            reason: req.reason.into(),
+        };
+        let _ = tokio::time::timeout(grace, async {
+            let mut batch = batch;
+            loop {
+                if std::future::poll_fn(|cx| Self::poll_write(stats, ws, &mut batch, cx))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                batch = queue.take(FRAMES_PER_WRITE);
+                if batch.is_empty() {
+                    break;
+                }
+                seal_batch(client, &mut batch);
+            }
+            if ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+
+    fn send_error(&self, message: &str) {
+        self.client.offer(&protocol::error_frame(message));
+    }
+
+    fn awaiting_auth(&self) -> bool {
+        matches!(
+            self.client.state(),
+            ClientState::Unauthorized | ClientState::Authenticating
+        )
+    }
+}
