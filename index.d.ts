@@ -171,74 +171,99 @@ export interface NativeEmitterHistory {
 }
 
 /**
- * Every option of a server, validated and with its defaults filled in by
- * `ts/options.ts`: the one schema both layers share (TypeScript gets it
- * as the generated `NativeOptions` type). The defaults themselves are
- * `default_options()`, read from `Config::default()`.
+ * Every option of a server, checked and with its defaults filled in
+ * by `ts/options.ts` against `optionSchema()`.
  */
 export interface NativeOptions {
+  /** Name of this server in logs and metrics. */
   identifier: string
-  serverId: string
-  redis?: NativeRedisOptions
+  /** Address to listen on. */
   host: string
+  /** Port to listen on; 0 picks a free one (read `ws.port`). */
   port: number
-  /** Bind host:port (false: only sockets handed over with adoptSocket). */
-  listen: boolean
+  /** Path of WebSocket upgrades; must start with "/". */
   path: string
+  /** Rooms every authenticated client joins. */
   defaultRooms: Array<string>
-  /** milliseconds */
+  /** ms to send `authenticate` after connecting (×3 to finish it). */
   authTimeout: number
-  /** milliseconds */
+  /** ms between heartbeat sweeps. */
   heartbeatInterval: number
-  /** milliseconds */
+  /** ms of silence after which a client is closed 4002. */
   heartbeatTimeout: number
+  /** Refuse clients without an encryption handshake (4004). */
   requireEncryption: boolean
-  /** Built-in ECDH P-256 / AES-256-GCM encryption done in Rust. */
-  nativeEncryption: boolean
+  /** `outboundTransformer` calls in flight at most. */
   encryptedBatchLimit: number
+  /** Largest inbound message in bytes; larger ones close 1009. */
   maxPayloadLength: number
-  /** seconds, 0 disables */
+  /** Seconds without a frame (or pong) before a socket is closed; 0 disables. */
   idleTimeout: number
+  /** Bytes queued for one socket before its frames are dropped. */
   backpressureLimit: number
+  /** Close (1013) instead of dropping at the backpressure limit. */
   closeOnBackpressureLimit: boolean
+  /** Ping idle sockets so live peers are not cut off. */
   sendPings: boolean
-  logLevel: LogLevel
-  logFormat: LogFormat
-  hasMessageHandler: boolean
+  /** Browser origins allowed to connect (empty: any); others get HTTP 403. */
   allowedOrigins: Array<string>
+  /** Open connections at most (0: no limit); beyond, HTTP 503. */
   maxConnections: number
+  /** Open connections per IP at most (0: no limit); beyond, HTTP 429. */
   maxConnectionsPerIp: number
+  /** Rooms one client may join through `join`. */
   maxRoomsPerClient: number
+  /** Inbound frames per second per client (0: no limit); beyond, close 1008. */
   maxFramesPerSecond: number
+  /** `authenticateFn` calls in flight at most (0: no limit); beyond, close 1013. */
   maxPendingAuth: number
+  /** Serve Prometheus text at this path on the same port. */
   metricsPath?: string
-  /** PEM certificate chain and key: serve wss://. */
-  tlsCert?: string
-  tlsKey?: string
-  /** Accept queue length asked of the kernel (capped by somaxconn). */
+  /** Accept queue length asked of the kernel. */
   backlog: number
   /** ms a write may make no progress before the socket is dropped; 0 disables. */
   sendTimeout: number
-  /** History rooms: publications kept per room; 0: no history. */
+  /** History rooms: publications kept per room. */
   historySize: number
-  /** ms a room's history lives after its last publication. */
+  /** History rooms: ms a room's history lives after its last publication. */
   historyTtl: number
-  /**
-   * Names or prefixes ending in `*`; absent: every room but the default
-   * and client-id rooms.
-   */
+  /** History rooms: names or prefixes ending in `*` (default: every room but the default and client-id rooms). */
   historyRooms?: Array<string>
-  /** Presence on. */
-  presence: boolean
-  /**
-   * Names or prefixes ending in `*`; absent: every room but the default
-   * and client-id rooms.
-   */
-  presenceRooms?: Array<string>
-  /** Send `presence` join/leave events to the room's members. */
+  /** Presence rooms: send `presence` join/leave events to the members. */
   presenceEvents: boolean
-  /** With Redis: ms a member's entry outlives its instance's last refresh. */
+  /** Presence with Redis: ms a member's entry outlives its instance's last refresh. */
   presenceTtl: number
+  /** Presence rooms: names or prefixes ending in `*`. */
+  presenceRooms?: Array<string>
+  /** History rooms on (`history` given). */
+  history: boolean
+  /** Presence on (`presence` given). */
+  presence: boolean
+  serverId: string
+  redis?: NativeRedisOptions
+  /** Bind host:port (false: only sockets handed over with adoptSocket). */
+  listen: boolean
+  logLevel: LogLevel
+  logFormat: LogFormat
+  hasMessageHandler: boolean
+  /** Built-in ECDH P-256 / AES-256-GCM encryption done in Rust. */
+  nativeEncryption: boolean
+  /** PEM certificate chain and key: serve wss://. */
+  tlsCert?: string
+  tlsKey?: string
+}
+
+/** One option, as `optionSchema()` describes it. */
+export interface NativeOptionSpec {
+  /** As the application writes it, dotted inside its object. */
+  path: string
+  /** The `NativeOptions` field it fills. */
+  field: string
+  /** `str`, `opt_str`, `strings`, `opt_strings`, `bool`, `int`, `ms` or `secs`. */
+  kind: string
+  /** Lower bound of a number. */
+  min: number
+  doc: string
 }
 
 export interface NativeProtocolErrors {
@@ -365,6 +390,9 @@ export interface NativeStats {
   /** Clients closed for violating RFC 6455, by reason. */
   protocolErrors: NativeProtocolErrors
 }
+
+/** Every option with a plain value: what `ts/options.ts` checks. */
+export declare function optionSchema(): Array<NativeOptionSpec>
 
 /**
  * Adapter's answer for `outboundTransformer`: `frame` is the text to send

@@ -840,3 +840,4 @@ module.exports.NativeServer = nativeBinding.NativeServer
 module.exports.defaultOptions = nativeBinding.defaultOptions
 module.exports.LogFormat = nativeBinding.LogFormat
 module.exports.LogLevel = nativeBinding.LogLevel
+module.exports.optionSchema = nativeBinding.optionSchema

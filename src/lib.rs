@@ -10,3 +10,4 @@ pub mod core;
 mod js_handlers;
 mod native_emitter;
 mod native_server;
+mod options;

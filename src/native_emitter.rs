@@ -6,7 +6,7 @@ use crate::core::envelope::{self, Kind, EMITTER_SERVER_ID};
 use crate::core::history::protocol::HistoryConfig;
 use crate::core::history::redis::Appender;
 use crate::core::room_selection::RoomSelection;
-use crate::native_server::{to_redis_config, NativeRedisOptions};
+use crate::options::{to_redis_config, NativeRedisOptions};
 use napi::bindgen_prelude::PromiseRaw;
 use napi::{Env, Error, Result, Status};
 use napi_derive::napi;

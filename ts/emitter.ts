@@ -28,8 +28,8 @@ export class WebSocketEmitter {
     const history = normaliseHistory(opts.history);
     this.native = new NativeEmitterClass(
       redis,
-      history.size > 0
-        ? { size: history.size, ttl: history.ttl, rooms: history.rooms, defaultRooms: native.defaultOptions().defaultRooms }
+      history.history
+        ? { size: history.historySize, ttl: history.historyTtl, rooms: history.historyRooms, defaultRooms: native.defaultOptions().defaultRooms }
         : null,
     );
   }

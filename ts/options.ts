@@ -2,7 +2,7 @@
 // for anything that cannot work.
 
 import { native } from './native';
-import type { LogFormat, LogLevel, NativeOptions } from '../index';
+import type { LogFormat, LogLevel, NativeOptionSpec, NativeOptions } from '../index';
 import type { IWebSocketServerOptions, TLogLevel } from './types';
 
 const LOG_LEVELS: readonly TLogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
@@ -16,12 +16,56 @@ export class WebSocketOptionError extends TypeError {
 
 /**
  * The options as the native side takes them: the generated `NativeOptions`
- * type of `src/native_server.rs`, the one schema of both layers.
+ * type of `src/options.rs`, whose one list states each option's path, kind,
+ * bound and default.
  */
 export type NormalisedOptions = NativeOptions;
 
 /** Defaults, from the one place they are set (the native `Config::default()`). */
 const D = native.defaultOptions();
+
+/** Every option with a plain value: path, kind, lower bound (`src/options.rs`). */
+export const SCHEMA: readonly NativeOptionSpec[] = native.optionSchema();
+const SPEC = new Map(SCHEMA.map(s => [s.path, s]));
+
+/** The value at a dotted path of the application's options. */
+function at(opts: unknown, path: string): unknown {
+  let v = opts as Record<string, unknown> | undefined;
+  for (const key of path.split('.')) {
+    if (v === undefined || v === null) return undefined;
+    v = v[key] as Record<string, unknown> | undefined;
+  }
+  return v;
+}
+
+/** Checks `value` against the option at `path`; absent: its default. */
+function read(path: string, value: unknown, fallback?: unknown): any {
+  const s = SPEC.get(path);
+  if (!s) throw new Error(`[ignis-ws-native] no option ${path} in the schema`);
+  const def = fallback !== undefined ? fallback : (D as unknown as Record<string, unknown>)[s.field];
+  switch (s.kind) {
+    case 'str':
+      return str(path, value, def as string);
+    case 'opt_str':
+      return value === undefined || value === null ? undefined : str(path, value, '');
+    case 'bool':
+      return bool(path, value, def as boolean);
+    case 'int':
+      return num(path, value, def as number, { min: s.min, integer: true });
+    case 'ms':
+    case 'secs':
+      return num(path, value, def as number, { min: s.min });
+    case 'strings':
+    case 'opt_strings':
+      if (value === undefined || value === null) return s.kind === 'strings' ? [...(def as string[])] : undefined;
+      if (!Array.isArray(value) || !value.every(r => typeof r === 'string' && r.length > 0)) {
+        throw new WebSocketOptionError(path, `expected an array of non-empty strings, got ${describe(value)}`);
+      }
+      return [...value];
+    default:
+      throw new Error(`[ignis-ws-native] option ${path}: unknown kind ${s.kind}`);
+  }
+}
 
 const MAX_U32 = 0xffff_ffff;
 
@@ -83,24 +127,34 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (typeof opts.authenticateFn !== 'function') {
     throw new WebSocketOptionError('authenticateFn', `a function is required, got ${describe(opts.authenticateFn)}`);
   }
-  const path = str('path', opts.path, D.path);
+  for (const group of ['serverOptions', 'limits'] as const) {
+    const g = opts[group];
+    if (g !== undefined && g !== null && typeof g !== 'object') {
+      throw new WebSocketOptionError(group, `expected an object, got ${describe(g)}`);
+    }
+  }
+  // Every option with a plain value, from the schema; `history.*` and
+  // `presence.*` are read below, with their objects.
+  const plain: Record<string, unknown> = {};
+  for (const s of SCHEMA) {
+    if (s.path.startsWith('history.') || s.path.startsWith('presence.')) continue;
+    plain[s.field] = read(s.path, at(opts, s.path));
+  }
+  const path = plain.path as string;
   if (!path.startsWith('/')) {
     throw new WebSocketOptionError('path', `must start with "/", got ${describe(path)}`);
   }
-  let defaultRooms = [...D.defaultRooms];
-  if (opts.defaultRooms !== undefined && opts.defaultRooms !== null) {
-    if (!Array.isArray(opts.defaultRooms) || !opts.defaultRooms.every(r => typeof r === 'string' && r.length > 0)) {
-      throw new WebSocketOptionError('defaultRooms', 'expected an array of non-empty strings');
-    }
-    defaultRooms = [...opts.defaultRooms];
-  }
-  const so = opts.serverOptions ?? {};
-  if (typeof so !== 'object') {
-    throw new WebSocketOptionError('serverOptions', `expected an object, got ${describe(so)}`);
+  const metricsPath = plain.metricsPath as string | undefined;
+  if (metricsPath !== undefined && (!metricsPath.startsWith('/') || metricsPath === path)) {
+    throw new WebSocketOptionError('metricsPath', `must start with "/" and differ from path, got ${describe(metricsPath)}`);
   }
   const logLevel = (opts.logLevel ?? D.logLevel) as TLogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new WebSocketOptionError('logLevel', `expected one of ${LOG_LEVELS.join(', ')}, got ${describe(opts.logLevel)}`);
+  }
+  const logFormat = opts.logFormat ?? D.logFormat;
+  if (logFormat !== 'text' && logFormat !== 'json') {
+    throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
   }
   if (opts.logger !== undefined && opts.logger !== null) {
     const l = opts.logger as unknown as Record<string, unknown>;
@@ -122,42 +176,10 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     throw new WebSocketOptionError('encryption', `expected 'ecdh-p256-aes-256-gcm', got ${describe(opts.encryption)}`);
   }
   bool('acks', opts.acks, false);
-  let presence = { on: false, rooms: undefined as string[] | undefined, events: false, ttl: D.presenceTtl };
-  if (opts.presence !== undefined && opts.presence !== null && opts.presence !== false) {
-    const p = opts.presence === true ? {} : opts.presence;
-    if (typeof p !== 'object') throw new WebSocketOptionError('presence', `expected an object, got ${describe(opts.presence)}`);
-    if (p.rooms !== undefined && p.rooms !== null && (!Array.isArray(p.rooms) || !p.rooms.every(r => typeof r === 'string' && r.length > 0))) {
-      throw new WebSocketOptionError('presence.rooms', 'expected an array of room names or prefixes ending in "*"');
-    }
-    presence = {
-      on: true,
-      rooms: p.rooms ? [...p.rooms] : undefined,
-      events: bool('presence.events', p.events, false),
-      ttl: num('presence.ttl', p.ttl, D.presenceTtl, { min: 300 }),
-    };
-  }
-  const history = normaliseHistory(opts.history);
-  const logFormat = opts.logFormat ?? D.logFormat;
-  if (logFormat !== 'text' && logFormat !== 'json') {
-    throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
-  }
-  let allowedOrigins: string[] = [];
-  if (opts.allowedOrigins !== undefined && opts.allowedOrigins !== null) {
-    if (!Array.isArray(opts.allowedOrigins) || !opts.allowedOrigins.every(o => typeof o === 'string' && o.length > 0)) {
-      throw new WebSocketOptionError('allowedOrigins', 'expected an array of origins such as "https://app.example.com"');
-    }
-    allowedOrigins = [...opts.allowedOrigins];
-  }
   if (opts.shutdownSignals !== undefined && typeof opts.shutdownSignals !== 'boolean') {
     if (!Array.isArray(opts.shutdownSignals) || !opts.shutdownSignals.every(x => typeof x === 'string' && x.startsWith('SIG'))) {
       throw new WebSocketOptionError('shutdownSignals', 'expected true, false or an array of signal names such as "SIGTERM"');
     }
-  }
-  const limits = opts.limits ?? {};
-  if (typeof limits !== 'object') throw new WebSocketOptionError('limits', `expected an object, got ${describe(limits)}`);
-  const metricsPath = opts.metricsPath === undefined || opts.metricsPath === null ? undefined : str('metricsPath', opts.metricsPath, '');
-  if (metricsPath !== undefined && (!metricsPath.startsWith('/') || metricsPath === path)) {
-    throw new WebSocketOptionError('metricsPath', `must start with "/" and differ from path, got ${describe(metricsPath)}`);
   }
   let tlsCert: string | undefined;
   let tlsKey: string | undefined;
@@ -170,66 +192,49 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     tlsCert = pemText('tls.cert', (opts.tls as { cert?: unknown }).cert);
     tlsKey = pemText('tls.key', (opts.tls as { key?: unknown }).key);
   }
-  const limit = (name: keyof typeof limits, fallback: number) =>
-    num(`limits.${name}`, limits[name], fallback, { min: 0, integer: true });
+  const native = opts.encryption === 'ecdh-p256-aes-256-gcm';
   return {
-    identifier: str('identifier', opts.identifier, D.identifier),
+    ...(plain as unknown as NativeOptions),
+    ...normaliseHistory(opts.history),
+    ...normalisePresence(opts.presence),
+    requireEncryption: (plain.requireEncryption as boolean) || native,
+    nativeEncryption: native,
     serverId: '',
-    host: str('host', opts.host, D.host),
-    port: num('port', opts.port, D.port, { min: 0, integer: true }),
     listen: true,
-    path,
-    defaultRooms,
-    authTimeout: num('authTimeout', opts.authTimeout, D.authTimeout, { min: 1 }),
-    heartbeatInterval: num('heartbeatInterval', opts.heartbeatInterval, D.heartbeatInterval, { min: 1 }),
-    heartbeatTimeout: num('heartbeatTimeout', opts.heartbeatTimeout, D.heartbeatTimeout, { min: 1 }),
-    requireEncryption: bool('requireEncryption', opts.requireEncryption, D.requireEncryption) || opts.encryption === 'ecdh-p256-aes-256-gcm',
-    nativeEncryption: opts.encryption === 'ecdh-p256-aes-256-gcm',
-    encryptedBatchLimit: num('encryptedBatchLimit', opts.encryptedBatchLimit, D.encryptedBatchLimit, { min: 1, integer: true }),
-    maxPayloadLength: num('serverOptions.maxPayloadLength', so.maxPayloadLength, D.maxPayloadLength, { min: 1, integer: true }),
-    idleTimeout: num('serverOptions.idleTimeout', so.idleTimeout, D.idleTimeout, { min: 0 }),
-    backpressureLimit: num('serverOptions.backpressureLimit', so.backpressureLimit, D.backpressureLimit, { min: 1, integer: true }),
-    closeOnBackpressureLimit: bool('serverOptions.closeOnBackpressureLimit', so.closeOnBackpressureLimit, D.closeOnBackpressureLimit),
-    sendPings: bool('serverOptions.sendPings', so.sendPings, D.sendPings),
     logLevel: logLevel as LogLevel,
     logFormat: logFormat as LogFormat,
     hasMessageHandler: typeof opts.messageHandler === 'function',
-    allowedOrigins,
-    maxConnections: limit('maxConnections', D.maxConnections),
-    maxConnectionsPerIp: limit('maxConnectionsPerIp', D.maxConnectionsPerIp),
-    maxRoomsPerClient: limit('maxRoomsPerClient', D.maxRoomsPerClient),
-    maxFramesPerSecond: limit('maxFramesPerSecond', D.maxFramesPerSecond),
-    maxPendingAuth: limit('maxPendingAuthentications', D.maxPendingAuth),
-    metricsPath,
     tlsCert,
     tlsKey,
-    backlog: num('backlog', opts.backlog, D.backlog, { min: 1, integer: true }),
-    sendTimeout: num('sendTimeout', opts.sendTimeout, D.sendTimeout, { min: 0 }),
-    historySize: history.size,
-    historyTtl: history.ttl,
-    historyRooms: history.rooms,
-    presence: presence.on,
-    presenceRooms: presence.rooms,
-    presenceEvents: presence.events,
-    presenceTtl: presence.ttl,
   };
 }
 
-/** The `history` option (of a server or an emitter); size 0: off. */
-export function normaliseHistory(value: unknown): { size: number; ttl: number; rooms: string[] | undefined } {
-  if (value === undefined || value === null || value === false) return { size: 0, ttl: D.historyTtl, rooms: undefined };
-  const h = (value === true ? {} : value) as { size?: unknown; ttl?: unknown; rooms?: unknown };
-  if (typeof h !== 'object') throw new WebSocketOptionError('history', `expected an object, got ${describe(value)}`);
-  let rooms: string[] | undefined;
-  if (h.rooms !== undefined && h.rooms !== null) {
-    if (!Array.isArray(h.rooms) || !h.rooms.every(r => typeof r === 'string' && r.length > 0)) {
-      throw new WebSocketOptionError('history.rooms', 'expected an array of room names or prefixes ending in "*"');
-    }
-    rooms = [...h.rooms];
-  }
+/** An option that is `true`, an object of sub-options, or absent/`false` (off). */
+function onOrObject(name: string, value: unknown): Record<string, unknown> | undefined {
+  if (value === undefined || value === null || value === false) return undefined;
+  const v = value === true ? {} : value;
+  if (typeof v !== 'object' || Array.isArray(v)) throw new WebSocketOptionError(name, `expected true or an object, got ${describe(value)}`);
+  return v as Record<string, unknown>;
+}
+
+/** The `history` option (of a server or an emitter). */
+export function normaliseHistory(value: unknown): Pick<NativeOptions, 'history' | 'historySize' | 'historyTtl' | 'historyRooms'> {
+  const h = onOrObject('history', value);
   return {
-    size: num('history.size', h.size, 100, { min: 1, integer: true }),
-    ttl: num('history.ttl', h.ttl, D.historyTtl, { min: 1 }),
-    rooms,
+    history: h !== undefined,
+    historySize: read('history.size', h?.size),
+    historyTtl: read('history.ttl', h?.ttl),
+    historyRooms: read('history.rooms', h?.rooms),
+  };
+}
+
+/** The `presence` option. */
+function normalisePresence(value: unknown): Pick<NativeOptions, 'presence' | 'presenceEvents' | 'presenceTtl' | 'presenceRooms'> {
+  const p = onOrObject('presence', value);
+  return {
+    presence: p !== undefined,
+    presenceEvents: read('presence.events', p?.events),
+    presenceTtl: read('presence.ttl', p?.ttl),
+    presenceRooms: read('presence.rooms', p?.rooms),
   };
 }

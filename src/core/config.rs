@@ -69,7 +69,9 @@ pub struct Config {
     /// A write that makes no progress for this long (the peer stopped
     /// reading) drops the connection; zero disables it.
     pub send_timeout: Duration,
-    /// History rooms: publications kept per room (0: no history).
+    /// History rooms on (the `history` option given).
+    pub history: bool,
+    /// History rooms: publications kept per room.
     pub history_size: usize,
     /// How long a room's history lives after its last publication.
     pub history_ttl: Duration,
@@ -126,7 +128,8 @@ impl Default for Config {
             tls: None,
             http_fallback: None,
             backlog: 511,
-            history_size: 0,
+            history: false,
+            history_size: 100,
             history_ttl: Duration::from_secs(300),
             history_rooms: None,
             presence: false,

@@ -140,7 +140,7 @@ impl Server {
             )
         });
         let store = broker.store();
-        let history = (config.history_size > 0).then(|| {
+        let history = config.history.then(|| {
             let cfg = HistoryConfig {
                 size: config.history_size,
                 ttl: config.history_ttl,
