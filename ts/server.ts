@@ -1,7 +1,8 @@
 // `WebSocketServer` (alias `WebSocketServerHelper`): the original helper's
 // API over the native server. This file holds only what must be JavaScript:
-// calling the application's handlers, keeping `metadata` (arbitrary JS
-// values), and building the client records the original returns.
+// calling the application's handlers (the calls themselves are in
+// handler-calls.ts), keeping `metadata` (arbitrary JS values), and building
+// the client records the original returns.
 
 import { native } from './native';
 import type { NativeServer } from '../index';
@@ -9,6 +10,25 @@ const { NativeServer: NativeServerClass } = native;
 import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
+import {
+  EVENT_CONNECTED,
+  EVENT_DISCONNECTED,
+  EVENT_MESSAGE,
+  AUTH_OK,
+  AUTH_REJECTED,
+  AUTH_ERROR,
+  Answers,
+  MAX_ACK_ID_LENGTH,
+  GENERIC_ACK_ERROR,
+  WebSocketClientError,
+  settle,
+  errorText,
+  type EventEntry,
+  type AuthRequest,
+  type AuthAnswer,
+  type RoomsRequest,
+  type RoomsAnswer,
+} from './handler-calls';
 import type {
   IWebSocket,
   IWebSocketClient,
@@ -17,106 +37,6 @@ import type {
   IWebSocketStats,
   TLogLevel,
 } from './types';
-
-const EVENT_CONNECTED = 0;
-const EVENT_DISCONNECTED = 1;
-const EVENT_MESSAGE = 2;
-/** One delivered event: kind, client, user and, for a message, the frame. */
-type EventEntry = [kind: number, clientId: string, userId: string | null, message?: unknown];
-/** One authentication request: its number, the client, `data ?? {}`. */
-type AuthRequest = [seq: number, clientId: string, data: unknown];
-const AUTH_OK = 0;
-const AUTH_REJECTED = 1;
-const AUTH_ERROR = 2;
-/** An answer: its request's number, the outcome, the userId or the error. */
-type AuthAnswer = [seq: number, outcome: number, text: string | null];
-/** One room validation request: its number, the client, its user, the rooms. */
-type RoomsRequest = [seq: number, clientId: string, userId: string | null, rooms: string[]];
-/** An answer: its request's number, the rooms allowed, the error. */
-type RoomsAnswer = [seq: number, rooms: string[], error: string | null];
-
-/**
- * Answers to requests the native side batched, handed back many per call:
- * those given while a batch is handled go when it ends, those settling
- * later go together at the end of their turn.
- */
-class Answers<T> {
-  private list: T[] = [];
-  private queued = false;
-
-  constructor(private readonly send: (json: string) => void) {}
-
-  push(answer: T): void {
-    this.list.push(answer);
-    if (!this.queued) {
-      this.queued = true;
-      queueMicrotask(() => this.flush());
-    }
-  }
-
-  flush(): void {
-    this.queued = false;
-    if (this.list.length === 0) return;
-    const list = this.list;
-    this.list = [];
-    this.send(JSON.stringify(list));
-  }
-}
-
-/**
- * Calls `call`; `ok` gets its value, or what its promise (or any thenable)
- * resolves to, exactly as `await` would; `fail` gets a throw or rejection,
- * including one from `ok` itself, so nothing escapes as an unhandled
- * rejection.
- */
-/** Longest `id` a frame may carry to be acknowledged. */
-const MAX_ACK_ID_LENGTH = 64;
-/** What a client is told when its request failed for a reason not meant for it. */
-const GENERIC_ACK_ERROR = 'Internal error';
-
-/**
- * Thrown by a `messageHandler` to answer a request (`acks: true`) with an
- * error whose message is meant for the client. Anything else thrown is
- * answered with a generic text, and logged.
- */
-export class WebSocketClientError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'WebSocketClientError';
-  }
-}
-
-function settle(call: () => unknown, ok: (value: unknown) => void, fail: (e: unknown) => void): void {
-  const done = (value: unknown) => {
-    try {
-      ok(value);
-    } catch (e) {
-      fail(e);
-    }
-  };
-  let result: unknown;
-  try {
-    result = call();
-    if (result && typeof (result as PromiseLike<unknown>).then === 'function') {
-      // A native promise is passed through as it is (no extra promise).
-      Promise.resolve(result).then(done, fail);
-      return;
-    }
-  } catch (e) {
-    fail(e);
-    return;
-  }
-  done(result);
-}
-
-function errorText(e: unknown): string {
-  if (e instanceof Error) return e.message || e.name;
-  try {
-    return String(e);
-  } catch {
-    return 'unprintable error';
-  }
-}
 
 /** The part of Bun's `Server` used here. */
 export interface BunServerLike {
