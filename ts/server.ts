@@ -10,6 +10,7 @@ const { NativeServer: NativeServerClass } = native;
 import type { HandshakeResult, NativeClient, TransformResult } from '../index';
 import { normaliseOptions, type NormalisedOptions } from './options';
 import { normaliseRedis } from './redis-options';
+import { fallbackAddress, serveFetch, takeUpgrade, type BunServerLike, type UpgradeTaker } from './same-port';
 import {
   EVENT_CONNECTED,
   EVENT_DISCONNECTED,
@@ -37,19 +38,6 @@ import type {
   IWebSocketStats,
   TLogLevel,
 } from './types';
-
-/** The part of Bun's `Server` used here. */
-export interface BunServerLike {
-  port: number;
-  stop(closeActiveConnections?: boolean): unknown;
-  requestIP(req: Request): { address: string; family: string; port: number } | null;
-}
-
-function fallbackAddress(opt: IWebSocketServerOptions['httpFallback']): string | null {
-  if (opt === undefined || opt === null) return null;
-  if (typeof opt === 'string') return opt;
-  return `${opt.host ?? '127.0.0.1'}:${opt.port}`;
-}
 
 export class WebSocketServer<
   AuthDataType extends Record<string, unknown> = Record<string, unknown>,
@@ -84,6 +72,8 @@ export class WebSocketServer<
   private fetchServer: BunServerLike | undefined;
   private fetchFacade: BunServerLike | undefined;
   private attached: Array<{ server: import('node:http').Server; listener: (...a: any[]) => void }> = [];
+  /** What `attach()`'s upgrades are taken over with. */
+  private readonly upgrades: UpgradeTaker;
 
   constructor(opts: IWebSocketServerOptions<AuthDataType, MetadataType>) {
     this.settings = normaliseOptions(opts);
@@ -105,6 +95,13 @@ export class WebSocketServer<
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
       opts.outboundTransformer && !s.nativeEncryption ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
+    this.upgrades = {
+      native: this.native,
+      path: this.settings.path,
+      running: () => this.state === 'running',
+      ours: server => this.attached.filter(a => a.server === server).length,
+      logError: (msg, fields) => this.log('error', msg, fields),
+    };
     this.authAnswers = new Answers(json => this.native.authAnswers(json));
     this.roomAnswers = new Answers(json => this.native.roomAnswers(json));
     if (s.nativeEncryption && (opts.handshakeFn || opts.outboundTransformer)) {
@@ -190,44 +187,12 @@ export class WebSocketServer<
     }
   }
 
-  /**
-   * Bun: serves `fetch` on a loopback port for the native listener to splice
-   * non-WebSocket connections to. Returns that address.
-   */
+  /** Bun: `fetch` served for the native listener to splice to; its address. */
   private startFetchServer(fetch: NonNullable<IWebSocketServerOptions['fetch']>): string {
-    const bun = (globalThis as { Bun?: { serve(o: unknown): BunServerLike } }).Bun;
-    if (!bun) {
-      throw new Error('the `fetch` option needs Bun; on Node pass your http.Server to attach() instead');
-    }
-    const native = this.native;
-    let facade: BunServerLike | undefined;
-    const server = bun.serve({
-      hostname: '127.0.0.1',
-      port: 0,
-      fetch: (req: Request) => fetch(req, facade),
-    });
-    // What the application sees as "its server": requestIP() answers with
-    // the real client, not the loopback hop; port/url are the public ones.
-    facade = new Proxy(server, {
-      get: (target, key) => {
-        if (key === 'requestIP') {
-          return (req: Request) => {
-            const hop = target.requestIP(req);
-            const real = hop ? native.forwardedPeer(hop.port) : null;
-            if (!real) return hop;
-            const cut = real.lastIndexOf(':');
-            const address = real.slice(0, cut).replace(/^\[|\]$/g, '');
-            return { address, family: address.includes(':') ? 'IPv6' : 'IPv4', port: Number(real.slice(cut + 1)) };
-          };
-        }
-        if (key === 'port' && this.port !== undefined) return this.port;
-        const value = Reflect.get(target, key, target);
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
-    });
+    const { server, facade, address } = serveFetch(this.native, fetch, () => this.port);
     this.fetchServer = server;
     this.fetchFacade = facade;
-    return `127.0.0.1:${server.port}`;
+    return address;
   }
 
   private stopFetchServer(): void {
@@ -263,47 +228,10 @@ export class WebSocketServer<
       );
     }
     const listener = (req: import('node:http').IncomingMessage, socket: import('node:net').Socket, head: Buffer) =>
-      this.handleUpgrade(server, req, socket, head);
+      takeUpgrade(this.upgrades, server, req, socket, head);
     server.on('upgrade', listener);
     this.attached.push({ server, listener });
     return this;
-  }
-
-  private handleUpgrade(
-    server: import('node:http').Server,
-    req: import('node:http').IncomingMessage,
-    socket: import('node:net').Socket,
-    head: Buffer,
-  ): void {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== this.settings.path) {
-      // Someone else's upgrade; answer it only if nobody else listens.
-      if (server.listenerCount('upgrade') === this.attached.filter(a => a.server === server).length) {
-        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      }
-      return;
-    }
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (this.state !== 'running' || (socket as { encrypted?: boolean }).encrypted || typeof fd !== 'number' || fd < 0) {
-      const why = this.state !== 'running' ? 'server not running' : 'socket has no file descriptor (TLS or this runtime)';
-      this.log('error', 'Cannot take over upgrade', { reason: why });
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      return;
-    }
-    let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
-    const raw = req.rawHeaders;
-    for (let i = 0; i < raw.length; i += 2) text += `${raw[i]}: ${raw[i + 1]}\r\n`;
-    text += '\r\n';
-    try {
-      socket.pause();
-      this.native.adoptSocket(fd, Buffer.concat([Buffer.from(text, 'latin1'), head]));
-    } catch (e) {
-      this.log('error', 'Cannot take over upgrade', { error: errorText(e) });
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-      return;
-    }
-    // Our duplicate keeps the connection; Node closes only its descriptor.
-    socket.destroy();
   }
 
   getPath(): string {
