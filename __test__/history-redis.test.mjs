@@ -237,6 +237,33 @@ describe('history in Redis', { skip: noRedis }, () => {
     assert.equal(b.ws.stats().busPublishDropped, 0);
   });
 
+  test('a recovering join is answered within its bound while Redis does not answer', async () => {
+    // A Redis of its own, stopped (SIGSTOP): connected, but silent.
+    const own = await startRedis();
+    const a = await startServer({ redis: own.url, validateRoomFn: rooms, history: { size: 1000 } });
+    const room = freshRoom();
+    try {
+      const { c: first, joined } = await member(a.url, room);
+      first.close();
+      await until(() => a.ws.getClientsByRoom({ room }).length === 0, 2000, 'left');
+      own.proc.kill('SIGSTOP');
+      const c = await Client.auth(a.url);
+      const t0 = Date.now();
+      c.emit('join', { rooms: [room], recover: { [room]: { offset: joined.offset, epoch: joined.epoch } } });
+      const answer = await c.next(m => m.event === 'joined' && m.data.room === room, 10_000);
+      const waited = Date.now() - t0;
+      assert.equal(answer.data.recovered, false, 'nothing could be read: said so');
+      assert.ok(waited < 8000, `answered after ${waited} ms (bound: 5 s after validation)`);
+      assert.ok(a.ws.stats().storeErrors >= 1, 'counted');
+      process.stderr.write(`# figure: history (Redis) join answered after ${waited} ms with Redis stopped (${runtime})\n`);
+      c.close();
+    } finally {
+      own.proc.kill('SIGCONT');
+      await a.ws.shutdown();
+      await own.stop();
+    }
+  });
+
   test('kill -9 of the instance a client was on: it recovers everything on the other', async () => {
     const dead = await soakServer({ redis: redis.url, history: true }, {}, { sameRuntime: true });
     const b = await instance();
