@@ -152,6 +152,34 @@ describe('WebSocketClient', () => {
     await until(() => got.length === 2, 2000, 'live again');
   });
 
+  test('a room the server now refuses costs one reconnection, then is given up (recovered: false)', async () => {
+    const first = await startServer({ validateRoomFn: ({ rooms }) => rooms, history: true });
+    const port = first.ws.port;
+    const c = client({ url: first.url, auth: () => ({ token: 'r' }), joinTimeout: 300, reconnect: { minDelay: 10, maxDelay: 20 } });
+    await c.connect();
+    c.join(['revoked', 'kept']);
+    await until(() => first.ws.getClientsByRoom({ room: 'kept' }).length === 1, 2000, 'joined');
+    const got = [];
+    c.on('m', d => got.push(d));
+    first.ws.sendToRoom({ room: 'revoked', event: 'm', data: 1 });
+    first.ws.sendToRoom({ room: 'kept', event: 'm', data: 2 });
+    await until(() => got.length === 2, 2000, 'positions in both rooms');
+    await first.ws.shutdown();
+    // The next instance no longer allows 'revoked'.
+    const second = await startServer({ port, history: true, validateRoomFn: ({ rooms }) => rooms.filter(r => r !== 'revoked') });
+    const lost = [];
+    const recovered = [];
+    c.on('disconnected', d => lost.push(d.reason));
+    c.on('recovered', r => recovered.push(r));
+    await until(() => recovered.some(r => r.room === 'revoked' && r.recovered === false), 5000, 'revoked room given up');
+    await sleep(1000);
+    assert.equal(c.state, 'connected');
+    assert.equal(lost.filter(r => r === 'no joined in time').length, 1, JSON.stringify(lost));
+    assert.ok(recovered.some(r => r.room === 'kept'), 'the kept room was re-joined');
+    second.ws.sendToRoom({ room: 'kept', event: 'm', data: 3 });
+    await until(() => got.length === 3, 2000, 'live in the kept room');
+  });
+
   test('4003 is final: no retry, connect() rejects', async () => {
     const { url } = await startServer({ authenticateFn: () => null });
     let calls = 0;

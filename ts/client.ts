@@ -150,6 +150,8 @@ export class WebSocketClient<
   private watchdog: ReturnType<typeof setTimeout> | undefined;
   /** History rooms whose `joined` answer the current connection still waits for. */
   private readonly awaitingJoined = new Set<string>();
+  /** Re-joins left unanswered, per room, on connections in a row. */
+  private readonly joinMisses = new Map<string, number>();
   private closedByUser = false;
   // WebCrypto key objects (typed loosely: the package builds without DOM typings).
   private key: any;
@@ -264,6 +266,7 @@ export class WebSocketClient<
     for (const r of list) {
       this.rooms.delete(r);
       this.positions.delete(r);
+      this.joinMisses.delete(r);
       if (this.awaitingJoined.delete(r) && !this.awaitingJoined.size) this.disarm();
     }
     if (this._state === 'connected') this.send({ event: 'leave', data: { rooms: list } });
@@ -387,6 +390,7 @@ export class WebSocketClient<
       const { room, offset, epoch, recovered } = msg.data;
       if (typeof offset === 'number' && typeof epoch === 'string') this.positions.set(room, { offset, epoch });
       if (typeof recovered === 'boolean') this.dispatch('recovered', { room, recovered });
+      this.joinMisses.delete(room);
       if (this.awaitingJoined.delete(room) && !this.awaitingJoined.size) {
         this.disarm();
         this.attempts = 0;
@@ -470,6 +474,7 @@ export class WebSocketClient<
     this.watchdog = setTimeout(() => {
       this.watchdog = undefined;
       if (socket !== this.socket) return;
+      if (this.awaitingJoined.size && this.giveUpRefusedRooms()) return;
       socket.onopen = socket.onmessage = socket.onclose = null;
       socket.onerror = () => {};
       try {
@@ -481,6 +486,28 @@ export class WebSocketClient<
       }
       this.onClose(socket, ABANDONED, reason);
     }, ms);
+  }
+
+  /**
+   * A re-join unanswered on two connections in a row is taken for a room
+   * the server refuses now (a refused room answers nothing): its position
+   * is dropped, `recovered: false` is said, and it is no longer waited
+   * for, so a revoked room cannot keep the client reconnecting. Returns
+   * true when no room is left to wait for (the connection is kept).
+   */
+  private giveUpRefusedRooms(): boolean {
+    for (const room of this.awaitingJoined) {
+      const misses = (this.joinMisses.get(room) ?? 0) + 1;
+      this.joinMisses.set(room, misses);
+      if (misses < 2) continue;
+      this.joinMisses.delete(room);
+      this.awaitingJoined.delete(room);
+      this.positions.delete(room);
+      this.dispatch('recovered', { room, recovered: false });
+    }
+    if (this.awaitingJoined.size) return false;
+    this.attempts = 0;
+    return true;
   }
 
   private disarm(): void {
