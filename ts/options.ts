@@ -39,10 +39,10 @@ function at(opts: unknown, path: string): unknown {
 }
 
 /** Checks `value` against the option at `path`; absent: its default. */
-function read(path: string, value: unknown, fallback?: unknown): any {
+function read(path: string, value: unknown): any {
   const s = SPEC.get(path);
   if (!s) throw new Error(`[ignis-ws-native] no option ${path} in the schema`);
-  const def = fallback !== undefined ? fallback : (D as unknown as Record<string, unknown>)[s.field];
+  const def = (D as unknown as Record<string, unknown>)[s.field];
   switch (s.kind) {
     case 'str':
       return str(path, value, def as string);

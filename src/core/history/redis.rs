@@ -202,14 +202,15 @@ impl Feed {
     /// before the joiners whose reads ran earlier were given it. At the
     /// lowest position, everything past it reaches each joiner through
     /// `emit`, which serves a joiner past its own position.
-    fn position_from_reads(&mut self) {
+    /// Returns whether it positioned the feed now.
+    fn position_from_reads(&mut self) -> bool {
         if self.epoch.is_some() {
-            return;
+            return false;
         }
         let mut lowest: Option<(Arc<str>, u64)> = None;
         for j in &self.joiners {
             match (&j.given, &lowest) {
-                (None, _) => return,                            // a read still outstanding
+                (None, _) => return false,                      // a read still outstanding
                 (Some((epoch, _)), _) if epoch.is_empty() => {} // Redis could not say
                 (Some((epoch, offset)), None) => lowest = Some((epoch.clone(), *offset)),
                 (Some((epoch, offset)), Some((at, low))) if epoch == at => {
@@ -217,13 +218,15 @@ impl Feed {
                 }
                 // The history restarted between two reads: the bus says
                 // where the room is.
-                (Some(_), Some(_)) => return,
+                (Some(_), Some(_)) => return false,
             }
         }
-        if let Some((epoch, top)) = lowest {
-            self.epoch = Some(epoch);
-            self.top = top;
-        }
+        let Some((epoch, top)) = lowest else {
+            return false;
+        };
+        self.epoch = Some(epoch);
+        self.top = top;
+        true
     }
 
     /// The lowest position a joiner was given in `epoch`: the first
@@ -637,8 +640,13 @@ impl RedisHistory {
             .position(|j| j.token == token)
             .expect("held under this lock");
         f.joiners[at].given = Some((epoch, top));
-        f.position_from_reads();
-        f.release_caught_up();
+        // Only a feed positioned now can have caught up every joiner; else
+        // this one alone is checked (a storm of joins is not quadratic).
+        if f.position_from_reads() {
+            f.release_caught_up();
+        } else if f.joiners[at].caught_up(f.epoch.as_ref(), f.top) {
+            f.joiners.swap_remove(at);
+        }
     }
 
     /// Forgets the feeds of rooms nobody here follows any more.
