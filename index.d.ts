@@ -235,10 +235,16 @@ export interface NativeOptions {
   presenceTtl: number
   /** Presence rooms: names or prefixes ending in `*`. */
   presenceRooms?: Array<string>
+  /** Compression on: messages shorter than this many bytes go uncompressed. */
+  perMessageDeflateThreshold: number
+  /** Compression on: zlib level, 0 (fastest) to 9 (smallest); each publication is compressed once. */
+  perMessageDeflateLevel: number
   /** History rooms on (`history` given). */
   history: boolean
   /** Presence on (`presence` given). */
   presence: boolean
+  /** permessage-deflate offered (`perMessageDeflate` given). */
+  perMessageDeflate: boolean
   serverId: string
   redis?: NativeRedisOptions
   /** Bind host:port (false: only sockets handed over with adoptSocket). */
@@ -281,7 +287,9 @@ export interface NativeProtocolErrors {
   badCloseFrame: number
   /** Text messages or close reasons that are not UTF-8. */
   invalidUtf8: number
-  /** Messages over maxPayloadLength. */
+  /** Compressed messages (permessage-deflate) that are not valid DEFLATE data. */
+  invalidDeflate: number
+  /** Messages over maxPayloadLength (compressed ones by their inflated size). */
   messageTooBig: number
   /** Any other violation of RFC 6455. */
   other: number
@@ -387,12 +395,27 @@ export interface NativeStats {
   historySkipped: number
   /** Redis requests for history or presence that failed or timed out. */
   storeErrors: number
+  /** Outbound messages compressed (permessage-deflate): once per publication, whatever the number of recipients. */
+  deflateCompressed: number
+  /** Bytes of outbound messages given to the compressor. */
+  deflateBytesIn: number
+  /** Bytes the compressor made of them (sent in their place when smaller). */
+  deflateBytesOut: number
+  /** Compressed messages received from clients and inflated. */
+  inflatedMessages: number
   /** Clients closed for violating RFC 6455, by reason. */
   protocolErrors: NativeProtocolErrors
 }
 
 /** Every option with a plain value: what `ts/options.ts` checks. */
 export declare function optionSchema(): Array<NativeOptionSpec>
+
+/**
+ * Starts the Autobahn TestSuite's echo fixture (`core::echo`) on
+ * `host:port` (0: a free port); resolves with the port. It runs until the
+ * process ends. Test tooling only (`npm run autobahn:server`).
+ */
+export declare function startEchoFixture(host: string, port: number, maxPayload: number): Promise<number>
 
 /**
  * Adapter's answer for `outboundTransformer`: `frame` is the text to send

@@ -841,3 +841,4 @@ module.exports.defaultOptions = nativeBinding.defaultOptions
 module.exports.LogFormat = nativeBinding.LogFormat
 module.exports.LogLevel = nativeBinding.LogLevel
 module.exports.optionSchema = nativeBinding.optionSchema
+module.exports.startEchoFixture = nativeBinding.startEchoFixture

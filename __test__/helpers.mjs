@@ -130,7 +130,7 @@ export async function until(fn, timeout = 3000, what = 'condition') {
 }
 
 /** A hand-made WebSocket connection over node:net, for frames no client library sends. */
-export async function rawSocket(port, path = '/ws') {
+export async function rawSocket(port, path = '/ws', extraHeaders = '') {
   const net = await import('node:net');
   const sock = net.connect(port, '127.0.0.1');
   await new Promise((resolve, reject) => {
@@ -139,7 +139,9 @@ export async function rawSocket(port, path = '/ws') {
   });
   sock.write(
     `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n' +
+      extraHeaders +
+      '\r\n',
   );
   let head = '';
   await new Promise((resolve, reject) => {
@@ -154,13 +156,68 @@ export async function rawSocket(port, path = '/ws') {
   });
   const closed = new Promise(resolve => sock.once('close', resolve));
   sock.on('error', () => {});
-  return { sock, closed };
+  return { sock, closed, head };
 }
 
+/** Reads the server's (unmasked) frames off a raw socket. */
+export function serverFrames(sock) {
+  let buf = Buffer.alloc(0);
+  const frames = [];
+  let wake = () => {};
+  sock.on('data', d => {
+    buf = Buffer.concat([buf, d]);
+    for (;;) {
+      if (buf.length < 2) break;
+      let len = buf[1] & 0x7f;
+      let off = 2;
+      if (len === 126) {
+        if (buf.length < 4) break;
+        len = buf.readUInt16BE(2);
+        off = 4;
+      } else if (len === 127) {
+        if (buf.length < 10) break;
+        len = Number(buf.readBigUInt64BE(2));
+        off = 10;
+      }
+      if (buf.length < off + len) break;
+      frames.push({ fin: (buf[0] & 0x80) !== 0, rsv1: (buf[0] & 0x40) !== 0, opcode: buf[0] & 0x0f, payload: buf.subarray(off, off + len) });
+      buf = buf.subarray(off + len);
+    }
+    wake();
+  });
+  const ended = new Promise(resolve => sock.once('close', resolve));
+  return {
+    /** Every frame read and not taken yet. */
+    frames,
+    /** The first frame with `opcode` (waits for it; null if the socket ends first). */
+    async next(opcode) {
+      for (;;) {
+        const i = frames.findIndex(f => f.opcode === opcode);
+        if (i >= 0) return frames.splice(i, 1)[0];
+        const more = new Promise(resolve => (wake = resolve));
+        if ((await Promise.race([more.then(() => 'data'), ended.then(() => 'end')])) === 'end') {
+          const j = frames.findIndex(f => f.opcode === opcode);
+          return j >= 0 ? frames.splice(j, 1)[0] : null;
+        }
+      }
+    },
+  };
+}
+
+
 /** A masked client frame (mask key 0, so the payload goes as is). */
-export function maskedFrame(opcode, payload) {
+export function maskedFrame(opcode, payload, { fin = true, rsv1 = false } = {}) {
   const len = payload.length;
-  const head = len < 126 ? Buffer.from([0x80 | opcode, 0x80 | len]) : Buffer.from([0x80 | opcode, 0x80 | 126, len >> 8, len & 255]);
+  const first = (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | opcode;
+  let head;
+  if (len < 126) head = Buffer.from([first, 0x80 | len]);
+  else if (len < 65536) head = Buffer.from([first, 0x80 | 126, len >> 8, len & 255]);
+  else {
+    head = Buffer.alloc(10);
+    head[0] = first;
+    head[1] = 0x80 | 127;
+    head.writeBigUInt64BE(BigInt(len), 2);
+  }
   return Buffer.concat([head, Buffer.from([0, 0, 0, 0]), payload]);
 }
 

@@ -4,52 +4,9 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { Client, startServer, stopAll, rawSocket, maskedFrame } from './helpers.mjs';
+import { Client, startServer, stopAll, rawSocket, maskedFrame, serverFrames } from './helpers.mjs';
 
 after(stopAll);
-
-/** Reads the server's (unmasked) frames off a raw socket. */
-function serverFrames(sock) {
-  let buf = Buffer.alloc(0);
-  const frames = [];
-  let wake = () => {};
-  sock.on('data', d => {
-    buf = Buffer.concat([buf, d]);
-    for (;;) {
-      if (buf.length < 2) break;
-      let len = buf[1] & 0x7f;
-      let off = 2;
-      if (len === 126) {
-        if (buf.length < 4) break;
-        len = buf.readUInt16BE(2);
-        off = 4;
-      } else if (len === 127) {
-        if (buf.length < 10) break;
-        len = Number(buf.readBigUInt64BE(2));
-        off = 10;
-      }
-      if (buf.length < off + len) break;
-      frames.push({ opcode: buf[0] & 0x0f, payload: buf.subarray(off, off + len) });
-      buf = buf.subarray(off + len);
-    }
-    wake();
-  });
-  const ended = new Promise(resolve => sock.once('close', resolve));
-  return {
-    /** The first frame with `opcode` (waits for it; null if the socket ends first). */
-    async next(opcode) {
-      for (;;) {
-        const i = frames.findIndex(f => f.opcode === opcode);
-        if (i >= 0) return frames.splice(i, 1)[0];
-        const more = new Promise(resolve => (wake = resolve));
-        if ((await Promise.race([more.then(() => 'data'), ended.then(() => 'end')])) === 'end') {
-          const j = frames.findIndex(f => f.opcode === opcode);
-          return j >= 0 ? frames.splice(j, 1)[0] : null;
-        }
-      }
-    },
-  };
-}
 
 /** A raw socket past authentication, reading the server's frames. */
 async function authenticated(port) {

@@ -130,6 +130,20 @@ macro_rules! with_gauges_then_counters {
 }
 crate::with_gauges!(with_gauges_then_counters);
 
+/// Starts the Autobahn TestSuite's echo fixture (`core::echo`) on
+/// `host:port` (0: a free port); resolves with the port. It runs until the
+/// process ends. Test tooling only (`npm run autobahn:server`).
+#[napi]
+#[cfg_attr(test, allow(dead_code))] // called from JavaScript only
+pub async fn start_echo_fixture(host: String, port: u32, max_payload: u32) -> Result<u32> {
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port as u16))
+        .await
+        .map_err(|e| napi::Error::from_reason(format!("echo fixture: {e}")))?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    tokio::spawn(crate::core::echo::serve(listener, max_payload as usize));
+    Ok(port as u32)
+}
+
 /// Native half of `WebSocketServer`.
 #[napi]
 pub struct NativeServer {

@@ -13,8 +13,9 @@
 //! - `to_config`, their conversion into `Config`.
 //!
 //! Options with a shape of their own (`redis`, `tls`, `encryption`,
-//! `logLevel`, `logFormat`, the handlers, and the objects `history` and
-//! `presence` whose fields are rows here) are checked by hand in
+//! `logLevel`, `logFormat`, the handlers, and the objects `history`,
+//! `presence` and `perMessageDeflate` whose fields are rows here, with
+//! `perMessageDeflate.level`'s upper bound) are checked by hand in
 //! `ts/options.ts`; those of their values that reach `Config` are the extra
 //! fields of `NativeOptions`.
 
@@ -67,6 +68,8 @@ macro_rules! with_options {
             presence_events "presence.events" bool(0) "Presence rooms: send `presence` join/leave events to the members.",
             presence_ttl "presence.ttl" ms(300) "Presence with Redis: ms a member's entry outlives its instance's last refresh.",
             presence_rooms "presence.rooms" opt_strings(0) "Presence rooms: names or prefixes ending in `*`.",
+            per_message_deflate_threshold "perMessageDeflate.threshold" int(0) "Compression on: messages shorter than this many bytes go uncompressed.",
+            per_message_deflate_level "perMessageDeflate.level" int(0) "Compression on: zlib level, 0 (fastest) to 9 (smallest); each publication is compressed once.",
         }
     };
 }
@@ -224,6 +227,8 @@ macro_rules! native_options_struct {
             pub history: bool,
             /// Presence on (`presence` given).
             pub presence: bool,
+            /// permessage-deflate offered (`perMessageDeflate` given).
+            pub per_message_deflate: bool,
             pub server_id: String,
             pub redis: Option<NativeRedisOptions>,
             /// Bind host:port (false: only sockets handed over with adoptSocket).
@@ -278,6 +283,7 @@ macro_rules! define_options {
                 $($field: to_js!($kind, c.$field),)*
                 history: c.history,
                 presence: c.presence,
+                per_message_deflate: c.per_message_deflate,
                 server_id: String::new(),
                 redis: None,
                 listen: c.listen,
@@ -315,10 +321,17 @@ macro_rules! define_options {
                     ))
                 }
             };
+            if o.per_message_deflate_level > 9 {
+                return Err(Error::new(
+                    Status::InvalidArg,
+                    format!("perMessageDeflate.level: expected 0 to 9, got {}", o.per_message_deflate_level),
+                ));
+            }
             Ok(Config {
                 $($field: from_js!($kind, $path, &o.$field),)*
                 history: o.history,
                 presence: o.presence,
+                per_message_deflate: o.per_message_deflate,
                 server_id: o.server_id.clone(),
                 listen: o.listen,
                 native_encryption: o.native_encryption,

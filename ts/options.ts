@@ -137,7 +137,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   // `presence.*` are read below, with their objects.
   const plain: Record<string, unknown> = {};
   for (const s of SCHEMA) {
-    if (s.path.startsWith('history.') || s.path.startsWith('presence.')) continue;
+    if (/^(history|presence|perMessageDeflate)\./.test(s.path)) continue;
     plain[s.field] = read(s.path, at(opts, s.path));
   }
   const path = plain.path as string;
@@ -197,6 +197,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     ...(plain as unknown as NativeOptions),
     ...normaliseHistory(opts.history),
     ...normalisePresence(opts.presence),
+    ...normaliseDeflate(opts),
     requireEncryption: (plain.requireEncryption as boolean) || native,
     nativeEncryption: native,
     serverId: '',
@@ -225,6 +226,26 @@ export function normaliseHistory(value: unknown): Pick<NativeOptions, 'history' 
     historySize: read('history.size', h?.size),
     historyTtl: read('history.ttl', h?.ttl),
     historyRooms: read('history.rooms', h?.rooms),
+  };
+}
+
+/**
+ * `perMessageDeflate`, or the original's `serverOptions.perMessageDeflate`
+ * (the top-level one wins when both are given).
+ */
+function normaliseDeflate(
+  opts: IWebSocketServerOptions<any, any>,
+): Pick<NativeOptions, 'perMessageDeflate' | 'perMessageDeflateThreshold' | 'perMessageDeflateLevel'> {
+  const top = opts.perMessageDeflate;
+  const given = top !== undefined && top !== null ? top : opts.serverOptions?.perMessageDeflate;
+  const name = top !== undefined && top !== null ? 'perMessageDeflate' : 'serverOptions.perMessageDeflate';
+  const d = onOrObject(name, given);
+  const level = read('perMessageDeflate.level', d?.level);
+  if (level > 9) throw new WebSocketOptionError('perMessageDeflate.level', `expected 0 to 9, got ${level}`);
+  return {
+    perMessageDeflate: d !== undefined,
+    perMessageDeflateThreshold: read('perMessageDeflate.threshold', d?.threshold),
+    perMessageDeflateLevel: level,
   };
 }
 

@@ -120,12 +120,6 @@ export class WebSocketServer<
       throw new Error(`[ignis-ws-native] configure() called twice (server is ${this.state})`);
     }
     this.state = 'starting';
-    if (this.opts.serverOptions?.perMessageDeflate) {
-      this.log(
-        'warn',
-        'serverOptions.perMessageDeflate is not supported yet: it is ignored and every message is sent uncompressed',
-      );
-    }
     const listen = !(this.opts.noServer || (this.attached.length > 0 && this.opts.port === undefined));
     this.native.setListen(listen);
     try {

@@ -24,9 +24,21 @@ export interface IRedisSocketMessage<DataType = unknown> {
 }
 
 /** Transport settings (the original's Bun `IBunWebSocketConfig`). */
+/** `perMessageDeflate`'s settings. */
+export interface IPerMessageDeflateOptions {
+  /** Messages shorter than this many bytes go uncompressed. Default 128. */
+  threshold?: number;
+  /** zlib level, 0 (fastest) to 9 (smallest). Default 6. */
+  level?: number;
+}
+
 export interface IBunWebSocketConfig {
-  /** Accepted for compatibility; compression is not negotiated. */
-  perMessageDeflate?: boolean;
+  /**
+   * permessage-deflate (RFC 7692), as the original passes it to Bun: the
+   * same as the top-level `perMessageDeflate` (which wins when both are
+   * given). Default off.
+   */
+  perMessageDeflate?: boolean | IPerMessageDeflateOptions;
   /** Largest inbound message in bytes; larger ones close the socket with 1009. Default 131072. */
   maxPayloadLength?: number;
   /** Seconds without any inbound traffic before the socket is closed (1001 "Idle timeout"); 0 disables. Default 60. */
@@ -231,6 +243,17 @@ export interface IWebSocketServerOptions<
    * 30000) after its last refresh. Default: off.
    */
   presence?: boolean | { rooms?: string[]; events?: boolean; ttl?: number };
+  /**
+   * permessage-deflate (RFC 7692), the name Bun uses: offered to every
+   * client that asks for it (browsers always do), with no context takeover
+   * on either side. Room, broadcast, user and Redis-borne publications and
+   * history replays are compressed once per publication for all compressed
+   * recipients; messages under `threshold` bytes (default 128) go plain;
+   * clients with built-in encryption are never sent compressed frames.
+   * Compressed client messages are inflated, `maxPayloadLength` applying to
+   * the inflated size. Default off.
+   */
+  perMessageDeflate?: boolean | IPerMessageDeflateOptions;
   /** Serve Prometheus text at this path on the server's port (plain GET). */
   metricsPath?: string;
   /** PEM certificate chain and private key: serve `wss://` natively. */

@@ -4,7 +4,8 @@
 //! The socket itself belongs to the connection task; everything here is
 //! shared (behind `Arc`) and safe to touch from any thread.
 
-use crate::core::frame_writer::Chunk;
+use crate::core::deflate::Deflate;
+use crate::core::frame_writer::{Chunk, COMPRESSED, TEXT};
 use crate::core::protocol::Frame;
 use crate::core::stats::Stats;
 use futures_util::task::AtomicWaker;
@@ -129,29 +130,67 @@ pub struct QueuedFrame {
 /// beyond what its backpressure limit counts.
 pub struct Run {
     frames: Vec<Frame>,
-    wire: Vec<u8>,
-    /// Where each frame starts in `wire`, and where the last one ends.
-    at: Vec<usize>,
+    wire: Wire,
+    /// The frames framed for members that negotiated permessage-deflate,
+    /// each compressed (or plain, below the threshold), made by the first
+    /// such member to write the run.
+    deflated: OnceLock<Wire>,
     /// The frames' text, in bytes (what the backpressure limit counts).
     bytes: usize,
+}
+
+/// Frames framed for the wire, one after the other.
+struct Wire {
+    bytes: Vec<u8>,
+    /// Where each frame starts in `bytes`, and where the last one ends.
+    at: Vec<usize>,
+}
+
+impl Wire {
+    fn of(
+        frames: &[Frame],
+        capacity: usize,
+        mut head_and_payload: impl FnMut(&Frame) -> (u8, &[u8]),
+    ) -> Wire {
+        let mut bytes = Vec::with_capacity(capacity + 4 * frames.len());
+        let mut at = Vec::with_capacity(frames.len() + 1);
+        for f in frames {
+            at.push(bytes.len());
+            let (head, payload) = head_and_payload(f);
+            crate::core::frame_writer::append_frame(&mut bytes, head, payload);
+        }
+        at.push(bytes.len());
+        Wire { bytes, at }
+    }
+
+    fn chunk(&self, start: usize, end: usize) -> Chunk<'_> {
+        Chunk::Framed {
+            bytes: &self.bytes[self.at[start]..self.at[end]],
+            frames: end - start,
+        }
+    }
 }
 
 impl Run {
     pub fn new(frames: Vec<Frame>) -> Arc<Run> {
         let bytes = frames.iter().map(|f| f.len()).sum();
-        let mut wire = Vec::with_capacity(bytes + 4 * frames.len());
-        let mut at = Vec::with_capacity(frames.len() + 1);
-        for f in &frames {
-            at.push(wire.len());
-            crate::core::frame_writer::append_text_frame(&mut wire, f.as_bytes());
-        }
-        at.push(wire.len());
+        let wire = Wire::of(&frames, bytes, |f| (TEXT, f.as_bytes()));
         Arc::new(Run {
             frames,
             wire,
-            at,
+            deflated: OnceLock::new(),
             bytes,
         })
+    }
+
+    /// The run framed for a member, compressed when it negotiated the
+    /// extension (`deflate`).
+    fn wire(&self, deflate: Option<&Deflate>) -> &Wire {
+        let Some(d) = deflate else {
+            return &self.wire;
+        };
+        self.deflated
+            .get_or_init(|| Wire::of(&self.frames, self.bytes, |f| one_frame(f, Some(d))))
     }
 
     fn len(&self) -> usize {
@@ -221,14 +260,19 @@ impl Batch {
         out
     }
 
-    /// The frames as the socket is to be sent them: runs framed already.
-    pub fn chunks(&self) -> impl Iterator<Item = Chunk<'_>> + Clone {
-        self.entries.iter().map(|e| match e {
-            Entry::One(q) => Chunk::Text(q.frame.as_bytes()),
-            Entry::Run { run, start, end } => Chunk::Framed {
-                bytes: &run.wire[run.at[*start]..run.at[*end]],
-                frames: end - start,
-            },
+    /// The frames as the socket is to be sent them: runs framed already;
+    /// compressed where they are worth it when the socket negotiated
+    /// permessage-deflate (`deflate`).
+    pub fn chunks<'a>(
+        &'a self,
+        deflate: Option<&'a Deflate>,
+    ) -> impl Iterator<Item = Chunk<'a>> + Clone {
+        self.entries.iter().map(move |e| match e {
+            Entry::One(q) => {
+                let (head, payload) = one_frame(&q.frame, deflate);
+                Chunk::One { head, payload }
+            }
+            Entry::Run { run, start, end } => run.wire(deflate).chunk(*start, *end),
         })
     }
 
@@ -272,6 +316,15 @@ impl Batch {
                 }
             }
         }
+    }
+}
+
+/// A frame's first byte and payload: compressed (once, for every recipient)
+/// when `deflate` is given and it pays, its text otherwise.
+fn one_frame<'a>(frame: &'a Frame, deflate: Option<&Deflate>) -> (u8, &'a [u8]) {
+    match deflate.and_then(|d| frame.deflated(d)) {
+        Some(z) => (TEXT | COMPRESSED, z),
+        None => (TEXT, frame.as_bytes()),
     }
 }
 
@@ -630,9 +683,11 @@ mod tests {
         // On the wire: "a" framed on its way out, "b" and "c" cut from the
         // run's framing.
         let mut wire = Vec::new();
-        for c in first.chunks() {
+        for c in first.chunks(None) {
             match c {
-                Chunk::Text(t) => crate::core::frame_writer::append_text_frame(&mut wire, t),
+                Chunk::One { head, payload } => {
+                    crate::core::frame_writer::append_frame(&mut wire, head, payload)
+                }
                 Chunk::Framed { bytes, frames } => {
                     assert_eq!(frames, 2);
                     wire.extend_from_slice(bytes);

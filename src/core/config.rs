@@ -86,6 +86,12 @@ pub struct Config {
     /// With Redis: how long a member's entry outlives its instance's last
     /// refresh (entries are refreshed every third of it).
     pub presence_ttl: Duration,
+    /// permessage-deflate (RFC 7692) offered to clients that ask for it.
+    pub per_message_deflate: bool,
+    /// Messages shorter than this go uncompressed.
+    pub per_message_deflate_threshold: usize,
+    /// zlib's compression level, 0–9.
+    pub per_message_deflate_level: usize,
     /// `host:port` of the application's HTTP server: connections that do
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
@@ -127,6 +133,9 @@ impl Default for Config {
             metrics_path: None,
             tls: None,
             http_fallback: None,
+            per_message_deflate: false,
+            per_message_deflate_threshold: 128,
+            per_message_deflate_level: 6,
             backlog: 511,
             history: false,
             history_size: 100,

@@ -43,11 +43,19 @@ pub struct FrameWriter<S> {
     progress_at: Instant,
 }
 
-/// The header of an unmasked, unfragmented server text frame of `len`
-/// bytes (RFC 6455 §5.2), and how many of its bytes are used.
-pub fn text_header(len: usize) -> ([u8; 10], usize) {
+/// The first byte of a whole text frame.
+pub const TEXT: u8 = 0x81;
+/// The first byte of a whole binary frame.
+pub const BINARY: u8 = 0x82;
+/// RSV1 on a message's first frame: its payload is compressed (RFC 7692).
+pub const COMPRESSED: u8 = 0x40;
+
+/// The header of an unmasked, unfragmented server frame of `len` bytes
+/// whose first byte is `head` (RFC 6455 §5.2), and how many of its bytes
+/// are used.
+pub fn frame_header(head: u8, len: usize) -> ([u8; 10], usize) {
     let mut h = [0u8; 10];
-    h[0] = 0x81;
+    h[0] = head;
     if len < 126 {
         h[1] = len as u8;
         (h, 2)
@@ -157,16 +165,16 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     {
         ready!(self.poll_drain(cx))?;
         let chunks = chunks.take(FRAMES_PER_WRITE);
-        let (mut count, mut texts, mut bytes, mut frames) = (0, 0, 0, 0);
+        let (mut count, mut ones, mut bytes, mut frames) = (0, 0, 0, 0);
         for c in chunks.clone() {
             count += 1;
             frames += c.frames();
             bytes += c.len();
-            texts += matches!(c, Chunk::Text(_)) as usize;
+            ones += matches!(c, Chunk::One { .. }) as usize;
         }
         // Frames framed already (runs) go as they are, without a copy;
         // small single frames are joined.
-        let written = if texts > 0 && bytes <= JOIN_MAX {
+        let written = if ones > 0 && bytes <= JOIN_MAX {
             self.write_joined(cx, chunks)
         } else if count <= 4 {
             // Slices on the stack, sized for a few large frames too.
@@ -206,17 +214,17 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     ) -> Poll<io::Result<()>> {
         let mut headers = [([0u8; 10], 0usize); N];
         for (h, c) in headers.iter_mut().zip(chunks.clone()) {
-            if let Chunk::Text(p) = c {
-                *h = text_header(p.len());
+            if let Chunk::One { head, payload } = c {
+                *h = frame_header(head, payload.len());
             }
         }
         let mut slices = [IoSlice::new(&[]); SLICES];
         let (mut used, mut total) = (0, 0);
         for (h, c) in headers.iter().zip(chunks) {
             match c {
-                Chunk::Text(p) => {
+                Chunk::One { payload, .. } => {
                     slices[used] = IoSlice::new(&h.0[..h.1]);
-                    slices[used + 1] = IoSlice::new(p);
+                    slices[used + 1] = IoSlice::new(payload);
                     used += 2;
                 }
                 Chunk::Framed { bytes, .. } => {
@@ -243,19 +251,36 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     }
 }
 
-/// Part of what a socket is sent: one frame's text, framed on its way
-/// out, or frames framed already (a run of publications shared by a
-/// room's members is framed once for all of them).
+/// Part of what a socket is sent: one frame's payload (its text, or its
+/// compressed form), framed on its way out, or frames framed already (a
+/// run of publications shared by a room's members is framed once for all
+/// of them).
 #[derive(Clone, Copy)]
 pub enum Chunk<'a> {
-    Text(&'a [u8]),
-    Framed { bytes: &'a [u8], frames: usize },
+    /// `head`: the frame's first byte ([`TEXT`], [`BINARY`], with
+    /// [`COMPRESSED`] when `payload` is deflated).
+    One {
+        head: u8,
+        payload: &'a [u8],
+    },
+    Framed {
+        bytes: &'a [u8],
+        frames: usize,
+    },
 }
 
-impl Chunk<'_> {
+impl<'a> Chunk<'a> {
+    /// A text frame.
+    pub fn text(payload: &'a [u8]) -> Self {
+        Chunk::One {
+            head: TEXT,
+            payload,
+        }
+    }
+
     fn frames(&self) -> usize {
         match self {
-            Chunk::Text(_) => 1,
+            Chunk::One { .. } => 1,
             Chunk::Framed { frames, .. } => *frames,
         }
     }
@@ -263,22 +288,22 @@ impl Chunk<'_> {
     /// Bytes on the wire.
     fn len(&self) -> usize {
         match self {
-            Chunk::Text(p) => text_header(p.len()).1 + p.len(),
+            Chunk::One { head, payload } => frame_header(*head, payload.len()).1 + payload.len(),
             Chunk::Framed { bytes, .. } => bytes.len(),
         }
     }
 
     fn append_to(&self, buf: &mut Vec<u8>) {
         match self {
-            Chunk::Text(p) => append_text_frame(buf, p),
+            Chunk::One { head, payload } => append_frame(buf, *head, payload),
             Chunk::Framed { bytes, .. } => buf.extend_from_slice(bytes),
         }
     }
 }
 
-/// Appends `payload` as one unmasked text frame.
-pub fn append_text_frame(buf: &mut Vec<u8>, payload: &[u8]) {
-    let (h, used) = text_header(payload.len());
+/// Appends `payload` as one unmasked frame whose first byte is `head`.
+pub fn append_frame(buf: &mut Vec<u8>, head: u8, payload: &[u8]) {
+    let (h, used) = frame_header(head, payload.len());
     buf.extend_from_slice(&h[..used]);
     buf.extend_from_slice(payload);
 }
@@ -348,11 +373,12 @@ mod tests {
 
     #[test]
     fn headers_use_the_shortest_length_form() {
-        assert_eq!(&text_header(0).0[..2], &[0x81, 0]);
-        assert_eq!(&text_header(125).0[..2], &[0x81, 125]);
-        assert_eq!(&text_header(126).0[..4], &[0x81, 126, 0, 126]);
-        assert_eq!(&text_header(65535).0[..4], &[0x81, 126, 0xff, 0xff]);
-        let (h, n) = text_header(65536);
+        assert_eq!(&frame_header(TEXT, 0).0[..2], &[0x81, 0]);
+        assert_eq!(&frame_header(TEXT, 125).0[..2], &[0x81, 125]);
+        assert_eq!(&frame_header(TEXT | COMPRESSED, 125).0[..2], &[0xc1, 125]);
+        assert_eq!(&frame_header(TEXT, 126).0[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(&frame_header(TEXT, 65535).0[..4], &[0x81, 126, 0xff, 0xff]);
+        let (h, n) = frame_header(TEXT, 65536);
         assert_eq!(n, 10);
         assert_eq!(&h[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
@@ -390,7 +416,7 @@ mod tests {
     fn wire(texts: &[&[u8]]) -> Vec<u8> {
         let mut buf = Vec::new();
         for t in texts {
-            append_text_frame(&mut buf, t);
+            append_frame(&mut buf, TEXT, t);
         }
         buf
     }
@@ -417,14 +443,14 @@ mod tests {
             let cases: Vec<(Vec<Chunk<'_>>, Vec<&[u8]>)> = vec![
                 (
                     vec![
-                        Chunk::Text(b"one"),
-                        Chunk::Text(big.as_bytes()),
-                        Chunk::Text(b"three"),
+                        Chunk::text(b"one"),
+                        Chunk::text(big.as_bytes()),
+                        Chunk::text(b"three"),
                     ],
                     vec![b"one", big.as_bytes(), b"three"],
                 ),
                 (
-                    vec![Chunk::Text(b"one"), run, Chunk::Text(big.as_bytes())],
+                    vec![Chunk::text(b"one"), run, Chunk::text(big.as_bytes())],
                     vec![b"one", b"a", b"bb", big.as_bytes()],
                 ),
                 (vec![big_run], vec![big.as_bytes(), b"c"]),

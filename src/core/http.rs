@@ -42,6 +42,49 @@ pub struct Head {
     pub path: String,
     pub upgrade_websocket: bool,
     pub origin: Option<String>,
+    /// HTTP/1.1 (not 1.0).
+    pub http11: bool,
+    /// `Connection` names `upgrade`.
+    pub connection_upgrade: bool,
+    pub websocket_key: Option<String>,
+    pub websocket_version: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` header, in order.
+    pub extensions: Vec<String>,
+    /// Bytes of the head itself; what follows is the client's first frames.
+    pub len: usize,
+}
+
+impl Head {
+    /// Why the head is not a valid WebSocket upgrade (RFC 6455 §4.2.1).
+    pub fn upgrade_error(&self) -> Option<&'static str> {
+        if self.method != "GET" || !self.http11 {
+            Some("the upgrade must be an HTTP/1.1 GET")
+        } else if !self.connection_upgrade {
+            Some("Connection does not name upgrade")
+        } else if self.websocket_version.as_deref() != Some("13") {
+            Some("Sec-WebSocket-Version is not 13")
+        } else if self.websocket_key.as_deref().is_none_or(str::is_empty) {
+            Some("Sec-WebSocket-Key is missing")
+        } else {
+            None
+        }
+    }
+
+    /// The `101 Switching Protocols` answer, with `extensions` if any.
+    pub fn switching_protocols(&self, extensions: Option<&str>) -> String {
+        let key = self.websocket_key.as_deref().unwrap_or("");
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n"
+        );
+        if let Some(e) = extensions {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(e);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out
+    }
 }
 
 /// Reads until the end of the request head. Returns the parsed head and
@@ -61,8 +104,10 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Head
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(len)) => {
                 let mut head = Head {
+                    http11: req.version == Some(1),
+                    len,
                     method: req.method.unwrap_or("").to_string(),
                     path: req
                         .path
@@ -80,6 +125,19 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(Head
                             .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
                     } else if h.name.eq_ignore_ascii_case("origin") {
                         head.origin = Some(String::from_utf8_lossy(h.value).into_owned());
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        head.connection_upgrade |= String::from_utf8_lossy(h.value)
+                            .split(',')
+                            .any(|v| v.trim().eq_ignore_ascii_case("upgrade"));
+                    } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+                        head.websocket_key =
+                            Some(String::from_utf8_lossy(h.value).trim().to_string());
+                    } else if h.name.eq_ignore_ascii_case("sec-websocket-version") {
+                        head.websocket_version =
+                            Some(String::from_utf8_lossy(h.value).trim().to_string());
+                    } else if h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                        head.extensions
+                            .push(String::from_utf8_lossy(h.value).into_owned());
                     }
                 }
                 return Ok((head, buf));
@@ -149,31 +207,45 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+/// `impl AsyncWrite` for a reader wrapper `$t<S>` whose writes go
+/// straight to its `inner` stream.
+#[macro_export]
+macro_rules! write_through {
+    ($t:ident) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $t<S> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+        }
+    };
 }
+crate::write_through!(Prefixed);
 
 /// Whether `origin` may open a socket. `allowed` empty: any origin (and
 /// requests without one, such as non-browser clients). `"*"` allows all.

@@ -7,6 +7,7 @@
 
 use crate::core::connection::{self, Env};
 use crate::core::connections::{Connections, Live};
+use crate::core::deflate::{self, Inflating};
 use crate::core::forward::Forwarder;
 use crate::core::frame_writer::FrameWriter;
 use crate::core::http::{self, Prefixed};
@@ -14,7 +15,7 @@ use crate::core::metrics::{self, Metrics};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -153,8 +154,8 @@ impl Listener {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if let Some(ws) = Box::pin(self.upgrade(stream, addr, &live)).await {
-            let connection = connection::run(self.env.clone(), ws, addr.to_string());
+        if let Some((ws, deflate)) = Box::pin(self.upgrade(stream, addr, &live)).await {
+            let connection = connection::run(self.env.clone(), ws, addr.to_string(), deflate);
             tokio::spawn(async move {
                 connection.await;
                 drop(live);
@@ -185,13 +186,14 @@ impl Listener {
     }
 
     /// Reads the request head, answers what is not an acceptable upgrade,
-    /// and completes the WebSocket handshake for the rest.
+    /// and completes the WebSocket handshake for the rest; with whether
+    /// permessage-deflate was negotiated.
     async fn upgrade<S>(
         &self,
         mut stream: S,
         addr: SocketAddr,
         live: &Live,
-    ) -> Option<tokio_tungstenite::WebSocketStream<FrameWriter<Prefixed<S>>>>
+    ) -> Option<(Socket<S>, bool)>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -258,16 +260,80 @@ impl Listener {
             .await;
             return None;
         }
-        let config = ws_config(cfg.max_payload_length);
-        let replay = FrameWriter::new(Prefixed::new(bytes, stream));
-        match tokio_tungstenite::accept_async_with_config(replay, Some(config)).await {
-            Ok(ws) => Some(ws),
-            Err(e) => {
-                log.debug("Upgrade failed", &[("remote", &addr), ("error", &e)]);
-                None
+        if let Some(why) = head.upgrade_error() {
+            log.debug("Upgrade failed", &[("remote", &addr), ("error", &why)]);
+            http::respond(
+                &mut stream,
+                400,
+                "Bad Request",
+                "text/plain",
+                &format!("{why}\n"),
+            )
+            .await;
+            return None;
+        }
+        let extension = self
+            .env
+            .deflate
+            .as_ref()
+            .and_then(|_| deflate::negotiate(head.extensions.iter().map(String::as_str)));
+        let answer = head.switching_protocols(extension.as_deref());
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(answer.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => {
+                log.debug(
+                    "Upgrade failed",
+                    &[
+                        ("remote", &addr),
+                        ("error", &"the answer could not be written"),
+                    ],
+                );
+                return None;
             }
         }
+        let max = cfg.max_payload_length;
+        let inflate = extension.is_some().then_some(max);
+        let ws = socket(
+            stream,
+            bytes,
+            head.len,
+            inflate,
+            max,
+            self.env.stats.clone(),
+        )
+        .await;
+        Some((ws, extension.is_some()))
     }
+}
+
+/// A connection's socket, as its task owns it: inflating under the
+/// WebSocket reader (when the client negotiated permessage-deflate), the
+/// server's own frame writer above it.
+pub type Socket<S> = tokio_tungstenite::WebSocketStream<FrameWriter<Inflating<Prefixed<S>>>>;
+
+/// The WebSocket over `stream`, whose head (the first `head_len` of
+/// `read`) has been answered; the rest of `read` is the client's first
+/// frames. `inflate`: the largest inflated message, when compressed
+/// messages are taken.
+pub async fn socket<S>(
+    stream: S,
+    mut read: Vec<u8>,
+    head_len: usize,
+    inflate: Option<usize>,
+    max_payload: usize,
+    stats: Arc<crate::core::stats::Stats>,
+) -> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    read.drain(..head_len.min(read.len()));
+    let io = FrameWriter::new(Inflating::new(Prefixed::new(read, stream), inflate, stats));
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        io,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        Some(ws_config(max_payload)),
+    )
+    .await
 }
 
 /// Socket settings: small buffers (a socket mostly idles), inbound messages

@@ -53,8 +53,7 @@ pub const MAX_ROOM_NAME_LENGTH: usize = 256;
 /// Prefix reserved for internal channels; clients can never join such a room.
 pub const INTERNAL_PREFIX: &str = "ws:";
 
-/// A pre-serialized outbound frame, shared by every recipient of a fan-out.
-pub type Frame = Utf8Bytes;
+pub use crate::core::frame::Frame;
 
 /// Builds `{"event":<event>,"data":<data>}` from an event name and the JSON
 /// text of `data` (`None` leaves `data` out, as `JSON.stringify` does for
@@ -108,7 +107,7 @@ pub fn each_queued_send(batch: String, mut send: impl FnMut(&str, &Frame)) {
             std::str::from_utf8(id),
             Utf8Bytes::try_from(all.slice_ref(frame)),
         ) {
-            send(id, &frame);
+            send(id, &Frame::from(frame));
         }
     }
 }
@@ -369,7 +368,7 @@ mod tests {
         let mut got: Vec<(String, String)> = Vec::new();
         each_queued_send(
             "a\n{\"event\":\"x\"}\nb\u{e9}\n{\"data\":\"\\n\"}\ndangling".into(),
-            |id, frame| got.push((id.to_string(), frame.to_string())),
+            |id, frame| got.push((id.to_string(), frame.as_str().to_string())),
         );
         let got: Vec<(&str, &str)> = got.iter().map(|(i, f)| (i.as_str(), f.as_str())).collect();
         assert_eq!(

@@ -41,6 +41,10 @@ macro_rules! with_counters {
             history_reads "Joins to history rooms answered with a read of the room's history in Redis (the replay of a recovering join).",
             history_skipped "History publications a member could not be given: missing from Redis when a gap was filled.",
             store_errors "Redis requests for history or presence that failed or timed out.",
+            deflate_compressed "Outbound messages compressed (permessage-deflate): once per publication, whatever the number of recipients.",
+            deflate_bytes_in "Bytes of outbound messages given to the compressor.",
+            deflate_bytes_out "Bytes the compressor made of them (sent in their place when smaller).",
+            inflated_messages "Compressed messages received from clients and inflated.",
         }
     };
 }

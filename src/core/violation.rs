@@ -8,6 +8,7 @@
 //! metrics page's `protocol_errors_total{reason}` and the binding's
 //! `stats().protocolErrors` are generated from it.
 
+use crate::core::deflate::DeflateError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 
@@ -24,7 +25,8 @@ macro_rules! with_violations {
             bad_control_frame 1002 "Bad control frame" "Control frames fragmented or over 125 bytes.",
             bad_close_frame 1002 "Bad close frame" "Close frames with a 1-byte payload.",
             invalid_utf8 1007 "Invalid UTF-8" "Text messages or close reasons that are not UTF-8.",
-            message_too_big 1009 "Message too big" "Messages over maxPayloadLength.",
+            invalid_deflate 1007 "Invalid compressed data" "Compressed messages (permessage-deflate) that are not valid DEFLATE data.",
+            message_too_big 1009 "Message too big" "Messages over maxPayloadLength (compressed ones by their inflated size).",
             other 1002 "Protocol error" "Any other violation of RFC 6455.",
         }
     };
@@ -69,7 +71,12 @@ impl Violation {
     pub fn of(e: &WsError) -> Option<Violation> {
         use ProtocolError as P;
         Some(match e {
-            WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => return None,
+            WsError::Io(io) => match DeflateError::of(io) {
+                Some(DeflateError::Invalid) => Violation::invalid_deflate,
+                Some(DeflateError::TooBig) => Violation::message_too_big,
+                None => return None,
+            },
+            WsError::ConnectionClosed | WsError::AlreadyClosed => return None,
             WsError::Protocol(P::ResetWithoutClosingHandshake) => return None,
             WsError::Capacity(CapacityError::MessageTooLong { .. }) => Violation::message_too_big,
             WsError::Utf8(_) => Violation::invalid_utf8,
@@ -128,6 +135,20 @@ mod tests {
                     size: 2,
                     max_size: 1,
                 }),
+                Some(1009),
+            ),
+            (
+                WsError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    DeflateError::Invalid,
+                )),
+                Some(1007),
+            ),
+            (
+                WsError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    DeflateError::TooBig,
+                )),
                 Some(1009),
             ),
             (WsError::ConnectionClosed, None),

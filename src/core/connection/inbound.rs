@@ -169,11 +169,20 @@ impl Connection {
             return Next::Stop;
         };
         self.env.stats.violations.bump(violation);
-        if let WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) = e {
+        if violation == Violation::message_too_big {
             bump(&self.env.stats.oversized_frames);
+            let size = match e {
+                WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => size.to_string(),
+                // Inflating stopped at the limit: the real size is unknown.
+                _ => "over the limit, inflated".to_string(),
+            };
             self.env.log.warn(
                 "Frame too large",
-                &[("id", &self.client.id), ("size", &size), ("max", &max_size)],
+                &[
+                    ("id", &self.client.id),
+                    ("size", &size),
+                    ("max", &self.env.config.max_payload_length),
+                ],
             );
         } else {
             self.env.log.debug(

@@ -14,7 +14,7 @@ mod rooms;
 mod state;
 
 pub use state::Env;
-use state::{Connection, Next};
+use state::{deflate_out, Connection, Next};
 
 use crate::core::client::{Batch, Client, ClientState, CloseRequest, QueueReader};
 use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
@@ -56,6 +56,7 @@ pub fn run<S>(
     env: Arc<Env>,
     ws: WebSocketStream<FrameWriter<S>>,
     remote: String,
+    deflate: bool,
 ) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -89,6 +90,7 @@ where
         joins: FuturesUnordered::new(),
         window_start: Instant::now(),
         window_frames: 0,
+        deflate,
     };
     let drive = Box::pin(conn.drive(ws, queue));
     async move {
@@ -268,7 +270,7 @@ impl Connection {
                             }
                         }
                     }
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &mut ws, &mut batch, writing, reading, cx)) => match io {
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, deflate_out(&this.env, &this.client, this.deflate), &mut ws, &mut batch, writing, reading, cx)) => match io {
                         // Written: the batch's storage goes too, rather than
                         // stay allocated in every idle connection.
                         Io::Written(Ok(())) => batch = Batch::default(),
@@ -337,6 +339,7 @@ impl Connection {
                 Box::pin(Self::close(
                     &this.client,
                     &this.env.stats,
+                    deflate_out(&this.env, &this.client, this.deflate),
                     cfg.shutdown_grace,
                     &mut ws,
                     &mut queue,
@@ -353,6 +356,7 @@ impl Connection {
     /// (when `writing`), and reads the next message (when `reading`).
     fn poll_socket<S>(
         stats: &crate::core::stats::Stats,
+        deflate: Option<&crate::core::deflate::Deflate>,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         batch: &mut Batch,
         writing: bool,
@@ -363,7 +367,7 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if writing {
-            if let Poll::Ready(r) = Self::poll_write(stats, ws, batch, cx) {
+            if let Poll::Ready(r) = Self::poll_write(stats, deflate, ws, batch, cx) {
                 return Poll::Ready(Io::Written(r));
             }
         }
@@ -380,6 +384,7 @@ impl Connection {
     /// socket has taken all of it.
     fn poll_write<S>(
         stats: &crate::core::stats::Stats,
+        deflate: Option<&crate::core::deflate::Deflate>,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         batch: &mut Batch,
         cx: &mut Context<'_>,
@@ -389,7 +394,7 @@ impl Connection {
     {
         let out = ws.get_mut();
         while !batch.is_empty() {
-            let taken = ready!(out.poll_write_frames(cx, batch.chunks()))?;
+            let taken = ready!(out.poll_write_frames(cx, batch.chunks(deflate)))?;
             stats
                 .frames_out
                 .fetch_add(taken as u64, std::sync::atomic::Ordering::Relaxed);
@@ -402,9 +407,11 @@ impl Connection {
     /// Sends what is still queued, then the close frame, then waits a little
     /// for the peer's reply. Bounded in time: a peer that does not read
     /// cannot keep the task alive; its TCP connection is dropped.
+    #[allow(clippy::too_many_arguments)]
     async fn close<S>(
         client: &Client,
         stats: &crate::core::stats::Stats,
+        deflate: Option<&crate::core::deflate::Deflate>,
         grace: Duration,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         queue: &mut QueueReader,
@@ -420,7 +427,7 @@ impl Connection {
         let _ = tokio::time::timeout(grace, async {
             let mut batch = batch;
             loop {
-                if std::future::poll_fn(|cx| Self::poll_write(stats, ws, &mut batch, cx))
+                if std::future::poll_fn(|cx| Self::poll_write(stats, deflate, ws, &mut batch, cx))
                     .await
                     .is_err()
                 {

@@ -189,6 +189,11 @@ struct Feed {
     /// While a batch of bus messages is delivered (`deliver_many`): frames
     /// for the whole room, sent to its members together at the end.
     batch: Option<Vec<Frame>>,
+    /// Publications replayed to this room's joiners, by position, while
+    /// any joiner is here: joiners re-joining together (a restart's storm)
+    /// share one frame per publication, and with it its one compression
+    /// (permessage-deflate), rather than one each.
+    replayed: HashMap<u64, Item>,
 }
 
 impl Feed {
@@ -246,6 +251,26 @@ impl Feed {
     fn release_caught_up(&mut self) {
         let (epoch, top) = (self.epoch.clone(), self.top);
         self.joiners.retain(|j| !j.caught_up(epoch.as_ref(), top));
+        self.joiners_left();
+    }
+
+    /// The shared replay goes with the last joiner.
+    fn joiners_left(&mut self) {
+        if self.joiners.is_empty() && !self.replayed.is_empty() {
+            self.replayed = HashMap::new();
+        }
+    }
+
+    /// `item`, or the same publication as already replayed to another
+    /// joiner (then its frame is shared).
+    fn shared_replay(&mut self, item: Item) -> Item {
+        match self.replayed.get(&item.offset) {
+            Some(seen) if seen.epoch == item.epoch => seen.clone(),
+            _ => {
+                self.replayed.insert(item.offset, item.clone());
+                item
+            }
+        }
     }
 }
 
@@ -434,6 +459,7 @@ impl RedisHistory {
             !(j.caught_up(epoch, top)
                 || (j.given.is_some() && !j.client.details.lock().rooms.contains(room)))
         });
+        f.joiners_left();
     }
 
     /// Gives up the publications missing before the first pending one.
@@ -587,6 +613,7 @@ impl RedisHistory {
         let held = std::mem::take(&mut f.joiners[at].held);
         if !client.details.lock().rooms.contains(room.as_str()) {
             f.joiners.swap_remove(at);
+            f.joiners_left();
             return; // left (or gone) meanwhile
         }
         let asked = recover.is_some();
@@ -600,6 +627,7 @@ impl RedisHistory {
                 let recovered = r.recovered && matches!(recover, Some(Recover::From { .. }));
                 if recovered {
                     for item in r.entries.iter().filter_map(|t| Item::parse(&room, t)) {
+                        let item = f.shared_replay(item);
                         if !item.excludes(id) {
                             client.offer_replay(&item.frame);
                         }
@@ -646,6 +674,7 @@ impl RedisHistory {
             f.release_caught_up();
         } else if f.joiners[at].caught_up(f.epoch.as_ref(), f.top) {
             f.joiners.swap_remove(at);
+            f.joiners_left();
         }
     }
 
