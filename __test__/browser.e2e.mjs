@@ -99,6 +99,27 @@ describe('demo in Chromium', { skip: noChromium }, () => {
     await chatAndRecover(base, base, 'lobby', ['instance 1', 'instance 1']);
   });
 
+  test('the demo runs over compressed connections: Chromium negotiates permessage-deflate, both directions are compressed', async () => {
+    const demo = await startInstance(0, 0, { host: '127.0.0.1', logLevel: 'silent' });
+    cleanups.push(() => demo.stop());
+    const page = await browser.newPage();
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send('Network.enable');
+    const answers = [];
+    cdp.on('Network.webSocketHandshakeResponseReceived', e => answers.push(e.response.headers['Sec-WebSocket-Extensions'] ?? e.response.headers['sec-websocket-extensions']));
+    const before = demo.ws.stats();
+    await joinAs(page, `http://127.0.0.1:${demo.port}/`, 'zed', 'zipped');
+    const text = 'a long line that repeats itself, '.repeat(8);
+    await page.fill('#text', text);
+    await page.press('#text', 'Enter');
+    await page.waitForSelector(`#messages li:has-text("${text.trim()}")`);
+    assert.deepEqual(answers, ['permessage-deflate; server_no_context_takeover; client_no_context_takeover']);
+    const after = demo.ws.stats();
+    assert.ok(after.inflatedMessages > before.inflatedMessages, 'Chromium sent compressed messages');
+    assert.ok(after.deflateCompressed > before.deflateCompressed, 'the chat line went back compressed');
+    await page.close();
+  });
+
   test('two instances on Redis: online lists show every instance, messages cross, a page recovers what was sent on the other instance', { skip: noRedis }, async () => {
     const redis = await startRedis();
     cleanups.push(() => redis.stop());

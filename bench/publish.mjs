@@ -3,18 +3,30 @@
 // plain PUBLISH for the hand-written relays, @socket.io/redis-emitter for
 // Socket.IO. Every message carries `t` (ms since the epoch) for latency.
 //
-//   node bench/publish.mjs --kind ignis|raw|socketio --redis URL --count N [--rate R] [--room bench] [--size 100] [--history 1]
+//   node bench/publish.mjs --kind ignis|raw|socketio --redis URL --count N [--rate R] [--room bench] [--size 100] [--history 1] [--shape pad|json]
+// --shape json: a 1.6 KB JSON list of products, different in every message
+// (what compression meets in an application), instead of `size` x's.
 // --rate 0 (default) publishes as fast as Redis takes it. Prints one JSON line.
 import { createRequire } from 'node:module';
 import Redis from 'ioredis';
 
 const require = createRequire(import.meta.url);
-const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100, history: 0 };
+const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100, history: 0, shape: 'pad' };
 for (let i = 2; i < process.argv.length; i += 2) {
   const k = process.argv[i].replace(/^--/, '');
   opt[k] = typeof opt[k] === 'number' ? Number(process.argv[i + 1]) : process.argv[i + 1];
 }
 const pad = 'x'.repeat(opt.size);
+const products = k =>
+  Array.from({ length: 16 }, (_, i) => ({
+    id: k * 16 + i,
+    sku: `SKU-${(k * 7919 + i * 104729) % 100000}`,
+    name: `Product ${i} of batch ${k}`,
+    price: ((k * 31 + i * 17) % 10000) / 100,
+    stock: (k * 13 + i * 7) % 250,
+    tags: ['new', 'sale', 'popular', 'limited'].slice(0, 1 + ((k + i) % 4)),
+  }));
+const message = k => (opt.shape === 'json' ? { k, t: now(), items: products(k) } : { k, t: now(), pad });
 const now = () => performance.timeOrigin + performance.now();
 
 let publish, close;
@@ -52,11 +64,11 @@ if (opt.rate > 0) {
     // average rate.
     const wait = due - now();
     if (wait > 0) await new Promise(r => setTimeout(r, wait));
-    publish({ k, t: now(), pad });
+    publish(message(k));
   }
 } else {
   const pending = [];
-  for (let k = 0; k < opt.count; k++) pending.push(publish({ k, t: now(), pad }));
+  for (let k = 0; k < opt.count; k++) pending.push(publish(message(k)));
   await Promise.all(pending);
 }
 const took = now() - t0;

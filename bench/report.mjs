@@ -48,6 +48,11 @@ const COLUMNS = {
   ],
 };
 
+// (bz) and (cz) are (b) and (c) with permessage-deflate: bytes on the wire too.
+const WIRE = ['wire_bytes_per_delivery', 'bytes on the wire per delivery', 'lower', 0];
+COLUMNS.az = COLUMNS.a;
+COLUMNS.bz = [...COLUMNS.b.slice(0, 3), WIRE, ...COLUMNS.b.slice(3)];
+COLUMNS.cz = [...COLUMNS.c.slice(0, 4), WIRE, ...COLUMNS.c.slice(4)];
 // (h) is the burst of (b) with history on; the one-core scenarios have the
 // columns of the scenario they pin.
 COLUMNS.h = COLUMNS.b;
@@ -62,6 +67,8 @@ const HEADLINES = [
   ['b', 'deliveries_per_s', '(b) burst deliveries/s'],
   ['b', 'server_cpu_s', '(b) server CPU for the burst'],
   ['h', 'deliveries_per_s', '(h) burst deliveries/s, history on'],
+  ['bz', 'deliveries_per_s', '(bz) burst deliveries/s, compressed'],
+  ['bz', 'wire_bytes_per_delivery', '(bz) bytes on the wire per delivery'],
   ['c', 'p99_ms', '(c) steady fan-out p99'],
   ['d', 'round_trips_per_s', '(d) round trips/s'],
   ['d', 'p99_ms', '(d) round-trip p99'],

@@ -23,7 +23,7 @@ const node = process.execPath;
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
-const ONLY = (process.env.BENCH_ONLY ?? 'a,b,h,c,d,r,e,pb,pc,pd,pr').split(',');
+const ONLY = (process.env.BENCH_ONLY ?? 'a,az,b,h,bz,c,cz,d,r,e,pb,pc,pd,pr').split(',');
 const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
 
 export const CONTENDERS = [
@@ -141,14 +141,14 @@ async function withServer(c, redis, fn, env) {
 export const SCENARIOS = {
   a: {
     title: `(a) ${IDLE_CLIENTS.toLocaleString('en')} authenticated idle connections`,
-    async run(c, redis) {
+    async run(c, redis, deflate = false) {
       return withServer(c, redis, async s => {
         await sleep(700);
         const before = rssOf(s.pid);
         const cpu0 = cpuOf(s.pid);
         let serverCpu;
         let held;
-        const r = await runLoadgen(['idle', '--url', s.url, ...proto(c), '--clients', String(IDLE_CLIENTS), '--hold', '3'], {
+        const r = await runLoadgen(['idle', '--url', s.url, ...proto(c), '--clients', String(IDLE_CLIENTS), '--hold', '3', ...(deflate ? ['--deflate', '1'] : [])], {
           onResult: () => {
             serverCpu = cpuOf(s.pid) - cpu0;
             // Read while the sockets are still held, after the server settled.
@@ -162,12 +162,17 @@ export const SCENARIOS = {
           server_cpu_s: serverCpu,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      });
+      }, deflate ? { BENCH_DEFLATE: '1' } : {});
     },
+  },
+  az: {
+    title: `(az) the idle connections of (a), each having negotiated perMessageDeflate`,
+    contenders: ['original', 'native-node', 'native-bun'],
+    run: (c, redis) => SCENARIOS.a.run(c, redis, true),
   },
   b: {
     title: '(b) fan-out burst: 1000 clients in one room, 2000 messages published through Redis',
-    async run(c, redis, history = false) {
+    async run(c, redis, history = false, deflate = false) {
       return withServer(
         c,
         redis,
@@ -175,11 +180,11 @@ export const SCENARIOS = {
         let started;
         let cpu0;
         // A burst reports no latency: the load generator skips the stamps.
-        const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0'], {
+        const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
             started = performance.now();
-            publish(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : [])]).catch(() => {});
+            publish(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
           },
         });
         const r = await result;
@@ -188,10 +193,11 @@ export const SCENARIOS = {
           time_to_last_ms: r.at - started,
           delivered_pct: (100 * r.deliveries) / r.expected,
           server_cpu_s: cpuOf(s.pid) - cpu0,
+          wire_bytes_per_delivery: r.wire_bytes_per_delivery,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
         },
-        history ? { BENCH_HISTORY: '1' } : {},
+        { ...(history ? { BENCH_HISTORY: '1' } : {}), ...(deflate ? { BENCH_DEFLATE: '1' } : {}) },
       );
     },
   },
@@ -202,15 +208,20 @@ export const SCENARIOS = {
       return SCENARIOS.b.run(c, redis, c.id !== 'original');
     },
   },
+  bz: {
+    title: '(bz) the burst of (b) with perMessageDeflate on: every client negotiates it and inflates what it gets',
+    contenders: ['original', 'native-node', 'native-bun'],
+    run: (c, redis) => SCENARIOS.b.run(c, redis, false, true),
+  },
   c: {
     title: '(c) steady fan-out: 500 msg/s to 1000 clients for 4 s',
-    async run(c, redis) {
+    async run(c, redis, deflate = false) {
       return withServer(c, redis, async s => {
         let cpu0;
-        const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30'], {
+        const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30', ...(deflate ? ['--deflate', '1'] : [])], {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
-            publish(c, redis, ['--count', '2000', '--rate', '500']).catch(() => {});
+            publish(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
           },
         });
         return {
@@ -219,10 +230,16 @@ export const SCENARIOS = {
           max_ms: r.max_ms,
           delivered_pct: (100 * r.deliveries) / r.expected,
           server_cpu_s: cpuOf(s.pid) - cpu0,
+          wire_bytes_per_delivery: r.wire_bytes_per_delivery,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
-      });
+      }, deflate ? { BENCH_DEFLATE: '1' } : {});
     },
+  },
+  cz: {
+    title: '(cz) the steady fan-out of (c) with perMessageDeflate on',
+    contenders: ['original', 'native-node', 'native-bun'],
+    run: (c, redis) => SCENARIOS.c.run(c, redis, true),
   },
   d: {
     title: '(d) 50 clients in closed loop; the JS message handler answers each with sendToClient',

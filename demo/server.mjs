@@ -47,6 +47,8 @@ export async function startInstance(index, port, opts = {}) {
     presence: { events: true },
     // `client.request('who')` gets the message handler's return value.
     acks: true,
+    // Browsers offer permessage-deflate: messages go compressed both ways.
+    perMessageDeflate: true,
     authenticateFn: ({ name }) => {
       const n = typeof name === 'string' ? name.trim().slice(0, 24) : '';
       return n ? { userId: n, metadata: { name: n, instance: label } } : null;

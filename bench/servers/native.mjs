@@ -17,6 +17,8 @@ const ws = new WebSocketServer({
   redis: process.env.REDIS_URL ? { url: process.env.REDIS_URL } : undefined,
   // Scenario (h): every room keeps history (in Redis with the bus).
   history: process.env.BENCH_HISTORY ? { size: 100 } : undefined,
+  // Scenarios (bz), (cz): permessage-deflate.
+  perMessageDeflate: Boolean(process.env.BENCH_DEFLATE),
   authenticateFn: d => (d.token ? { userId: d.userId ?? 'u-' + d.token } : null),
   validateRoomFn: ({ rooms }) => rooms,
   messageHandler: ({ clientId, message }) => {

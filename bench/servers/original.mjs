@@ -12,6 +12,8 @@ const helper = new WebSocketServerHelper({
   redisConnection: redis,
   authenticateFn: d => (d.token ? { userId: d.userId ?? 'u-' + d.token } : null),
   validateRoomFn: ({ rooms }) => rooms,
+  // Scenarios (bz), (cz): permessage-deflate, handed to Bun by the helper.
+  serverOptions: process.env.BENCH_DEFLATE ? { perMessageDeflate: true } : undefined,
   messageHandler: ({ clientId, message }) => {
     if (message.event === 'echo') helper.sendToClient({ clientId, event: 'echo', data: message.data });
     else if (message.event === 'order') answerOrder(o => helper.sendToClient(o), clientId, message.data);

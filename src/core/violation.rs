@@ -8,7 +8,6 @@
 //! metrics page's `protocol_errors_total{reason}` and the binding's
 //! `stats().protocolErrors` are generated from it.
 
-use crate::core::deflate::DeflateError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 
@@ -71,11 +70,8 @@ impl Violation {
     pub fn of(e: &WsError) -> Option<Violation> {
         use ProtocolError as P;
         Some(match e {
-            WsError::Io(io) => match DeflateError::of(io) {
-                Some(DeflateError::Invalid) => Violation::invalid_deflate,
-                Some(DeflateError::TooBig) => Violation::message_too_big,
-                None => return None,
-            },
+            // What the inflating reader refused (`core::deflate`).
+            WsError::Io(io) => return Violation::of_io(io),
             WsError::ConnectionClosed | WsError::AlreadyClosed => return None,
             WsError::Protocol(P::ResetWithoutClosingHandshake) => return None,
             WsError::Capacity(CapacityError::MessageTooLong { .. }) => Violation::message_too_big,
@@ -95,6 +91,22 @@ impl Violation {
         })
     }
 }
+
+impl Violation {
+    /// The violation an I/O error of a reader carries, if it is one (the
+    /// inflating reader refuses compressed messages this way).
+    pub fn of_io(e: &std::io::Error) -> Option<Violation> {
+        e.get_ref()?.downcast_ref::<Violation>().copied()
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for Violation {}
 
 /// How many of each violation the server met, in [`Violation::ALL`]'s order.
 #[derive(Debug, Default)]
@@ -140,14 +152,14 @@ mod tests {
             (
                 WsError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    DeflateError::Invalid,
+                    Violation::invalid_deflate,
                 )),
                 Some(1007),
             ),
             (
                 WsError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    DeflateError::TooBig,
+                    Violation::message_too_big,
                 )),
                 Some(1009),
             ),

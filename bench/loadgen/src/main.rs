@@ -21,6 +21,10 @@
 //!   the clock and parsing `t` for every frame was a fifth of the load
 //!   generator's CPU in a burst, taken from the server on a 2-core machine.
 //!
+//!   `--deflate 1` offers permessage-deflate (asserting the server takes
+//!   it), inflates what comes compressed, and reports the bytes the
+//!   server put on the wire per delivery (`receive` without `--send`).
+//!
 //! `echo --clients 50 --duration 5 [--message echo|order]`
 //!   closed loop: each client sends `echo` and waits for the server's `echo`
 //!   answer before sending again; reports round trips/s and percentiles.
@@ -59,6 +63,8 @@ struct Args {
     message: String,
     /// Whether `receive` reads the `t` stamps of the frames for latency.
     latency: bool,
+    /// Offer permessage-deflate (`receive` only).
+    deflate: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -103,6 +109,7 @@ fn args() -> Args {
         settle: 1500,
         message: "echo".into(),
         latency: true,
+        deflate: false,
     };
     let mut it = std::env::args().skip(1);
     a.mode = it.next().unwrap_or_default();
@@ -130,6 +137,7 @@ fn args() -> Args {
             "--duration" => a.duration = v.parse().expect("--duration"),
             "--settle" => a.settle = v.parse().expect("--settle"),
             "--latency" => a.latency = v != "0",
+            "--deflate" => a.deflate = v != "0",
             "--message" => {
                 assert!(v == "echo" || v == "order", "--message echo|order, got {v}");
                 a.message = v
@@ -300,31 +308,101 @@ async fn connect_all(a: &Args) -> (Vec<Ws>, f64) {
 #[tokio::main]
 async fn main() {
     let a = args();
+    if a.deflate {
+        assert!(
+            a.send == 0,
+            "--deflate 1 is for idle and receive without --send"
+        );
+        let t0 = Instant::now();
+        let readers = connect_all_deflate(&a).await;
+        match a.mode.as_str() {
+            "idle" => idle(&a, t0.elapsed().as_secs_f64() * 1000.0).await,
+            "receive" => receive(&a, Receivers::Raw(readers)).await,
+            other => panic!("--deflate 1 is for idle and receive, got {other:?}"),
+        }
+        return;
+    }
     let (mut sockets, connect_ms) = connect_all(&a).await;
     match a.mode.as_str() {
-        "idle" => {
-            println!(
-                r#"{{"mode":"idle","clients":{},"connect_auth_ms":{connect_ms:.1},"per_second":{:.0},"loadgen_cpu_s":{:.2}}}"#,
-                a.clients,
-                a.clients as f64 / (connect_ms / 1000.0),
-                cpu_seconds()
-            );
-            tokio::time::sleep(Duration::from_secs(a.hold)).await;
-        }
-        "receive" => receive(&a, sockets).await,
+        "idle" => idle(&a, connect_ms).await,
+        "receive" => receive(&a, Receivers::Ws(sockets)).await,
         "echo" => echo(&a, std::mem::take(&mut sockets)).await,
         other => panic!("mode must be idle, receive or echo, got {other:?}"),
     }
 }
 
-async fn receive(a: &Args, mut sockets: Vec<Ws>) {
+/// Reports the connect+auth time, then holds the sockets open.
+async fn idle(a: &Args, connect_ms: f64) {
+    println!(
+        r#"{{"mode":"idle","clients":{},"connect_auth_ms":{connect_ms:.1},"per_second":{:.0},"loadgen_cpu_s":{:.2}}}"#,
+        a.clients,
+        a.clients as f64 / (connect_ms / 1000.0),
+        cpu_seconds()
+    );
+    tokio::time::sleep(Duration::from_secs(a.hold)).await;
+}
+
+/// Clients connected with permessage-deflate, authenticated, read raw.
+async fn connect_all_deflate(a: &Args) -> Vec<raw::Reader> {
+    assert!(
+        a.proto == Proto::Ignis,
+        "--deflate 1 speaks the Ignis protocol"
+    );
+    let gate = Arc::new(Semaphore::new(a.concurrency));
+    let mut handles = Vec::with_capacity(a.clients);
+    for i in 0..a.clients {
+        let (a, gate) = (a.clone(), gate.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.expect("semaphore");
+            let mut reader = raw::Reader::connect_deflate(&a.url).await;
+            let auth = format!(r#"{{"token":"t{i}","userId":"u{i}"}}"#);
+            reader
+                .send(0x1, a.proto.frame("authenticate", &auth).as_bytes())
+                .await;
+            let connected = a.proto.needle("connected");
+            let mut ok = false;
+            reader
+                .run(false, |text| {
+                    ok = is_event(text, connected.as_bytes());
+                    if ok {
+                        raw::Next::Stop
+                    } else {
+                        raw::Next::More
+                    }
+                })
+                .await;
+            assert!(ok, "not authenticated");
+            reader
+        }));
+    }
+    let mut readers = Vec::with_capacity(a.clients);
+    for h in handles {
+        readers.push(h.await.expect("client task"));
+    }
+    readers
+}
+
+/// The receivers, before they join.
+enum Receivers {
+    Ws(Vec<Ws>),
+    Raw(Vec<raw::Reader>),
+}
+
+async fn receive(a: &Args, receivers: Receivers) {
     let join = a
         .proto
         .frame("join", &format!(r#"{{"rooms":["{}"]}}"#, a.room));
+    let (mut sockets, mut readers) = match receivers {
+        Receivers::Ws(s) => (s, Vec::new()),
+        Receivers::Raw(r) => (Vec::new(), r),
+    };
     for ws in sockets.iter_mut() {
         ws.send(Message::Text(join.clone().into()))
             .await
             .expect("join");
+    }
+    for r in readers.iter_mut() {
+        r.send(0x1, join.as_bytes()).await;
     }
     // Joins are not acknowledged by the protocol: give the server time to
     // validate them (and to subscribe on Redis) before saying READY.
@@ -342,8 +420,16 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
     let needle = a.proto.needle(&a.event);
     let cpu0 = cpu_seconds();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout);
+    // The receivers read their frames straight from the socket
+    // (`raw`). Nothing is buffered in tungstenite at this point: the
+    // server sent nothing after `connected` (or Socket.IO's `40`) that
+    // was read with it.
+    readers.extend(sockets.into_iter().map(|ws| match ws.into_inner() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => raw::Reader::new(tcp, false),
+        _ => panic!("the receivers read plain TCP"),
+    }));
     let mut tasks = Vec::new();
-    for ws in sockets {
+    for mut reader in readers {
         let (total, first, latencies, needle, expect, proto, latency) = (
             total.clone(),
             first.clone(),
@@ -353,16 +439,9 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
             a.proto,
             a.latency,
         );
-        // The receivers read their frames straight from the socket
-        // (`raw`). Nothing is buffered in tungstenite at this point: the
-        // server sent nothing after `connected` (or Socket.IO's `40`) that
-        // was read with it.
-        let tcp = match ws.into_inner() {
-            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
-            _ => panic!("the receivers read plain TCP"),
-        };
+        // Only what is read from here on counts as the burst's bytes.
+        reader.wire_bytes = 0;
         tasks.push(tokio::spawn(async move {
-            let mut reader = raw::Reader::new(tcp);
             let mut got = 0u64;
             let mut own = Vec::with_capacity(if latency { expect as usize } else { 0 });
             let needle = needle.as_bytes();
@@ -427,12 +506,14 @@ async fn receive(a: &Args, mut sockets: Vec<Ws>) {
         .unwrap_or(0.0);
     let n = total.load(Ordering::Relaxed);
     let lat = std::mem::take(&mut *latencies.lock().unwrap());
+    let wire: u64 = kept.iter().map(|r| r.wire_bytes).sum();
     println!(
-        r#"{{"mode":"receive","clients":{},"deliveries":{n},"expected":{},"first_to_last_ms":{:.1},"deliveries_per_s":{:.0},{},"loadgen_cpu_s":{:.2}}}"#,
+        r#"{{"mode":"receive","clients":{},"deliveries":{n},"expected":{},"first_to_last_ms":{:.1},"deliveries_per_s":{:.0},"wire_bytes_per_delivery":{:.1},{},"loadgen_cpu_s":{:.2}}}"#,
         kept.len(),
         kept.len() as u64 * a.expect,
         span * 1000.0,
         n as f64 / span.max(1e-9),
+        wire as f64 / n.max(1) as f64,
         percentiles(lat),
         cpu_seconds() - cpu0
     );

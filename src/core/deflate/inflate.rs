@@ -11,8 +11,8 @@
 //! as they are and get their close code there).
 //!
 //! Bounds: the inflated size of a message is checked while inflating, and
-//! inflating stops at `maxPayloadLength` ([`DeflateError::TooBig`], close
-//! 1009); the compressed size is bounded too, since deflate can spend
+//! inflating stops at `maxPayloadLength` (`Violation::message_too_big`,
+//! close 1009); the compressed size is bounded too, since deflate can spend
 //! input without producing output. Output waiting for the reader is
 //! capped, and long inflations yield to the runtime's other tasks
 //! (tokio's cooperative budget), so a bomb costs one message's limit of
@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use super::compress::TAIL;
 use crate::core::stats::Stats;
+use crate::core::violation::Violation;
 use std::sync::Arc;
 
 /// Largest frame made of inflated data.
@@ -45,34 +46,6 @@ thread_local! {
     /// compressed message is arriving (its state and 32 KiB window).
     static INFLATERS: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ].into_boxed_slice());
-}
-
-/// Why a compressed message was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeflateError {
-    /// Not valid DEFLATE data (close 1007).
-    Invalid,
-    /// Inflates past `maxPayloadLength`, or its compressed form is out of
-    /// proportion to it (close 1009).
-    TooBig,
-}
-
-impl std::fmt::Display for DeflateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DeflateError::Invalid => "invalid compressed data",
-            DeflateError::TooBig => "compressed message over maxPayloadLength",
-        })
-    }
-}
-
-impl std::error::Error for DeflateError {}
-
-impl DeflateError {
-    /// The error behind a reader's I/O error, if it is one of these.
-    pub fn of(e: &io::Error) -> Option<DeflateError> {
-        e.get_ref()?.downcast_ref::<DeflateError>().copied()
-    }
 }
 
 /// The socket as the WebSocket reader sees it: inflating when the
@@ -132,7 +105,7 @@ struct State {
     at: At,
     message: Option<Message>,
     eof: bool,
-    failed: Option<DeflateError>,
+    failed: Option<Violation>,
 }
 
 fn take_inflater() -> Decompress {
@@ -246,7 +219,7 @@ impl State {
     /// Walks what was read as far as it goes, until output piles up or
     /// the task's budget is spent (then true: the budget's waker brings
     /// the task back); what is left waits in `input`.
-    fn walk(&mut self, cx: &mut Context<'_>) -> Result<bool, DeflateError> {
+    fn walk(&mut self, cx: &mut Context<'_>) -> Result<bool, Violation> {
         let mut pos = 0;
         let result = loop {
             if self.out_len() >= OUT_HIGH {
@@ -334,7 +307,7 @@ impl State {
     /// Inflates `masked`, the next payload bytes of the current compressed
     /// frame, and, at the end of the message's last frame, the message's
     /// tail and its closing frame.
-    fn inflate_step(&mut self, masked: &[u8]) -> Result<(), DeflateError> {
+    fn inflate_step(&mut self, masked: &[u8]) -> Result<(), Violation> {
         let At::Inflate {
             remaining,
             mask,
@@ -356,7 +329,7 @@ impl State {
         let message = self.message.as_mut().expect("inflating a message");
         message.compressed += masked.len();
         if message.compressed > compressed_max {
-            return Err(DeflateError::TooBig);
+            return Err(Violation::message_too_big);
         }
         inflate_into(message, data, self.max, &mut self.out)?;
         if done {
@@ -380,21 +353,21 @@ fn inflate_into(
     data: &[u8],
     max: usize,
     out: &mut Vec<u8>,
-) -> Result<(), DeflateError> {
+) -> Result<(), Violation> {
     let mut buf = [0u8; CHUNK];
     let mut taken = 0;
     while !m.ended {
         let (in0, out0) = (m.z.total_in(), m.z.total_out());
         let status =
             m.z.decompress(&data[taken..], &mut buf, FlushDecompress::Sync)
-                .map_err(|_| DeflateError::Invalid)?;
+                .map_err(|_| Violation::invalid_deflate)?;
         let used = (m.z.total_in() - in0) as usize;
         let made = (m.z.total_out() - out0) as usize;
         taken += used;
         if made > 0 {
             m.inflated += made;
             if m.inflated > max {
-                return Err(DeflateError::TooBig);
+                return Err(Violation::message_too_big);
             }
             push_header(out, if m.started { 0 } else { m.opcode }, made);
             m.started = true;
@@ -536,7 +509,7 @@ mod tests {
         {
             let failed = m.is_err();
             got.push(m.map_err(|e| match e {
-                WsError::Io(io) => format!("{:?}", DeflateError::of(&io)),
+                WsError::Io(io) => format!("{:?}", Violation::of_io(&io)),
                 WsError::Protocol(ProtocolError::NonZeroReservedBits) => "rsv".into(),
                 other => other.to_string(),
             }));
@@ -590,17 +563,17 @@ mod tests {
         // 64 MiB of zeros is about 64 KiB compressed.
         let bomb = deflate(&vec![0u8; 64 << 20]);
         let got = read_all(frame(0xc1, &bomb), 1 << 20, 128 * 1024).await;
-        assert_eq!(got, vec![Err("Some(TooBig)".to_string())]);
+        assert_eq!(got, vec![Err("Some(message_too_big)".to_string())]);
         // The same bomb, fragmented.
         let mut wire = frame(0x41, &bomb[..100]);
         wire.extend(frame(0x80, &bomb[100..]));
         let got = read_all(wire, 1 << 20, 128 * 1024).await;
-        assert_eq!(got, vec![Err("Some(TooBig)".to_string())]);
+        assert_eq!(got, vec![Err("Some(message_too_big)".to_string())]);
         // At the limit exactly: accepted.
         let got = read_all(frame(0xc1, &deflate(&[b'x'; 1000])), 64, 1000).await;
         assert_eq!(got, vec![text(&[b'x'; 1000])]);
         let got = read_all(frame(0xc1, &[0xff, 0xff, 0xff, 0xff]), 1 << 20, 1000).await;
-        assert_eq!(got, vec![Err("Some(Invalid)".to_string())]);
+        assert_eq!(got, vec![Err("Some(invalid_deflate)".to_string())]);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ mod inflate;
 mod negotiate;
 
 pub use compress::compress;
-pub use inflate::{DeflateError, Inflating};
+pub use inflate::Inflating;
 pub use negotiate::negotiate;
 
 use crate::core::stats::Stats;
