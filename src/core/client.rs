@@ -94,6 +94,8 @@ pub struct Client {
     /// every frame except those queued with `offer_plain`. Boxed: the key
     /// schedule is large (see the test below) and most clients never use it.
     pub cipher: OnceLock<Box<crate::core::crypto::ClientCipher>>,
+    /// Set when the client negotiated permessage-deflate.
+    deflate: OnceLock<Arc<Deflate>>,
 }
 
 /// The receiving end of a client's queue, owned by its connection task.
@@ -181,6 +183,18 @@ impl Run {
             deflated: OnceLock::new(),
             bytes,
         })
+    }
+
+    /// Bytes frames `start..end` take on the wire for a member (`deflate`:
+    /// compressed), what its backpressure limit counts.
+    fn cost(&self, start: usize, end: usize, deflate: Option<&Deflate>) -> usize {
+        match deflate {
+            None => self.text_bytes(start, end),
+            Some(_) => {
+                let w = self.wire(deflate);
+                w.at[end] - w.at[start]
+            }
+        }
     }
 
     /// The run framed for a member, compressed when it negotiated the
@@ -388,6 +402,7 @@ impl Client {
             stats,
             transformer: OnceLock::new(),
             cipher: OnceLock::new(),
+            deflate: OnceLock::new(),
         });
         let reader = QueueReader {
             client: client.clone(),
@@ -401,6 +416,32 @@ impl Client {
 
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// The client negotiated permessage-deflate.
+    pub fn set_deflate(&self, deflate: Arc<Deflate>) {
+        let _ = self.deflate.set(deflate);
+    }
+
+    /// How frames to this client are compressed, if they are: never with
+    /// built-in encryption (sealed frames do not compress, and compressing
+    /// secrets beside attacker-chosen text would leak them through lengths).
+    pub fn deflate_out(&self) -> Option<&Deflate> {
+        if self.cipher.get().is_some() {
+            return None;
+        }
+        self.deflate.get().map(|d| &**d)
+    }
+
+    /// Bytes `frame` takes on the wire to this client, what its
+    /// backpressure limit counts: compressed, for a client that gets it
+    /// compressed (then compressed here, once for all recipients, as it is
+    /// fanned out), like uWebSockets' buffered amount.
+    fn cost(&self, frame: &Frame) -> usize {
+        match self.deflate_out().and_then(|d| frame.deflated(d)) {
+            Some(z) => z.len(),
+            None => frame.len(),
+        }
     }
 
     pub fn user_id(&self) -> Option<Arc<str>> {
@@ -451,17 +492,19 @@ impl Client {
         }
         let transformer = self.transformer.get();
         if transformer.is_none() {
+            // Compressed (once for the room) before the lock, if at all.
+            let cost = run.cost(0, run.len(), self.deflate_out());
             let mut q = self.queue.lock();
             if q.closed {
                 return 0;
             }
-            if q.queued + run.bytes <= self.backpressure_limit {
+            if q.queued + cost <= self.backpressure_limit {
                 q.items.push_back(Entry::Run {
                     run: run.clone(),
                     start: 0,
                     end: run.len(),
                 });
-                q.queued += run.bytes;
+                q.queued += cost;
                 drop(q);
                 self.task.wake();
                 return run.len();
@@ -491,6 +534,13 @@ impl Client {
         limited: bool,
     ) -> Enqueued {
         let mut out = Enqueued::default();
+        if transformer.is_none() && self.deflate_out().is_some() {
+            // Compressed (once for every recipient) before the lock: under
+            // it, `cost` only reads the result.
+            for frame in frames {
+                self.cost(frame);
+            }
+        }
         {
             let mut q = self.queue.lock();
             if q.closed {
@@ -498,7 +548,12 @@ impl Client {
                 return out;
             }
             for frame in frames {
-                let len = frame.len();
+                // What goes to the transformer is counted as text until
+                // `sent` takes it off.
+                let len = match transformer {
+                    Some(_) => frame.len(),
+                    None => self.cost(frame),
+                };
                 if limited && q.queued > 0 && q.queued + len > self.backpressure_limit {
                     out.dropped += 1;
                     continue;
@@ -617,9 +672,10 @@ impl QueueReader {
                 }
                 _ => q.items.pop_front().expect("front"),
             };
+            let deflate = self.client.deflate_out();
             bytes += match &entry {
-                Entry::One(f) => f.frame.len(),
-                Entry::Run { run, start, end } => run.text_bytes(*start, *end),
+                Entry::One(f) => self.client.cost(&f.frame),
+                Entry::Run { run, start, end } => run.cost(*start, *end, deflate),
             };
             frames += entry.len();
             batch.entries.push_back(entry);
@@ -662,6 +718,36 @@ mod tests {
 
     fn texts(b: &Batch) -> Vec<String> {
         b.texts()
+    }
+
+    /// For a client that gets frames compressed, the backpressure limit
+    /// counts the compressed bytes (what goes on the wire), for single
+    /// frames and runs alike, and what is taken off gives the same back.
+    #[test]
+    fn backpressure_counts_compressed_bytes_for_a_compressed_client() {
+        let text = format!("{{\"event\":\"e\",\"data\":\"{}\"}}", "abc".repeat(600));
+        let deflate = Arc::new(Deflate {
+            threshold: 0,
+            level: 6,
+            stats: Arc::new(Stats::default()),
+        });
+        let (plain, _p) = client(4000);
+        let (zipped, mut z) = client(4000);
+        zipped.set_deflate(deflate.clone());
+        for _ in 0..5 {
+            plain.offer(&Frame::from(text.as_str()));
+            zipped.offer(&Frame::from(text.as_str()));
+        }
+        let run = frames(&[text.as_str(), text.as_str()]);
+        assert_eq!(plain.offer_many(&run), 0, "over the limit as text");
+        assert_eq!(zipped.offer_many(&run), 2);
+        // Two 1.8 KB frames fit as text; three more and the run do not.
+        assert_eq!(plain.stats.dropped_backpressure.load(Ordering::Relaxed), 3 + 2);
+        assert_eq!(zipped.stats.dropped_backpressure.load(Ordering::Relaxed), 0);
+        // 7 compressions of 7 distinct frames, none repeated by the take.
+        assert_eq!(deflate.stats.deflate_compressed.load(Ordering::Relaxed), 7);
+        assert_eq!(z.take(100).len(), 7);
+        assert_eq!(zipped.queue.lock().queued, 0);
     }
 
     /// A run is shared, not copied frame by frame, and it keeps its place

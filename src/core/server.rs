@@ -196,13 +196,13 @@ impl Server {
             history: history.clone(),
             presence: presence.clone(),
             pending_auth: Default::default(),
-            deflate: config
-                .per_message_deflate
-                .then(|| crate::core::deflate::Deflate {
+            deflate: config.per_message_deflate.then(|| {
+                Arc::new(crate::core::deflate::Deflate {
                     threshold: config.per_message_deflate_threshold,
                     level: config.per_message_deflate_level as u32,
                     stats: stats.clone(),
-                }),
+                })
+            }),
         });
         let listener = Arc::new(Listener {
             env: env.clone(),

@@ -14,7 +14,7 @@ mod rooms;
 mod state;
 
 pub use state::Env;
-use state::{deflate_out, Connection, Next};
+use state::{Connection, Next};
 
 use crate::core::client::{Batch, Client, ClientState, CloseRequest, QueueReader};
 use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
@@ -71,6 +71,9 @@ where
         env.config.close_on_backpressure_limit,
         env.stats.clone(),
     );
+    if let (true, Some(d)) = (deflate, &env.deflate) {
+        client.set_deflate(d.clone());
+    }
     env.hub.register(client.clone());
     bump(&env.stats.connections_total);
     env.log.info(
@@ -90,7 +93,6 @@ where
         joins: FuturesUnordered::new(),
         window_start: Instant::now(),
         window_frames: 0,
-        deflate,
     };
     let drive = Box::pin(conn.drive(ws, queue));
     async move {
@@ -270,7 +272,7 @@ impl Connection {
                             }
                         }
                     }
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, deflate_out(&this.env, &this.client, this.deflate), &mut ws, &mut batch, writing, reading, cx)) => match io {
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, this.client.deflate_out(), &mut ws, &mut batch, writing, reading, cx)) => match io {
                         // Written: the batch's storage goes too, rather than
                         // stay allocated in every idle connection.
                         Io::Written(Ok(())) => batch = Batch::default(),
@@ -339,7 +341,7 @@ impl Connection {
                 Box::pin(Self::close(
                     &this.client,
                     &this.env.stats,
-                    deflate_out(&this.env, &this.client, this.deflate),
+                    this.client.deflate_out(),
                     cfg.shutdown_grace,
                     &mut ws,
                     &mut queue,

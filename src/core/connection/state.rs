@@ -37,7 +37,7 @@ pub struct Env {
     /// `authenticateFn` calls in flight, against `maxPendingAuthentications`.
     pub pending_auth: std::sync::atomic::AtomicUsize,
     /// Set with the `perMessageDeflate` option.
-    pub deflate: Option<crate::core::deflate::Deflate>,
+    pub deflate: Option<Arc<crate::core::deflate::Deflate>>,
 }
 
 pub(super) struct Connection {
@@ -50,23 +50,6 @@ pub(super) struct Connection {
     /// Start of the current one-second rate window, and frames seen in it.
     pub(super) window_start: Instant,
     pub(super) window_frames: u32,
-    /// The client negotiated permessage-deflate.
-    pub(super) deflate: bool,
-}
-
-/// How frames to `client` are compressed, if they are (`negotiated`: it
-/// asked for permessage-deflate): never for a client with built-in
-/// encryption (sealed frames do not compress, and compressing secrets
-/// beside attacker-chosen text would leak them through lengths).
-pub(super) fn deflate_out<'a>(
-    env: &'a Env,
-    client: &Client,
-    negotiated: bool,
-) -> Option<&'a crate::core::deflate::Deflate> {
-    if !negotiated || client.cipher.get().is_some() {
-        return None;
-    }
-    env.deflate.as_ref()
 }
 
 /// What the read side asks the loop to do next.
