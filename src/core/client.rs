@@ -742,7 +742,10 @@ mod tests {
         assert_eq!(plain.offer_many(&run), 0, "over the limit as text");
         assert_eq!(zipped.offer_many(&run), 2);
         // Two 1.8 KB frames fit as text; three more and the run do not.
-        assert_eq!(plain.stats.dropped_backpressure.load(Ordering::Relaxed), 3 + 2);
+        assert_eq!(
+            plain.stats.dropped_backpressure.load(Ordering::Relaxed),
+            3 + 2
+        );
         assert_eq!(zipped.stats.dropped_backpressure.load(Ordering::Relaxed), 0);
         // 7 compressions of 7 distinct frames, none repeated by the take.
         assert_eq!(deflate.stats.deflate_compressed.load(Ordering::Relaxed), 7);
