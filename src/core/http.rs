@@ -178,7 +178,9 @@ pub struct Prefixed<S> {
 impl<S> Prefixed<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Prefixed {
-            prefix,
+            // Nothing to replay: no buffer kept for the connection's life
+            // (it is freed once replayed, and an empty one never is).
+            prefix: if prefix.is_empty() { Vec::new() } else { prefix },
             pos: 0,
             inner,
         }
@@ -291,6 +293,16 @@ mod tests {
         assert!(!origin_allowed(&list, Some("https://evil.com")));
         assert!(!origin_allowed(&list, Some("null")));
         assert!(origin_allowed(&list, None));
+    }
+
+    /// An upgrade whose head was all there was keeps no buffer for the
+    /// connection's life (it was 1 KiB per idle connection).
+    #[test]
+    fn nothing_to_replay_keeps_nothing() {
+        let mut read = Vec::with_capacity(1024);
+        read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        read.drain(..);
+        assert_eq!(Prefixed::new(read, ()).prefix.capacity(), 0);
     }
 
     #[tokio::test]
