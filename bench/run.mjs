@@ -49,6 +49,24 @@ function procStat(pid) {
   return { cpu: (Number(f[11]) + Number(f[12])) / 100 };
 }
 const cpuOf = pid => procStat(pid).cpu;
+
+/**
+ * CPU seconds of a server: its JavaScript thread (the main thread, on Node
+ * and on Bun) and all its threads (the process's figure, which keeps the
+ * time of threads that have ended).
+ */
+function threadCpu(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { js: (Number(f[11]) + Number(f[12])) / 100, all: cpuOf(pid) };
+}
+
+/** Per-thread CPU between two `threadCpu` readings, in µs per `unit` (round trip, delivery). */
+function perThread(before, after, units, unit) {
+  const js = ((after.js - before.js) * 1e6) / units;
+  const all = ((after.all - before.all) * 1e6) / units;
+  return { [`js_us_per_${unit}`]: js, [`other_us_per_${unit}`]: all - js };
+}
 const rssOf = pid => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]) * 1024;
 
 async function startServer(c, redis, env = {}) {
@@ -179,10 +197,12 @@ export const SCENARIOS = {
         async s => {
         let started;
         let cpu0;
+        let threads0;
         // A burst reports no latency: the load generator skips the stamps.
         const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
+            threads0 = threadCpu(s.pid);
             started = performance.now();
             publish(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
           },
@@ -193,6 +213,7 @@ export const SCENARIOS = {
           time_to_last_ms: r.at - started,
           delivered_pct: (100 * r.deliveries) / r.expected,
           server_cpu_s: cpuOf(s.pid) - cpu0,
+          ...perThread(threads0, threadCpu(s.pid), r.deliveries, 'delivery'),
           wire_bytes_per_delivery: r.wire_bytes_per_delivery,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
@@ -218,9 +239,11 @@ export const SCENARIOS = {
     async run(c, redis, deflate = false) {
       return withServer(c, redis, async s => {
         let cpu0;
+        let threads0;
         const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30', ...(deflate ? ['--deflate', '1'] : [])], {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
+            threads0 = threadCpu(s.pid);
             publish(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
           },
         });
@@ -230,6 +253,7 @@ export const SCENARIOS = {
           max_ms: r.max_ms,
           delivered_pct: (100 * r.deliveries) / r.expected,
           server_cpu_s: cpuOf(s.pid) - cpu0,
+          ...perThread(threads0, threadCpu(s.pid), r.deliveries, 'delivery'),
           wire_bytes_per_delivery: r.wire_bytes_per_delivery,
           loadgen_cpu_s: r.loadgen_cpu_s,
         };
@@ -282,8 +306,10 @@ export const SCENARIOS = {
 function closedLoop(c, redis, message) {
   return withServer(c, redis, async s => {
     const cpu0 = cpuOf(s.pid);
+    const threads0 = threadCpu(s.pid);
     const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5', '--message', message]);
     const cpu = cpuOf(s.pid) - cpu0;
+    const split = perThread(threads0, threadCpu(s.pid), r.round_trips, 'round_trip');
     if (r.closed_early > 0) throw new Error(`${r.closed_early} of 50 clients were disconnected during the loop`);
     if (r.rejected > 0) throw new Error(`${r.rejected} orders were answered with an error`);
     return {
@@ -292,6 +318,11 @@ function closedLoop(c, redis, message) {
       p99_ms: r.p99_ms,
       server_cpu_s: cpu,
       cpu_us_per_round_trip: (cpu * 1e6) / r.round_trips,
+      ...split,
+      // Derived, not measured: the round trips/s at which the JavaScript
+      // thread alone would be busy all the time, were the other threads on
+      // cores of their own (a many-core host).
+      js_bound_round_trips_per_s: 1e6 / split.js_us_per_round_trip,
       loadgen_cpu_s: r.loadgen_cpu_s,
     };
   });
