@@ -180,7 +180,11 @@ impl<S> Prefixed<S> {
         Prefixed {
             // Nothing to replay: no buffer kept for the connection's life
             // (it is freed once replayed, and an empty one never is).
-            prefix: if prefix.is_empty() { Vec::new() } else { prefix },
+            prefix: if prefix.is_empty() {
+                Vec::new()
+            } else {
+                prefix
+            },
             pos: 0,
             inner,
         }
