@@ -287,9 +287,15 @@ impl State {
                     coop.made_progress();
                     let mut chunk = [0u8; STEP];
                     chunk[..n].copy_from_slice(&avail[..n]);
-                    pos += n;
-                    if let Err(e) = self.inflate_step(&chunk[..n]) {
-                        break Err(e);
+                    match self.inflate_step(&chunk[..n]) {
+                        Err(e) => break Err(e),
+                        Ok(used) => {
+                            pos += used;
+                            if used < n {
+                                // The output is full: the rest waits.
+                                break Ok(false);
+                            }
+                        }
                     }
                 }
             }
@@ -304,10 +310,13 @@ impl State {
         result
     }
 
-    /// Inflates `masked`, the next payload bytes of the current compressed
-    /// frame, and, at the end of the message's last frame, the message's
-    /// tail and its closing frame.
-    fn inflate_step(&mut self, masked: &[u8]) -> Result<(), Violation> {
+    /// Inflates what it can of `masked`, the next payload bytes of the
+    /// current compressed frame, until the output waiting for the reader
+    /// is full, and, at the end of the message's last frame, the message's
+    /// tail and its closing frame. Returns how many bytes it took.
+    fn inflate_step(&mut self, masked: &[u8]) -> Result<usize, Violation> {
+        let room = OUT_HIGH.saturating_sub(self.out_len());
+        let compressed_max = self.compressed_max();
         let At::Inflate {
             remaining,
             mask,
@@ -315,48 +324,53 @@ impl State {
             fin,
         } = &mut self.at
         else {
-            return Ok(());
+            return Ok(0);
         };
         let mut data = [0u8; STEP];
         let data = &mut data[..masked.len()];
         for (i, (d, m)) in data.iter_mut().zip(masked).enumerate() {
             *d = m ^ mask[(*mask_at + i) & 3];
         }
-        *mask_at += masked.len();
-        *remaining -= masked.len() as u64;
-        let (done, last) = (*remaining == 0, *fin);
-        let compressed_max = self.compressed_max();
         let message = self.message.as_mut().expect("inflating a message");
-        message.compressed += masked.len();
+        let used = inflate_into(message, data, self.max, room, &mut self.out)?;
+        *mask_at += used;
+        *remaining -= used as u64;
+        let (done, last) = (*remaining == 0, *fin);
+        message.compressed += used;
         if message.compressed > compressed_max {
             return Err(Violation::message_too_big);
         }
-        inflate_into(message, data, self.max, &mut self.out)?;
         if done {
             self.at = At::Header;
             if last {
                 let mut message = self.message.take().expect("inflating a message");
-                inflate_into(&mut message, &TAIL, self.max, &mut self.out)?;
+                // The tail only flushes what the inflater holds (a match
+                // at most): no room to respect.
+                inflate_into(&mut message, &TAIL, self.max, usize::MAX, &mut self.out)?;
                 let first = 0x80 | if message.started { 0 } else { message.opcode };
                 push_header(&mut self.out, first, 0);
                 give_back(message.z);
                 crate::core::stats::bump(&self.stats.inflated_messages);
             }
         }
-        Ok(())
+        Ok(used)
     }
 }
 
-/// Inflates `data` into frames of the message appended to `out`.
+/// Inflates `data` into frames of the message appended to `out`, until
+/// `room` bytes were appended (zlib then stops taking input: what it
+/// holds back is at most one match). Returns how much of `data` it took.
 fn inflate_into(
     m: &mut Message,
     data: &[u8],
     max: usize,
+    room: usize,
     out: &mut Vec<u8>,
-) -> Result<(), Violation> {
+) -> Result<usize, Violation> {
     let mut buf = [0u8; CHUNK];
     let mut taken = 0;
-    while !m.ended {
+    let start = out.len();
+    while !m.ended && out.len() - start < room {
         let (in0, out0) = (m.z.total_in(), m.z.total_out());
         let status =
             m.z.decompress(&data[taken..], &mut buf, FlushDecompress::Sync)
@@ -380,7 +394,11 @@ fn inflate_into(
             break;
         }
     }
-    Ok(())
+    if m.ended {
+        // Past the compressor's final block nothing more is inflated.
+        taken = data.len();
+    }
+    Ok(taken)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
@@ -574,6 +592,45 @@ mod tests {
         assert_eq!(got, vec![text(&[b'x'; 1000])]);
         let got = read_all(frame(0xc1, &[0xff, 0xff, 0xff, 0xff]), 1 << 20, 1000).await;
         assert_eq!(got, vec![Err("Some(invalid_deflate)".to_string())]);
+    }
+
+    /// However compressible a message, what waits for the reader stays
+    /// under a bound: inflating pauses when the output is full and goes on
+    /// once the reader took it.
+    #[test]
+    fn output_waiting_for_the_reader_is_bounded() {
+        let size = 32 << 20;
+        let stats = Arc::new(Stats::default());
+        let mut st = State::new(64 << 20, stats.clone());
+        st.input = frame(0xc1, &deflate(&vec![0u8; size]));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (mut most, mut inflated, mut walks) = (0, 0, 0);
+        while !st.input.is_empty() || st.out_len() > 0 {
+            st.walk(&mut cx).unwrap();
+            most = most.max(st.out_len());
+            // What the reader takes: the frames' payloads.
+            let mut at = 0;
+            while let Some(h) = parse_header(&st.out[at..]) {
+                inflated += h.payload as usize;
+                at += h.len + h.payload as usize;
+            }
+            assert_eq!(at, st.out.len(), "whole frames only");
+            st.out.clear();
+            walks += 1;
+        }
+        assert_eq!(inflated, size);
+        assert_eq!(
+            stats
+                .inflated_messages
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(
+            most <= OUT_HIGH + CHUNK + 16,
+            "{most} bytes waited for the reader"
+        );
+        assert!(walks > size / (OUT_HIGH + CHUNK), "{walks} walks");
     }
 
     #[tokio::test]
