@@ -5,7 +5,8 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import net from 'node:net';
-import { Client, until } from './helpers.mjs';
+import zlib from 'node:zlib';
+import { Client, until, rawSocket, serverFrames, maskedFrame } from './helpers.mjs';
 import { freePort, startRedis, noRedis } from './redis-helpers.mjs';
 
 const require = createRequire(import.meta.url);
@@ -117,6 +118,25 @@ describe(`Ignis component on ${isBun ? 'Bun' : 'Node'}`, { skip: noRedis }, () =
     await c.close();
     await until(() => events.some(e => e[0] === 'disconnected' && e[1] === 'u-n'), 2000, 'disconnect handler');
     assert.deepEqual(events.find(e => e[0] === 'connected'), ['connected', 'u-n', { t: 'n' }]);
+  });
+
+  test("the original's serverOptions.perMessageDeflate, bound as SERVER_OPTIONS, compresses on the application port", async () => {
+    const { app, port } = await start({ serverOptions: { serverOptions: { perMessageDeflate: true } } });
+    const raw = await rawSocket(port, '/ws', 'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n');
+    assert.match(raw.head, /Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover/);
+    const frames = serverFrames(raw.sock);
+    raw.sock.write(maskedFrame(0x1, Buffer.from(JSON.stringify({ event: 'authenticate', data: { token: 'z' } }))));
+    const first = await frames.next(0x1);
+    const text = first.rsv1
+      ? zlib.inflateRawSync(Buffer.concat([first.payload, Buffer.from([0, 0, 0xff, 0xff])]), { finishFlush: zlib.constants.Z_SYNC_FLUSH })
+      : first.payload;
+    const connected = JSON.parse(text);
+    const ws = app.get({ key: WebSocketBindingKeys.WEBSOCKET_INSTANCE });
+    ws.sendToClient({ clientId: connected.data.id, event: 'big', data: 'abc'.repeat(500) });
+    const big = await frames.next(0x1);
+    assert.ok(big.rsv1, 'sent compressed');
+    assert.equal(ws.stats().deflateCompressed, 1);
+    raw.sock.destroy();
   });
 
   test('a port of its own, when the server options ask for one', async () => {
