@@ -423,13 +423,13 @@ impl Client {
         let _ = self.deflate.set(deflate);
     }
 
-    /// How frames to this client are compressed, if they are: never with
+    /// How frames to this client are compressed, if they are. Never with
     /// built-in encryption (sealed frames do not compress, and compressing
-    /// secrets beside attacker-chosen text would leak them through lengths).
+    /// secrets beside attacker-chosen text would leak them through
+    /// lengths): the connection does not set `deflate` on a server with
+    /// it, so this answer, and the bytes counted against the backpressure
+    /// limit, never change while frames are queued.
     pub fn deflate_out(&self) -> Option<&Deflate> {
-        if self.cipher.get().is_some() {
-            return None;
-        }
         self.deflate.get().map(|d| &**d)
     }
 

@@ -43,7 +43,7 @@ async fn connection(mut stream: TcpStream, max: usize, deflate: Arc<Deflate>) {
     }
     let extension = deflate::negotiate(head.extensions.iter().map(String::as_str));
     let answer = head.switching_protocols(extension.as_deref());
-    if stream.write_all(answer.as_bytes()).await.is_err() {
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     let inflate = extension.is_some().then_some(max);

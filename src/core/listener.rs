@@ -278,7 +278,12 @@ impl Listener {
             .as_ref()
             .and_then(|_| deflate::negotiate(head.extensions.iter().map(String::as_str)));
         let answer = head.switching_protocols(extension.as_deref());
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(answer.as_bytes())).await {
+        // Flushed: over TLS the answer may otherwise wait in the session.
+        let write = async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, write).await {
             Ok(Ok(())) => {}
             _ => {
                 log.debug(

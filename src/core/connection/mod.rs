@@ -71,7 +71,9 @@ where
         env.config.close_on_backpressure_limit,
         env.stats.clone(),
     );
-    if let (true, Some(d)) = (deflate, &env.deflate) {
+    // With built-in encryption every frame is sealed: never compressed
+    // (and so never counted compressed against the backpressure limit).
+    if let (true, false, Some(d)) = (deflate, env.config.native_encryption, &env.deflate) {
         client.set_deflate(d.clone());
     }
     env.hub.register(client.clone());

@@ -236,9 +236,14 @@ impl State {
                     let continues =
                         h.masked && h.rsv == 0 && h.opcode == 0 && self.message.is_some();
                     if starts {
+                        // Announced at once with an empty first fragment:
+                        // until then the reader would take a plain data
+                        // frame for a new message instead of refusing it
+                        // (1002) inside this one.
+                        push_header(&mut self.out, h.opcode, 0);
                         self.message = Some(Message {
                             opcode: h.opcode,
-                            started: false,
+                            started: true,
                             inflated: 0,
                             compressed: 0,
                             ended: false,
@@ -631,6 +636,23 @@ mod tests {
             "{most} bytes waited for the reader"
         );
         assert!(walks > size / (OUT_HIGH + CHUNK), "{walks} walks");
+    }
+
+    /// A plain data frame inside a compressed message is refused, even
+    /// before the message inflated to anything.
+    #[tokio::test]
+    async fn a_new_message_inside_a_compressed_one_is_refused() {
+        let z = deflate(b"abcabcabc");
+        let mut wire = frame(0x41, &z[..1]);
+        wire.extend(frame(0x81, b"{}"));
+        let got = read_all(wire, 1 << 20, 1 << 20).await;
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .as_ref()
+                .is_err_and(|e| e.contains("continue") || e.contains("fragment")),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

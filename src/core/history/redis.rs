@@ -193,7 +193,8 @@ struct Feed {
     /// any joiner is here: joiners re-joining together (a restart's storm)
     /// share one frame per publication, and with it its one compression
     /// (permessage-deflate), rather than one each.
-    replayed: HashMap<u64, Item>,
+    /// At most a history's length of them, the oldest going first.
+    replayed: BTreeMap<u64, Item>,
 }
 
 impl Feed {
@@ -257,17 +258,20 @@ impl Feed {
     /// The shared replay goes with the last joiner.
     fn joiners_left(&mut self) {
         if self.joiners.is_empty() && !self.replayed.is_empty() {
-            self.replayed = HashMap::new();
+            self.replayed = BTreeMap::new();
         }
     }
 
     /// `item`, or the same publication as already replayed to another
-    /// joiner (then its frame is shared).
-    fn shared_replay(&mut self, item: Item) -> Item {
+    /// joiner (then its frame is shared). Keeps at most `keep`.
+    fn shared_replay(&mut self, item: Item, keep: usize) -> Item {
         match self.replayed.get(&item.offset) {
             Some(seen) if seen.epoch == item.epoch => seen.clone(),
             _ => {
                 self.replayed.insert(item.offset, item.clone());
+                while self.replayed.len() > keep.max(1) {
+                    self.replayed.pop_first();
+                }
                 item
             }
         }
@@ -627,7 +631,7 @@ impl RedisHistory {
                 let recovered = r.recovered && matches!(recover, Some(Recover::From { .. }));
                 if recovered {
                     for item in r.entries.iter().filter_map(|t| Item::parse(&room, t)) {
-                        let item = f.shared_replay(item);
+                        let item = f.shared_replay(item, self.cfg.size);
                         if !item.excludes(id) {
                             client.offer_replay(&item.frame);
                         }
