@@ -438,10 +438,7 @@ impl Client {
     /// compressed (then compressed here, once for all recipients, as it is
     /// fanned out), like uWebSockets' buffered amount.
     fn cost(&self, frame: &Frame) -> usize {
-        match self.deflate_out().and_then(|d| frame.deflated(d)) {
-            Some(z) => z.len(),
-            None => frame.len(),
-        }
+        one_frame(frame, self.deflate_out()).1.len()
     }
 
     pub fn user_id(&self) -> Option<Arc<str>> {
@@ -655,6 +652,7 @@ impl QueueReader {
         let mut batch = Batch::default();
         let mut q = self.client.queue.lock();
         let (mut frames, mut bytes) = (0, 0);
+        let deflate = self.client.deflate_out();
         while frames < max {
             let room = max - frames;
             let Some(front) = q.items.front_mut() else {
@@ -672,9 +670,8 @@ impl QueueReader {
                 }
                 _ => q.items.pop_front().expect("front"),
             };
-            let deflate = self.client.deflate_out();
             bytes += match &entry {
-                Entry::One(f) => self.client.cost(&f.frame),
+                Entry::One(f) => one_frame(&f.frame, deflate).1.len(),
                 Entry::Run { run, start, end } => run.cost(*start, *end, deflate),
             };
             frames += entry.len();
