@@ -25,6 +25,8 @@ export declare class NativeEmitter {
 /** Native half of `WebSocketServer`. */
 export declare class NativeServer {
   constructor(options: NativeOptions, authenticate: (arg: string) => void, validateRooms: ((arg: string) => void) | undefined | null, handshake: ((arg0: string, arg1: string | undefined | null, arg2: string) => Promise<HandshakeResult>) | undefined | null, deliver: (arg: string) => void, log?: ((arg0: string, arg1: string) => void) | undefined | null, transform?: ((arg0: string, arg1: string) => Promise<TransformResult>) | undefined | null)
+  /** Where the core runs: "js-thread" or "threads" (`auto` resolved). */
+  get runMode(): string
   /**
    * A line of the JavaScript layer: `fields` alternate keys and values.
    * Returns the finished line when the application has a `logger` (the
@@ -251,6 +253,8 @@ export interface NativeOptions {
   listen: boolean
   logLevel: LogLevel
   logFormat: LogFormat
+  /** Where the core runs (`run_mode::RunMode`). */
+  runMode: RunMode
   hasMessageHandler: boolean
   /** Built-in ECDH P-256 / AES-256-GCM encryption done in Rust. */
   nativeEncryption: boolean
@@ -409,6 +413,17 @@ export interface NativeStats {
 
 /** Every option with a plain value: what `ts/options.ts` checks. */
 export declare function optionSchema(): Array<NativeOptionSpec>
+
+/** `runMode`. */
+export declare const enum RunMode {
+  /**
+   * `js-thread` when this process may use at most [`JS_THREAD_MAX_CORES`]
+   * cores (affinity mask and cgroup quota), `threads` otherwise.
+   */
+  Auto = 'auto',
+  JsThread = 'js-thread',
+  Threads = 'threads',
+}
 
 /**
  * Starts the Autobahn TestSuite's echo fixture (`core::echo`) on

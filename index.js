@@ -841,4 +841,5 @@ module.exports.defaultOptions = nativeBinding.defaultOptions
 module.exports.LogFormat = nativeBinding.LogFormat
 module.exports.LogLevel = nativeBinding.LogLevel
 module.exports.optionSchema = nativeBinding.optionSchema
+module.exports.RunMode = nativeBinding.RunMode
 module.exports.startEchoFixture = nativeBinding.startEchoFixture

@@ -88,24 +88,24 @@ describe('a connection storm', () => {
   test('2000 clients opening at once all open quickly (accept queue of 511)', async () => {
     const { ws, url } = await startServer({ heartbeatInterval: 60_000 });
     const n = 2000;
-    const started = performance.now();
-    const times = await Promise.all(
-      Array.from(
-        { length: n },
-        () =>
-          new Promise((resolve, reject) => {
-            const s = new WebSocket(url);
-            s.once('open', () => resolve({ s, ms: performance.now() - started }));
-            s.once('error', reject);
-          }),
-      ),
-    );
-    const ms = times.map(t => t.ms).sort((a, b) => a - b);
+    // The clients live in a process of their own, as real ones do: in this
+    // one they would hold the JavaScript thread the server may run on.
+    const child = spawn('node', [path.join(here, 'fixtures', 'open-storm.mjs'), url, String(n)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    children.add(child);
+    let out = '';
+    child.stdout.on('data', d => (out += d));
+    await until(() => out.includes('\n'), 30_000, 'the storm to open');
+    const ms = JSON.parse(out);
+    assert.equal(ms.length, n);
     const p99 = ms[Math.floor(n * 0.99) - 1];
     const max = ms[n - 1];
     figure(`storm of ${n}: p50 ${Math.round(ms[n / 2])} ms, p99 ${Math.round(p99)} ms, max ${Math.round(max)} ms`);
     await until(() => ws.stats().connections === n, 5000, 'every connection registered');
-    for (const t of times) t.s.terminate();
+    child.stdin.end();
+    await until(() => ws.stats().connections === 0, 10_000, 'every connection closed');
+    children.delete(child);
     // A SYN dropped by a full accept queue is retransmitted after 1 s. With
     // the old queue of 128 most of the storm waited for that (p99 1.2-1.4 s);
     // on these shared 2 cores a rare straggler still can.

@@ -30,6 +30,9 @@ export const CONTENDERS = [
   { id: 'original', label: 'original helper (Bun)', cmd: bun, script: 'original.mjs', pub: 'ignis' },
   { id: 'native-node', label: 'ignis-ws-native (Node)', cmd: node, script: 'native.mjs', pub: 'ignis' },
   { id: 'native-bun', label: 'ignis-ws-native (Bun)', cmd: bun, script: 'native.mjs', pub: 'ignis' },
+  // The other run mode than `auto` picks here (2 cores: js-thread), forced.
+  { id: 'native-node-threads', label: 'ignis-ws-native (Node, runMode threads)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
+  { id: 'native-bun-threads', label: 'ignis-ws-native (Bun, runMode threads)', cmd: bun, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
   { id: 'bun-topics', label: 'Bun.serve topics (Bun)', cmd: bun, script: 'bun-topics.mjs', pub: 'raw' },
   { id: 'ws', label: 'ws + ioredis (Node)', cmd: node, script: 'ws-ioredis.mjs', pub: 'raw' },
   { id: 'socketio', label: 'Socket.IO 4 + redis-adapter (Node)', cmd: node, script: 'socketio.mjs', pub: 'socketio', proto: 'socketio' },
@@ -72,7 +75,7 @@ const rssOf = pid => Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match
 async function startServer(c, redis, env = {}) {
   const child = spawn(...onCpu(0, c.cmd, [path.join(here, 'servers', c.script)]), {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, REDIS_URL: redis.url, ...env },
+    env: { ...process.env, REDIS_URL: redis.url, ...c.env, ...env },
   });
   let out = '';
   let err = '';
@@ -224,7 +227,7 @@ export const SCENARIOS = {
   },
   h: {
     title: '(h) the burst of (b) with history on: each publication positioned and kept in Redis (the original has no history and runs (b) as is)',
-    contenders: ['original', 'native-node', 'native-bun'],
+    contenders: ['original', 'native-node', 'native-bun', 'native-node-threads', 'native-bun-threads'],
     async run(c, redis) {
       return SCENARIOS.b.run(c, redis, c.id !== 'original');
     },
@@ -271,7 +274,7 @@ export const SCENARIOS = {
   },
   r: {
     title: '(r) the closed loop of (d) with a realistic handler: it validates and prices a 1.7 KiB order and answers a 1 KiB receipt',
-    contenders: ['original', 'native-node', 'native-bun'],
+    contenders: ['original', 'native-node', 'native-bun', 'native-node-threads', 'native-bun-threads'],
     run: (c, redis) => closedLoop(c, redis, 'order'),
   },
   e: {

@@ -4,6 +4,7 @@
 //! the JS thread.
 
 use crate::core::call_queue::CallQueue;
+use crate::js_thread::{self, Runner};
 use napi::bindgen_prelude::Function;
 use napi::threadsafe_function::{
     ThreadsafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode,
@@ -15,12 +16,17 @@ type BatchFn = ThreadsafeFunction<(), (), String, Status, false, true>;
 pub struct BatchedCalls<O> {
     f: BatchFn,
     queue: CallQueue<O>,
+    runner: Option<&'static Runner>,
 }
 
 impl<O: Send + 'static> BatchedCalls<O> {
     /// Wraps the adapter `f(batch: string)`; weak, like every function the
     /// native side holds: it never keeps the process alive.
-    pub fn new(f: &Function<'_, String, ()>, fail: fn(String) -> O) -> napi::Result<Self> {
+    pub fn new(
+        f: &Function<'_, String, ()>,
+        fail: fn(String) -> O,
+        runner: Option<&'static Runner>,
+    ) -> napi::Result<Self> {
         let queue = CallQueue::new(fail);
         let q = queue.clone();
         let f = f
@@ -30,7 +36,7 @@ impl<O: Send + 'static> BatchedCalls<O> {
             // On the JS thread, just before the call: take everything
             // queued so far. Never fails (a failure here would be fatal).
             .build_callback(move |_: ThreadsafeCallContext<()>| Ok(q.take_batch()))?;
-        Ok(BatchedCalls { f, queue })
+        Ok(BatchedCalls { f, queue, runner })
     }
 
     /// Queues a request. `write` appends the request's fields (a JSON
@@ -51,19 +57,24 @@ impl<O: Send + 'static> BatchedCalls<O> {
     /// Asks the JS thread to take the queue.
     fn call(&self) {
         let queue = self.queue.downgrade();
+        let runner = self.runner;
+        js_thread::js_call_queued(runner);
         let status = self.f.call_with_return_value(
             (),
             ThreadsafeFunctionCallMode::NonBlocking,
             move |r, _| {
-                // The adapter catches everything; should it throw all the
-                // same, its batch fails instead of hanging.
-                if let (Err(e), Some(q)) = (r, queue.upgrade()) {
-                    q.fail_handed(&e.reason);
-                }
+                js_thread::js_callback(runner, || {
+                    // The adapter catches everything; should it throw all
+                    // the same, its batch fails instead of hanging.
+                    if let (Err(e), Some(q)) = (r, queue.upgrade()) {
+                        q.fail_handed(&e.reason);
+                    }
+                });
                 Ok(())
             },
         );
         if status != Status::Ok {
+            js_thread::js_call_dropped(runner);
             self.queue
                 .fail_queued(&format!("JavaScript cannot be called ({status})"));
         }

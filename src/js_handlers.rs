@@ -4,9 +4,10 @@
 //! The functions called here are the package's own JS adapters (see
 //! `ts/server.ts`), not the user's handlers directly: the adapters call the
 //! user's function, await it if it returned a promise, catch whatever it
-//! throws or rejects, and reduce the result to a plain object. Calls use
-//! `call_async_catch`, so even an exception in an adapter becomes an `Err`
-//! here instead of a process crash. All functions are weak (unref'd): they
+//! throws or rejects, and reduce the result to a plain object. Calls go
+//! through `js_thread::call_js` (a call with its result sent back), so even
+//! an exception in an adapter becomes an `Err` here instead of a process
+//! crash. All functions are weak (unref'd): they
 //! never keep the process alive on their own; a listening server holds a
 //! ref'd handle in JS instead, like `net.Server`.
 
@@ -14,6 +15,7 @@ use crate::batched_calls::BatchedCalls;
 use crate::core::handlers::{AppEvent, AuthOutcome, Handlers, HandshakeOutcome};
 use crate::core::log::{Field, Format, Level, Log};
 use crate::core::protocol::push_json_str;
+use crate::js_thread::{call_js, Runner};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
@@ -73,6 +75,8 @@ pub struct JsHandlers {
     pub transform: Option<Arc<TransformFn>>,
     pub deliver: Arc<DeliverFn>,
     pub wants_messages: bool,
+    /// Set when the core runs on the JS thread (`js_thread`).
+    pub runner: Option<&'static Runner>,
 }
 
 /// Awaits an adapter's promise. The adapters never reject (they catch
@@ -121,6 +125,7 @@ impl Handlers for JsHandlers {
         data_json: &str,
     ) -> Option<BoxFuture<'static, HandshakeOutcome>> {
         let f = self.handshake.clone()?;
+        let runner = self.runner;
         let args = FnArgs::from((
             client_id.to_string(),
             user_id.map(str::to_string),
@@ -128,7 +133,7 @@ impl Handlers for JsHandlers {
         ));
         Some(
             async move {
-                match settled(f.call_async_catch(args).await).await {
+                match settled(call_js(runner, &f, args).await).await {
                     Ok(r) if r.outcome == "ok" => match (r.server_public_key, r.salt) {
                         (Some(server_public_key), Some(salt)) => HandshakeOutcome::Accepted {
                             server_public_key,
@@ -186,10 +191,11 @@ impl Handlers for JsHandlers {
         frame: &str,
     ) -> Option<BoxFuture<'static, Result<Option<String>, String>>> {
         let f = self.transform.clone()?;
+        let runner = self.runner;
         let args = FnArgs::from((client_id.to_string(), frame.to_string()));
         Some(
             async move {
-                match settled(f.call_async_catch(args).await).await {
+                match settled(call_js(runner, &f, args).await).await {
                     Ok(TransformResult { error: Some(e), .. }) => Err(e),
                     Ok(r) => Ok(r.frame),
                     Err(e) => Err(reason(e)),
@@ -204,10 +210,9 @@ impl Handlers for JsHandlers {
     }
 
     fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()> {
-        let f = self.deliver.clone();
-        let batch = batch_json(&events);
+        let call = call_js(self.runner, &self.deliver, batch_json(&events));
         async move {
-            if let Err(e) = f.call_async_catch(batch).await {
+            if let Err(e) = call.await {
                 crate::core::log::stderr::write(
                     format!("[ignis-ws] error event delivery failed: {}\n", reason(e)).as_bytes(),
                 );

@@ -8,6 +8,8 @@
 mod batched_calls;
 pub mod core;
 mod js_handlers;
+mod js_thread;
 mod native_emitter;
 mod native_server;
 mod options;
+mod run_mode;

@@ -14,6 +14,7 @@ use crate::core::server::Server;
 use crate::core::violation::Violation;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use crate::options::{to_config, to_redis_config, LogFormat, NativeOptions};
+use crate::run_mode::Exec;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
@@ -154,6 +155,8 @@ pub struct NativeServer {
     /// For the JavaScript layer's own lines (`log_line`).
     js_lines: JsLines,
     server: Arc<Mutex<Option<Arc<Server>>>>,
+    /// Where the core runs.
+    exec: Exec,
 }
 
 /// How the JavaScript layer's lines are formatted and where they go: the
@@ -171,6 +174,7 @@ impl NativeServer {
     // The JS function types must be spelled out for the generated typings.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     pub fn new(
+        env: napi::Env,
         options: NativeOptions,
         authenticate: Function<String, ()>,
         validate_rooms: Option<Function<String, ()>>,
@@ -184,15 +188,18 @@ impl NativeServer {
         let config = to_config(&options)?;
         let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = options.log_level.max();
+        let exec = Exec::new(options.run_mode, &env)?;
+        let runner = exec.runner();
         let handlers = Arc::new(JsHandlers {
-            authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed)?,
+            authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed, runner)?,
             validate_rooms: validate_rooms
-                .map(|f| BatchedCalls::new(&f, Err))
+                .map(|f| BatchedCalls::new(&f, Err, runner))
                 .transpose()?,
             handshake: handshake.map(|f| weak(&f)).transpose()?.map(Arc::new),
             transform: transform.map(|f| weak(&f)).transpose()?.map(Arc::new),
             deliver: Arc::new(weak(&deliver)?),
             wants_messages: options.has_message_handler,
+            runner,
         });
         let json = options.log_format == LogFormat::Json;
         let format = if json {
@@ -234,7 +241,14 @@ impl NativeServer {
                 stderr,
             },
             server: Arc::new(Mutex::new(None)),
+            exec,
         })
+    }
+
+    /// Where the core runs: "js-thread" or "threads" (`auto` resolved).
+    #[napi(getter)]
+    pub fn run_mode(&self) -> String {
+        self.exec.mode().as_str().to_string()
     }
 
     /// A line of the JavaScript layer: `fields` alternate keys and values.
@@ -307,14 +321,16 @@ impl NativeServer {
                 "server is already running",
             ));
         }
-        let server = Server::start(
-            self.config.clone(),
-            self.handlers.clone(),
-            self.logger.clone(),
-            self.redis.clone(),
-        )
-        .await
-        .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let server = self
+            .exec
+            .run(Server::start(
+                self.config.clone(),
+                self.handlers.clone(),
+                self.logger.clone(),
+                self.redis.clone(),
+            ))
+            .await
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
         let port = server.local_addr().map(|a| u32::from(a.port()));
         *self.server.lock() = Some(Arc::new(server));
         Ok(port)
@@ -325,7 +341,7 @@ impl NativeServer {
     pub async fn shutdown(&self) -> Result<()> {
         let server = self.server.lock().clone();
         if let Some(s) = server {
-            s.shutdown().await;
+            self.exec.run(async move { s.shutdown().await }).await;
         }
         Ok(())
     }
@@ -337,22 +353,30 @@ impl NativeServer {
         }
     }
 
+    /// [`Self::with`] for a call that wakes the core's tasks (sends, room
+    /// changes, answers): see `Exec::call`.
+    fn act<T>(&self, f: impl FnOnce(&Server) -> T, default: T) -> T {
+        self.exec.call(|| self.with(f, default))
+    }
+
     /// Answers to authentication requests, `[seq, kind, text]` each: kind 0
     /// accepted (text: the userId or null), 1 rejected, 2 the handler
     /// failed (text: the error).
     #[napi]
     pub fn auth_answers(&self, answers: String) {
-        let read = self.handlers.authenticate.answer_all(
-            &answers,
-            |(seq, kind, text): (u64, u8, Option<String>)| {
-                let outcome = match kind {
-                    0 => AuthOutcome::Accepted { user_id: text },
-                    1 => AuthOutcome::Rejected,
-                    _ => AuthOutcome::Failed(text.unwrap_or_else(|| "unknown error".into())),
-                };
-                (seq, outcome)
-            },
-        );
+        let read = self.exec.call(|| {
+            self.handlers.authenticate.answer_all(
+                &answers,
+                |(seq, kind, text): (u64, u8, Option<String>)| {
+                    let outcome = match kind {
+                        0 => AuthOutcome::Accepted { user_id: text },
+                        1 => AuthOutcome::Rejected,
+                        _ => AuthOutcome::Failed(text.unwrap_or_else(|| "unknown error".into())),
+                    };
+                    (seq, outcome)
+                },
+            )
+        });
         if let Err(e) = read {
             // Its clients meet the auth timeout.
             self.logger.error(
@@ -369,12 +393,14 @@ impl NativeServer {
         let Some(calls) = self.handlers.validate_rooms.as_ref() else {
             return;
         };
-        let read = calls.answer_all(
-            &answers,
-            |(seq, rooms, error): (u64, Vec<String>, Option<String>)| {
-                (seq, error.map_or(Ok(rooms), Err))
-            },
-        );
+        let read = self.exec.call(|| {
+            calls.answer_all(
+                &answers,
+                |(seq, rooms, error): (u64, Vec<String>, Option<String>)| {
+                    (seq, error.map_or(Ok(rooms), Err))
+                },
+            )
+        });
         if let Err(e) = read {
             // Nothing is joined for those requests.
             self.logger.error(
@@ -388,51 +414,51 @@ impl NativeServer {
     #[napi]
     pub fn send_to_client(&self, client_id: String, frame: String) -> u32 {
         let frame = Frame::from(frame);
-        self.with(|s| s.send_to_client(&client_id, &frame) as u32, 0)
+        self.act(|s| s.send_to_client(&client_id, &frame) as u32, 0)
     }
 
     /// `clientId\nframe\nclientId\nframe…`: the `sendToClient` calls made
     /// while a batch of events was handled, in one crossing.
     #[napi]
     pub fn send_to_clients(&self, batch: String) -> u32 {
-        self.with(|s| s.send_to_clients(batch) as u32, 0)
+        self.act(|s| s.send_to_clients(batch) as u32, 0)
     }
 
     #[napi]
     pub fn send_to_user(&self, user_id: String, frame: String) -> u32 {
         let frame = Frame::from(frame);
-        self.with(|s| s.send_to_user(&user_id, &frame) as u32, 0)
+        self.act(|s| s.send_to_user(&user_id, &frame) as u32, 0)
     }
 
     #[napi]
     pub fn send_to_room(&self, room: String, frame: String, exclude: Option<Vec<String>>) -> u32 {
         let frame = Frame::from(frame);
         let exclude = exclude.unwrap_or_default();
-        self.with(|s| s.send_to_room(&room, &frame, &exclude) as u32, 0)
+        self.act(|s| s.send_to_room(&room, &frame, &exclude) as u32, 0)
     }
 
     #[napi]
     pub fn broadcast(&self, frame: String, exclude: Option<Vec<String>>) -> u32 {
         let frame = Frame::from(frame);
         let exclude = exclude.unwrap_or_default();
-        self.with(|s| s.broadcast(&frame, &exclude) as u32, 0)
+        self.act(|s| s.broadcast(&frame, &exclude) as u32, 0)
     }
 
     /// The original's `send` (local delivery + publication); `data_json` is
     /// `JSON.stringify(data)`.
     #[napi]
     pub fn send(&self, destination: Option<String>, event: String, data_json: String) {
-        self.with(|s| s.send(destination.as_deref(), &event, &data_json), ())
+        self.act(|s| s.send(destination.as_deref(), &event, &data_json), ())
     }
 
     #[napi]
     pub fn join_room(&self, client_id: String, room: String) -> bool {
-        self.with(|s| s.join_room(&client_id, &room), false)
+        self.act(|s| s.join_room(&client_id, &room), false)
     }
 
     #[napi]
     pub fn leave_room(&self, client_id: String, room: String) -> bool {
-        self.with(|s| s.leave_room(&client_id, &room), false)
+        self.act(|s| s.leave_room(&client_id, &room), false)
     }
 
     /// Takes over a TCP socket that an HTTP server accepted and is about to
@@ -468,10 +494,9 @@ impl NativeServer {
                     "adoptSocket: server is not running",
                 ));
             };
-            napi::bindgen_prelude::within_runtime_if_available(|| {
-                server.adopt(stream, head.to_vec())
-            })
-            .map_err(|e| Error::new(Status::GenericFailure, format!("adoptSocket: {e}")))
+            self.exec
+                .enter(|| server.adopt(stream, head.to_vec()))
+                .map_err(|e| Error::new(Status::GenericFailure, format!("adoptSocket: {e}")))
         }
         #[cfg(not(unix))]
         {
@@ -487,7 +512,7 @@ impl NativeServer {
     #[napi]
     pub fn close_client(&self, client_id: String, code: u32, reason: String) -> bool {
         let code = u16::try_from(code).unwrap_or(1000);
-        self.with(
+        self.act(
             |s| match s.hub().get(&client_id) {
                 Some(c) => {
                     c.request_close(code, &reason);
@@ -513,7 +538,11 @@ impl NativeServer {
         let Some(server) = server else {
             return Ok(None);
         };
-        match server.fleet_presence(&room).await {
+        let presence = self
+            .exec
+            .run(async move { server.fleet_presence(&room).await })
+            .await;
+        match presence {
             None => Ok(None),
             Some(Ok(json)) => Ok(Some(json)),
             Some(Err(e)) => Err(Error::new(Status::GenericFailure, e)),

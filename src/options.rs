@@ -235,6 +235,8 @@ macro_rules! native_options_struct {
             pub listen: bool,
             pub log_level: LogLevel,
             pub log_format: LogFormat,
+            /// Where the core runs (`run_mode::RunMode`).
+            pub run_mode: crate::run_mode::RunMode,
             pub has_message_handler: bool,
             /// Built-in ECDH P-256 / AES-256-GCM encryption done in Rust.
             pub native_encryption: bool,
@@ -289,6 +291,7 @@ macro_rules! define_options {
                 listen: c.listen,
                 log_level: LogLevel::Info,
                 log_format: LogFormat::Text,
+                run_mode: crate::run_mode::RunMode::Auto,
                 has_message_handler: false,
                 native_encryption: c.native_encryption,
                 tls_cert: None,

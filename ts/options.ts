@@ -2,7 +2,7 @@
 // for anything that cannot work.
 
 import { native } from './native';
-import type { LogFormat, LogLevel, NativeOptionSpec, NativeOptions } from '../index';
+import type { LogFormat, LogLevel, NativeOptionSpec, NativeOptions, RunMode } from '../index';
 import type { IWebSocketServerOptions, TLogLevel } from './types';
 
 const LOG_LEVELS: readonly TLogLevel[] = ['silent', 'error', 'warn', 'info', 'debug'];
@@ -156,6 +156,10 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new WebSocketOptionError('logFormat', `expected "text" or "json", got ${describe(opts.logFormat)}`);
   }
+  const runMode = opts.runMode ?? D.runMode;
+  if (runMode !== 'auto' && runMode !== 'js-thread' && runMode !== 'threads') {
+    throw new WebSocketOptionError('runMode', `expected "auto", "js-thread" or "threads", got ${describe(opts.runMode)}`);
+  }
   if (opts.logger !== undefined && opts.logger !== null) {
     const l = opts.logger as unknown as Record<string, unknown>;
     if (typeof l !== 'object' || !['error', 'warn', 'info'].every(k => typeof l[k] === 'function')) {
@@ -204,6 +208,7 @@ export function normaliseOptions(opts: IWebSocketServerOptions<any, any>): Norma
     listen: true,
     logLevel: logLevel as LogLevel,
     logFormat: logFormat as LogFormat,
+    runMode: runMode as RunMode,
     hasMessageHandler: typeof opts.messageHandler === 'function',
     tlsCert,
     tlsKey,

@@ -49,6 +49,11 @@ export class WebSocketServer<
   /** The bound port, once `configure()` resolved (undefined with `noServer` or attach-only). */
   port: number | undefined;
 
+  /** Where the engine runs: `js-thread` or `threads` (the `runMode` option, `auto` resolved). */
+  get runMode(): 'js-thread' | 'threads' {
+    return this.native.runMode as 'js-thread' | 'threads';
+  }
+
   private readonly opts: IWebSocketServerOptions<AuthDataType, MetadataType>;
   /** `acks: true`: frames with an `id` are answered with `ack`. */
   private readonly acks: boolean;

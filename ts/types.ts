@@ -270,6 +270,18 @@ export interface IWebSocketServerOptions<
   logFormat?: 'text' | 'json';
   /** Receives log lines instead of stderr. */
   logger?: IWebSocketLogger;
+  /**
+   * Where the engine runs. `js-thread`: sockets are read and written on the
+   * JavaScript thread, between its callbacks (least CPU per message; the
+   * whole server shares that one thread, as Bun's own server does).
+   * `threads`: on a pool of native threads, with the JavaScript thread left
+   * to the handlers (more throughput when cores are free). `auto` (default):
+   * `js-thread` when the process may use at most 2 cores (affinity mask,
+   * cgroup quota), else `threads`; the environment variable
+   * `IGNIS_WS_RUN_MODE` (`js-thread` or `threads`) overrides `auto`.
+   * `ws.runMode` tells which one runs.
+   */
+  runMode?: 'auto' | 'js-thread' | 'threads';
 }
 
 export interface IWebSocketLimits {

@@ -168,11 +168,25 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-/// A stream that first replays bytes already read from it.
+/// A stream that first replays bytes already read from it, and reads
+/// ahead when asked for little.
+///
+/// tungstenite asks for at most its read buffer's size per read (512
+/// bytes, kept small because it lives as long as the socket), so a 2 KiB
+/// message would take four system calls. A small read is instead made into
+/// a per-thread buffer of [`READ_AHEAD`] bytes; what the caller had no room
+/// for is kept here and replayed, and that copy lives only until it is.
 pub struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
+}
+
+/// How much one read from the socket may take (see [`Prefixed`]).
+pub const READ_AHEAD: usize = 8 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_AHEAD]);
 }
 
 impl<S> Prefixed<S> {
@@ -209,7 +223,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if buf.remaining() >= READ_AHEAD {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut ahead = ReadBuf::new(scratch);
+            let read = Pin::new(&mut self.inner).poll_read(cx, &mut ahead);
+            if let Poll::Ready(Ok(())) = read {
+                let got = ahead.filled();
+                let n = got.len().min(buf.remaining());
+                buf.put_slice(&got[..n]);
+                if n < got.len() {
+                    self.prefix = got[n..].to_vec();
+                }
+            }
+            read
+        })
     }
 }
 
@@ -322,6 +351,48 @@ mod tests {
         let mut out = vec![0u8; raw.len()];
         replay.read_exact(&mut out).await.unwrap();
         assert_eq!(&out[..], &raw[..]);
+    }
+
+    /// Counts the reads that reach the stream under it.
+    struct Counted<S> {
+        inner: S,
+        reads: usize,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads += 1;
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    /// A 3 000-byte message asked for 512 bytes at a time comes off the
+    /// socket in one read, in order, and nothing is kept once replayed.
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_read_ahead() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        client.write_all(&data).await.unwrap();
+        let mut r = Prefixed::new(
+            Vec::new(),
+            Counted {
+                inner: server,
+                reads: 0,
+            },
+        );
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 512];
+        while out.len() < data.len() {
+            let n = r.read(&mut chunk).await.unwrap();
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(out, data);
+        assert_eq!(r.inner.reads, 1);
+        assert_eq!(r.prefix.capacity(), 0);
     }
 }
 

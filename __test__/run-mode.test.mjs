@@ -1,0 +1,160 @@
+// Where the engine runs (`runMode`): on the JavaScript thread or on native
+// threads. Both modes serve the same protocol; the JS-thread mode must also
+// wake up for work that arrives while JavaScript is idle, fire its timers
+// while nothing else happens, survive a handler that blocks the thread, and
+// let the process exit once the server is shut down.
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { Client, startServer, stopAll, sleep, lib, hasCommand } from './helpers.mjs';
+
+after(stopAll);
+
+const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+const wsLib = createRequire(import.meta.url).resolve('ws');
+
+/** An echo server: `echo` frames come back through sendToClient. */
+function echoServer(runMode, extra = {}) {
+  let ws;
+  const started = startServer({
+    runMode,
+    messageHandler: ({ clientId, message }) => {
+      if (message.event === 'echo') ws.sendToClient({ clientId, event: 'echo', data: message.data });
+    },
+    ...extra,
+  });
+  return started.then(s => {
+    ws = s.ws;
+    return s;
+  });
+}
+
+/** Runs `code` (an ES module body) in a fresh process of this runtime. */
+function child(code, { env = {}, prefix = [] } = {}) {
+  const [cmd, ...args] = [...prefix, process.execPath, '--input-type=module', '-e', code];
+  const r = spawnSync(cmd, process.versions.bun ? args.filter(a => a !== '--input-type=module') : args, {
+    env: { ...process.env, IGNIS_WS_RUN_MODE: '', ...env },
+    encoding: 'utf8',
+    timeout: 20000,
+  });
+  return { status: r.status, signal: r.signal, out: (r.stdout ?? '').trim(), err: r.stderr ?? '' };
+}
+
+describe('runMode', () => {
+  test('an unknown mode is refused naming the option', () => {
+    assert.throws(
+      () => new lib.WebSocketServer({ runMode: 'fibers', authenticateFn: () => null }),
+      e => e.name === 'WebSocketOptionError' && /runMode/.test(e.message),
+    );
+  });
+
+  for (const mode of ['js-thread', 'threads']) {
+    test(`${mode}: 30 clients get their echoes, in order, each its own`, async () => {
+      const { ws, url } = await echoServer(mode);
+      assert.equal(ws.runMode, mode);
+      const clients = await Promise.all(Array.from({ length: 30 }, () => Client.auth(url)));
+      for (let round = 0; round < 20; round++) {
+        for (const [i, c] of clients.entries()) c.emit('echo', { i, round });
+      }
+      for (const [i, c] of clients.entries()) {
+        for (let round = 0; round < 20; round++) {
+          const m = await c.next('echo');
+          assert.deepEqual(m.data, { i, round });
+        }
+      }
+      for (const c of clients) c.close();
+    });
+  }
+
+  test('IGNIS_WS_RUN_MODE stands in for auto, and an explicit option wins over it', () => {
+    const code = `
+      const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
+      const a = new WebSocketServer({ logLevel: 'silent', authenticateFn: () => null });
+      const b = new WebSocketServer({ logLevel: 'silent', runMode: 'js-thread', authenticateFn: () => null });
+      console.log(a.runMode + ' ' + b.runMode);`;
+    const r = child(code, { env: { IGNIS_WS_RUN_MODE: 'threads' } });
+    assert.equal(r.status, 0, r.err);
+    assert.equal(r.out.split('\n').pop(), 'threads js-thread');
+  });
+
+  test('auto runs on the JS thread when the process may use one core', t => {
+    if (!hasCommand('taskset')) return t.skip('taskset not installed (util-linux)');
+    const code = `
+      const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
+      console.log(new WebSocketServer({ logLevel: 'silent', authenticateFn: () => null }).runMode);`;
+    const r = child(code, { prefix: ['taskset', '-c', '0'] });
+    assert.equal(r.status, 0, r.err);
+    assert.equal(r.out.split('\n').pop(), 'js-thread');
+  });
+});
+
+describe('runMode js-thread', () => {
+  test('work that arrives while JavaScript is idle is served: a client frame, and a send from a timer', async () => {
+    const { ws, url } = await echoServer('js-thread');
+    const c = await Client.auth(url);
+    await sleep(300);
+    c.emit('echo', 'after idle');
+    assert.equal((await c.next('echo')).data, 'after idle');
+    await sleep(300);
+    await new Promise(r =>
+      setTimeout(() => {
+        ws.sendToClient({ clientId: c.id, event: 'tick', data: 1 });
+        r();
+      }, 50),
+    );
+    assert.equal((await c.next('tick')).data, 1);
+    c.close();
+  });
+
+  test('timers fire while the JS thread has nothing to do: an idle unauthenticated client is closed 4001', async () => {
+    const { url } = await echoServer('js-thread', { authTimeout: 200 });
+    const c = await Client.open(url);
+    const { code } = await Promise.race([c.closed, sleep(3000).then(() => ({ code: 'none' }))]);
+    assert.equal(code, 4001);
+  });
+
+  test('a handler that blocks the thread delays the others but loses nothing', async () => {
+    const { ws, url } = await startServer({
+      runMode: 'js-thread',
+      messageHandler: ({ clientId, message }) => {
+        if (message.event === 'block') {
+          const end = Date.now() + 300;
+          while (Date.now() < end);
+        }
+        ws.sendToClient({ clientId, event: 'done', data: message.data });
+      },
+    });
+    const blocker = await Client.auth(url);
+    const others = await Promise.all(Array.from({ length: 5 }, () => Client.auth(url)));
+    blocker.emit('block', 'b');
+    await sleep(50);
+    for (const [i, c] of others.entries()) for (let k = 0; k < 10; k++) c.emit('x', `${i}-${k}`);
+    assert.equal((await blocker.next('done')).data, 'b');
+    for (const [i, c] of others.entries()) {
+      for (let k = 0; k < 10; k++) assert.equal((await c.next('done')).data, `${i}-${k}`);
+    }
+    for (const c of [blocker, ...others]) c.close();
+  });
+
+  test('the process exits by itself once the server is shut down', () => {
+    const code = `
+      const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
+      const ws = new WebSocketServer({ host: '127.0.0.1', port: 0, logLevel: 'silent', runMode: 'js-thread', authenticateFn: () => ({ userId: 'u' }) });
+      await ws.configure();
+      const WebSocket = (await import(${JSON.stringify(wsLib)})).default;
+      const c = new WebSocket('ws://127.0.0.1:' + ws.port + '/ws');
+      await new Promise((resolve, reject) => { c.once('open', resolve); c.once('error', reject); });
+      c.send(JSON.stringify({ event: 'authenticate', data: {} }));
+      await new Promise(resolve => c.once('message', resolve));
+      c.close();
+      await ws.shutdown();
+      console.log('shut down');`;
+    const started = Date.now();
+    const r = child(code);
+    assert.equal(r.signal, null, `killed after ${Date.now() - started} ms: the process did not exit by itself`);
+    assert.equal(r.status, 0, r.err);
+    assert.equal(r.out.split('\n').pop(), 'shut down');
+  });
+});

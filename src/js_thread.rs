@@ -1,0 +1,399 @@
+//! Running the core on the JavaScript thread (`runMode: "js-thread"`).
+//!
+//! In the default shape the core runs on napi's multi-thread tokio runtime:
+//! a socket is read on a worker, the event crosses to the JS thread, the
+//! reply crosses back. On a host with one or two cores those crossings cost
+//! more than the work (parking, waking, moving each message between cores),
+//! so this mode runs the core on a current-thread runtime that the JS
+//! thread itself turns: a handler runs on the thread that read its frame,
+//! and its replies are written before the JS call that queued them returns.
+//!
+//! Who turns the runtime. A current-thread runtime is turned by whoever
+//! calls `block_on`; the JS thread must never block, so two parties take
+//! turns holding it:
+//! - **The JS thread** turns it whenever JavaScript enters the native side
+//!   (a server method, the end of a callback the core asked for) and from a
+//!   "pump" callback; each turn runs every ready task, polls the sockets
+//!   without waiting and stops when nothing is left (`Turn`).
+//! - **The waiter**, a plain thread, holds it while JavaScript has nothing
+//!   of ours to do: it parks in the runtime's own driver (sockets, timers,
+//!   wake-ups from other threads) and, as soon as anything is ready, hands
+//!   the runtime back and asks the JS thread for a pump.
+//!
+//! The JS thread keeps the runtime as long as a callback it will run is
+//! pending (`pending`) or a pump is queued, so under load it never hands
+//! over at all and nothing is parked or woken per message. When JavaScript
+//! needs the runtime while the waiter holds it (a send from a timer), it
+//! takes it back (`acquire`): the waiter is woken and lets go within one
+//! task's time.
+//!
+//! The core does not know any of this: it calls `tokio::spawn` as always,
+//! and its tasks run on whichever thread holds this runtime.
+
+use napi::bindgen_prelude::{FromNapiValue, JsValuesTupleIntoVec};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, Status};
+use parking_lot::{Condvar, Mutex};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+/// The longest a turn keeps the JS thread while work keeps arriving; then
+/// JavaScript gets the thread back and the rest waits for the next turn.
+const TURN_SLICE: Duration = Duration::from_millis(2);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Holder {
+    Js,
+    Waiter,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    None,
+    Js,
+    Waiter,
+}
+
+thread_local! {
+    /// Which party this thread is, for the runtime's park hooks.
+    static ROLE: Cell<Role> = const { Cell::new(Role::None) };
+    /// The JS thread is inside `block_on` (a nested entry just runs).
+    static TURNING: Cell<bool> = const { Cell::new(false) };
+    /// Set by the park hook when the JS thread's turn ran out of work.
+    static IDLE: Cell<bool> = const { Cell::new(false) };
+    static TURN_WAKER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+struct State {
+    holder: Holder,
+    /// The JS thread wants the runtime back from the waiter.
+    steal: bool,
+    /// The waiter's park returned: something is ready.
+    unparked: bool,
+    /// Wakes the waiter's `block_on` (held while it waits).
+    wait_waker: Option<Waker>,
+    /// A pump callback is queued on the JS thread.
+    pump_queued: bool,
+}
+
+type PumpFn = ThreadsafeFunction<(), (), (), Status, false, true>;
+
+pub struct Runner {
+    rt: tokio::runtime::Runtime,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Callbacks into JavaScript queued by the core and not yet run.
+    pending: AtomicUsize,
+    pump: OnceLock<PumpFn>,
+    js_thread: ThreadId,
+}
+
+static RUNNER: OnceLock<&'static Runner> = OnceLock::new();
+
+/// The process's runner, made on first use from the calling JS thread; the
+/// runner belongs to that thread (`None` from any other, e.g. a worker
+/// thread of Node, whose servers run on threads instead).
+pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
+    if let Some(r) = RUNNER.get() {
+        return Ok((r.js_thread == std::thread::current().id()).then_some(*r));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(before_park)
+        .on_thread_unpark(after_unpark)
+        .build()
+        .map_err(|e| napi::Error::from_reason(format!("js-thread runtime: {e}")))?;
+    let runner: &'static Runner = Box::leak(Box::new(Runner {
+        rt,
+        state: Mutex::new(State {
+            holder: Holder::Js,
+            steal: false,
+            unparked: false,
+            wait_waker: None,
+            pump_queued: false,
+        }),
+        changed: Condvar::new(),
+        pending: AtomicUsize::new(0),
+        pump: OnceLock::new(),
+        js_thread: std::thread::current().id(),
+    }));
+    let noop = env.create_function_from_closure::<(), (), _>("ignisWsPump", |_| Ok(()))?;
+    let pump = noop
+        .build_threadsafe_function::<()>()
+        .weak::<true>()
+        .callee_handled::<false>()
+        .build_callback(move |_| {
+            runner.pumped();
+            Ok(())
+        })?;
+    let _ = runner.pump.set(pump);
+    ROLE.set(Role::Js);
+    std::thread::Builder::new()
+        .name("ignis-ws-waiter".into())
+        .spawn(move || runner.wait_loop())
+        .map_err(|e| napi::Error::from_reason(format!("js-thread waiter: {e}")))?;
+    let _ = RUNNER.set(runner);
+    runner.hand_back();
+    Ok(Some(runner))
+}
+
+impl Runner {
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt.handle()
+    }
+
+    /// Runs `body` on the JS thread with the runtime held and turned: the
+    /// tasks it wakes run before this returns.
+    pub fn call<R>(&self, body: impl FnOnce() -> R) -> R {
+        let r = self.turn(body);
+        self.request_pump();
+        r
+    }
+
+    fn turn<R>(&self, body: impl FnOnce() -> R) -> R {
+        if TURNING.get() || std::thread::current().id() != self.js_thread {
+            return body();
+        }
+        self.acquire();
+        TURNING.set(true);
+        let r = self.rt.block_on(async {
+            let r = body();
+            Turn::new().await;
+            r
+        });
+        TURNING.set(false);
+        r
+    }
+
+    /// On the JS thread: the waiter lets go of the runtime.
+    fn acquire(&self) {
+        let mut s = self.state.lock();
+        if s.holder == Holder::Js {
+            return;
+        }
+        s.steal = true;
+        if let Some(w) = s.wait_waker.take() {
+            w.wake();
+        }
+        self.changed.notify_all();
+        while s.holder != Holder::Js {
+            self.changed.wait(&mut s);
+        }
+    }
+
+    /// On the JS thread: the waiter takes the runtime (nothing of ours is
+    /// pending in JavaScript).
+    fn hand_back(&self) {
+        let mut s = self.state.lock();
+        if s.holder == Holder::Js {
+            s.holder = Holder::Waiter;
+            self.changed.notify_all();
+        }
+    }
+
+    fn request_pump(&self) {
+        let mut s = self.state.lock();
+        if s.pump_queued {
+            return;
+        }
+        s.pump_queued = true;
+        drop(s);
+        let queued = self
+            .pump
+            .get()
+            .map(|f| f.call((), ThreadsafeFunctionCallMode::NonBlocking));
+        if queued != Some(Status::Ok) {
+            // JavaScript is going away: the waiter serves what is left.
+            self.state.lock().pump_queued = false;
+            self.hand_back();
+        }
+    }
+
+    /// The pump callback, on the JS thread: turn, then hand over unless a
+    /// callback of ours is still to run here.
+    fn pumped(&self) {
+        self.state.lock().pump_queued = false;
+        self.turn(|| ());
+        if self.pending.load(Ordering::Acquire) == 0 {
+            let s = self.state.lock();
+            if !s.pump_queued {
+                drop(s);
+                self.hand_back();
+            }
+        }
+    }
+
+    fn wait_loop(&self) {
+        ROLE.set(Role::Waiter);
+        loop {
+            {
+                let mut s = self.state.lock();
+                loop {
+                    if s.holder == Holder::Waiter && s.steal {
+                        s.steal = false;
+                        s.holder = Holder::Js;
+                        self.changed.notify_all();
+                    }
+                    if s.holder == Holder::Waiter {
+                        break;
+                    }
+                    self.changed.wait(&mut s);
+                }
+                s.unparked = false;
+            }
+            self.rt.block_on(Wait { runner: self });
+            let stolen = {
+                let mut s = self.state.lock();
+                s.holder = Holder::Js;
+                let stolen = std::mem::take(&mut s.steal);
+                self.changed.notify_all();
+                stolen
+            };
+            if !stolen {
+                self.request_pump();
+            }
+        }
+    }
+}
+
+/// Completes when the JS thread's turn has nothing left to run (the park
+/// hook says so) or its time slice is over.
+struct Turn {
+    slice: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Turn {
+    fn new() -> Self {
+        IDLE.set(false);
+        Turn {
+            slice: Box::pin(tokio::time::sleep(TURN_SLICE)),
+        }
+    }
+}
+
+impl Future for Turn {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if IDLE.replace(false) || self.slice.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        TURN_WAKER.with_borrow_mut(|w| *w = Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// The waiter's `block_on`: completes once its park returned (or the JS
+/// thread asks for the runtime).
+struct Wait<'a> {
+    runner: &'a Runner,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.runner.state.lock();
+        if s.steal || std::mem::take(&mut s.unparked) {
+            s.wait_waker = None;
+            return Poll::Ready(());
+        }
+        s.wait_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The runtime found no task to run: the JS thread's turn is over.
+fn before_park() {
+    if ROLE.get() == Role::Js {
+        IDLE.set(true);
+        if let Some(w) = TURN_WAKER.with_borrow_mut(Option::take) {
+            w.wake();
+        }
+    }
+}
+
+/// The runtime's park returned: on the waiter, something is ready.
+fn after_unpark() {
+    if ROLE.get() == Role::Waiter {
+        if let Some(r) = RUNNER.get() {
+            let mut s = r.state.lock();
+            s.unparked = true;
+            let w = s.wait_waker.take();
+            drop(s);
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Calls a JavaScript function through `f` and resolves with what it
+/// returned. With a `runner`, the JS thread keeps the runtime while the
+/// call is queued and turns it when the call returns, so a reply made in
+/// the callback is written at once.
+pub fn call_js<Args, Ret>(
+    runner: Option<&'static Runner>,
+    f: &ThreadsafeFunction<Args, Ret, Args, Status, false, true>,
+    args: Args,
+) -> impl Future<Output = napi::Result<Ret>> + Send + 'static
+where
+    Args: 'static + JsValuesTupleIntoVec,
+    Ret: 'static + FromNapiValue + Send,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    js_call_queued(runner);
+    let status = f.call_with_return_value(
+        args,
+        ThreadsafeFunctionCallMode::NonBlocking,
+        move |ret, _| {
+            js_callback(runner, move || {
+                let _ = tx.send(ret);
+            });
+            Ok(())
+        },
+    );
+    if status != Status::Ok {
+        js_call_dropped(runner);
+    }
+    async move {
+        match rx.await {
+            Ok(ret) => ret,
+            Err(_) => Err(napi::Error::new(
+                Status::GenericFailure,
+                format!("JavaScript cannot be called ({status})"),
+            )),
+        }
+    }
+}
+
+/// A callback into JavaScript is queued: the JS thread keeps the runtime
+/// until [`js_callback`] or [`js_call_dropped`] says it ran or never will.
+pub fn js_call_queued(runner: Option<&'static Runner>) {
+    if let Some(r) = runner {
+        r.pending.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The end of a callback into JavaScript, on the JS thread: `finish` runs
+/// with the runtime held and turned.
+pub fn js_callback(runner: Option<&'static Runner>, finish: impl FnOnce()) {
+    match runner {
+        Some(r) => {
+            r.pending.fetch_sub(1, Ordering::AcqRel);
+            r.call(finish);
+        }
+        None => finish(),
+    }
+}
+
+/// A queued callback that will never run (the call was refused).
+pub fn js_call_dropped(runner: Option<&'static Runner>) {
+    if let Some(r) = runner {
+        r.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
