@@ -1,12 +1,25 @@
-// `npm test`: the Node half, then the Bun half even when the Node half
-// failed (so one run shows both), failing if either did.
+// `npm test`: the Node half, the Bun half, then the Node half again with
+// the engine forced onto native threads (`runMode: "threads"`; `auto` picks
+// the JS thread on a machine of 1–2 cores, so the other mode is run here on
+// purpose). Each runs even when an earlier one failed (so one run shows
+// all), and the whole fails if any did.
 import { spawnSync } from 'node:child_process';
 
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+const halves = [
+  { script: 'test:node', env: {} },
+  { script: 'test:bun', env: {} },
+  { script: 'test:node', env: { IGNIS_WS_RUN_MODE: 'threads' }, label: 'test:node with IGNIS_WS_RUN_MODE=threads' },
+];
 const failed = [];
-for (const half of ['test:node', 'test:bun']) {
-  const r = spawnSync(npm, ['run', half], { stdio: 'inherit', shell: process.platform === 'win32' });
-  if (r.status !== 0) failed.push(half);
+for (const { script, env, label } of halves) {
+  if (label) console.log(`\n> ${label}\n`);
+  const r = spawnSync(npm, ['run', script], {
+    stdio: 'inherit',
+    shell: process.platform === 'win32',
+    env: { ...process.env, ...env },
+  });
+  if (r.status !== 0) failed.push(label ?? script);
 }
 if (failed.length) {
   console.error(`\nfailed: ${failed.join(', ')}`);
