@@ -1,31 +1,34 @@
 //! Running the core on the JavaScript thread (`runMode: "js-thread"`).
 //!
-//! In the default shape the core runs on napi's multi-thread tokio runtime:
-//! a socket is read on a worker, the event crosses to the JS thread, the
-//! reply crosses back. On a host with one or two cores those crossings cost
-//! more than the work (parking, waking, moving each message between cores),
-//! so this mode runs the core on a current-thread runtime that the JS
-//! thread itself turns: a handler runs on the thread that read its frame,
-//! and its replies are written before the JS call that queued them returns.
+//! In the `threads` shape the core runs on napi's multi-thread tokio
+//! runtime: a socket is read on a worker, the event crosses to the JS
+//! thread, the reply crosses back. On a host with one or two cores those
+//! crossings cost more than the work (parking, waking, moving each message
+//! between cores), so this mode runs the core on a current-thread runtime
+//! that the JS thread itself turns while JavaScript has work of ours: a
+//! handler runs on the thread whose turn read its frame, and its replies
+//! are written before the JS call that made them returns.
 //!
 //! Who turns the runtime. A current-thread runtime is turned by whoever
 //! calls `block_on`; the JS thread must never block, so two parties take
 //! turns holding it:
-//! - **The JS thread** turns it whenever JavaScript enters the native side
-//!   (a server method, the end of a callback the core asked for) and from a
-//!   "pump" callback; each turn runs every ready task, polls the sockets
-//!   without waiting and stops when nothing is left (`Turn`).
-//! - **The waiter**, a plain thread, holds it while JavaScript has nothing
-//!   of ours to do: it parks in the runtime's own driver (sockets, timers,
-//!   wake-ups from other threads) and, as soon as anything is ready, hands
-//!   the runtime back and asks the JS thread for a pump.
+//! - **The waiter**, a plain thread, holds it while no callback of ours is
+//!   pending in JavaScript: it parks in the runtime's own driver (sockets,
+//!   timers, wake-ups from other threads) and runs what becomes ready, so
+//!   traffic that needs no JavaScript (fan-out of publications) costs one
+//!   wake-up, as on threads. As soon as a callback into JavaScript is
+//!   queued (an event batch, an authentication) it lets go (`Wait`).
+//! - **The JS thread** then holds it: the end of each such callback, every
+//!   server method that wakes tasks (sends, answers) and a "pump" callback
+//!   turn it, running every ready task and polling the sockets without
+//!   waiting until nothing is left or a 2 ms slice is over (`Turn`). Under
+//!   request/response load a callback is nearly always pending, so the JS
+//!   thread keeps the runtime and nothing is parked or woken per message.
+//!   When nothing of ours is pending any more, it hands the runtime back.
 //!
-//! The JS thread keeps the runtime as long as a callback it will run is
-//! pending (`pending`) or a pump is queued, so under load it never hands
-//! over at all and nothing is parked or woken per message. When JavaScript
-//! needs the runtime while the waiter holds it (a send from a timer), it
-//! takes it back (`acquire`): the waiter is woken and lets go within one
-//! task's time.
+//! When JavaScript needs the runtime while the waiter holds it (a send from
+//! a timer), it takes it back (`acquire`): the waiter is woken and lets go
+//! within one scheduler pass.
 //!
 //! The core does not know any of this: it calls `tokio::spawn` as always,
 //! and its tasks run on whichever thread holds this runtime.
@@ -74,8 +77,8 @@ struct State {
     holder: Holder,
     /// The JS thread wants the runtime back from the waiter.
     steal: bool,
-    /// The waiter's park returned: something is ready.
-    unparked: bool,
+    /// The waiter saw a callback of ours pending in JavaScript.
+    js_pending: bool,
     /// Wakes the waiter's `block_on` (held while it waits).
     wait_waker: Option<Waker>,
     /// A pump callback is queued on the JS thread.
@@ -114,7 +117,7 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         state: Mutex::new(State {
             holder: Holder::Js,
             steal: false,
-            unparked: false,
+            js_pending: false,
             wait_waker: None,
             pump_queued: false,
         }),
@@ -151,21 +154,24 @@ impl Runner {
     /// Runs `body` on the JS thread with the runtime held and turned: the
     /// tasks it wakes run before this returns.
     pub fn call<R>(&self, body: impl FnOnce() -> R) -> R {
-        let r = self.turn(body);
+        let (r, _) = self.turn(body);
         self.request_pump();
         r
     }
 
-    fn turn<R>(&self, body: impl FnOnce() -> R) -> R {
+    /// `body`, then the runtime's ready tasks until none is left or the
+    /// time slice is over; with whether it ran out of work (`false` after a
+    /// slice cut short: more is waiting).
+    fn turn<R>(&self, body: impl FnOnce() -> R) -> (R, bool) {
         if TURNING.get() || std::thread::current().id() != self.js_thread {
-            return body();
+            return (body(), true);
         }
         self.acquire();
         TURNING.set(true);
         let r = self.rt.block_on(async {
             let r = body();
-            Turn::new().await;
-            r
+            let idle = Turn::new().await;
+            (r, idle)
         });
         TURNING.set(false);
         r
@@ -215,12 +221,16 @@ impl Runner {
         }
     }
 
-    /// The pump callback, on the JS thread: turn, then hand over unless a
-    /// callback of ours is still to run here.
+    /// The pump callback, on the JS thread: turn, then hand over unless
+    /// work is left (the slice was cut short: JavaScript gets the thread
+    /// for a moment, then the next pump goes on) or a callback of ours is
+    /// still to run here.
     fn pumped(&self) {
         self.state.lock().pump_queued = false;
-        self.turn(|| ());
-        if self.pending.load(Ordering::Acquire) == 0 {
+        let ((), idle) = self.turn(|| ());
+        if !idle {
+            self.request_pump();
+        } else if self.pending.load(Ordering::Acquire) == 0 {
             let s = self.state.lock();
             if !s.pump_queued {
                 drop(s);
@@ -245,19 +255,15 @@ impl Runner {
                     }
                     self.changed.wait(&mut s);
                 }
-                s.unparked = false;
+                s.js_pending = false;
             }
             self.rt.block_on(Wait { runner: self });
-            let stolen = {
-                let mut s = self.state.lock();
-                s.holder = Holder::Js;
-                let stolen = std::mem::take(&mut s.steal);
-                self.changed.notify_all();
-                stolen
-            };
-            if !stolen {
-                self.request_pump();
-            }
+            // The JS thread takes over: the pending callback's end (or the
+            // call that stole it) turns the runtime there.
+            let mut s = self.state.lock();
+            s.holder = Holder::Js;
+            s.steal = false;
+            self.changed.notify_all();
         }
     }
 }
@@ -278,18 +284,22 @@ impl Turn {
 }
 
 impl Future for Turn {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if IDLE.replace(false) || self.slice.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+    /// Whether the runtime ran out of work (else the slice ran out).
+    type Output = bool;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        if IDLE.replace(false) {
+            return Poll::Ready(true);
+        }
+        if self.slice.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
         }
         TURN_WAKER.with_borrow_mut(|w| *w = Some(cx.waker().clone()));
         Poll::Pending
     }
 }
 
-/// The waiter's `block_on`: completes once its park returned (or the JS
-/// thread asks for the runtime).
+/// The waiter's `block_on`: completes once a callback of ours is pending in
+/// JavaScript (or the JS thread asks for the runtime).
 struct Wait<'a> {
     runner: &'a Runner,
 }
@@ -298,7 +308,7 @@ impl Future for Wait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = self.runner.state.lock();
-        if s.steal || std::mem::take(&mut s.unparked) {
+        if s.steal || std::mem::take(&mut s.js_pending) {
             s.wait_waker = None;
             return Poll::Ready(());
         }
@@ -307,31 +317,45 @@ impl Future for Wait<'_> {
     }
 }
 
-/// The runtime found no task to run: the JS thread's turn is over.
+/// The runtime found no task to run: the JS thread's turn is over; the
+/// waiter checks whether JavaScript has a callback of ours to run.
 fn before_park() {
-    if ROLE.get() == Role::Js {
-        IDLE.set(true);
-        if let Some(w) = TURN_WAKER.with_borrow_mut(Option::take) {
-            w.wake();
-        }
-    }
-}
-
-/// The runtime's park returned: on the waiter, something is ready.
-fn after_unpark() {
-    if ROLE.get() == Role::Waiter {
-        if let Some(r) = RUNNER.get() {
-            let mut s = r.state.lock();
-            s.unparked = true;
-            let w = s.wait_waker.take();
-            drop(s);
-            if let Some(w) = w {
+    match ROLE.get() {
+        Role::Js => {
+            IDLE.set(true);
+            if let Some(w) = TURN_WAKER.with_borrow_mut(Option::take) {
                 w.wake();
             }
         }
+        Role::Waiter => waiter_check(),
+        Role::None => {}
     }
 }
 
+/// The waiter's park returned (something is ready and about to run).
+fn after_unpark() {
+    if ROLE.get() == Role::Waiter {
+        waiter_check();
+    }
+}
+
+/// On the waiter: ends its hold when a callback of ours is pending in
+/// JavaScript, whose end turns the runtime there.
+fn waiter_check() {
+    let Some(r) = RUNNER.get() else {
+        return;
+    };
+    if r.pending.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut s = r.state.lock();
+    s.js_pending = true;
+    let w = s.wait_waker.take();
+    drop(s);
+    if let Some(w) = w {
+        w.wake();
+    }
+}
 /// Calls a JavaScript function through `f` and resolves with what it
 /// returned. With a `runner`, the JS thread keeps the runtime while the
 /// call is queued and turns it when the call returns, so a reply made in
