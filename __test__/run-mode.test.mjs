@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
-import { Client, startServer, stopAll, sleep, lib, hasCommand } from './helpers.mjs';
+import os from 'node:os';
+import { Client, startServer, stopAll, sleep, lib, hasCommand, needs } from './helpers.mjs';
 
 after(stopAll);
 
@@ -80,13 +81,27 @@ describe('runMode', () => {
   });
 
   test('auto runs on the JS thread when the process may use one core', t => {
-    if (!hasCommand('taskset')) return t.skip('taskset not installed (util-linux)');
+    const missing = needs('taskset', hasCommand('taskset'), 'apt-get install util-linux');
+    if (missing) return t.skip?.(missing);
     const code = `
       const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
       console.log(new WebSocketServer({ logLevel: 'silent', authenticateFn: () => null }).runMode);`;
     const r = child(code, { prefix: ['taskset', '-c', '0'] });
     assert.equal(r.status, 0, r.err);
     assert.equal(r.out.split('\n').pop(), 'js-thread');
+  });
+
+  test('auto runs on threads when the process may use two cores', t => {
+    const missing = needs('taskset', hasCommand('taskset'), 'apt-get install util-linux');
+    if (missing) return t.skip?.(missing);
+    // A property of the machine, not a missing component: said, not failed.
+    if (os.availableParallelism() < 2) return t.skip?.('this machine lets the tests use one core only');
+    const code = `
+      const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
+      console.log(new WebSocketServer({ logLevel: 'silent', authenticateFn: () => null }).runMode);`;
+    const r = child(code, { prefix: ['taskset', '-c', '0,1'] });
+    assert.equal(r.status, 0, r.err);
+    assert.equal(r.out.split('\n').pop(), 'threads');
   });
 });
 

@@ -30,7 +30,10 @@ export const CONTENDERS = [
   { id: 'original', label: 'original helper (Bun)', cmd: bun, script: 'original.mjs', pub: 'ignis' },
   { id: 'native-node', label: 'ignis-ws-native (Node)', cmd: node, script: 'native.mjs', pub: 'ignis' },
   { id: 'native-bun', label: 'ignis-ws-native (Bun)', cmd: bun, script: 'native.mjs', pub: 'ignis' },
-  // The other run mode than `auto` picks here (2 cores: js-thread), forced.
+  // Each run mode forced: `auto` picks threads on 2 cores and js-thread on
+  // one (the `p…` scenarios), so each scenario lists the other one.
+  { id: 'native-node-js-thread', label: 'ignis-ws-native (Node, runMode js-thread)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
+  { id: 'native-bun-js-thread', label: 'ignis-ws-native (Bun, runMode js-thread)', cmd: bun, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
   { id: 'native-node-threads', label: 'ignis-ws-native (Node, runMode threads)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
   { id: 'native-bun-threads', label: 'ignis-ws-native (Bun, runMode threads)', cmd: bun, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
   { id: 'bun-topics', label: 'Bun.serve topics (Bun)', cmd: bun, script: 'bun-topics.mjs', pub: 'raw' },
@@ -227,7 +230,7 @@ export const SCENARIOS = {
   },
   h: {
     title: '(h) the burst of (b) with history on: each publication positioned and kept in Redis (the original has no history and runs (b) as is)',
-    contenders: ['original', 'native-node', 'native-bun', 'native-node-threads', 'native-bun-threads'],
+    contenders: ['original', 'native-node', 'native-bun', 'native-node-js-thread', 'native-bun-js-thread', 'native-node-threads', 'native-bun-threads'],
     async run(c, redis) {
       return SCENARIOS.b.run(c, redis, c.id !== 'original');
     },
@@ -274,7 +277,7 @@ export const SCENARIOS = {
   },
   r: {
     title: '(r) the closed loop of (d) with a realistic handler: it validates and prices a 1.7 KiB order and answers a 1 KiB receipt',
-    contenders: ['original', 'native-node', 'native-bun', 'native-node-threads', 'native-bun-threads'],
+    contenders: ['original', 'native-node', 'native-bun', 'native-node-js-thread', 'native-bun-js-thread', 'native-node-threads', 'native-bun-threads'],
     run: (c, redis) => closedLoop(c, redis, 'order'),
   },
   e: {
@@ -331,11 +334,15 @@ function closedLoop(c, redis, message) {
   });
 }
 
+// On 2 cores `auto` runs threads: these also run js-thread, forced.
+for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = ['js-thread'];
+
 for (const key of ['b', 'h', 'c', 'd', 'r']) {
   const sc = SCENARIOS[key];
   SCENARIOS[`p${key}`] = {
     title: `${sc.title.replace(/^\((\w)\)/, '(p$1)')}; server pinned to one core (taskset), load on the other`,
     contenders: sc.contenders,
+    modes: ['threads'],
     async run(c, redis) {
       pinned = true;
       try {
@@ -391,6 +398,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
         runs[key] ??= {};
         for (const c of CONTENDERS) {
           if (sc.contenders && !sc.contenders.includes(c.id)) continue;
+          // A forced run mode only where it is not what `auto` runs.
+          if (c.env?.IGNIS_WS_RUN_MODE && !(sc.modes ?? []).includes(c.env.IGNIS_WS_RUN_MODE)) continue;
           let r;
           try {
             r = await sc.run(c, redis);

@@ -18,10 +18,12 @@ pub enum RunMode {
     Threads,
 }
 
-/// Up to this many allowed cores, `auto` runs the core on the JS thread:
-/// there, the crossings between threads cost more than the parallelism
-/// gives back (docs/PERFORMANCE.md, "Run modes").
-pub const JS_THREAD_MAX_CORES: usize = 2;
+/// Up to this many allowed cores, `auto` runs the core on the JS thread.
+/// On one core the crossings between threads are pure cost; on two, the
+/// parallel socket side wins fan-out and cross-instance latency by more
+/// than the JS thread wins request/response (docs/PERFORMANCE.md, "Run
+/// modes").
+pub const JS_THREAD_MAX_CORES: usize = 1;
 
 /// The environment variable that stands in for `auto` (deployments and the
 /// test matrix force a mode without touching the code).
