@@ -103,6 +103,10 @@ static RUNNER: OnceLock<&'static Runner> = OnceLock::new();
 /// runner belongs to that thread (`None` from any other, e.g. a worker
 /// thread of Node, whose servers run on threads instead).
 pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
+    // Two JS threads (Node's main thread and a worker) may ask at once:
+    // one makes the runner, the other finds it.
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _making = MAKING.lock();
     if let Some(r) = RUNNER.get() {
         return Ok((r.js_thread == std::thread::current().id()).then_some(*r));
     }
