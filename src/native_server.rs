@@ -1,6 +1,7 @@
 //! `NativeServer`: the class the TypeScript layer wraps. Options arrive
 //! already normalised and validated by `ts/options.ts`; this file converts
-//! them, starts the core on napi's tokio runtime and exposes the hub.
+//! them, starts the core on the runtime its run mode names (`run_mode`:
+//! napi's multi-thread runtime, or the JS thread's) and exposes the hub.
 
 use crate::batched_calls::BatchedCalls;
 use crate::core::broker::redis::RedisConfig;
