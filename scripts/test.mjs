@@ -1,7 +1,8 @@
 // `npm test`: the Node half, the Bun half, then the Node half again with
 // the engine forced onto the JavaScript thread (`runMode: "js-thread"`,
-// which `auto` picks on one core only, so it is run here on purpose). Each runs even when an earlier one failed (so one run shows
-// all), and the whole fails if any did.
+// which `auto` picks on one core only, so it is run here on purpose).
+// Each runs even when an earlier one failed (so one run shows all), and
+// the whole fails if any did.
 import { spawnSync } from 'node:child_process';
 
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';

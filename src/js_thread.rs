@@ -77,8 +77,6 @@ struct State {
     holder: Holder,
     /// The JS thread wants the runtime back from the waiter.
     steal: bool,
-    /// The waiter saw a callback of ours pending in JavaScript.
-    js_pending: bool,
     /// Wakes the waiter's `block_on` (held while it waits).
     wait_waker: Option<Waker>,
     /// A pump callback is queued on the JS thread.
@@ -121,7 +119,6 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         state: Mutex::new(State {
             holder: Holder::Js,
             steal: false,
-            js_pending: false,
             wait_waker: None,
             pump_queued: false,
         }),
@@ -259,7 +256,6 @@ impl Runner {
                     }
                     self.changed.wait(&mut s);
                 }
-                s.js_pending = false;
             }
             self.rt.block_on(Wait { runner: self });
             // The JS thread takes over: the pending callback's end (or the
@@ -312,7 +308,10 @@ impl Future for Wait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut s = self.runner.state.lock();
-        if s.steal || std::mem::take(&mut s.js_pending) {
+        // `pending` is read here, not copied into the state: the waiter is
+        // woken to poll this only at a park point (`waiter_check`) or by
+        // the JS thread's `acquire`.
+        if s.steal || self.runner.pending.load(Ordering::Acquire) > 0 {
             s.wait_waker = None;
             return Poll::Ready(());
         }
@@ -352,14 +351,12 @@ fn waiter_check() {
     if r.pending.load(Ordering::Acquire) == 0 {
         return;
     }
-    let mut s = r.state.lock();
-    s.js_pending = true;
-    let w = s.wait_waker.take();
-    drop(s);
+    let w = r.state.lock().wait_waker.take();
     if let Some(w) = w {
         w.wake();
     }
 }
+
 /// Calls a JavaScript function through `f` and resolves with what it
 /// returned. With a `runner`, the JS thread keeps the runtime while the
 /// call is queued and turns it when the call returns, so a reply made in
