@@ -52,8 +52,9 @@ impl ClientState {
 pub struct ClientDetails {
     pub user_id: Option<Arc<str>>,
     pub rooms: HashSet<Arc<str>>,
-    pub server_public_key: Option<String>,
-    pub salt: Option<String>,
+    /// The built-in encryption's server public key and salt. Boxed: most
+    /// clients never have them, and every idle connection pays this record.
+    pub keys: Option<Box<(String, String)>>,
     /// `metadata` from `authenticateFn`, as JSON, for fleet presence.
     pub metadata: Option<Arc<str>>,
 }
@@ -84,7 +85,8 @@ pub struct Client {
     task: AtomicWaker,
     backpressure_limit: usize,
     close_on_backpressure_limit: bool,
-    close_request: Mutex<Option<CloseRequest>>,
+    /// Boxed for the same reason as `keys`: a close request is rare.
+    close_request: Mutex<Option<Box<CloseRequest>>>,
     close_requested: AtomicBool,
     stats: Arc<Stats>,
     /// Set once the client is encrypted and an outbound transformer is
@@ -608,10 +610,10 @@ impl Client {
     pub fn request_close(&self, code: u16, reason: &str) {
         let mut slot = self.close_request.lock();
         if slot.is_none() {
-            *slot = Some(CloseRequest {
+            *slot = Some(Box::new(CloseRequest {
                 code,
                 reason: reason.to_string(),
-            });
+            }));
             drop(slot);
             self.close_requested.store(true, Ordering::Release);
             self.task.wake();
@@ -624,7 +626,7 @@ impl Client {
         self.task.register(cx.waker());
         if self.close_requested.load(Ordering::Acquire) {
             if let Some(req) = self.close_request.lock().take() {
-                return Poll::Ready(req);
+                return Poll::Ready(*req);
             }
         }
         Poll::Pending
@@ -653,6 +655,19 @@ impl QueueReader {
         let mut q = self.client.queue.lock();
         let (mut frames, mut bytes) = (0, 0);
         let deflate = self.client.deflate_out();
+        let cost = |entry: &Entry| match entry {
+            Entry::One(f) => one_frame(&f.frame, deflate).1.len(),
+            Entry::Run { run, start, end } => run.cost(*start, *end, deflate),
+        };
+        // The usual case, everything queued fits: the queue's storage moves
+        // into the batch, which is freed once written, so an idle
+        // connection keeps no queue buffer from its last frames.
+        let queued: usize = q.items.iter().map(Entry::len).sum();
+        if queued <= max {
+            frames = queued;
+            bytes = q.items.iter().map(cost).sum();
+            batch.entries = std::mem::take(&mut q.items);
+        }
         while frames < max {
             let room = max - frames;
             let Some(front) = q.items.front_mut() else {
@@ -670,10 +685,7 @@ impl QueueReader {
                 }
                 _ => q.items.pop_front().expect("front"),
             };
-            bytes += match &entry {
-                Entry::One(f) => one_frame(&f.frame, deflate).1.len(),
-                Entry::Run { run, start, end } => run.cost(*start, *end, deflate),
-            };
+            bytes += cost(&entry);
             frames += entry.len();
             batch.entries.push_back(entry);
         }
@@ -748,6 +760,29 @@ mod tests {
         assert_eq!(deflate.stats.deflate_compressed.load(Ordering::Relaxed), 7);
         assert_eq!(z.take(100).len(), 7);
         assert_eq!(zipped.queue.lock().queued, 0);
+    }
+
+    /// A batch that takes everything queued takes the queue's storage
+    /// too (an idle connection keeps none), and the byte count with it;
+    /// one that cannot leaves the rest queued, in order.
+    #[test]
+    fn taking_everything_leaves_the_queue_without_storage() {
+        let (c, mut r) = client(1 << 20);
+        for t in ["a", "b", "c"] {
+            c.offer(&Frame::from(t));
+        }
+        assert!(c.queue.lock().items.capacity() > 0);
+        let b = r.take(10);
+        assert_eq!(texts(&b), ["a", "b", "c"]);
+        assert_eq!(c.queue.lock().items.capacity(), 0);
+        assert_eq!(c.queue.lock().queued, 0);
+
+        c.offer(&Frame::from("d"));
+        assert_eq!(c.offer_many(&frames(&["e", "f", "g"])), 3);
+        assert_eq!(texts(&r.take(2)), ["d", "e"]);
+        assert_eq!(texts(&r.take(10)), ["f", "g"]);
+        assert_eq!(c.queue.lock().items.capacity(), 0);
+        assert_eq!(c.queue.lock().queued, 0);
     }
 
     /// A run is shared, not copied frame by frame, and it keeps its place

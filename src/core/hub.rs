@@ -28,8 +28,72 @@ pub trait InterestListener: Send + Sync + 'static {
 #[derive(Default)]
 struct State {
     clients: HashMap<ClientId, Arc<Client>>,
-    users: HashMap<Arc<str>, HashMap<ClientId, Arc<Client>>>,
-    rooms: HashMap<Arc<str>, HashMap<ClientId, Arc<Client>>>,
+    users: HashMap<Arc<str>, Members>,
+    rooms: HashMap<Arc<str>, Members>,
+}
+
+/// The clients of one room or of one user. Most hold a single client
+/// (every client's own room, most users), kept inline: a hash table of one
+/// is an allocation of 128 bytes, which every idle connection would pay
+/// twice. The table of a larger set is boxed, so that an entry of the
+/// rooms' and users' indexes is 16 bytes here rather than 56.
+#[derive(Default)]
+enum Members {
+    #[default]
+    Empty,
+    One(Arc<Client>),
+    // On purpose (the box keeps the indexes' entries small, see above).
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<ClientId, Arc<Client>>>),
+}
+
+impl Members {
+    fn is_empty(&self) -> bool {
+        matches!(self, Members::Empty)
+    }
+
+    fn insert(&mut self, client: Arc<Client>) {
+        match self {
+            Members::Empty => *self = Members::One(client),
+            Members::One(c) if c.id == client.id => *c = client,
+            Members::One(c) => {
+                let first = c.clone();
+                *self = Members::Many(Box::new(HashMap::from([
+                    (first.id.clone(), first),
+                    (client.id.clone(), client),
+                ])));
+            }
+            Members::Many(m) => {
+                m.insert(client.id.clone(), client);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self {
+            Members::One(c) if &*c.id == id => *self = Members::Empty,
+            Members::Many(m) => {
+                m.remove(id);
+                if m.len() <= 1 {
+                    let last = m.drain().next();
+                    *self = match last {
+                        Some((_, last)) => Members::One(last),
+                        None => Members::Empty,
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<Client>> {
+        let (one, many) = match self {
+            Members::Empty => (None, None),
+            Members::One(c) => (Some(c), None),
+            Members::Many(m) => (None, Some(m.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 #[derive(Default)]
@@ -142,8 +206,7 @@ impl Hub {
                 let mut details = client.details.lock();
                 details.user_id = user.clone();
                 if let Some((pk, salt)) = keys {
-                    details.server_public_key = Some(pk);
-                    details.salt = Some(salt);
+                    details.keys = Some(Box::new((pk, salt)));
                     client
                         .encrypted
                         .store(true, std::sync::atomic::Ordering::Release);
@@ -154,7 +217,7 @@ impl Hub {
                 if set.is_empty() {
                     changes.push((Interest::User(user), true));
                 }
-                set.insert(client.id.clone(), client.clone());
+                set.insert(client.clone());
             }
             let own: Arc<str> = client.id.clone();
             Self::join_locked(&mut st, client, own, &mut changes);
@@ -184,7 +247,7 @@ impl Hub {
         if members.is_empty() {
             changes.push((Interest::Room(room.clone()), true));
         }
-        members.insert(client.id.clone(), client.clone());
+        members.insert(client.clone());
         client.details.lock().rooms.insert(room)
     }
 
@@ -358,8 +421,8 @@ impl Hub {
             encrypted: client.encrypted.load(Relaxed),
             connected_at: client.connected_at,
             last_activity: client.last_activity.load(Relaxed),
-            server_public_key: d.server_public_key.clone(),
-            salt: d.salt.clone(),
+            server_public_key: d.keys.as_ref().map(|k| k.0.clone()),
+            salt: d.keys.as_ref().map(|k| k.1.clone()),
             remote: client.remote.clone(),
         }
     }
@@ -464,6 +527,44 @@ pub(crate) mod tests {
 
     fn room(r: &str) -> Interest {
         Interest::Room(Arc::from(r))
+    }
+
+    fn ids(m: &Members) -> Vec<String> {
+        let mut ids: Vec<String> = m.values().map(|c| c.id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// A set of one is kept inline, a larger one in a table, and a table
+    /// left with one member goes back inline; each index entry stays small.
+    #[test]
+    fn members_grow_into_a_table_and_shrink_back() {
+        let hub = Hub::new();
+        let (a, _ra) = client(&hub, "a");
+        let (b, _rb) = client(&hub, "b");
+        let (c, _rc) = client(&hub, "c");
+        let mut m = Members::default();
+        assert!(m.is_empty());
+        m.insert(a.clone());
+        m.insert(a.clone());
+        assert!(matches!(m, Members::One(_)));
+        assert_eq!(ids(&m), ["a"]);
+        m.insert(b.clone());
+        m.insert(c.clone());
+        assert!(matches!(m, Members::Many(_)));
+        assert_eq!(ids(&m), ["a", "b", "c"]);
+        m.remove("a");
+        m.remove("nobody");
+        assert_eq!(ids(&m), ["b", "c"]);
+        m.remove("c");
+        assert!(matches!(m, Members::One(_)));
+        assert_eq!(ids(&m), ["b"]);
+        m.remove("a");
+        assert_eq!(ids(&m), ["b"]);
+        m.remove("b");
+        assert!(m.is_empty());
+        assert_eq!(ids(&m), Vec::<String>::new());
+        assert!(std::mem::size_of::<Members>() <= 16);
     }
 
     #[test]

@@ -23,7 +23,6 @@ use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close};
 use crate::core::stats::bump;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -92,7 +91,7 @@ where
         client,
         auth: None,
         auth_deadline: None,
-        joins: FuturesUnordered::new(),
+        joins: None,
         window_start: Instant::now(),
         window_frames: 0,
     };
@@ -110,7 +109,11 @@ where
             );
         }
 
-        gone(&env, &id).await;
+        // Boxed: the connection's task holds its future for the
+        // connection's whole life, and this await's state (a room list, the
+        // disconnect event's send) would double the task's size for every
+        // idle connection.
+        Box::pin(gone(&env, &id)).await;
     }
 }
 
@@ -232,6 +235,12 @@ impl Connection {
                 // close requests, timers or shutdown from being seen.
                 let writing = !batch.is_empty() || ws.get_ref().has_pending();
                 let reading = paused.is_none();
+                // What a branch leaves to await after the `select!`: awaited
+                // inside a branch, the select's output (100 bytes) would be
+                // held across that await, and every idle connection's loop
+                // would be that much larger.
+                let mut ping = false;
+                let mut finishing = None;
                 tokio::select! {
                     biased;
                     req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
@@ -266,11 +275,7 @@ impl Connection {
                                     let (code, reason) = close::IDLE;
                                     break Some(CloseRequest { code, reason: reason.into() });
                                 }
-                                if cfg.send_pings
-                                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx))).await.is_err()
-                                {
-                                    break None;
-                                }
+                                ping = cfg.send_pings;
                             }
                         }
                     }
@@ -303,13 +308,31 @@ impl Connection {
                         // Boxed, like every once-per-connection await here: the
                         // loop's future lives as long as the connection, so its
                         // size is paid by every idle socket.
-                        if let Some((code, reason)) = Box::pin(this.finish_auth(flow)).await {
-                            break Some(CloseRequest { code, reason: reason.into() });
-                        }
+                        finishing = Some(Box::pin(this.finish_auth(flow)));
                     }
-                    Some(done) = this.joins.next(), if !this.joins.is_empty() => {
+                    Some(done) = std::future::poll_fn(|cx| this.joins.as_mut().expect("guarded").poll_next_unpin(cx)), if this.joins.is_some() => {
+                        if this.joins.as_ref().is_some_and(|j| j.is_empty()) {
+                            this.joins = None;
+                        }
                         this.finish_join(done);
                     }
+                }
+                // Moved out whole (`{ .. }`), so its borrow of the connection
+                // ends here.
+                if let Some(finishing) = { finishing } {
+                    if let Some((code, reason)) = finishing.await {
+                        break Some(CloseRequest {
+                            code,
+                            reason: reason.into(),
+                        });
+                    }
+                }
+                if ping
+                    && std::future::poll_fn(|cx| Poll::Ready(try_ping(&mut ws, cx)))
+                        .await
+                        .is_err()
+                {
+                    break None;
                 }
                 // The authenticate frame swaps the auth deadline for the
                 // longer one.
@@ -338,8 +361,9 @@ impl Connection {
             if let Some(req) = close_with {
                 // Gone for the rest of the server (indexes, callbacks) now,
                 // as the original's close does; the close handshake below
-                // is the socket's own business, bounded in time.
-                gone(&this.env, &this.client.id).await;
+                // is the socket's own business, bounded in time. Boxed, as
+                // in `run`: the loop's future is held by every idle socket.
+                Box::pin(gone(&this.env, &this.client.id)).await;
                 Box::pin(Self::close(
                     &this.client,
                     &this.env.stats,

@@ -27,7 +27,7 @@ impl Connection {
                 .debug("Join rejected: all rooms filtered out", &[("id", &id)]);
             return;
         }
-        if self.joins.len() >= env.config.max_pending_joins {
+        if self.joins.as_ref().map_or(0, |j| j.len()) >= env.config.max_pending_joins {
             bump(&env.stats.joins_refused);
             env.log.warn(
                 "Join rejected: too many joins awaiting validateRoomFn",
@@ -47,7 +47,7 @@ impl Connection {
                     &[("id", &id), ("rooms", &format_args!("{requested:?}"))],
                 );
             }
-            Some(fut) => self.joins.push(
+            Some(fut) => self.joins.get_or_insert_with(Default::default).push(
                 async move {
                     JoinDone {
                         requested,

@@ -46,7 +46,10 @@ pub(super) struct Connection {
     pub(super) auth: Option<BoxFuture<'static, AuthFlow>>,
     /// Set when `authenticate` arrives: the in-progress deadline.
     pub(super) auth_deadline: Option<Instant>,
-    pub(super) joins: FuturesUnordered<BoxFuture<'static, JoinDone>>,
+    /// Joins awaiting `validateRoomFn`. Made on the first join and dropped
+    /// once none is left: an empty `FuturesUnordered` still allocates its
+    /// queue (144 bytes), which every idle connection would pay.
+    pub(super) joins: Option<FuturesUnordered<BoxFuture<'static, JoinDone>>>,
     /// Start of the current one-second rate window, and frames seen in it.
     pub(super) window_start: Instant,
     pub(super) window_frames: u32,
