@@ -661,12 +661,16 @@ impl QueueReader {
         };
         // The usual case, everything queued fits: the queue's storage moves
         // into the batch, which is freed once written, so an idle
-        // connection keeps no queue buffer from its last frames.
-        let queued: usize = q.items.iter().map(Entry::len).sum();
-        if queued <= max {
-            frames = queued;
-            bytes = q.items.iter().map(cost).sum();
-            batch.entries = std::mem::take(&mut q.items);
+        // connection keeps no queue buffer from its last frames. (Every
+        // entry holds a frame at least, so a longer queue cannot fit, and
+        // is not walked whole under the lock the producers wait on.)
+        if q.items.len() <= max {
+            let queued: usize = q.items.iter().map(Entry::len).sum();
+            if queued <= max {
+                frames = queued;
+                bytes = q.items.iter().map(cost).sum();
+                batch.entries = std::mem::take(&mut q.items);
+            }
         }
         while frames < max {
             let room = max - frames;
