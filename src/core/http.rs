@@ -171,9 +171,9 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 /// A stream that first replays bytes already read from it, and reads
 /// ahead when asked for little.
 ///
-/// tungstenite asks for at most its read buffer's size per read (256
-/// bytes, kept small because it lives as long as the socket), so a 2 KiB
-/// message would take eight system calls. A small read is instead made into
+/// tungstenite asks for at most its read buffer's size per read
+/// ([`crate::core::listener::READ_BUFFER`], kept small because it lives as
+/// long as the socket), so a 2 KiB message would take several system calls. A small read is instead made into
 /// a per-thread buffer of [`READ_AHEAD`] bytes; what the caller had no room
 /// for is kept here and replayed, and that copy lives only until it is.
 pub struct Prefixed<S> {
