@@ -172,8 +172,8 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 /// ahead when asked for little.
 ///
 /// tungstenite asks for at most its read buffer's size per read
-/// ([`crate::core::listener::READ_BUFFER`], kept small because it lives as
-/// long as the socket), so a 2 KiB message would take several system calls. A small read is instead made into
+/// ([`READ_BUFFER`], kept small because it lives as long as the socket),
+/// so a 2 KiB message would take several system calls. A small read is instead made into
 /// a per-thread buffer of [`READ_AHEAD`] bytes; what the caller had no room
 /// for is kept here and replayed, and that copy lives only until it is.
 pub struct Prefixed<S> {
@@ -181,6 +181,14 @@ pub struct Prefixed<S> {
     pos: usize,
     inner: S,
 }
+
+/// tungstenite's read buffer per socket, allocated for the socket's whole
+/// life: 256 bytes instead of tungstenite's 128 KiB (the measurements are
+/// in docs/PERFORMANCE.md). Client frames (events, joins, acks) are mostly
+/// smaller; for a larger one tungstenite reserves the frame's length once
+/// its header is in, and reads it this many bytes at a time from what
+/// [`Prefixed`] read ahead in one system call.
+pub const READ_BUFFER: usize = 256;
 
 /// How much one read from the socket may take (see [`Prefixed`]).
 pub const READ_AHEAD: usize = 8 * 1024;

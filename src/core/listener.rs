@@ -341,19 +341,11 @@ where
     .await
 }
 
-/// tungstenite's read buffer per socket, allocated for the socket's whole
-/// life: 256 bytes instead of tungstenite's 128 KiB (the measurements are
-/// in docs/PERFORMANCE.md). Client frames (events, joins, acks) are mostly
-/// smaller; for a larger one tungstenite reserves the frame's length once
-/// its header is in, and reads it this many bytes at a time from what
-/// `Prefixed` read ahead in one system call.
-pub const READ_BUFFER: usize = 256;
-
 /// Socket settings: small buffers (a socket mostly idles), inbound messages
 /// capped at `maxPayloadLength`.
 pub fn ws_config(max_payload: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(http::READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload))
