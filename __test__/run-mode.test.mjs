@@ -5,11 +5,11 @@
 // let the process exit once the server is shut down.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { Client, startServer, stopAll, sleep, lib, hasCommand, needs } from './helpers.mjs';
+import { Client, startServer, stopAll, sleep, lib, hasCommand, needs, until } from './helpers.mjs';
 
 after(stopAll);
 
@@ -30,6 +30,22 @@ function echoServer(runMode, extra = {}) {
     ws = s.ws;
     return s;
   });
+}
+
+/** A js-thread server whose handler answers each frame with `done`, after
+ * holding the JS thread for `ms` on a `block` frame. */
+async function blockingServer(ms) {
+  const started = await startServer({
+    runMode: 'js-thread',
+    messageHandler: ({ clientId, message }) => {
+      if (message.event === 'block') {
+        const end = Date.now() + ms;
+        while (Date.now() < end);
+      }
+      started.ws.sendToClient({ clientId, event: 'done', data: message.data });
+    },
+  });
+  return started;
 }
 
 /** Runs `code` (an ES module body) in a fresh process of this runtime. */
@@ -131,16 +147,7 @@ describe('runMode js-thread', () => {
   });
 
   test('a handler that blocks the thread delays the others but loses nothing', async () => {
-    const { ws, url } = await startServer({
-      runMode: 'js-thread',
-      messageHandler: ({ clientId, message }) => {
-        if (message.event === 'block') {
-          const end = Date.now() + 300;
-          while (Date.now() < end);
-        }
-        ws.sendToClient({ clientId, event: 'done', data: message.data });
-      },
-    });
+    const { url } = await blockingServer(300);
     const blocker = await Client.auth(url);
     const others = await Promise.all(Array.from({ length: 5 }, () => Client.auth(url)));
     blocker.emit('block', 'b');
@@ -151,6 +158,33 @@ describe('runMode js-thread', () => {
       for (let k = 0; k < 10; k++) assert.equal((await c.next('done')).data, `${i}-${k}`);
     }
     for (const c of [blocker, ...others]) c.close();
+  });
+
+  test('while a handler holds the JS thread, what needs no JavaScript goes on: a new client opens', async () => {
+    const { url } = await blockingServer(800);
+    const blocker = await Client.auth(url);
+    // The opening client is in a process of its own: this one's JavaScript
+    // thread is the one the handler holds.
+    const opener = spawn('node', [fileURLToPath(new URL('./fixtures/open-on-cue.mjs', import.meta.url)), url, '200'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    let out = '';
+    opener.stdout.on('data', d => (out += d));
+    try {
+      await until(() => out.includes('READY\n'), 10_000, 'the opener to start');
+      opener.stdin.write('go\n');
+      blocker.emit('block', 'b');
+      assert.equal((await blocker.next('done')).data, 'b');
+      await until(() => /READY\n\d+\n/.test(out), 10_000, 'the opener to open');
+      const ms = Number(out.split('\n')[1]);
+      process.stderr.write(`# figure: open while a handler held the JS thread: ${ms} ms\n`);
+      // The handshake needs no JavaScript: it must not wait for the 800 ms
+      // handler (it opens ~200 ms into it).
+      assert.ok(ms < 300, `the open took ${ms} ms while a handler held the JS thread`);
+    } finally {
+      opener.kill();
+      blocker.close();
+    }
   });
 
   test('the process exits by itself once the server is shut down', () => {

@@ -1,6 +1,6 @@
-// `npm test`: the Node half, the Bun half, then the Node half again with
-// the engine forced onto the JavaScript thread (`runMode: "js-thread"`,
-// which `auto` picks on one core only, so it is run here on purpose).
+// `npm test`: the Node half, the Bun half, then both again with the engine
+// forced onto the JavaScript thread (`runMode: "js-thread"`, which `auto`
+// picks on one core only, so it is run here on purpose).
 // Each runs even when an earlier one failed (so one run shows all), and
 // the whole fails if any did.
 import { spawnSync } from 'node:child_process';
@@ -10,6 +10,7 @@ const halves = [
   { script: 'test:node', env: {} },
   { script: 'test:bun', env: {} },
   { script: 'test:node', env: { IGNIS_WS_RUN_MODE: 'js-thread' }, label: 'test:node with IGNIS_WS_RUN_MODE=js-thread' },
+  { script: 'test:bun', env: { IGNIS_WS_RUN_MODE: 'js-thread' }, label: 'test:bun with IGNIS_WS_RUN_MODE=js-thread' },
 ];
 const failed = [];
 for (const { script, env, label } of halves) {

@@ -30,6 +30,14 @@
 //! a timer), it takes it back (`acquire`): the waiter is woken and lets go
 //! within one scheduler pass.
 //!
+//! JavaScript may keep its thread a long time before it turns the runtime
+//! it was handed: a handler that computes, a garbage collection, other
+//! callbacks queued first, the application's own work. Sockets would go
+//! unserved meanwhile, even what needs no JavaScript (handshakes, pings,
+//! fan-out). So when the JS thread has started no turn for [`GRACE`] since
+//! it was handed the runtime, the waiter takes it back (`reclaimed`) and
+//! holds it until the JS thread's next turn asks for it.
+//!
 //! The core does not know any of this: it calls `tokio::spawn` as always,
 //! and its tasks run on whichever thread holds this runtime.
 
@@ -40,7 +48,7 @@ use parking_lot::{Condvar, Mutex};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
@@ -49,6 +57,20 @@ use std::time::Duration;
 /// The longest a turn keeps the JS thread while work keeps arriving; then
 /// JavaScript gets the thread back and the rest waits for the next turn.
 const TURN_SLICE: Duration = Duration::from_millis(2);
+
+/// How long the JS thread may hold the runtime without turning it, once
+/// handed it, before the waiter takes it back. Short enough that a busy JS
+/// thread delays no handshake or fan-out noticeably; long enough that a JS
+/// thread merely finishing a callback is not raced for it (a steal costs
+/// two wake-ups).
+const GRACE: Duration = Duration::from_millis(2);
+
+/// While the JS thread keeps turning the runtime, the waiter checks on it
+/// less and less often, up to this: each check is a wake-up of its own
+/// (≈ 30 µs of CPU on a small VM; every 2 ms it cost ≈ 2 % of (d)'s CPU).
+/// A JS thread that stops turning after a long busy spell is thus noticed
+/// within twice this.
+const GRACE_MAX: Duration = Duration::from_millis(16);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Holder {
@@ -81,6 +103,12 @@ struct State {
     wait_waker: Option<Waker>,
     /// A pump callback is queued on the JS thread.
     pump_queued: bool,
+    /// Turns the JS thread started; the waiter watches it move.
+    turns: u64,
+    /// The waiter took the runtime back from a JS thread that did not turn
+    /// it within [`GRACE`]: it holds it until the JS thread asks, even with
+    /// callbacks pending.
+    reclaimed: bool,
 }
 
 type PumpFn = ThreadsafeFunction<(), (), (), Status, false, true>;
@@ -91,6 +119,8 @@ pub struct Runner {
     changed: Condvar,
     /// Callbacks into JavaScript queued by the core and not yet run.
     pending: AtomicUsize,
+    /// The JS thread is inside a turn (`block_on`).
+    js_turning: AtomicBool,
     pump: OnceLock<PumpFn>,
     js_thread: ThreadId,
 }
@@ -121,9 +151,12 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
             steal: false,
             wait_waker: None,
             pump_queued: false,
+            turns: 0,
+            reclaimed: false,
         }),
         changed: Condvar::new(),
         pending: AtomicUsize::new(0),
+        js_turning: AtomicBool::new(false),
         pump: OnceLock::new(),
         js_thread: std::thread::current().id(),
     }));
@@ -175,12 +208,17 @@ impl Runner {
             (r, idle)
         });
         TURNING.set(false);
+        self.js_turning.store(false, Ordering::Release);
         r
     }
 
-    /// On the JS thread: the waiter lets go of the runtime.
+    /// On the JS thread, before a turn: the waiter lets go of the runtime.
     fn acquire(&self) {
         let mut s = self.state.lock();
+        // Under the lock, so that the waiter sees this turn before it
+        // decides to take the runtime back.
+        s.turns = s.turns.wrapping_add(1);
+        self.js_turning.store(true, Ordering::Release);
         if s.holder == Holder::Js {
             return;
         }
@@ -245,6 +283,8 @@ impl Runner {
         loop {
             {
                 let mut s = self.state.lock();
+                let mut seen = s.turns;
+                let mut grace = GRACE;
                 loop {
                     if s.holder == Holder::Waiter && s.steal {
                         s.steal = false;
@@ -254,7 +294,23 @@ impl Runner {
                     if s.holder == Holder::Waiter {
                         break;
                     }
-                    self.changed.wait(&mut s);
+                    // The JS thread holds the runtime. While it turns it now
+                    // and then, it is left alone; once it has started no
+                    // turn for a whole grace period and is not in one, the
+                    // runtime is taken back so that the sockets are served.
+                    if !self.changed.wait_for(&mut s, grace).timed_out() {
+                        continue;
+                    }
+                    if s.holder == Holder::Js
+                        && s.turns == seen
+                        && !self.js_turning.load(Ordering::Acquire)
+                    {
+                        s.holder = Holder::Waiter;
+                        s.reclaimed = true;
+                        break;
+                    }
+                    seen = s.turns;
+                    grace = (grace * 2).min(GRACE_MAX);
                 }
             }
             self.rt.block_on(Wait { runner: self });
@@ -263,6 +319,7 @@ impl Runner {
             let mut s = self.state.lock();
             s.holder = Holder::Js;
             s.steal = false;
+            s.reclaimed = false;
             self.changed.notify_all();
         }
     }
@@ -299,7 +356,8 @@ impl Future for Turn {
 }
 
 /// The waiter's `block_on`: completes once a callback of ours is pending in
-/// JavaScript (or the JS thread asks for the runtime).
+/// JavaScript (unless the runtime was reclaimed from a JS thread that is
+/// busy elsewhere) or the JS thread asks for the runtime.
 struct Wait<'a> {
     runner: &'a Runner,
 }
@@ -311,7 +369,7 @@ impl Future for Wait<'_> {
         // `pending` is read here, not copied into the state: the waiter is
         // woken to poll this only at a park point (`waiter_check`) or by
         // the JS thread's `acquire`.
-        if s.steal || self.runner.pending.load(Ordering::Acquire) > 0 {
+        if s.steal || (!s.reclaimed && self.runner.pending.load(Ordering::Acquire) > 0) {
             s.wait_waker = None;
             return Poll::Ready(());
         }
