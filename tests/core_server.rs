@@ -231,7 +231,7 @@ async fn rooms_fan_out_and_messages() {
     let events = fake.events.lock().clone();
     assert!(events.iter().any(|e| matches!(e,
         AppEvent::Message { client_id, user_id, frame }
-            if *client_id == a_id && user_id.as_deref() == Some("user-a") && frame.contains("\"hi\""))));
+            if **client_id == *a_id && user_id.as_deref() == Some("user-a") && frame.contains("\"hi\""))));
 
     server.shutdown().await;
     assert_eq!(

@@ -4,6 +4,7 @@
 //! plain Rust closures, so the whole protocol runs without a JS engine.
 
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
 
 /// What `authenticateFn` decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,18 +34,19 @@ pub enum HandshakeOutcome {
 pub enum AppEvent {
     /// After `connected` was queued to the client.
     Connected {
-        client_id: String,
-        user_id: Option<String>,
+        client_id: Arc<str>,
+        user_id: Option<Arc<str>>,
     },
     /// After the client was removed from every index.
     Disconnected {
-        client_id: String,
-        user_id: Option<String>,
+        client_id: Arc<str>,
+        user_id: Option<Arc<str>>,
     },
     /// A non-system event from an authenticated client: the whole frame text.
+    /// The ids are the client's own (shared, not copied per message).
     Message {
-        client_id: String,
-        user_id: Option<String>,
+        client_id: Arc<str>,
+        user_id: Option<Arc<str>>,
         frame: String,
     },
 }

@@ -8,6 +8,7 @@
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -115,11 +116,12 @@ pub fn each_queued_send(batch: String, mut send: impl FnMut(&str, &Frame)) {
 /// What the `event` field of an inbound frame says, judged the way the
 /// original judges it with `!message.event` and `===`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum EventName {
+pub enum EventName<'a> {
     /// Missing, `null`, `false`, `0` or `""`: the frame is dropped.
     Falsy,
-    /// A non-empty string.
-    Str(String),
+    /// A non-empty string: borrowed from the frame unless it had escapes
+    /// to decode (no allocation for the usual frame).
+    Str(Cow<'a, str>),
     /// A truthy non-string (number, `true`, object, array): never a system
     /// event, but still handed to the message handler as the original does.
     Other,
@@ -128,7 +130,7 @@ pub enum EventName {
 /// An inbound frame parsed just far enough to route it.
 #[derive(Debug)]
 pub struct Inbound<'a> {
-    pub event: EventName,
+    pub event: EventName<'a>,
     /// Raw JSON text of `data`, if present.
     pub data: Option<&'a RawValue>,
 }
@@ -155,7 +157,7 @@ pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, ParseError> {
 }
 
 struct InboundVisitorResult<'a> {
-    event: EventName,
+    event: EventName<'a>,
     data: Option<&'a RawValue>,
 }
 
@@ -178,11 +180,11 @@ impl<'de> Visitor<'de> for FrameVisitor {
         // Duplicate keys keep the last value, as JSON.parse does.
         let mut event: Option<&'de RawValue> = None;
         let mut data: Option<&'de RawValue> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "event" => event = Some(map.next_value()?),
-                "data" => data = Some(map.next_value()?),
-                _ => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Event => event = Some(map.next_value()?),
+                Key::Data => data = Some(map.next_value()?),
+                Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -218,6 +220,35 @@ impl<'de> Visitor<'de> for FrameVisitor {
     }
 }
 
+/// A key of an inbound frame, told apart without allocating (a key with
+/// escapes is decoded into the parser's scratch space, as `JSON.parse`
+/// would decode it).
+enum Key {
+    Event,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "event" => Key::Event,
+                    "data" => Key::Data,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
 fn not_an_object<'a>() -> InboundVisitorResult<'a> {
     InboundVisitorResult {
         event: EventName::Falsy,
@@ -225,11 +256,17 @@ fn not_an_object<'a>() -> InboundVisitorResult<'a> {
     }
 }
 
-fn classify_event(raw: &RawValue) -> Result<EventName, serde_json::Error> {
+fn classify_event(raw: &RawValue) -> Result<EventName<'_>, serde_json::Error> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => {
-            let s: String = serde_json::from_str(text)?;
+            // `raw` is a validated JSON string: without a backslash, what
+            // lies between its quotes is its value.
+            let s: Cow<'_, str> = if text.contains('\\') {
+                Cow::Owned(serde_json::from_str::<String>(text)?)
+            } else {
+                Cow::Borrowed(&text[1..text.len() - 1])
+            };
             Ok(if s.is_empty() {
                 EventName::Falsy
             } else {
@@ -380,7 +417,7 @@ mod tests {
         assert_eq!(none, 0);
     }
 
-    fn event(text: &str) -> EventName {
+    fn event(text: &str) -> EventName<'_> {
         parse_inbound(text).unwrap().event
     }
 
@@ -405,6 +442,26 @@ mod tests {
         assert_eq!(
             event(r#"{"event":"a","event":"b"}"#),
             EventName::Str("b".into())
+        );
+        // Keys are compared decoded, as JSON.parse makes them.
+        assert_eq!(
+            event(r#"{"ev\u0065nt":"x","d\u0061ta":1}"#),
+            EventName::Str("x".into())
+        );
+        assert_eq!(
+            parse_inbound(r#"{"d\u0061ta":[1]}"#)
+                .unwrap()
+                .data
+                .map(|d| d.get()),
+            Some("[1]")
+        );
+        // A plain name is borrowed from the frame; one with escapes is decoded.
+        assert!(matches!(
+            event(r#"{"event":"join"}"#),
+            EventName::Str(Cow::Borrowed("join"))
+        ));
+        assert!(
+            matches!(event(r#"{"event":"a\"b"}"#), EventName::Str(Cow::Owned(s)) if s == "a\"b")
         );
     }
 

@@ -7,6 +7,7 @@ use crate::core::handlers::{AppEvent, AuthOutcome, HandshakeOutcome};
 use crate::core::protocol::{self, close, errors};
 use crate::core::stats::bump;
 use futures_util::FutureExt;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 impl Connection {
@@ -115,8 +116,8 @@ impl Connection {
                 );
                 env.events
                     .emit(AppEvent::Connected {
-                        client_id: id.to_string(),
-                        user_id,
+                        client_id: self.client.id.clone(),
+                        user_id: user_id.map(Arc::from),
                     })
                     .await;
                 None

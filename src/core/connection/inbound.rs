@@ -147,8 +147,8 @@ impl Connection {
                     return Next::Continue;
                 }
                 match env.events.try_emit(AppEvent::Message {
-                    client_id: self.client.id.to_string(),
-                    user_id: self.client.user_id().map(|u| u.to_string()),
+                    client_id: self.client.id.clone(),
+                    user_id: self.client.user_id(),
                     frame: text.to_string(),
                 }) {
                     None => Next::Continue,

@@ -141,8 +141,8 @@ async fn gone(env: &Env, id: &str) {
     );
     env.events
         .emit(AppEvent::Disconnected {
-            client_id: id.to_string(),
-            user_id: user_id.map(|u| u.to_string()),
+            client_id: Arc::from(id),
+            user_id,
         })
         .await;
 }
