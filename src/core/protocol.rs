@@ -60,10 +60,9 @@ pub use crate::core::frame::Frame;
 /// text of `data` (`None` leaves `data` out, as `JSON.stringify` does for
 /// `undefined`).
 pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
-    let event_json = serde_json::to_string(event).expect("a string always serializes");
-    let mut out = String::with_capacity(22 + event_json.len() + data_json.map_or(0, |d| d.len()));
+    let mut out = String::with_capacity(24 + event.len() + data_json.map_or(0, |d| d.len()));
     out.push_str("{\"event\":");
-    out.push_str(&event_json);
+    push_json_str(&mut out, event);
     if let Some(data) = data_json {
         out.push_str(",\"data\":");
         out.push_str(data);
@@ -74,14 +73,37 @@ pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
 
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
-    // Ids are almost always plain ASCII: copy those as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Ids and event names almost never need escaping: copy those as they are.
+    if !needs_escape(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');
     } else {
         out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
     }
+}
+
+/// Whether a JSON string literal of `s` would escape any byte: a control
+/// character, `"` or `\\` (non-ASCII is written as it is). Eight bytes at a
+/// time, as this runs for every id of every event handed to JavaScript.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `v` is below `n` (n <= 0x80): exact as a whole,
+    // and bytes of 0x80 and above never count.
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * n as u64) & !v & HIGH != 0;
+    let zero = |v: u64| below(v, 1);
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        if below(v, 0x20) || zero(v ^ (ONES * b'"' as u64)) || zero(v ^ (ONES * b'\\' as u64)) {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// `{"event":"error","data":{"message":<message>}}`
@@ -399,6 +421,27 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needs_escape_agrees_with_serde_json_byte_by_byte() {
+        // Every byte value at every position of an 8-byte chunk and of the
+        // remainder, among plain bytes.
+        for len in [1, 7, 8, 9, 16, 17, 36] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    let plain = b >= 0x20 && b != b'"' && b != b'\\';
+                    assert_eq!(needs_escape(&v), !plain, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("é€😀 \u{7f}~".as_bytes()));
+        let mut out = String::new();
+        push_json_str(&mut out, "a\"b\u{1}é");
+        assert_eq!(out, serde_json::to_string("a\"b\u{1}é").unwrap());
+    }
 
     #[test]
     fn send_batches_split_into_pairs_sharing_one_buffer() {

@@ -150,6 +150,9 @@ async fn gone(env: &Env, id: &str) {
 /// What the socket side of the loop produced.
 enum Io {
     Written(Result<(), WsError>),
+    /// Frames were taken off the queue and the socket did not take them
+    /// all: the loop turns to arm `sendTimeout` for them.
+    Stalled,
     Read(Option<Result<Message, WsError>>),
 }
 
@@ -222,6 +225,11 @@ impl Connection {
             let mut armed = auth_until.min(next_tick);
             let timer = tokio::time::sleep_until(armed);
             tokio::pin!(timer);
+            // Whether the timer holds this task's waker (it was polled, and
+            // returned pending, since its last reset). Until it elapses it
+            // need not be polled again: the loop turns several times per
+            // message, and each poll of a `Sleep` is a registration.
+            let mut timer_waits = false;
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
             // Frames taken off the queue that the socket has not taken yet.
@@ -245,7 +253,21 @@ impl Connection {
                     biased;
                     req = std::future::poll_fn(|cx| this.client.poll_close(cx)) => break Some(req),
                     // Second: however busy the socket, deadlines are seen.
-                    () = &mut timer => {
+                    // Polled outside the task's budget: a poll refused for
+                    // budget would register nothing, and `timer_waits`
+                    // would then wait forever.
+                    // Judged on every poll (a `select!` guard is judged once,
+                    // when the loop turns: a timer that elapses while the
+                    // select waits would go unseen).
+                    () = std::future::poll_fn(|cx| {
+                        if timer_waits && !timer.is_elapsed() {
+                            return Poll::Pending;
+                        }
+                        let r = std::future::Future::poll(Pin::new(&mut tokio::task::unconstrained(timer.as_mut())), cx);
+                        timer_waits = r.is_pending();
+                        r
+                    }) => {
+                        timer_waits = false;
                         let now = Instant::now();
                         if paused.is_some() {
                             // Reads wait for the application, not the peer.
@@ -279,11 +301,15 @@ impl Connection {
                             }
                         }
                     }
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, this.client.deflate_out(), &mut ws, &mut batch, writing, reading, cx)) => match io {
+                    // Third: the socket, and the queue when nothing is being
+                    // written (`poll_close`, polled first, registered the
+                    // task for a frame queued meanwhile).
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &this.client, &mut queue, &mut ws, &mut batch, reading, cx)) => match io {
                         // Written: the batch's storage goes too, rather than
                         // stay allocated in every idle connection.
                         Io::Written(Ok(())) => batch = Batch::default(),
                         Io::Written(Err(_)) => break None,
+                        Io::Stalled => {}
                         Io::Read(msg) => {
                             heard_since_tick = true;
                             match this.on_read(msg) {
@@ -294,12 +320,6 @@ impl Connection {
                             }
                         }
                     },
-                    taken = std::future::poll_fn(|cx| queue.poll_batch(cx, FRAMES_PER_WRITE)), if !writing => {
-                        batch = taken;
-                        seal_batch(&this.client, &mut batch);
-                        // The wait for the socket, if any, starts now.
-                        ws.get_mut().mark_progress();
-                    }
                     () = async { paused.as_mut().expect("guarded").await }, if !reading => {
                         paused = None;
                     }
@@ -350,6 +370,7 @@ impl Connection {
                 if deadline != armed {
                     armed = deadline;
                     timer.as_mut().reset(deadline);
+                    timer_waits = false;
                 }
             };
 
@@ -380,23 +401,44 @@ impl Connection {
         }
     }
 
-    /// The socket's side of the loop: writes what was taken off the queue
-    /// (when `writing`), and reads the next message (when `reading`).
+    /// The socket's side of the loop: takes the queued frames when nothing
+    /// is being written, writes them, and reads the next message (when
+    /// `reading`). Taking and writing in one poll writes a reply in the turn
+    /// that found it queued, rather than one turn of the loop later. The
+    /// caller registered the task's waker earlier in the same poll
+    /// (`Client::poll_close`), so a frame queued after `take` wakes it.
     fn poll_socket<S>(
         stats: &crate::core::stats::Stats,
-        deflate: Option<&crate::core::deflate::Deflate>,
+        client: &Client,
+        queue: &mut QueueReader,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         batch: &mut Batch,
-        writing: bool,
         reading: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Io>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Looked at on every poll, not once per turn of the loop: a batch
+        // taken here and left half-written must be written on the next.
+        let mut writing = !batch.is_empty() || ws.get_ref().has_pending();
+        let mut took = false;
+        if !writing {
+            let taken = queue.take(FRAMES_PER_WRITE);
+            if !taken.is_empty() {
+                *batch = taken;
+                seal_batch(client, batch);
+                // The wait for the socket, if any, starts now.
+                ws.get_mut().mark_progress();
+                writing = true;
+                took = true;
+            }
+        }
         if writing {
-            if let Poll::Ready(r) = Self::poll_write(stats, deflate, ws, batch, cx) {
-                return Poll::Ready(Io::Written(r));
+            match Self::poll_write(stats, client.deflate_out(), ws, batch, cx) {
+                Poll::Ready(r) => return Poll::Ready(Io::Written(r)),
+                Poll::Pending if took => return Poll::Ready(Io::Stalled),
+                Poll::Pending => {}
             }
         }
         if reading {

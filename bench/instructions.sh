@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Instructions per round trip of scenario (d), counted by callgrind: unlike
+# time on a shared machine, the count repeats within a fraction of a
+# percent, so a change of 1 % in the server's work is seen in one run.
+#
+#   bash bench/instructions.sh                  (Node, js-thread, 10 clients, 10 s)
+#   RUNTIME=bun MODE=threads MSG=order bash bench/instructions.sh
+#   JITLESS=1 bash bench/instructions.sh        (Node without its JIT: steadier totals)
+#
+# The server (bench/servers/native.mjs, no Redis) runs under valgrind; the
+# load generator warms it up for 2 s, then the count covers DURATION
+# seconds of the closed loop. Prints the round trips, the instructions per
+# round trip, and their split by object (Node or Bun, the addon, libc…).
+# A build with symbols names the addon's functions in the callgrind file:
+#   CARGO_PROFILE_RELEASE_STRIP=none npx napi build --platform --release
+# Needs valgrind and a release build of bench/loadgen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+loadgen=bench/loadgen/target/release/ignis-ws-loadgen
+out=${OUT:-/tmp/ignis-ws-callgrind}
+mkdir -p "$out"
+rm -f "$out"/callgrind.* "$out"/server.out
+runtime=${RUNTIME:-node}
+[ "$runtime" = bun ] && runtime=node_modules/.bin/bun
+flags=()
+[ -n "${JITLESS:-}" ] && [ "$runtime" = node ] && flags+=(--jitless)
+IGNIS_WS_RUN_MODE=${MODE:-js-thread} valgrind --tool=callgrind --instr-atstart=no \
+  --smc-check=all-non-file --callgrind-out-file="$out/callgrind.%p" \
+  "$runtime" "${flags[@]}" bench/servers/native.mjs > "$out/server.out" 2> "$out/valgrind.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 240); do grep -q PORT "$out/server.out" 2>/dev/null && break; sleep 0.5; done
+port=$(grep -o 'PORT [0-9]*' "$out/server.out" | cut -d' ' -f2)
+run() {
+  "$loadgen" echo --url "ws://127.0.0.1:$port/ws" --proto ignis --clients "${CLIENTS:-10}" \
+    --duration "$1" --message "${MSG:-echo}"
+}
+run 2 > /dev/null
+callgrind_control -i on $server > /dev/null 2>&1
+run "${DURATION:-10}" > "$out/loadgen.json"
+callgrind_control -i off $server > /dev/null 2>&1
+callgrind_control -d $server > /dev/null 2>&1
+sleep 1
+kill $server
+wait $server 2>/dev/null || true
+trips=$(grep -o '"round_trips":[0-9]*' "$out/loadgen.json" | cut -d: -f2)
+file=$(ls -S "$out"/callgrind.* | head -1)
+callgrind_annotate --threshold=100 --inclusive=no "$file" 2> /dev/null | awk -v rt="$trips" '
+  /^ *[0-9,]+ \(/ { v = $1; gsub(",", "", v); obj = $NF; sum[obj] += v }
+  END {
+    printf "round trips %d, instructions per round trip %.0f\n", rt, sum["TOTALS"] / rt
+    for (o in sum) if (o != "TOTALS" && sum[o] / rt >= 100) printf "  %7.0f  %s\n", sum[o] / rt, o
+  }' | { read -r header; echo "$header"; sort -rn; }
+echo "callgrind file: $file"
