@@ -209,8 +209,8 @@ impl Handlers for JsHandlers {
         self.wants_messages
     }
 
-    fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()> {
-        let call = call_js(self.runner, &self.deliver, batch_json(&events));
+    fn deliver(&self, events: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
+        let call = call_js(self.runner, &self.deliver, batch_json(events));
         async move {
             if let Err(e) = call.await {
                 crate::core::log::stderr::write(

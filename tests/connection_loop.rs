@@ -35,8 +35,8 @@ impl Handlers for Fake {
     fn wants_messages(&self) -> bool {
         true
     }
-    fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()> {
-        self.events.lock().extend(events);
+    fn deliver(&self, events: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
+        self.events.lock().extend(events.drain(..));
         async {}.boxed()
     }
 }

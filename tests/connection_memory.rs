@@ -71,7 +71,7 @@ impl Handlers for Quiet {
         assert!(user.is_some(), "no token in {data}");
         async move { AuthOutcome::Accepted { user_id: user } }.boxed()
     }
-    fn deliver(&self, _: Vec<AppEvent>) -> BoxFuture<'static, ()> {
+    fn deliver(&self, _: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
 }

@@ -106,6 +106,8 @@ pub trait Handlers: Send + Sync + 'static {
 
     /// Delivers a batch of events, in order. The future completes when the
     /// batch has been handed over (not when the application's promises
-    /// settle), so one slow handler cannot hold up the others.
-    fn deliver(&self, events: Vec<AppEvent>) -> BoxFuture<'static, ()>;
+    /// settle), so one slow handler cannot hold up the others. What is left
+    /// in `events` is dropped once this returns; the dispatcher keeps the
+    /// vector for the next batch (`drain` it to keep the events).
+    fn deliver(&self, events: &mut Vec<AppEvent>) -> BoxFuture<'static, ()>;
 }

@@ -152,7 +152,7 @@ mod tests {
                 .boxed(),
             )
         }
-        fn deliver(&self, _: Vec<AppEvent>) -> BoxFuture<'static, ()> {
+        fn deliver(&self, _: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
             async {}.boxed()
         }
     }
