@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
+import fs from 'node:fs';
 import os from 'node:os';
 import { Client, startServer, stopAll, sleep, lib, hasCommand, needs, until } from './helpers.mjs';
 
@@ -185,6 +186,37 @@ describe('runMode js-thread', () => {
       opener.kill();
       blocker.close();
     }
+  });
+
+  test('while a handler holds the JS thread, the waiter serving the sockets does not spin', async t => {
+    if (!fs.existsSync('/proc/self/task')) return t.skip('needs /proc (Linux)');
+    /** CPU ticks of this process's `ignis-ws-waiter` thread. */
+    const waiterTicks = () => {
+      for (const task of fs.readdirSync('/proc/self/task')) {
+        if (fs.readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() !== 'ignis-ws-waiter') continue;
+        const f = fs.readFileSync(`/proc/self/task/${task}/stat`, 'utf8').split(') ')[1].split(' ');
+        return Number(f[11]) + Number(f[12]);
+      }
+      throw new Error('no ignis-ws-waiter thread');
+    };
+    let spent;
+    const { ws, url } = await startServer({
+      runMode: 'js-thread',
+      messageHandler: ({ clientId, message }) => {
+        const before = waiterTicks();
+        const end = Date.now() + 1000;
+        while (Date.now() < end);
+        spent = waiterTicks() - before;
+        ws.sendToClient({ clientId, event: 'done', data: message.data });
+      },
+    });
+    const c = await Client.auth(url);
+    c.emit('block', 1);
+    await c.next('done');
+    // The waiter takes the runtime back and then sleeps in its driver;
+    // spinning, it would burn the whole second (100 ticks).
+    assert.ok(spent < 30, `the waiter used ${spent} ticks of CPU during a 1 s handler`);
+    c.close();
   });
 
   test('the process exits by itself once the server is shut down', () => {

@@ -409,7 +409,15 @@ fn waiter_check() {
     if r.pending.load(Ordering::Acquire) == 0 {
         return;
     }
-    let w = r.state.lock().wait_waker.take();
+    let mut s = r.state.lock();
+    // Reclaimed, the waiter keeps the runtime whatever is pending: waking
+    // its `Wait` for that would only make it poll, find nothing to do and
+    // park again at once, spinning for as long as JavaScript stays busy.
+    if s.reclaimed {
+        return;
+    }
+    let w = s.wait_waker.take();
+    drop(s);
     if let Some(w) = w {
         w.wake();
     }

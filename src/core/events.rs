@@ -74,14 +74,13 @@ impl Events {
 pub async fn dispatch(handlers: Arc<dyn Handlers>, mut rx: mpsc::Receiver<AppEvent>, max: usize) {
     let max = max.max(1);
     // One vector for every batch: a fresh one per batch was an allocation
-    // of ≈ 4 KiB per call into JavaScript, and as many freed.
+    // of ≈ 4 KiB per call into JavaScript, and as many freed. It holds at
+    // most `max` events at a time, so what it keeps stays bounded.
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, max).await > 0 {
         gather(&mut rx, &mut batch, max).await;
         let delivered = handlers.deliver(&mut batch);
         batch.clear();
-        // A burst's worth of room is not kept for the quiet that follows.
-        batch.shrink_to(256);
         delivered.await;
     }
 }

@@ -25,17 +25,19 @@ pub trait InterestListener: Send + Sync + 'static {
     fn changed(&self, interest: Interest, present: bool);
 }
 
-/// The hub's tables hash with foldhash rather than std's SipHash: a
-/// lookup (one per `sendToClient`, by a 36-byte id) cost ≈ 250 instructions
-/// in SipHash. Its per-process random seed still keeps room names, which
-/// clients choose, from being picked to collide.
-pub(crate) type Table<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Tables keyed by client ids hash with foldhash rather than std's
+/// SipHash: a lookup (one per `sendToClient`, by a 36-byte id) cost ≈ 250
+/// instructions in SipHash. Client ids are made here (random UUIDs), so no
+/// one can choose them to collide. Room names and user ids come from
+/// outside (clients, the application): those tables keep SipHash, whose
+/// keyed hashing resists that, where foldhash does not claim to.
+type ById<V> = HashMap<ClientId, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct State {
-    clients: Table<ClientId, Arc<Client>>,
-    users: Table<Arc<str>, Members>,
-    rooms: Table<Arc<str>, Members>,
+    clients: ById<Arc<Client>>,
+    users: HashMap<Arc<str>, Members>,
+    rooms: HashMap<Arc<str>, Members>,
 }
 
 /// The clients of one room or of one user. Most hold a single client
@@ -51,7 +53,7 @@ enum Members {
     One(Arc<Client>),
     // On purpose (the box keeps the indexes' entries small, see above).
     #[allow(clippy::box_collection)]
-    Many(Box<Table<ClientId, Arc<Client>>>),
+    Many(Box<ById<Arc<Client>>>),
 }
 
 impl Members {
@@ -65,7 +67,7 @@ impl Members {
             Members::One(c) if c.id == client.id => *c = client,
             Members::One(c) => {
                 let first = c.clone();
-                *self = Members::Many(Box::new(Table::from_iter([
+                *self = Members::Many(Box::new(ById::from_iter([
                     (first.id.clone(), first),
                     (client.id.clone(), client),
                 ])));

@@ -228,8 +228,14 @@ impl Connection {
             // Whether the timer holds this task's waker (it was polled, and
             // returned pending, since its last reset). Until it elapses it
             // need not be polled again: the loop turns several times per
-            // message, and each poll of a `Sleep` is a registration.
+            // message, and each poll of a `Sleep` is a registration. This
+            // holds because the loop is always polled with its own task's
+            // waker (it runs as the task's whole future, not inside a
+            // combinator that would poll it with wakers of its own).
             let mut timer_waits = false;
+            // The socket is read before the queue is taken (see
+            // `poll_socket`): set by each write.
+            let mut read_first = false;
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
             // Frames taken off the queue that the socket has not taken yet.
@@ -304,7 +310,7 @@ impl Connection {
                     // Third: the socket, and the queue when nothing is being
                     // written (`poll_close`, polled first, registered the
                     // task for a frame queued meanwhile).
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &this.client, &mut queue, &mut ws, &mut batch, reading, cx)) => match io {
+                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &this.client, &mut queue, &mut ws, &mut batch, reading.then_some(&mut read_first), cx)) => match io {
                         // Written: the batch's storage goes too, rather than
                         // stay allocated in every idle connection.
                         Io::Written(Ok(())) => batch = Batch::default(),
@@ -413,35 +419,56 @@ impl Connection {
         queue: &mut QueueReader,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         batch: &mut Batch,
-        reading: bool,
+        // While reading: whether to read before taking the queue.
+        mut reading: Option<&mut bool>,
         cx: &mut Context<'_>,
     ) -> Poll<Io>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let deflate = client.deflate_out();
         // Looked at on every poll, not once per turn of the loop: a batch
         // taken here and left half-written must be written on the next.
-        let mut writing = !batch.is_empty() || ws.get_ref().has_pending();
-        let mut took = false;
-        if !writing {
+        if batch.is_empty() && !ws.get_ref().has_pending() {
+            // Nothing being written. After a write the socket is read before
+            // the queue is taken again: a queue refilled as fast as the
+            // socket drains it must not keep the peer's frames (its
+            // messages, pongs, close) unread. Otherwise the queue goes first,
+            // so that a reply is not held up by a read that finds nothing.
+            let mut read = false;
+            if let Some(read_first) = reading.as_deref_mut().filter(|first| **first) {
+                read = true;
+                *read_first = false;
+                if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                    return Poll::Ready(Io::Read(msg));
+                }
+            }
             let taken = queue.take(FRAMES_PER_WRITE);
-            if !taken.is_empty() {
-                *batch = taken;
-                seal_batch(client, batch);
-                // The wait for the socket, if any, starts now.
-                ws.get_mut().mark_progress();
-                writing = true;
-                took = true;
+            if taken.is_empty() {
+                if reading.is_some() && !read {
+                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                        return Poll::Ready(Io::Read(msg));
+                    }
+                }
+                return Poll::Pending;
             }
-        }
-        if writing {
-            match Self::poll_write(stats, client.deflate_out(), ws, batch, cx) {
-                Poll::Ready(r) => return Poll::Ready(Io::Written(r)),
-                Poll::Pending if took => return Poll::Ready(Io::Stalled),
-                Poll::Pending => {}
+            *batch = taken;
+            seal_batch(client, batch);
+            // The wait for the socket, if any, starts now.
+            ws.get_mut().mark_progress();
+            if let Some(read_first) = reading {
+                *read_first = true;
             }
+            return Poll::Ready(match Self::poll_write(stats, deflate, ws, batch, cx) {
+                Poll::Ready(r) => Io::Written(r),
+                Poll::Pending => Io::Stalled,
+            });
         }
-        if reading {
+        // A write under way: finish it, reading meanwhile.
+        if let Poll::Ready(r) = Self::poll_write(stats, deflate, ws, batch, cx) {
+            return Poll::Ready(Io::Written(r));
+        }
+        if reading.is_some() {
             if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
                 return Poll::Ready(Io::Read(msg));
             }
