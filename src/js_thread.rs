@@ -67,7 +67,7 @@ const GRACE: Duration = Duration::from_millis(2);
 
 /// While the JS thread keeps turning the runtime, the waiter checks on it
 /// less and less often, up to this: each check is a wake-up of its own
-/// (≈ 30 µs of CPU on a small VM; every 2 ms it cost ≈ 2 % of (d)'s CPU).
+/// (≈ 30 µs of CPU on a small VM; every 2 ms it cost ≈ 1 % of (d)'s CPU).
 /// A JS thread that stops turning after a long busy spell is thus noticed
 /// within twice this.
 const GRACE_MAX: Duration = Duration::from_millis(16);
