@@ -48,7 +48,7 @@ use parking_lot::{Condvar, Mutex};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
@@ -103,8 +103,6 @@ struct State {
     wait_waker: Option<Waker>,
     /// A pump callback is queued on the JS thread.
     pump_queued: bool,
-    /// Turns the JS thread started; the waiter watches it move.
-    turns: u64,
     /// The waiter took the runtime back from a JS thread that did not turn
     /// it within [`GRACE`]: it holds it until the JS thread asks, even with
     /// callbacks pending.
@@ -119,8 +117,11 @@ pub struct Runner {
     changed: Condvar,
     /// Callbacks into JavaScript queued by the core and not yet run.
     pending: AtomicUsize,
-    /// The JS thread is inside a turn (`block_on`).
-    js_turning: AtomicBool,
+    /// Bumped by the JS thread at the start and at the end of each turn
+    /// (`block_on`), so odd while it is inside one: the waiter watches it
+    /// move to tell a JS thread that turns the runtime from one that does
+    /// not.
+    turns: AtomicU64,
     pump: OnceLock<PumpFn>,
     js_thread: ThreadId,
 }
@@ -151,12 +152,11 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
             steal: false,
             wait_waker: None,
             pump_queued: false,
-            turns: 0,
             reclaimed: false,
         }),
         changed: Condvar::new(),
         pending: AtomicUsize::new(0),
-        js_turning: AtomicBool::new(false),
+        turns: AtomicU64::new(0),
         pump: OnceLock::new(),
         js_thread: std::thread::current().id(),
     }));
@@ -208,7 +208,7 @@ impl Runner {
             (r, idle)
         });
         TURNING.set(false);
-        self.js_turning.store(false, Ordering::Release);
+        self.turns.fetch_add(1, Ordering::Release);
         r
     }
 
@@ -217,8 +217,7 @@ impl Runner {
         let mut s = self.state.lock();
         // Under the lock, so that the waiter sees this turn before it
         // decides to take the runtime back.
-        s.turns = s.turns.wrapping_add(1);
-        self.js_turning.store(true, Ordering::Release);
+        self.turns.fetch_add(1, Ordering::AcqRel);
         if s.holder == Holder::Js {
             return;
         }
@@ -283,7 +282,7 @@ impl Runner {
         loop {
             {
                 let mut s = self.state.lock();
-                let mut seen = s.turns;
+                let mut seen = self.turns.load(Ordering::Acquire);
                 let mut grace = GRACE;
                 loop {
                     if s.holder == Holder::Waiter && s.steal {
@@ -301,15 +300,15 @@ impl Runner {
                     if !self.changed.wait_for(&mut s, grace).timed_out() {
                         continue;
                     }
-                    if s.holder == Holder::Js
-                        && s.turns == seen
-                        && !self.js_turning.load(Ordering::Acquire)
-                    {
+                    let turns = self.turns.load(Ordering::Acquire);
+                    // Unchanged and even: no turn started or ended since the
+                    // last look, and none is under way.
+                    if s.holder == Holder::Js && turns == seen && turns.is_multiple_of(2) {
                         s.holder = Holder::Waiter;
                         s.reclaimed = true;
                         break;
                     }
-                    seen = s.turns;
+                    seen = turns;
                     grace = (grace * 2).min(GRACE_MAX);
                 }
             }
