@@ -156,6 +156,16 @@ enum Io {
     Read(Option<Result<Message, WsError>>),
 }
 
+/// The frames on their way to the socket.
+struct Outbound {
+    queue: QueueReader,
+    /// Frames taken off the queue that the socket has not taken yet.
+    batch: Batch,
+    /// Set by each write: the socket is read before the queue is taken
+    /// again (see [`Outbound::poll_socket`]).
+    read_first: bool,
+}
+
 /// Seals the frames of a batch for a client with built-in encryption
 /// (here, on the connection's own task, so a fan-out's encryption spreads
 /// over the runtime's threads).
@@ -190,6 +200,74 @@ where
     }
 }
 
+impl Outbound {
+    /// The socket's side of the loop: takes the queued frames when nothing
+    /// is being written, writes them, and reads the next message (when
+    /// `reading`). Taking and writing in one poll writes a reply in the turn
+    /// that found it queued, rather than one turn of the loop later. The
+    /// caller registered the task's waker earlier in the same poll
+    /// (`Client::poll_close`), so a frame queued after `take` wakes it.
+    fn poll_socket<S>(
+        &mut self,
+        stats: &crate::core::stats::Stats,
+        client: &Client,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+        reading: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Io>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let deflate = client.deflate_out();
+        // Looked at on every poll, not once per turn of the loop: a batch
+        // taken here and left half-written must be written on the next.
+        if self.batch.is_empty() && !ws.get_ref().has_pending() {
+            // Nothing being written. After a write the socket is read before
+            // the queue is taken again: a queue refilled as fast as the
+            // socket drains it must not keep the peer's frames (its
+            // messages, pongs, close) unread. Otherwise the queue goes first,
+            // so that a reply is not held up by a read that finds nothing.
+            // Either way the socket is read once per poll.
+            let read_first = reading && std::mem::take(&mut self.read_first);
+            if read_first {
+                if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                    return Poll::Ready(Io::Read(msg));
+                }
+            }
+            let taken = self.queue.take(FRAMES_PER_WRITE);
+            if taken.is_empty() {
+                if reading && !read_first {
+                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                        return Poll::Ready(Io::Read(msg));
+                    }
+                }
+                return Poll::Pending;
+            }
+            self.batch = taken;
+            seal_batch(client, &mut self.batch);
+            // The wait for the socket, if any, starts now.
+            ws.get_mut().mark_progress();
+            self.read_first = true;
+            return Poll::Ready(
+                match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
+                    Poll::Ready(r) => Io::Written(r),
+                    Poll::Pending => Io::Stalled,
+                },
+            );
+        }
+        // A write under way: finish it, reading meanwhile.
+        if let Poll::Ready(r) = Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
+            return Poll::Ready(Io::Written(r));
+        }
+        if reading {
+            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Io::Read(msg));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 impl Connection {
     /// The connection's loop. A plain function returning an `async` block
     /// rather than an `async fn`: an `async fn` keeps its arguments (the
@@ -206,7 +284,11 @@ impl Connection {
     {
         let mut this = self;
         let mut ws = ws;
-        let mut queue = queue;
+        let mut out = Outbound {
+            queue,
+            batch: Batch::default(),
+            read_first: false,
+        };
         async move {
             let cfg = this.env.config.clone();
             // One timer for every deadline (authentication, the idle
@@ -233,13 +315,8 @@ impl Connection {
             // waker (it runs as the task's whole future, not inside a
             // combinator that would poll it with wakers of its own).
             let mut timer_waits = false;
-            // The socket is read before the queue is taken (see
-            // `poll_socket`): set by each write.
-            let mut read_first = false;
             let mut heard_since_tick = false;
             let mut quiet_ticks = 0u8;
-            // Frames taken off the queue that the socket has not taken yet.
-            let mut batch = Batch::default();
             // Set while the event queue is full: reads pause until it has room.
             let mut paused: Option<BoxFuture<'static, ()>> = None;
 
@@ -247,7 +324,7 @@ impl Connection {
                 // Writing is one branch among the others, never awaited
                 // inside one: a peer that stops reading must not keep
                 // close requests, timers or shutdown from being seen.
-                let writing = !batch.is_empty() || ws.get_ref().has_pending();
+                let writing = !out.batch.is_empty() || ws.get_ref().has_pending();
                 let reading = paused.is_none();
                 // What a branch leaves to await after the `select!`: awaited
                 // inside a branch, the select's output (100 bytes) would be
@@ -310,10 +387,10 @@ impl Connection {
                     // Third: the socket, and the queue when nothing is being
                     // written (`poll_close`, polled first, registered the
                     // task for a frame queued meanwhile).
-                    io = std::future::poll_fn(|cx| Self::poll_socket(&this.env.stats, &this.client, &mut queue, &mut ws, &mut batch, reading.then_some(&mut read_first), cx)) => match io {
+                    io = std::future::poll_fn(|cx| out.poll_socket(&this.env.stats, &this.client, &mut ws, reading, cx)) => match io {
                         // Written: the batch's storage goes too, rather than
                         // stay allocated in every idle connection.
-                        Io::Written(Ok(())) => batch = Batch::default(),
+                        Io::Written(Ok(())) => out.batch = Batch::default(),
                         Io::Written(Err(_)) => break None,
                         Io::Stalled => {}
                         Io::Read(msg) => {
@@ -369,7 +446,8 @@ impl Connection {
                 if this.awaiting_auth() {
                     deadline = deadline.min(auth_until);
                 }
-                if !cfg.send_timeout.is_zero() && (!batch.is_empty() || ws.get_ref().has_pending())
+                if !cfg.send_timeout.is_zero()
+                    && (!out.batch.is_empty() || ws.get_ref().has_pending())
                 {
                     deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
                 }
@@ -397,83 +475,14 @@ impl Connection {
                     this.client.deflate_out(),
                     cfg.shutdown_grace,
                     &mut ws,
-                    &mut queue,
-                    batch,
+                    &mut out.queue,
+                    out.batch,
                     req,
                 ))
                 .await;
             }
             this.client.set_state(ClientState::Disconnected);
         }
-    }
-
-    /// The socket's side of the loop: takes the queued frames when nothing
-    /// is being written, writes them, and reads the next message (when
-    /// `reading`). Taking and writing in one poll writes a reply in the turn
-    /// that found it queued, rather than one turn of the loop later. The
-    /// caller registered the task's waker earlier in the same poll
-    /// (`Client::poll_close`), so a frame queued after `take` wakes it.
-    fn poll_socket<S>(
-        stats: &crate::core::stats::Stats,
-        client: &Client,
-        queue: &mut QueueReader,
-        ws: &mut WebSocketStream<FrameWriter<S>>,
-        batch: &mut Batch,
-        // While reading: whether to read before taking the queue.
-        mut reading: Option<&mut bool>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Io>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let deflate = client.deflate_out();
-        // Looked at on every poll, not once per turn of the loop: a batch
-        // taken here and left half-written must be written on the next.
-        if batch.is_empty() && !ws.get_ref().has_pending() {
-            // Nothing being written. After a write the socket is read before
-            // the queue is taken again: a queue refilled as fast as the
-            // socket drains it must not keep the peer's frames (its
-            // messages, pongs, close) unread. Otherwise the queue goes first,
-            // so that a reply is not held up by a read that finds nothing.
-            let mut read = false;
-            if let Some(read_first) = reading.as_deref_mut().filter(|first| **first) {
-                read = true;
-                *read_first = false;
-                if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-                    return Poll::Ready(Io::Read(msg));
-                }
-            }
-            let taken = queue.take(FRAMES_PER_WRITE);
-            if taken.is_empty() {
-                if reading.is_some() && !read {
-                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-                        return Poll::Ready(Io::Read(msg));
-                    }
-                }
-                return Poll::Pending;
-            }
-            *batch = taken;
-            seal_batch(client, batch);
-            // The wait for the socket, if any, starts now.
-            ws.get_mut().mark_progress();
-            if let Some(read_first) = reading {
-                *read_first = true;
-            }
-            return Poll::Ready(match Self::poll_write(stats, deflate, ws, batch, cx) {
-                Poll::Ready(r) => Io::Written(r),
-                Poll::Pending => Io::Stalled,
-            });
-        }
-        // A write under way: finish it, reading meanwhile.
-        if let Poll::Ready(r) = Self::poll_write(stats, deflate, ws, batch, cx) {
-            return Poll::Ready(Io::Written(r));
-        }
-        if reading.is_some() {
-            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-                return Poll::Ready(Io::Read(msg));
-            }
-        }
-        Poll::Pending
     }
 
     /// Hands `batch` to the socket (up to [`FRAMES_PER_WRITE`] frames per
