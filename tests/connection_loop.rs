@@ -63,6 +63,25 @@ fn quiet() -> Config {
     }
 }
 
+/// Authenticates a client and returns its id (from `connected`).
+async fn authenticate<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::Text(
+        r#"{"event":"authenticate","data":{"token":"t"}}"#.into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(v["event"], "connected");
+            return v["data"]["id"].as_str().unwrap().to_string();
+        }
+    }
+}
+
 /// A server, and a client on a 4 KiB in-memory socket that authenticated
 /// and then stopped reading while 512 KiB were sent to it.
 async fn stalled(cfg: Config) -> (Server, Arc<Fake>, String, WebSocketStream<DuplexStream>) {
@@ -75,18 +94,7 @@ async fn stalled(cfg: Config) -> (Server, Arc<Fake>, String, WebSocketStream<Dup
     let (mut ws, _) = tokio_tungstenite::client_async("ws://test/ws", client_side)
         .await
         .unwrap();
-    ws.send(Message::Text(
-        r#"{"event":"authenticate","data":{"token":"t"}}"#.into(),
-    ))
-    .await
-    .unwrap();
-    let id = loop {
-        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
-            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-            assert_eq!(v["event"], "connected");
-            break v["data"]["id"].as_str().unwrap().to_string();
-        }
-    };
+    let id = authenticate(&mut ws).await;
     let payload = "x".repeat(1024);
     let frame = Frame::from(format!(r#"{{"event":"fill","data":"{payload}"}}"#).as_str());
     for _ in 0..512 {
@@ -194,4 +202,79 @@ async fn shutdown_finishes_within_its_grace_with_a_stalled_reader() {
     assert!(took <= grace + Duration::from_millis(600), "took {took:?}");
     assert_eq!(server.live_connections(), 0);
     assert_eq!(fake.disconnected(), 1);
+}
+
+/// While frames keep being queued for a client, its task is woken by them
+/// over and over; the peer's own messages must still be read as they come
+/// (the socket's read side marks the client when it wakes the task, and the
+/// socket is read after each write). Over loopback TCP, so that the
+/// readiness comes from tokio's reactor as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_read_while_frames_keep_being_queued_for_it() {
+    const SENT: usize = 200;
+    let fake = Arc::new(Fake::default());
+    let server = Arc::new(
+        Server::start(quiet(), fake.clone(), Logger::new(Arc::new(NullLog)), None)
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client_side, accepted) =
+        tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let (server_side, remote) = accepted.unwrap();
+    server.serve_io(server_side, remote);
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://test/ws", client_side.unwrap())
+        .await
+        .unwrap();
+    let id = authenticate(&mut ws).await;
+    let (mut tx, mut rx) = ws.split();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = tokio::spawn({
+        let (server, id, stop) = (server.clone(), id.clone(), stop.clone());
+        async move {
+            let frame = Frame::from(r#"{"event":"tick","data":"xxxxxxxxxxxxxxxx"}"#);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..16 {
+                    server.send_to_client(&id, &frame);
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let reader = tokio::spawn(async move {
+        let mut frames = 0usize;
+        while let Some(Ok(_)) = rx.next().await {
+            frames += 1;
+        }
+        frames
+    });
+    for i in 0..SENT {
+        tx.send(Message::Text(
+            format!(r#"{{"event":"chat","data":{{"i":{i}}}}}"#).into(),
+        ))
+        .await
+        .unwrap();
+        sleep(Duration::from_millis(1)).await;
+    }
+    let messages = || {
+        fake.events
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, AppEvent::Message { .. }))
+            .count()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while messages() < SENT && Instant::now() < until {
+        sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.await.unwrap();
+    assert_eq!(messages(), SENT, "every message the peer sent was read");
+    let _ = tx.close().await;
+    let frames = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the connection closes")
+        .unwrap();
+    assert!(frames > SENT, "frames kept flowing to the peer: {frames}");
 }

@@ -88,6 +88,9 @@ pub struct Client {
     /// Boxed for the same reason as `keys`: a close request is rare.
     close_request: Mutex<Option<Box<CloseRequest>>>,
     close_requested: AtomicBool,
+    /// Set when the socket's read side woke the connection task (see the
+    /// `Wake` impl below).
+    read_woken: AtomicBool,
     stats: Arc<Stats>,
     /// Set once the client is encrypted and an outbound transformer is
     /// bound: frames then go through the transformer before the socket.
@@ -401,6 +404,7 @@ impl Client {
             close_on_backpressure_limit,
             close_request: Mutex::new(None),
             close_requested: AtomicBool::new(false),
+            read_woken: AtomicBool::new(false),
             stats,
             transformer: OnceLock::new(),
             cipher: OnceLock::new(),
@@ -631,6 +635,31 @@ impl Client {
             }
         }
         Poll::Pending
+    }
+}
+
+/// The waker the connection task reads its socket with: when the socket
+/// becomes readable, it marks the client (`read_woken`) and wakes the task.
+/// Most of the task's wake-ups are frames queued for it (a fan-out wakes
+/// every member), and a read that finds nothing costs, through the
+/// WebSocket layers, about as much as the write: with the mark the task
+/// reads only when the socket said it may have something.
+impl std::task::Wake for Client {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read_woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Client {
+    /// Whether the socket's read side woke the task since this was last
+    /// asked; clears the mark.
+    pub fn take_read_woken(&self) -> bool {
+        self.read_woken.load(Ordering::Relaxed) && self.read_woken.swap(false, Ordering::AcqRel)
     }
 }
 

@@ -164,6 +164,11 @@ struct Outbound {
     /// Set by each write: the socket is read before the queue is taken
     /// again (see [`Outbound::poll_socket`]).
     read_first: bool,
+    /// The socket may have something to read: its last read returned a
+    /// message (more may be buffered), or it has not been read yet. Once a
+    /// read finds nothing, the socket is read again only when its read side
+    /// wakes the task (`Client::take_read_woken`).
+    readable: bool,
 }
 
 /// Seals the frames of a batch for a client with built-in encryption
@@ -210,7 +215,7 @@ impl Outbound {
     fn poll_socket<S>(
         &mut self,
         stats: &crate::core::stats::Stats,
-        client: &Client,
+        client: &Arc<Client>,
         ws: &mut WebSocketStream<FrameWriter<S>>,
         reading: bool,
         cx: &mut Context<'_>,
@@ -230,14 +235,14 @@ impl Outbound {
             // Either way the socket is read once per poll.
             let read_first = reading && std::mem::take(&mut self.read_first);
             if read_first {
-                if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                if let Poll::Ready(msg) = self.poll_read(client, ws) {
                     return Poll::Ready(Io::Read(msg));
                 }
             }
             let taken = self.queue.take(FRAMES_PER_WRITE);
             if taken.is_empty() {
                 if reading && !read_first {
-                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                    if let Poll::Ready(msg) = self.poll_read(client, ws) {
                         return Poll::Ready(Io::Read(msg));
                     }
                 }
@@ -260,11 +265,33 @@ impl Outbound {
             return Poll::Ready(Io::Written(r));
         }
         if reading {
-            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+            if let Poll::Ready(msg) = self.poll_read(client, ws) {
                 return Poll::Ready(Io::Read(msg));
             }
         }
         Poll::Pending
+    }
+
+    /// Reads the next message if the socket may have one (`readable`, or
+    /// its read side woke the task). The read registers the client's own
+    /// waker (`impl Wake for Client`), which marks it before waking the
+    /// task; the mark is cleared before the read, so readiness that comes
+    /// during it is not lost.
+    fn poll_read<S>(
+        &mut self,
+        client: &Arc<Client>,
+        ws: &mut WebSocketStream<FrameWriter<S>>,
+    ) -> Poll<Option<Result<Message, WsError>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !client.take_read_woken() && !self.readable {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(client.clone());
+        let r = ws.poll_next_unpin(&mut Context::from_waker(&waker));
+        self.readable = r.is_ready();
+        r
     }
 }
 
@@ -288,6 +315,7 @@ impl Connection {
             queue,
             batch: Batch::default(),
             read_first: false,
+            readable: true,
         };
         async move {
             let cfg = this.env.config.clone();
