@@ -106,7 +106,7 @@ pub struct Client {
 /// The receiving end of a client's queue, owned by its connection task.
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Entry>,
+    items: Entries,
     /// The connection task is gone: nothing will read these any more.
     closed: bool,
     /// Bytes queued here or waiting for the transformer, against
@@ -245,10 +245,108 @@ impl Entry {
     }
 }
 
+/// Entries in order, the only one held inline. A queue mostly holds one
+/// entry at a time (a reply, a publication's frame), and a deque allocates
+/// storage for it that is freed once the frame is written: a `malloc` and a
+/// `free` per delivery (≈ 380 instructions of ≈ 3 000 in a fan-out). A
+/// second entry behind the first moves both into a deque.
+#[derive(Default)]
+enum Entries {
+    #[default]
+    Empty,
+    One(Entry),
+    Many(VecDeque<Entry>),
+}
+
+impl Entries {
+    fn is_empty(&self) -> bool {
+        match self {
+            Entries::Empty => true,
+            Entries::One(_) => false,
+            Entries::Many(d) => d.is_empty(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Entries::Empty => 0,
+            Entries::One(_) => 1,
+            Entries::Many(d) => d.len(),
+        }
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        match self {
+            Entries::Empty => *self = Entries::One(entry),
+            Entries::Many(d) => d.push_back(entry),
+            Entries::One(_) => {
+                let Entries::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                *self = Entries::Many(VecDeque::from([first, entry]));
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Empty => None,
+            Entries::Many(d) => d.pop_front(),
+            Entries::One(_) => match std::mem::take(self) {
+                Entries::One(first) => Some(first),
+                _ => unreachable!("matched One"),
+            },
+        }
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Entry> {
+        match self {
+            Entries::Empty => None,
+            Entries::One(e) => Some(e),
+            Entries::Many(d) => d.front_mut(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> + Clone {
+        let (one, many) = match self {
+            Entries::Empty => (None, None),
+            Entries::One(e) => (Some(e), None),
+            Entries::Many(d) => (None, Some(d)),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Entries stored outside (tests: the queue keeps no storage).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        match self {
+            Entries::Many(d) => d.capacity(),
+            _ => 0,
+        }
+    }
+}
+
+impl IntoIterator for Entries {
+    type Item = Entry;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Entry>,
+        std::collections::vec_deque::IntoIter<Entry>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Entries::Empty => (None, VecDeque::new()),
+            Entries::One(e) => (Some(e), VecDeque::new()),
+            Entries::Many(d) => (None, d),
+        };
+        one.into_iter().chain(many)
+    }
+}
+
 /// Frames taken off a client's queue for its socket, in order.
 #[derive(Default)]
 pub struct Batch {
-    entries: VecDeque<Entry>,
+    entries: Entries,
 }
 
 impl Batch {
@@ -266,7 +364,7 @@ impl Batch {
     #[cfg(test)]
     pub fn texts(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for e in &self.entries {
+        for e in self.entries.iter() {
             match e {
                 Entry::One(q) => out.push(q.frame.as_str().to_string()),
                 Entry::Run { run, start, end } => out.extend(
@@ -726,7 +824,7 @@ impl Drop for QueueReader {
     fn drop(&mut self) {
         let mut q = self.client.queue.lock();
         q.closed = true;
-        q.items = VecDeque::new();
+        q.items = Entries::Empty;
         q.queued = 0;
     }
 }
