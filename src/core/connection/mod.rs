@@ -149,6 +149,8 @@ async fn gone(env: &Env, id: &str) {
 
 /// What the socket side of the loop produced.
 enum Io {
+    /// `Ok`: frames were written whole and more are queued; the loop turns
+    /// so that its other branches are looked at. `Err`: the socket failed.
     Written(Result<(), WsError>),
     /// Frames were taken off the queue and the socket did not take them
     /// all: the loop turns to arm `sendTimeout` for them.
@@ -226,13 +228,33 @@ impl Outbound {
         let deflate = client.deflate_out();
         // Looked at on every poll, not once per turn of the loop: a batch
         // taken here and left half-written must be written on the next.
-        if self.batch.is_empty() && !ws.get_ref().has_pending() {
-            // Nothing being written. After a write the socket is read before
-            // the queue is taken again: a queue refilled as fast as the
-            // socket drains it must not keep the peer's frames (its
-            // messages, pongs, close) unread. Otherwise the queue goes first,
-            // so that a reply is not held up by a read that finds nothing.
-            // Either way the socket is read once per poll.
+        if !self.batch.is_empty() || ws.get_ref().has_pending() {
+            // A write under way: finish it, reading meanwhile.
+            match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
+                // Its storage goes, rather than stay in an idle connection.
+                Poll::Ready(Ok(())) => self.batch = Batch::default(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
+                Poll::Pending => {
+                    if reading {
+                        if let Poll::Ready(msg) = self.poll_read(client, ws) {
+                            return Poll::Ready(Io::Read(msg));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Nothing being written. Two rounds at most: a write that empties
+        // the queue (the usual case) ends in the same poll, without a turn
+        // of the loop to find nothing more; a queue refilled as fast as the
+        // socket drains it gives the loop's other branches their turn.
+        for _ in 0..2 {
+            // After a write the socket is read before the queue is taken
+            // again: a queue refilled as fast as the socket drains it must
+            // not keep the peer's frames (its messages, pongs, close)
+            // unread. Otherwise the queue goes first, so that a reply is not
+            // held up by a read that finds nothing. Either way the socket is
+            // read once per round.
             let read_first = reading && std::mem::take(&mut self.read_first);
             if read_first {
                 if let Poll::Ready(msg) = self.poll_read(client, ws) {
@@ -253,23 +275,13 @@ impl Outbound {
             // The wait for the socket, if any, starts now.
             ws.get_mut().mark_progress();
             self.read_first = true;
-            return Poll::Ready(
-                match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
-                    Poll::Ready(r) => Io::Written(r),
-                    Poll::Pending => Io::Stalled,
-                },
-            );
-        }
-        // A write under way: finish it, reading meanwhile.
-        if let Poll::Ready(r) = Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
-            return Poll::Ready(Io::Written(r));
-        }
-        if reading {
-            if let Poll::Ready(msg) = self.poll_read(client, ws) {
-                return Poll::Ready(Io::Read(msg));
+            match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
+                Poll::Ready(Ok(())) => self.batch = Batch::default(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
+                Poll::Pending => return Poll::Ready(Io::Stalled),
             }
         }
-        Poll::Pending
+        Poll::Ready(Io::Written(Ok(())))
     }
 
     /// Reads the next message if the socket may have one (`readable`, or
@@ -416,9 +428,7 @@ impl Connection {
                     // written (`poll_close`, polled first, registered the
                     // task for a frame queued meanwhile).
                     io = std::future::poll_fn(|cx| out.poll_socket(&this.env.stats, &this.client, &mut ws, reading, cx)) => match io {
-                        // Written: the batch's storage goes too, rather than
-                        // stay allocated in every idle connection.
-                        Io::Written(Ok(())) => out.batch = Batch::default(),
+                        Io::Written(Ok(())) => {}
                         Io::Written(Err(_)) => break None,
                         Io::Stalled => {}
                         Io::Read(msg) => {
