@@ -1,7 +1,10 @@
 //! The connection loop with a peer that stops reading, driven through an
 //! in-memory socket (`tokio::io::duplex`) on tokio's paused clock: close
 //! requests, `sendTimeout`, the idle check and `shutdown()` must all take
-//! effect on schedule while a write cannot progress.
+//! effect on schedule while a write cannot progress, and a ping heard
+//! meanwhile is answered once the peer reads again. Last, over loopback TCP
+//! on the real clock: a peer's messages are read while frames keep being
+//! queued for it.
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -190,6 +193,37 @@ async fn the_idle_check_closes_a_silent_peer_whose_writes_are_stalled() {
     sleep(idle / 2 + Duration::from_millis(600)).await;
     assert!(!server.hub().has_client(&id), "closed by the idle check");
     assert_eq!(fake.disconnected(), 1);
+}
+
+/// tungstenite answers a ping itself, but cannot write the pong while the
+/// socket is backed up; once the peer reads again, the pong must follow
+/// the frames queued before it, without the peer having to send anything
+/// more.
+#[tokio::test(start_paused = true)]
+async fn a_ping_heard_while_a_write_is_stalled_is_answered_once_the_peer_reads() {
+    let (server, _fake, id, mut ws) = stalled(quiet()).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    sleep(Duration::from_millis(50)).await;
+    // More frames while the socket is still backed up.
+    let frame = Frame::from(r#"{"event":"more","data":1}"#);
+    for _ in 0..8 {
+        server.send_to_client(&id, &frame);
+    }
+    sleep(Duration::from_millis(50)).await;
+    let mut frames = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) => {
+                assert_eq!(&p[..], b"are you there");
+                break;
+            }
+            Ok(Some(Ok(_))) => frames += 1,
+            other => panic!("no pong after {frames} frames: {other:?}"),
+        }
+    }
+    assert!(frames > 0, "the frames queued before the ping came first");
 }
 
 #[tokio::test(start_paused = true)]

@@ -149,8 +149,9 @@ async fn gone(env: &Env, id: &str) {
 
 /// What the socket side of the loop produced.
 enum Io {
-    /// `Ok`: frames were written whole and more are queued; the loop turns
-    /// so that its other branches are looked at. `Err`: the socket failed.
+    /// `Ok`: two batches were written whole in one poll; the loop turns
+    /// (the close request and the timer are looked at first). `Err`: the
+    /// socket failed.
     Written(Result<(), WsError>),
     /// Frames were taken off the queue and the socket did not take them
     /// all: the loop turns to arm `sendTimeout` for them.
@@ -231,8 +232,18 @@ impl Outbound {
         if !self.batch.is_empty() || ws.get_ref().has_pending() {
             // A write under way: finish it, reading meanwhile.
             match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
-                // Its storage goes, rather than stay in an idle connection.
-                Poll::Ready(Ok(())) => self.batch = Batch::default(),
+                Poll::Ready(Ok(())) => {
+                    // Its storage goes, rather than stay in an idle
+                    // connection.
+                    self.batch = Batch::default();
+                    // The socket took a write it had refused: read it once.
+                    // A reply tungstenite makes itself (a pong, the close
+                    // handshake's answer) is refused while this much is
+                    // pending, stays in tungstenite's buffer, and is
+                    // flushed only by a later read; the socket's read side
+                    // may have nothing new to wake the task with.
+                    self.readable = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
                 Poll::Pending => {
                     if reading {
@@ -247,7 +258,8 @@ impl Outbound {
         // Nothing being written. Two rounds at most: a write that empties
         // the queue (the usual case) ends in the same poll, without a turn
         // of the loop to find nothing more; a queue refilled as fast as the
-        // socket drains it gives the loop's other branches their turn.
+        // socket drains it lets the loop turn and look at its close request
+        // and its timer.
         for _ in 0..2 {
             // After a write the socket is read before the queue is taken
             // again: a queue refilled as fast as the socket drains it must
@@ -364,7 +376,6 @@ impl Connection {
                 // Writing is one branch among the others, never awaited
                 // inside one: a peer that stops reading must not keep
                 // close requests, timers or shutdown from being seen.
-                let writing = !out.batch.is_empty() || ws.get_ref().has_pending();
                 let reading = paused.is_none();
                 // What a branch leaves to await after the `select!`: awaited
                 // inside a branch, the select's output (100 bytes) would be
@@ -401,6 +412,9 @@ impl Connection {
                             let (code, reason) = close::AUTH_TIMEOUT;
                             break Some(CloseRequest { code, reason: reason.into() });
                         }
+                        // Judged now, not when the loop turned: a stalled
+                        // write can finish inside a poll that then waits.
+                        let writing = !out.batch.is_empty() || ws.get_ref().has_pending();
                         if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
                             bump(&this.env.stats.send_timeouts);
                             this.env.log.warn(
