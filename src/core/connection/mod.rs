@@ -209,6 +209,15 @@ where
 }
 
 impl Outbound {
+    /// Frames taken off the queue, or bytes framed, that the socket has not
+    /// taken yet.
+    fn writing<S>(&self, ws: &WebSocketStream<FrameWriter<S>>) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        !self.batch.is_empty() || ws.get_ref().has_pending()
+    }
+
     /// The socket's side of the loop: takes the queued frames when nothing
     /// is being written, writes them, and reads the next message (when
     /// `reading`). Taking and writing in one poll writes a reply in the turn
@@ -229,7 +238,7 @@ impl Outbound {
         let deflate = client.deflate_out();
         // Looked at on every poll, not once per turn of the loop: a batch
         // taken here and left half-written must be written on the next.
-        if !self.batch.is_empty() || ws.get_ref().has_pending() {
+        if self.writing(ws) {
             // A write under way: finish it, reading meanwhile.
             match Connection::poll_write(stats, deflate, ws, &mut self.batch, cx) {
                 Poll::Ready(Ok(())) => {
@@ -245,14 +254,7 @@ impl Outbound {
                     self.readable = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
-                Poll::Pending => {
-                    if reading {
-                        if let Poll::Ready(msg) = self.poll_read(client, ws) {
-                            return Poll::Ready(Io::Read(msg));
-                        }
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.poll_read(reading, client, ws).map(Io::Read),
             }
         }
         // Nothing being written. Two rounds at most: a write that empties
@@ -268,19 +270,14 @@ impl Outbound {
             // held up by a read that finds nothing. Either way the socket is
             // read once per round.
             let read_first = reading && std::mem::take(&mut self.read_first);
-            if read_first {
-                if let Poll::Ready(msg) = self.poll_read(client, ws) {
-                    return Poll::Ready(Io::Read(msg));
-                }
+            if let Poll::Ready(msg) = self.poll_read(read_first, client, ws) {
+                return Poll::Ready(Io::Read(msg));
             }
             let taken = self.queue.take(FRAMES_PER_WRITE);
             if taken.is_empty() {
-                if reading && !read_first {
-                    if let Poll::Ready(msg) = self.poll_read(client, ws) {
-                        return Poll::Ready(Io::Read(msg));
-                    }
-                }
-                return Poll::Pending;
+                return self
+                    .poll_read(reading && !read_first, client, ws)
+                    .map(Io::Read);
             }
             self.batch = taken;
             seal_batch(client, &mut self.batch);
@@ -296,20 +293,21 @@ impl Outbound {
         Poll::Ready(Io::Written(Ok(())))
     }
 
-    /// Reads the next message if the socket may have one (`readable`, or
-    /// its read side woke the task). The read registers the client's own
+    /// Reads the next message if asked (`read`) and the socket may have one
+    /// (`readable`, or its read side woke the task). The read registers the client's own
     /// waker (`impl Wake for Client`), which marks it before waking the
     /// task; the mark is cleared before the read, so readiness that comes
     /// during it is not lost.
     fn poll_read<S>(
         &mut self,
+        read: bool,
         client: &Arc<Client>,
         ws: &mut WebSocketStream<FrameWriter<S>>,
     ) -> Poll<Option<Result<Message, WsError>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if !client.take_read_woken() && !self.readable {
+        if !read || (!client.take_read_woken() && !self.readable) {
             return Poll::Pending;
         }
         let waker = std::task::Waker::from(client.clone());
@@ -414,8 +412,7 @@ impl Connection {
                         }
                         // Judged now, not when the loop turned: a stalled
                         // write can finish inside a poll that then waits.
-                        let writing = !out.batch.is_empty() || ws.get_ref().has_pending();
-                        if writing && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
+                        if out.writing(&ws) && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
                             bump(&this.env.stats.send_timeouts);
                             this.env.log.warn(
                                 "Send timeout: no write progress; dropping the connection",
@@ -498,9 +495,7 @@ impl Connection {
                 if this.awaiting_auth() {
                     deadline = deadline.min(auth_until);
                 }
-                if !cfg.send_timeout.is_zero()
-                    && (!out.batch.is_empty() || ws.get_ref().has_pending())
-                {
+                if !cfg.send_timeout.is_zero() && out.writing(&ws) {
                     deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
                 }
                 if deadline != armed {
