@@ -154,3 +154,49 @@ describe('transport timers', () => {
     c.close();
   });
 });
+
+describe('events reaching the handlers', () => {
+  test('every message names its own sender and user while clients come and go in the same batches', async () => {
+    const got = [];
+    const connected = new Map();
+    const disconnected = new Map();
+    const { url, ws } = await startServer({
+      clientConnectedFn: ({ clientId, userId }) => connected.set(clientId, userId),
+      clientDisconnectedFn: ({ clientId, userId }) => disconnected.set(clientId, userId),
+      messageHandler: ({ clientId, userId, message }) => got.push({ clientId, userId, from: message.data.from }),
+    });
+    const senders = new Map();
+    let live = [];
+    for (let wave = 0; wave < 3; wave++) {
+      const fresh = await Promise.all(
+        Array.from({ length: 20 }, async (_, i) => {
+          const token = `w${wave}-${i}`;
+          const c = await Client.auth(url, { token });
+          senders.set(token, c.id);
+          return { c, token };
+        }),
+      );
+      live = live.concat(fresh);
+      // Interleaved, so one batch holds messages from many clients.
+      for (let n = 0; n < 5; n++) for (const { c, token } of live) c.emit('chat', { from: token, n });
+      // Half leave while the others' messages are still on their way.
+      const leaving = live.filter((_, i) => i % 2 === 0);
+      live = live.filter((_, i) => i % 2 === 1);
+      for (const { c } of leaving) c.close();
+    }
+    const expected = [...senders.keys()].length;
+    await until(() => got.length === 5 * (20 + 30 + 35), 5000, `all messages (${got.length})`);
+    for (const { clientId, userId, from } of got) {
+      assert.equal(clientId, senders.get(from), `${from}'s message names its sender`);
+      assert.equal(userId, `user-${from}`);
+    }
+    for (const { c } of live) c.close();
+    await until(() => disconnected.size === expected, 5000, 'every disconnect');
+    for (const [token, id] of senders) {
+      assert.equal(connected.get(id), `user-${token}`);
+      assert.equal(disconnected.get(id), `user-${token}`);
+    }
+    // Nothing is kept for a client once it is gone.
+    assert.equal(ws.known.size, 0);
+  });
+});

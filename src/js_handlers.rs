@@ -225,15 +225,27 @@ impl Handlers for JsHandlers {
 /// A batch of events as one JSON array text, so that JavaScript receives a
 /// single string and builds every object with one `JSON.parse` (creating
 /// them property by property through N-API costs several times more).
-/// Entries are `[kind, clientId, userId|null]`, plus the client's frame for
-/// a message, embedded as it arrived: it was already validated as JSON
-/// (`protocol::parse_inbound`, which is stricter than `JSON.parse`).
-/// Kinds: 0 connected, 1 disconnected, 2 message.
+///
+/// The array is flat, one entry after another:
+/// - `0, serial, clientId, userId|null`: connected;
+/// - `1, serial, clientId, userId|null`: disconnected;
+/// - `2, serial, frame`: a message, the client's frame embedded as it
+///   arrived (it was already validated as JSON by `protocol::parse_inbound`,
+///   which is stricter than `JSON.parse`).
+///
+/// A message names its client by `Client::serial` only. JavaScript keeps
+/// the id and user it learnt from `connected` under that number until
+/// `disconnected` (serials count from 1, one per connection, so they stay
+/// far below 2^53, the largest integer a JavaScript number holds exactly):
+/// V8 then parses a number instead of building the id's
+/// 36-character string and the user's string for every message, and no
+/// array per entry (together ≈ a quarter of `JSON.parse`'s work per
+/// message in scenario (d)).
 pub fn batch_json(events: &[AppEvent]) -> String {
     let size: usize = events
         .iter()
         .map(|e| match e {
-            AppEvent::Message { frame, .. } => frame.len() + 96,
+            AppEvent::Message { frame, .. } => frame.len() + 24,
             _ => 96,
         })
         .sum();
@@ -243,29 +255,35 @@ pub fn batch_json(events: &[AppEvent]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let (kind, client_id, user_id, frame) = match e {
-            AppEvent::Connected { client_id, user_id } => ('0', client_id, user_id, None),
-            AppEvent::Disconnected { client_id, user_id } => ('1', client_id, user_id, None),
-            AppEvent::Message {
+        let (kind, serial, who, frame) = match e {
+            AppEvent::Connected {
                 client_id,
                 user_id,
-                frame,
-            } => ('2', client_id, user_id, Some(frame)),
+                serial,
+            } => ('0', serial, Some((client_id, user_id)), None),
+            AppEvent::Disconnected {
+                client_id,
+                user_id,
+                serial,
+            } => ('1', serial, Some((client_id, user_id)), None),
+            AppEvent::Message { serial, frame, .. } => ('2', serial, None, Some(frame)),
         };
-        out.push('[');
         out.push(kind);
         out.push(',');
-        push_json_str(&mut out, client_id);
-        out.push(',');
-        match user_id {
-            Some(u) => push_json_str(&mut out, u),
-            None => out.push_str("null"),
+        out.push_str(itoa::Buffer::new().format(*serial));
+        if let Some((client_id, user_id)) = who {
+            out.push(',');
+            push_json_str(&mut out, client_id);
+            out.push(',');
+            match user_id {
+                Some(u) => push_json_str(&mut out, u),
+                None => out.push_str("null"),
+            }
         }
         if let Some(frame) = frame {
             out.push(',');
             out.push_str(frame);
         }
-        out.push(']');
     }
     out.push(']');
     out
@@ -303,15 +321,18 @@ mod tests {
             AppEvent::Connected {
                 client_id: "c1".into(),
                 user_id: Some("u\"1\n".into()),
+                serial: 7,
             },
             AppEvent::Message {
                 client_id: "c1".into(),
-                user_id: None,
+                user_id: Some("u\"1\n".into()),
+                serial: 7,
                 frame: r#"{"event":"x","data":{"a":[1,"\u00e9"]}}"#.into(),
             },
             AppEvent::Disconnected {
                 client_id: "c2".into(),
                 user_id: None,
+                serial: 9_007_199_254_740_991,
             },
         ];
         let text = batch_json(&events);
@@ -319,9 +340,9 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!([
-                [0, "c1", "u\"1\n"],
-                [2, "c1", null, {"event": "x", "data": {"a": [1, "\u{e9}"]}}],
-                [1, "c2", null]
+                0, 7, "c1", "u\"1\n",
+                2, 7, {"event": "x", "data": {"a": [1, "\u{e9}"]}},
+                1, 9_007_199_254_740_991_u64, "c2", null
             ])
         );
         assert_eq!(batch_json(&[]), "[]");

@@ -230,8 +230,22 @@ async fn rooms_fan_out_and_messages() {
     }
     let events = fake.events.lock().clone();
     assert!(events.iter().any(|e| matches!(e,
-        AppEvent::Message { client_id, user_id, frame }
+        AppEvent::Message { client_id, user_id, frame, .. }
             if **client_id == *a_id && user_id.as_deref() == Some("user-a") && frame.contains("\"hi\""))));
+    // A message names its client by the serial `Connected` gave it, and
+    // each client has its own.
+    let serial_of = |id: &str| {
+        events.iter().find_map(|e| match e {
+            AppEvent::Connected {
+                client_id, serial, ..
+            } if **client_id == *id => Some(*serial),
+            _ => None,
+        })
+    };
+    let (sa, sb) = (serial_of(&a_id).unwrap(), serial_of(&b_id).unwrap());
+    assert_ne!(sa, sb);
+    assert!(events.iter().any(|e| matches!(e,
+        AppEvent::Message { client_id, serial, .. } if **client_id == *a_id && *serial == sa)));
 
     server.shutdown().await;
     assert_eq!(

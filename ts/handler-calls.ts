@@ -6,8 +6,17 @@
 export const EVENT_CONNECTED = 0;
 export const EVENT_DISCONNECTED = 1;
 export const EVENT_MESSAGE = 2;
-/** One delivered event: kind, client, user and, for a message, the frame. */
-export type EventEntry = [kind: number, clientId: string, userId: string | null, message?: unknown];
+/**
+ * A batch of delivered events, one flat array, entry after entry:
+ * `EVENT_CONNECTED, serial, clientId, userId | null`,
+ * `EVENT_DISCONNECTED, serial, clientId, userId | null`,
+ * `EVENT_MESSAGE, serial, message`. A message names its client by the
+ * number `connected` introduced (parsing a number costs far less than
+ * building the id's string for every message).
+ */
+export type EventBatch = unknown[];
+/** A connected client's id and user, kept under its serial. */
+export type KnownClient = { clientId: string; userId: string | undefined };
 /** One authentication request: its number, the client, `data ?? {}`. */
 export type AuthRequest = [seq: number, clientId: string, data: unknown];
 export const AUTH_OK = 0;

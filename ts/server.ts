@@ -24,7 +24,8 @@ import {
   WebSocketClientError,
   settle,
   errorText,
-  type EventEntry,
+  type EventBatch,
+  type KnownClient,
   type AuthRequest,
   type AuthAnswer,
   type RoomsRequest,
@@ -71,6 +72,8 @@ export class WebSocketServer<
   private readonly authAnswers: Answers<AuthAnswer>;
   private readonly roomAnswers: Answers<RoomsAnswer>;
   private readonly metadata = new Map<string, MetadataType>();
+  /** Connected clients by serial, from `connected` to `disconnected` (see `handle`). */
+  private readonly known = new Map<number, KnownClient>();
   private keepAlive: ReturnType<typeof setInterval> | undefined;
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private state: 'idle' | 'starting' | 'running' | 'stopped' = 'idle';
@@ -183,6 +186,7 @@ export class WebSocketServer<
       if (this.keepAlive) clearInterval(this.keepAlive);
       this.keepAlive = undefined;
       this.metadata.clear();
+      this.known.clear();
     }
   }
 
@@ -523,12 +527,12 @@ export class WebSocketServer<
 
   /**
    * One batch of connect / disconnect / message events, in order, as one
-   * JSON array text: `[kind, clientId, userId | null, message?]` each.
+   * JSON array text (`EventBatch`).
    */
   private deliver(batch: string): void {
-    let events: EventEntry[];
+    let events: EventBatch;
     try {
-      events = JSON.parse(batch) as EventEntry[];
+      events = JSON.parse(batch) as EventBatch;
     } catch (e) {
       // Cannot happen (every frame was validated as JSON natively); said
       // loudly rather than lost quietly if it ever does.
@@ -544,30 +548,45 @@ export class WebSocketServer<
     }
   }
 
-  private handle(events: EventEntry[]): void {
-    for (const ev of events) {
-      const clientId = ev[1];
-      const userId = ev[2] ?? undefined;
-      switch (ev[0]) {
-        case EVENT_CONNECTED:
-          this.invoke('clientConnectedFn', clientId, () =>
-            this.opts.clientConnectedFn?.({ clientId, userId, metadata: this.metadata.get(clientId) }),
-          );
-          break;
-        case EVENT_DISCONNECTED:
-          this.metadata.delete(clientId);
-          this.invoke('clientDisconnectedFn', clientId, () => this.opts.clientDisconnectedFn?.({ clientId, userId }));
-          break;
-        case EVENT_MESSAGE: {
-          const message = ev[3] as IWebSocketMessage;
-          const id = (message as { id?: unknown }).id;
-          if (this.acks && typeof id === 'string' && id.length <= MAX_ACK_ID_LENGTH) {
-            this.answer(clientId, id, () => this.opts.messageHandler?.({ clientId, userId, message }));
-          } else {
-            this.onMessage(clientId, userId, message);
-          }
-          break;
+  private handle(events: EventBatch): void {
+    let i = 0;
+    while (i < events.length) {
+      const kind = events[i] as number;
+      const serial = events[i + 1] as number;
+      if (kind === EVENT_MESSAGE) {
+        const message = events[i + 2] as IWebSocketMessage;
+        i += 3;
+        const client = this.known.get(serial);
+        if (client === undefined) {
+          // Cannot happen: `connected` comes first, in the same order.
+          this.log('error', 'Message from a client never announced; dropped', { serial });
+          continue;
         }
+        const { clientId, userId } = client;
+        const id = (message as { id?: unknown }).id;
+        if (this.acks && typeof id === 'string' && id.length <= MAX_ACK_ID_LENGTH) {
+          this.answer(clientId, id, () => this.opts.messageHandler?.({ clientId, userId, message }));
+        } else {
+          this.onMessage(clientId, userId, message);
+        }
+        continue;
+      }
+      const clientId = events[i + 2] as string;
+      const userId = (events[i + 3] as string | null) ?? undefined;
+      i += 4;
+      if (kind === EVENT_CONNECTED) {
+        this.known.set(serial, { clientId, userId });
+        this.invoke('clientConnectedFn', clientId, () =>
+          this.opts.clientConnectedFn?.({ clientId, userId, metadata: this.metadata.get(clientId) }),
+        );
+      } else if (kind === EVENT_DISCONNECTED) {
+        this.known.delete(serial);
+        this.metadata.delete(clientId);
+        this.invoke('clientDisconnectedFn', clientId, () => this.opts.clientDisconnectedFn?.({ clientId, userId }));
+      } else {
+        // Cannot happen either; the rest of the batch cannot be read.
+        this.log('error', 'Unknown event in a batch; the rest of it lost', { kind });
+        return;
       }
     }
   }

@@ -18,6 +18,10 @@ use tokio::sync::mpsc;
 
 pub type ClientId = Arc<str>;
 
+/// `Client::serial`'s source. 64 bits: a million connections a second
+/// would take half a million years to wrap it.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ClientState {
@@ -68,6 +72,10 @@ pub struct CloseRequest {
 
 pub struct Client {
     pub id: ClientId,
+    /// This connection's number, unique for the process's life (never
+    /// reused, unlike an index): the events handed to the application carry
+    /// it, so that the consumer keys on a number instead of the id's text.
+    pub serial: u64,
     pub remote: String,
     pub connected_at: u64,
     pub last_activity: AtomicU64,
@@ -489,6 +497,7 @@ impl Client {
     ) -> (Arc<Client>, QueueReader) {
         let client = Arc::new(Client {
             id,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             remote,
             connected_at: now,
             last_activity: AtomicU64::new(now),

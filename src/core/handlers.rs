@@ -36,17 +36,23 @@ pub enum AppEvent {
     Connected {
         client_id: Arc<str>,
         user_id: Option<Arc<str>>,
+        /// The client's `Client::serial`, which its messages carry too.
+        serial: u64,
     },
     /// After the client was removed from every index.
     Disconnected {
         client_id: Arc<str>,
         user_id: Option<Arc<str>>,
+        serial: u64,
     },
     /// A non-system event from an authenticated client: the whole frame text.
     /// The ids are the client's own (shared, not copied per message).
     Message {
         client_id: Arc<str>,
         user_id: Option<Arc<str>>,
+        /// The client's `Client::serial`: a consumer that was told of the
+        /// client by `Connected` can key on it instead of the id's text.
+        serial: u64,
         frame: String,
     },
 }

@@ -118,6 +118,7 @@ impl Connection {
                     .emit(AppEvent::Connected {
                         client_id: self.client.id.clone(),
                         user_id: user_id.map(Arc::from),
+                        serial: self.client.serial,
                     })
                     .await;
                 None

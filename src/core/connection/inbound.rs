@@ -149,6 +149,7 @@ impl Connection {
                 match env.events.try_emit(AppEvent::Message {
                     client_id: self.client.id.clone(),
                     user_id: self.client.user_id(),
+                    serial: self.client.serial,
                     frame: text.to_string(),
                 }) {
                     None => Next::Continue,

@@ -95,6 +95,7 @@ where
         window_start: Instant::now(),
         window_frames: 0,
     };
+    let serial = conn.client.serial;
     let drive = Box::pin(conn.drive(ws, queue));
     async move {
         if let Err(panic) = AssertUnwindSafe(drive).catch_unwind().await {
@@ -113,13 +114,13 @@ where
         // connection's whole life, and this await's state (a room list, the
         // disconnect event's send) would double the task's size for every
         // idle connection.
-        Box::pin(gone(&env, &id)).await;
+        Box::pin(gone(&env, &id, serial)).await;
     }
 }
 
 /// Removes the client from every index and tells the application, once
 /// (a closing connection does it before its close handshake).
-async fn gone(env: &Env, id: &str) {
+async fn gone(env: &Env, id: &str, serial: u64) {
     let rooms: Vec<Arc<str>> = match (&env.presence, env.hub.get(id)) {
         (Some(_), Some(c)) => c.details.lock().rooms.iter().cloned().collect(),
         _ => Vec::new(),
@@ -143,6 +144,7 @@ async fn gone(env: &Env, id: &str) {
         .emit(AppEvent::Disconnected {
             client_id: Arc::from(id),
             user_id,
+            serial,
         })
         .await;
 }
@@ -515,7 +517,7 @@ impl Connection {
                 // as the original's close does; the close handshake below
                 // is the socket's own business, bounded in time. Boxed, as
                 // in `run`: the loop's future is held by every idle socket.
-                Box::pin(gone(&this.env, &this.client.id)).await;
+                Box::pin(gone(&this.env, &this.client.id, this.client.serial)).await;
                 Box::pin(Self::close(
                     &this.client,
                     &this.env.stats,
