@@ -325,7 +325,6 @@ mod tests {
             },
             AppEvent::Message {
                 client_id: "c1".into(),
-                user_id: Some("u\"1\n".into()),
                 serial: 7,
                 frame: r#"{"event":"x","data":{"a":[1,"\u00e9"]}}"#.into(),
             },

@@ -230,8 +230,11 @@ async fn rooms_fan_out_and_messages() {
     }
     let events = fake.events.lock().clone();
     assert!(events.iter().any(|e| matches!(e,
-        AppEvent::Message { client_id, user_id, frame, .. }
-            if **client_id == *a_id && user_id.as_deref() == Some("user-a") && frame.contains("\"hi\""))));
+        AppEvent::Message { client_id, frame, .. }
+            if **client_id == *a_id && frame.contains("\"hi\""))));
+    assert!(events.iter().any(|e| matches!(e,
+        AppEvent::Connected { client_id, user_id, .. }
+            if **client_id == *a_id && user_id.as_deref() == Some("user-a"))));
     // A message names its client by the serial `Connected` gave it, and
     // each client has its own.
     let serial_of = |id: &str| {

@@ -46,12 +46,13 @@ pub enum AppEvent {
         serial: u64,
     },
     /// A non-system event from an authenticated client: the whole frame text.
-    /// The ids are the client's own (shared, not copied per message).
+    /// The id is the client's own (shared, not copied per message). Its user
+    /// is the one `Connected` gave (a client's user never changes), so a
+    /// message does not look it up again under the client's lock.
     Message {
         client_id: Arc<str>,
-        user_id: Option<Arc<str>>,
         /// The client's `Client::serial`: a consumer that was told of the
-        /// client by `Connected` can key on it instead of the id's text.
+        /// client by `Connected` keys on it instead of the id's text.
         serial: u64,
         frame: String,
     },

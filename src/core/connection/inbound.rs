@@ -148,7 +148,6 @@ impl Connection {
                 }
                 match env.events.try_emit(AppEvent::Message {
                     client_id: self.client.id.clone(),
-                    user_id: self.client.user_id(),
                     serial: self.client.serial,
                     frame: text.to_string(),
                 }) {
