@@ -70,10 +70,11 @@ export declare class NativeServer {
   sendToClient(clientId: string, frame: string): number
   /**
    * `clientId
-  frame
-  clientId
-  frame…`: the `sendToClient` calls made
-   * while a batch of events was handled, in one crossing.
+  event
+  data
+  …`: the `sendToClient` calls made while a
+   * batch of events was handled, in one crossing
+   * (`protocol::each_queued_send`).
    */
   sendToClients(batch: string): number
   sendToUser(userId: string, frame: string): number

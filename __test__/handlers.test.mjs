@@ -199,4 +199,31 @@ describe('events reaching the handlers', () => {
     // Nothing is kept for a client once it is gone.
     assert.equal(ws.known.size, 0);
   });
+
+  test('what a handler sends while its batch runs arrives as JSON.stringify({ event, data }) writes it, in order', async () => {
+    const replies = [
+      { event: 'plain', data: { k: 1, s: 'é😀"\\', list: [1, null, { deep: true }] } },
+      { event: 'nodata' },
+      { event: 'date', data: new Date(0) },
+      { event: 'line\nbreak', data: 1 },
+      { event: 'lone\ud800', data: 2 },
+      { event: 'fn', data: () => 1 },
+      { event: 'text', data: 'a\nb"c' },
+      { event: 'null', data: null },
+      { event: 'é', data: [] },
+      { event: 'end', data: 0 },
+    ];
+    const { url, ws } = await startServer({
+      messageHandler: ({ clientId }) => {
+        for (const r of replies) ws.sendToClient({ clientId, ...r });
+      },
+    });
+    const c = await Client.auth(url);
+    c.emit('go');
+    await until(() => c.frames.some(m => m.event === 'end'), 3000, 'the last reply');
+    const expected = replies.map(r => JSON.parse(JSON.stringify(r)));
+    assert.deepEqual(c.frames, expected);
+    assert.ok(!('data' in c.frames[1]) && !('data' in c.frames[5]), 'no data key without data');
+    c.close();
+  });
 });

@@ -418,11 +418,12 @@ impl NativeServer {
         self.act(|s| s.send_to_client(&client_id, &frame) as u32, 0)
     }
 
-    /// `clientId\nframe\nclientId\nframe…`: the `sendToClient` calls made
-    /// while a batch of events was handled, in one crossing.
+    /// `clientId\nevent\ndata\n…`: the `sendToClient` calls made while a
+    /// batch of events was handled, in one crossing
+    /// (`protocol::each_queued_send`).
     #[napi]
     pub fn send_to_clients(&self, batch: String) -> u32 {
-        self.act(|s| s.send_to_clients(batch) as u32, 0)
+        self.act(|s| s.send_to_clients(&batch) as u32, 0)
     }
 
     #[napi]

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub mod events {
     pub const AUTHENTICATE: &str = "authenticate";
@@ -60,7 +59,13 @@ pub use crate::core::frame::Frame;
 /// text of `data` (`None` leaves `data` out, as `JSON.stringify` does for
 /// `undefined`).
 pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
-    let mut out = String::with_capacity(24 + event.len() + data_json.map_or(0, |d| d.len()));
+    // Exactly the text's length when the name needs no escape (nearly
+    // always): the frame's bytes then take the string's allocation as it
+    // is, without a second one to hold the unused capacity.
+    let len = r#"{"event":""}"#.len()
+        + event.len()
+        + data_json.map_or(0, |d| r#","data":"#.len() + d.len());
+    let mut out = String::with_capacity(len);
     out.push_str("{\"event\":");
     push_json_str(&mut out, event);
     if let Some(data) = data_json {
@@ -115,21 +120,26 @@ pub fn error_frame(message: &str) -> Frame {
     encode_frame(events::ERROR, Some(&data))
 }
 
-/// Walks `clientId\nframe\nclientId\nframe…` (the `sendToClient` calls a
-/// batch of JavaScript handlers made, handed over in one crossing) pair by
-/// pair. The frames share the batch's one allocation; ids are only looked
-/// up, so they stay borrowed. Neither part can hold a raw newline: frames
-/// are `JSON.stringify` output, and ids with one are never queued. A
-/// trailing id without a frame is ignored.
-pub fn each_queued_send(batch: String, mut send: impl FnMut(&str, &Frame)) {
-    let all = tokio_tungstenite::tungstenite::Bytes::from(batch.into_bytes());
-    // `split` on bytes, but with memchr: a closure per byte cost more than
-    // the lookup the id is for.
-    let mut rest = Some(&all[..]);
+/// Walks `clientId\nevent\ndata\nclientId\nevent\ndata…` (the
+/// `sendToClient` calls a batch of JavaScript handlers made, handed over in
+/// one crossing) and hands each client its frame, `{"event":…,"data":…}`,
+/// as the original's `JSON.stringify({ event, data })` writes it. `data` is
+/// `JSON.stringify(data)`'s text, empty when that was `undefined` (the frame
+/// then has no `data`, as with the original). No part holds a raw newline:
+/// JSON text escapes them, and ids and event names with one are never
+/// queued. JavaScript hands over `data` alone because V8 serialises the
+/// `{ event, data }` wrapper at about twice the cost of `data` (Node: 410
+/// against 200 ns for a small object). A trailing part short of a whole
+/// call is ignored.
+pub fn each_queued_send(batch: &str, mut send: impl FnMut(&str, &Frame)) {
+    // memchr rather than `str::split`, whose searcher costs twice as much
+    // on parts this short.
+    let mut rest = Some(batch);
     let mut parts = std::iter::from_fn(|| {
         let part = rest?;
-        match memchr::memchr(b'\n', part) {
+        match memchr::memchr(b'\n', part.as_bytes()) {
             Some(i) => {
+                // Cut at an ASCII byte: both sides stay UTF-8.
                 rest = Some(&part[i + 1..]);
                 Some(&part[..i])
             }
@@ -139,14 +149,8 @@ pub fn each_queued_send(batch: String, mut send: impl FnMut(&str, &Frame)) {
             }
         }
     });
-    while let (Some(id), Some(frame)) = (parts.next(), parts.next()) {
-        // Cut at an ASCII byte of valid UTF-8, so both halves are UTF-8.
-        if let (Ok(id), Ok(frame)) = (
-            std::str::from_utf8(id),
-            Utf8Bytes::try_from(all.slice_ref(frame)),
-        ) {
-            send(id, &Frame::from(frame));
-        }
+    while let (Some(id), Some(event), Some(data)) = (parts.next(), parts.next(), parts.next()) {
+        send(id, &encode_frame(event, (!data.is_empty()).then_some(data)));
     }
 }
 
@@ -459,19 +463,27 @@ mod tests {
     }
 
     #[test]
-    fn send_batches_split_into_pairs_sharing_one_buffer() {
+    fn send_batches_split_into_calls_each_framed() {
         let mut got: Vec<(String, String)> = Vec::new();
         each_queued_send(
-            "a\n{\"event\":\"x\"}\nb\u{e9}\n{\"data\":\"\\n\"}\ndangling".into(),
+            "a\nx\n{\"k\":1}\nb\u{e9}\ne\"\u{e9}\n\"\\n\"\nc\nbare\n\ndangling\nevent",
             |id, frame| got.push((id.to_string(), frame.as_str().to_string())),
         );
         let got: Vec<(&str, &str)> = got.iter().map(|(i, f)| (i.as_str(), f.as_str())).collect();
         assert_eq!(
             got,
-            vec![("a", r#"{"event":"x"}"#), ("b\u{e9}", r#"{"data":"\n"}"#)]
+            vec![
+                ("a", r#"{"event":"x","data":{"k":1}}"#),
+                ("b\u{e9}", "{\"event\":\"e\\\"\u{e9}\",\"data\":\"\\n\"}"),
+                // `data` undefined: no `data` key, as JSON.stringify leaves it out.
+                ("c", r#"{"event":"bare"}"#),
+            ]
         );
+        // Each frame is what JSON.stringify({ event, data }) gives.
+        let v: serde_json::Value = serde_json::from_str(got[1].1).unwrap();
+        assert_eq!(v, serde_json::json!({"event": "e\"\u{e9}", "data": "\n"}));
         let mut none = 0;
-        each_queued_send(String::new(), |_, _| none += 1);
+        each_queued_send("", |_, _| none += 1);
         assert_eq!(none, 0);
     }
 

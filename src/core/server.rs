@@ -348,7 +348,7 @@ impl Server {
     }
 
     /// Many `sendToClient` calls at once (see `protocol::each_queued_send`).
-    pub fn send_to_clients(&self, batch: String) -> usize {
+    pub fn send_to_clients(&self, batch: &str) -> usize {
         let mut sent = 0;
         protocol::each_queued_send(batch, |id, frame| {
             sent += self.env.hub.send_to_client(id, frame)
