@@ -211,6 +211,8 @@ describe('events reaching the handlers', () => {
       { event: 'text', data: 'a\nb"c' },
       { event: 'null', data: null },
       { event: 'é', data: [] },
+      // toJSON is told the key it is serialised under, as in the original.
+      { event: 'keyed', data: { toJSON: key => `key:${key}` } },
       { event: 'end', data: 0 },
     ];
     const { url, ws } = await startServer({

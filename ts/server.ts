@@ -50,6 +50,16 @@ function queueable(value: unknown): value is string {
   return typeof value === 'string' && !value.includes('\n') && (value as unknown as { isWellFormed(): boolean }).isWellFormed();
 }
 
+/**
+ * Whether `JSON.stringify(data)` writes what `JSON.stringify({ event, data })`
+ * writes under `data`: not when a `toJSON` would be called with the key
+ * `''` instead of `'data'` (an object's own or inherited, or BigInt's).
+ */
+function keyless(data: unknown): boolean {
+  if (typeof data === 'object') return data === null || typeof (data as { toJSON?: unknown }).toJSON !== 'function';
+  return typeof data !== 'bigint';
+}
+
 export class WebSocketServer<
   AuthDataType extends Record<string, unknown> = Record<string, unknown>,
   MetadataType extends Record<string, unknown> = Record<string, unknown>,
@@ -265,7 +275,7 @@ export class WebSocketServer<
 
   sendToClient(opts: { clientId: string; event: string; data?: unknown; doLog?: boolean }): void {
     const { clientId, event, data, doLog } = opts;
-    if (this.handlingBatch && !doLog && queueable(clientId) && queueable(event)) {
+    if (this.handlingBatch && !doLog && queueable(clientId) && queueable(event) && keyless(data)) {
       // `data` alone: V8 serialises the `{ event, data }` wrapper at twice
       // the cost; the native side writes the frame around it, as
       // JSON.stringify({ event, data }) would (no raw newline can be in
