@@ -53,10 +53,13 @@ function queueable(value: unknown): value is string {
 /**
  * Whether `JSON.stringify(data)` writes what `JSON.stringify({ event, data })`
  * writes under `data`: not when a `toJSON` would be called with the key
- * `''` instead of `'data'` (an object's own or inherited, or BigInt's).
+ * `''` instead of `'data'` (an object's or a function's, own or inherited,
+ * or BigInt's).
  */
 function keyless(data: unknown): boolean {
-  if (typeof data === 'object') return data === null || typeof (data as { toJSON?: unknown }).toJSON !== 'function';
+  if (typeof data === 'object' || typeof data === 'function') {
+    return data === null || typeof (data as { toJSON?: unknown }).toJSON !== 'function';
+  }
   return typeof data !== 'bigint';
 }
 
