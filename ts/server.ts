@@ -42,12 +42,20 @@ import type {
 
 /**
  * Whether `value` can be a part of a queued `sendToClient` (see
- * `queuedSends`): a string without the newline that separates the parts
- * and without a lone surrogate (which JSON.stringify would escape as it is
- * but the crossing to UTF-8 would replace).
+ * `queuedSends`): a string without the newline that separates the parts.
  */
 function queueable(value: unknown): value is string {
-  return typeof value === 'string' && !value.includes('\n') && (value as unknown as { isWellFormed(): boolean }).isWellFormed();
+  return typeof value === 'string' && !value.includes('\n');
+}
+
+/**
+ * Whether `event` can be written into the frame natively: queueable, and
+ * without a lone surrogate (JSON.stringify escapes one as it is; the
+ * crossing to UTF-8 would replace it). An id needs no such look: it is
+ * only looked up, and crosses to UTF-8 on either path.
+ */
+function queueableEvent(event: unknown): event is string {
+  return queueable(event) && (event as unknown as { isWellFormed(): boolean }).isWellFormed();
 }
 
 /**
@@ -278,7 +286,7 @@ export class WebSocketServer<
 
   sendToClient(opts: { clientId: string; event: string; data?: unknown; doLog?: boolean }): void {
     const { clientId, event, data, doLog } = opts;
-    if (this.handlingBatch && !doLog && queueable(clientId) && queueable(event) && keyless(data)) {
+    if (this.handlingBatch && !doLog && queueable(clientId) && queueableEvent(event) && keyless(data)) {
       // `data` alone: V8 serialises the `{ event, data }` wrapper at twice
       // the cost; the native side writes the frame around it, as
       // JSON.stringify({ event, data }) would (no raw newline can be in

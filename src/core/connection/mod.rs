@@ -296,10 +296,10 @@ impl Outbound {
     }
 
     /// Reads the next message if asked (`read`) and the socket may have one
-    /// (`readable`, or its read side woke the task). The read registers the client's own
-    /// waker (`impl Wake for Client`), which marks it before waking the
-    /// task; the mark is cleared before the read, so readiness that comes
-    /// during it is not lost.
+    /// (`readable`, or its read side woke the task). The read registers the
+    /// client's own waker (`impl Wake for Client`), which marks it before
+    /// waking the task; the mark is cleared before the read, so readiness
+    /// that comes during it is not lost.
     fn poll_read<S>(
         &mut self,
         read: bool,
