@@ -11,6 +11,8 @@ import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import os from 'node:os';
 import { Client, startServer, stopAll, sleep, lib, hasCommand, needs, until } from './helpers.mjs';
+import { noRedis, sharedRedis } from './redis-helpers.mjs';
+import WebSocket from 'ws';
 
 after(stopAll);
 
@@ -217,6 +219,75 @@ describe('runMode js-thread', () => {
     // spinning, it would burn the whole second (100 ticks).
     assert.ok(spent < 30, `the waiter used ${spent} ticks of CPU during a 1 s handler`);
     c.close();
+  });
+
+  test('with Redis, a publication leaves for the other instances before the local fan-out is done', { skip: noRedis }, async () => {
+    // The Redis connections run on a thread of their own: on the JS
+    // thread's runtime the publication waited behind the writes to every
+    // local member of the room.
+    const redis = await sharedRedis();
+    const { default: IORedis } = await import('ioredis');
+    const sub = new IORedis(redis.url);
+    const socks = [];
+    let ws;
+    try {
+      const big = 'x'.repeat(16 * 1024);
+      ({ ws } = await startServer({
+        runMode: 'js-thread',
+        redis: { url: redis.url },
+        messageHandler: ({ message }) => {
+          if (message.event === 'go') ws.send({ destination: 'ws-default', payload: { topic: 'news', data: big } });
+        },
+      }));
+      const url = `ws://127.0.0.1:${ws.port}/ws`;
+      const members = 1000;
+      let got = 0;
+      let gotWhenPublished = -1;
+      const published = new Promise(resolve =>
+        sub.on('message', () => {
+          gotWhenPublished = got;
+          resolve();
+        }),
+      );
+      await new Promise((resolve, reject) => (sub.once('ready', resolve), sub.once('error', reject)));
+      await sub.subscribe('ws:room:ws-default');
+      for (let i = 0; i < members; i += 100) {
+        socks.push(
+          ...(await Promise.all(
+            Array.from({ length: Math.min(100, members - i) }, async () => {
+              const s = new WebSocket(url);
+              await new Promise((resolve, reject) => (s.once('open', resolve), s.once('error', reject)));
+              s.send(JSON.stringify({ event: 'authenticate', data: { token: 't' } }));
+              await new Promise(resolve => s.once('message', resolve));
+              return s;
+            }),
+          )),
+        );
+      }
+      const all = new Promise(resolve => {
+        for (const s of socks) {
+          s.on('message', d => {
+            if (d.length > big.length && ++got === members) resolve();
+          });
+        }
+      });
+      socks[0].send(JSON.stringify({ event: 'go' }));
+      let timer;
+      const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`after 20 s: ${got} of ${members} members got the publication, Redis ${gotWhenPublished < 0 ? 'did not' : 'did'}`)), 20000);
+      });
+      await Promise.race([Promise.all([published, all]), late]).finally(() => clearTimeout(timer));
+      assert.ok(gotWhenPublished < members, `Redis got the publication only after all ${members} local members had theirs`);
+      if (fs.existsSync('/proc/self/task')) {
+        const threads = fs.readdirSync('/proc/self/task').map(t => fs.readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim());
+        assert.ok(threads.includes('ignis-ws-redis'), `no ignis-ws-redis thread among ${threads}`);
+      }
+    } finally {
+      for (const s of socks) s.terminate();
+      sub.disconnect();
+      await ws?.shutdown();
+      await redis.stop();
+    }
   });
 
   test('the process exits by itself once the server is shut down', () => {

@@ -187,10 +187,13 @@ impl NativeServer {
         transform: Option<Function<FnArgs<(String, String)>, Promise<TransformResult>>>,
     ) -> Result<Self> {
         let config = to_config(&options)?;
-        let redis = options.redis.as_ref().map(to_redis_config).transpose()?;
+        let mut redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = options.log_level.max();
         let exec = Exec::new(options.run_mode, &env)?;
         let runner = exec.runner();
+        if let (Some(r), Some(rc)) = (runner, redis.as_mut()) {
+            rc.runtime = Some(r.bus()?);
+        }
         let handlers = Arc::new(JsHandlers {
             authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed, runner)?,
             validate_rooms: validate_rooms

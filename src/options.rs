@@ -195,6 +195,7 @@ pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
             key: t.key.as_ref().map(|s| s.as_bytes().to_vec()),
             insecure: t.insecure,
         }),
+        runtime: None,
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod emitter;
 pub mod keys;
 pub mod redis;
+pub mod relay;
 pub mod router;
 pub mod store;
 

@@ -58,6 +58,10 @@ pub struct RedisConfig {
     pub publish_buffer: usize,
     /// How the address is named in messages (no password).
     pub display: String,
+    /// The runtime the connections and their tasks run on; `None`: the
+    /// caller's. One of its own keeps a publication from waiting behind
+    /// the sockets' work when that runtime has one thread (`js-thread`).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 pub(in crate::core::broker) const BACKOFF_MIN: Duration = Duration::from_millis(25);

@@ -28,6 +28,7 @@ pub use connect::Outgoing;
 pub(super) use connect::{cluster_builder, open_publisher, Publisher};
 pub use connect::{Endpoint, RedisConfig, TlsSettings};
 
+use crate::core::broker::relay::Relay;
 use crate::core::broker::store::{ScriptCall, Store};
 use crate::core::broker::{Broker, BrokerStatus, Subscriber};
 use crate::core::envelope::BROADCAST_CHANNEL;
@@ -55,7 +56,27 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Connects (bounded by `connect_timeout`) and starts the publisher and
     /// subscriber tasks. Fails with a message naming the address.
+    ///
+    /// With `cfg.runtime`, the connections and those tasks run there, and
+    /// what is received is relayed to `inbound` on the calling runtime.
     pub async fn connect(
+        cfg: RedisConfig,
+        inbound: Arc<dyn Subscriber>,
+        log: Logger,
+        stats: Arc<Stats>,
+    ) -> Result<RedisBroker, String> {
+        match cfg.runtime.clone() {
+            None => Self::connect_here(cfg, inbound, log, stats).await,
+            Some(rt) => {
+                let inbound: Arc<dyn Subscriber> = Arc::new(Relay::spawn(inbound));
+                rt.spawn(Self::connect_here(cfg, inbound, log, stats))
+                    .await
+                    .map_err(|e| format!("the Redis connections' thread failed: {e}"))?
+            }
+        }
+    }
+
+    async fn connect_here(
         cfg: RedisConfig,
         inbound: Arc<dyn Subscriber>,
         log: Logger,
