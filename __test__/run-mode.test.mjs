@@ -115,12 +115,12 @@ describe('runMode', () => {
     assert.equal(autoUnder('0'), 'js-thread');
   });
 
-  test('auto runs on threads when the process may use two cores', t => {
+  test('auto runs on the JS thread when the process may use two cores', t => {
     const missing = needs('taskset', hasCommand('taskset'), 'apt-get install util-linux');
     if (missing) return t.skip?.(missing);
     // A property of the machine, not a missing component: said, not failed.
     if (os.availableParallelism() < 2) return t.skip?.('this machine lets the tests use one core only');
-    assert.equal(autoUnder('0,1'), 'threads');
+    assert.equal(autoUnder('0,1'), 'js-thread');
   });
 });
 

@@ -30,8 +30,9 @@ export const CONTENDERS = [
   { id: 'original', label: 'original helper (Bun)', cmd: bun, script: 'original.mjs', pub: 'ignis' },
   { id: 'native-node', label: 'ignis-ws-native (Node)', cmd: node, script: 'native.mjs', pub: 'ignis' },
   { id: 'native-bun', label: 'ignis-ws-native (Bun)', cmd: bun, script: 'native.mjs', pub: 'ignis' },
-  // Each run mode forced: `auto` picks threads on 2 cores and js-thread on
-  // one (the `p…` scenarios), so each scenario lists the other one.
+  // Each run mode forced: `auto` picks js-thread on up to 2 cores (this
+  // machine, and one for the `p…` scenarios), so each scenario lists
+  // threads; js-thread is forced where `auto` would pick threads.
   { id: 'native-node-js-thread', label: 'ignis-ws-native (Node, runMode js-thread)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
   { id: 'native-bun-js-thread', label: 'ignis-ws-native (Bun, runMode js-thread)', cmd: bun, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
   { id: 'native-node-threads', label: 'ignis-ws-native (Node, runMode threads)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
@@ -334,8 +335,8 @@ function closedLoop(c, redis, message) {
   });
 }
 
-// On 2 cores `auto` runs threads: these also run js-thread, forced.
-for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = ['js-thread'];
+// On 2 cores `auto` runs js-thread: these also run threads, forced.
+for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = ['threads'];
 
 for (const key of ['b', 'h', 'c', 'd', 'r']) {
   const sc = SCENARIOS[key];

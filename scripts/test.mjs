@@ -1,14 +1,14 @@
-// `npm test`: the Node half, the Bun half, then both again with the engine
-// forced onto the JavaScript thread (`runMode: "js-thread"`, which `auto`
-// picks on one core only, so it is run here on purpose).
+// `npm test`: the Node half and the Bun half in each run mode, forced
+// (`auto` picks `js-thread` on up to two cores and `threads` beyond, so
+// each machine would run one of them only).
 // Each runs even when an earlier one failed (so one run shows all), and
 // the whole fails if any did.
 import { spawnSync } from 'node:child_process';
 
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 const halves = [
-  { script: 'test:node', env: {} },
-  { script: 'test:bun', env: {} },
+  { script: 'test:node', env: { IGNIS_WS_RUN_MODE: 'threads' }, label: 'test:node with IGNIS_WS_RUN_MODE=threads' },
+  { script: 'test:bun', env: { IGNIS_WS_RUN_MODE: 'threads' }, label: 'test:bun with IGNIS_WS_RUN_MODE=threads' },
   { script: 'test:node', env: { IGNIS_WS_RUN_MODE: 'js-thread' }, label: 'test:node with IGNIS_WS_RUN_MODE=js-thread' },
   { script: 'test:bun', env: { IGNIS_WS_RUN_MODE: 'js-thread' }, label: 'test:bun with IGNIS_WS_RUN_MODE=js-thread' },
 ];

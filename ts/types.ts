@@ -276,7 +276,7 @@ export interface IWebSocketServerOptions<
    * whole server shares that one thread, as Bun's own server does).
    * `threads`: on a pool of native threads, with the JavaScript thread left
    * to the handlers (more throughput when cores are free). `auto` (default):
-   * `js-thread` when the process may use one core only (affinity mask,
+   * `js-thread` when the process may use two cores at most (affinity mask,
    * cgroup quota), else `threads`; the environment variable
    * `IGNIS_WS_RUN_MODE` (`js-thread` or `threads`) overrides `auto`.
    * `ws.runMode` tells which one runs.
