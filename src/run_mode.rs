@@ -21,7 +21,8 @@ pub enum RunMode {
 /// Up to this many allowed cores, `auto` runs the core on the JS thread.
 /// On one core the crossings between threads are pure cost; on two, with
 /// the Redis connections on a thread of their own, it measured ahead of
-/// `threads` on every scenario of the bench (docs/PERFORMANCE.md, "Run
+/// `threads` on request/response, steady fan-out and cross-instance
+/// latency, and within 15 % on fan-out bursts (docs/PERFORMANCE.md, "Run
 /// modes"). Beyond, the parallel socket side leaves the JS thread to the
 /// handlers (not measured: the bench's machine has two cores).
 pub const JS_THREAD_MAX_CORES: usize = 2;
