@@ -197,7 +197,7 @@ impl Runner {
     /// by the publisher 7.4 ms after the handler's call at the median,
     /// against 0.25 ms on `threads`). What arrives from Redis is fanned
     /// out on this runtime still (`broker::relay`).
-    pub fn bus(&self) -> napi::Result<tokio::runtime::Handle> {
+    pub fn redis_runtime() -> napi::Result<tokio::runtime::Handle> {
         static BUS: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
         let mut bus = BUS.lock();
         if let Some(h) = &*bus {

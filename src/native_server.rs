@@ -191,8 +191,8 @@ impl NativeServer {
         let max = options.log_level.max();
         let exec = Exec::new(options.run_mode, &env)?;
         let runner = exec.runner();
-        if let (Some(r), Some(rc)) = (runner, redis.as_mut()) {
-            rc.runtime = Some(r.bus()?);
+        if let (Some(_), Some(rc)) = (runner, redis.as_mut()) {
+            rc.runtime = Some(crate::js_thread::Runner::redis_runtime()?);
         }
         let handlers = Arc::new(JsHandlers {
             authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed, runner)?,
