@@ -394,6 +394,8 @@ export interface NativeStats {
   busReceived: number
   /** Envelopes received that were not JSON or not shaped right. */
   busInvalid: number
+  /** Envelopes received but dropped because the sockets' runtime did not take them before 32 MiB waited (js-thread mode); history rooms recover them as after a Redis reconnection. */
+  busRelayDropped: number
   /** Joins to history rooms answered with a read of the room's history in Redis (the replay of a recovering join). */
   historyReads: number
   /** History publications a member could not be given: missing from Redis when a gap was filled. */

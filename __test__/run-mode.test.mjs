@@ -12,7 +12,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { Client, startServer, stopAll, sleep, lib, hasCommand, needs, until } from './helpers.mjs';
 import { noRedis, sharedRedis } from './redis-helpers.mjs';
-import WebSocket from 'ws';
 
 after(stopAll);
 
@@ -252,26 +251,16 @@ describe('runMode js-thread', () => {
       await new Promise((resolve, reject) => (sub.once('ready', resolve), sub.once('error', reject)));
       await sub.subscribe('ws:room:ws-default');
       for (let i = 0; i < members; i += 100) {
-        socks.push(
-          ...(await Promise.all(
-            Array.from({ length: Math.min(100, members - i) }, async () => {
-              const s = new WebSocket(url);
-              await new Promise((resolve, reject) => (s.once('open', resolve), s.once('error', reject)));
-              s.send(JSON.stringify({ event: 'authenticate', data: { token: 't' } }));
-              await new Promise(resolve => s.once('message', resolve));
-              return s;
-            }),
-          )),
-        );
+        socks.push(...(await Promise.all(Array.from({ length: Math.min(100, members - i) }, () => Client.auth(url)))));
       }
       const all = new Promise(resolve => {
-        for (const s of socks) {
-          s.on('message', d => {
+        for (const c of socks) {
+          c.sock.on('message', d => {
             if (d.length > big.length && ++got === members) resolve();
           });
         }
       });
-      socks[0].send(JSON.stringify({ event: 'go' }));
+      socks[0].emit('go');
       let timer;
       const late = new Promise((_, reject) => {
         timer = setTimeout(() => reject(new Error(`after 20 s: ${got} of ${members} members got the publication, Redis ${gotWhenPublished < 0 ? 'did not' : 'did'}`)), 20000);
@@ -283,7 +272,7 @@ describe('runMode js-thread', () => {
         assert.ok(threads.includes('ignis-ws-redis'), `no ignis-ws-redis thread among ${threads}`);
       }
     } finally {
-      for (const s of socks) s.terminate();
+      for (const c of socks) c.sock.terminate();
       sub.disconnect();
       await ws?.shutdown();
       await redis.stop();

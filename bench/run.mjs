@@ -335,15 +335,27 @@ function closedLoop(c, redis, message) {
   });
 }
 
-// On 2 cores `auto` runs js-thread: these also run threads, forced.
-for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = ['threads'];
+/** What `auto` picks for a server started from here (on one core when
+ * `oneCore`), asked of the addon itself. */
+function autoRunMode(oneCore) {
+  const code = `const { WebSocketServer } = require(${JSON.stringify(path.join(root, 'dist', 'index.js'))});
+    console.log(new WebSocketServer({ logLevel: 'silent', authenticateFn: () => null }).runMode);`;
+  const [cmd, args] = oneCore ? ['taskset', ['-c', '0', node, '-e', code]] : [node, ['-e', code]];
+  return execFileSync(cmd, args, { encoding: 'utf8', env: { ...process.env, IGNIS_WS_RUN_MODE: '' } }).trim();
+}
+const otherMode = mode => (mode === 'js-thread' ? 'threads' : 'js-thread');
 
+// Beside `auto`, each scenario runs the other mode, forced.
+const otherThanAuto = otherMode(autoRunMode(false));
+for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = [otherThanAuto];
+
+const otherThanAutoOnOneCore = otherMode(autoRunMode(true));
 for (const key of ['b', 'h', 'c', 'd', 'r']) {
   const sc = SCENARIOS[key];
   SCENARIOS[`p${key}`] = {
     title: `${sc.title.replace(/^\((\w)\)/, '(p$1)')}; server pinned to one core (taskset), load on the other`,
     contenders: sc.contenders,
-    modes: ['threads'],
+    modes: [otherThanAutoOnOneCore],
     async run(c, redis) {
       pinned = true;
       try {

@@ -38,6 +38,7 @@ macro_rules! with_counters {
             bus_publish_dropped "Publications dropped because Redis was away longer than the buffer lasts.",
             bus_received "Envelopes received.",
             bus_invalid "Envelopes received that were not JSON or not shaped right.",
+            bus_relay_dropped "Envelopes received but dropped because the sockets' runtime did not take them before 32 MiB waited (js-thread mode); history rooms recover them as after a Redis reconnection.",
             history_reads "Joins to history rooms answered with a read of the room's history in Redis (the replay of a recovering join).",
             history_skipped "History publications a member could not be given: missing from Redis when a gap was filled.",
             store_errors "Redis requests for history or presence that failed or timed out.",

@@ -7,25 +7,53 @@
 //! current-thread runtime). The relay moves each batch of messages across
 //! once, and the fan-out runs where the members' tasks live, as it would
 //! with the connections there.
+//!
+//! The queue between the two is bounded in bytes, as Redis bounds what it
+//! holds for a subscriber that does not read (`client-output-buffer-limit
+//! pubsub`, 32 MiB by default): past [`MAX_QUEUED_BYTES`] what arrives is
+//! dropped and counted (`busRelayDropped`), one log line per overflow, and
+//! once there is room again the receiver is told `resubscribed`, as after
+//! a lost Redis connection, so history rooms fill the gap.
 
 use super::Subscriber;
+use crate::core::log::Logger;
+use crate::core::stats::{bump, Stats};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// The most payload bytes waiting for the sockets' runtime.
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
+
 enum Relayed {
-    Messages(Vec<(String, String)>),
+    /// The messages and their payload bytes.
+    Messages(Vec<(String, String)>, usize),
     Resubscribed,
 }
 
 pub struct Relay {
     tx: mpsc::UnboundedSender<Relayed>,
+    /// Payload bytes sent and not yet delivered.
+    queued: Arc<AtomicUsize>,
+    max: usize,
+    /// Set while dropping; the first batch taken after it is preceded by
+    /// `resubscribed`.
+    dropping: AtomicBool,
+    stats: Arc<Stats>,
+    log: Logger,
 }
 
 impl Relay {
     /// Delivers to `to` from a task on the calling runtime, in the order
     /// received; the task ends when the relay is dropped.
-    pub fn spawn(to: Arc<dyn Subscriber>) -> Relay {
+    pub fn spawn(to: Arc<dyn Subscriber>, stats: Arc<Stats>, log: Logger) -> Relay {
+        Self::bounded(to, MAX_QUEUED_BYTES, stats, log)
+    }
+
+    fn bounded(to: Arc<dyn Subscriber>, max: usize, stats: Arc<Stats>, log: Logger) -> Relay {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         tokio::spawn(async move {
             let mut batch: Vec<(String, String)> = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -35,7 +63,10 @@ impl Relay {
                 let mut next = Some(first);
                 while let Some(item) = next {
                     match item {
-                        Relayed::Messages(m) => batch.extend(m),
+                        Relayed::Messages(m, bytes) => {
+                            batch.extend(m);
+                            taken.fetch_sub(bytes, Ordering::AcqRel);
+                        }
                         Relayed::Resubscribed => {
                             deliver(&*to, &mut batch);
                             to.resubscribed();
@@ -46,7 +77,14 @@ impl Relay {
                 deliver(&*to, &mut batch);
             }
         });
-        Relay { tx }
+        Relay {
+            tx,
+            queued,
+            max,
+            dropping: AtomicBool::new(false),
+            stats,
+            log,
+        }
     }
 }
 
@@ -61,13 +99,30 @@ fn deliver(to: &dyn Subscriber, batch: &mut Vec<(String, String)>) {
 
 impl Subscriber for Relay {
     fn deliver_all(&self, messages: &[(&str, &str)]) {
+        let bytes: usize = messages.iter().map(|(c, p)| c.len() + p.len()).sum();
+        if self.queued.load(Ordering::Acquire) + bytes > self.max {
+            for _ in messages {
+                bump(&self.stats.bus_relay_dropped);
+            }
+            if !self.dropping.swap(true, Ordering::AcqRel) {
+                self.log.error(
+                    "the sockets' runtime is not taking what Redis delivers: dropping it until it does; history rooms recover it",
+                    &[("queuedBytes", &self.queued.load(Ordering::Relaxed))],
+                );
+            }
+            return;
+        }
+        if self.dropping.swap(false, Ordering::AcqRel) {
+            let _ = self.tx.send(Relayed::Resubscribed);
+        }
         let owned = messages
             .iter()
             .map(|(c, p)| ((*c).to_owned(), (*p).to_owned()))
             .collect();
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
         // Closed only when the receiving runtime is gone: nothing is left
         // there to deliver to.
-        let _ = self.tx.send(Relayed::Messages(owned));
+        let _ = self.tx.send(Relayed::Messages(owned, bytes));
     }
 
     fn resubscribed(&self) {
@@ -95,14 +150,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn delivers_on_the_runtime_that_made_it_in_order() {
-        let here = tokio::runtime::Builder::new_current_thread()
+    fn quiet() -> Logger {
+        Logger::new(Arc::new(crate::core::log::NullLog))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn settle(seen: &Seen, n: usize) {
+        for _ in 0..100 {
+            if seen.0.lock().len() >= n {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn delivers_on_the_runtime_that_made_it_in_order() {
+        let here = runtime();
         let seen = Arc::new(Seen::default());
-        let relay = here.block_on(async { Relay::spawn(seen.clone()) });
+        let stats = Arc::new(Stats::default());
+        let relay = here.block_on(async { Relay::spawn(seen.clone(), stats, quiet()) });
         // From another thread, as a bus runtime would.
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -111,14 +184,29 @@ mod tests {
                 relay.deliver_all(&[("c", "3")]);
             });
         });
-        here.block_on(async {
-            for _ in 0..100 {
-                if seen.0.lock().len() == 4 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-        });
+        here.block_on(settle(&seen, 4));
         assert_eq!(*seen.0.lock(), ["a=1", "b=2", "resubscribed", "c=3"]);
+    }
+
+    #[test]
+    fn past_the_bound_drops_counts_and_reports_the_gap_once_there_is_room() {
+        let here = runtime();
+        let seen = Arc::new(Seen::default());
+        let stats = Arc::new(Stats::default());
+        // Room for two messages of 4 bytes ("r" + 3).
+        let relay =
+            here.block_on(async { Relay::bounded(seen.clone(), 8, stats.clone(), quiet()) });
+        // The receiving runtime is not running: nothing is taken.
+        relay.deliver_all(&[("r", "p01")]);
+        relay.deliver_all(&[("r", "p02")]);
+        relay.deliver_all(&[("r", "p03"), ("r", "p04")]);
+        relay.deliver_all(&[("r", "p05")]);
+        assert_eq!(stats.bus_relay_dropped.load(Ordering::Relaxed), 3);
+        here.block_on(settle(&seen, 2));
+        // Taken: there is room again, and the gap comes before what follows.
+        relay.deliver_all(&[("r", "p06")]);
+        here.block_on(settle(&seen, 4));
+        assert_eq!(*seen.0.lock(), ["r=p01", "r=p02", "resubscribed", "r=p06"]);
+        assert_eq!(relay.queued.load(Ordering::Relaxed), 0);
     }
 }

@@ -68,7 +68,8 @@ impl RedisBroker {
         match cfg.runtime.clone() {
             None => Self::connect_here(cfg, inbound, log, stats).await,
             Some(rt) => {
-                let inbound: Arc<dyn Subscriber> = Arc::new(Relay::spawn(inbound));
+                let inbound: Arc<dyn Subscriber> =
+                    Arc::new(Relay::spawn(inbound, stats.clone(), log.clone()));
                 rt.spawn(Self::connect_here(cfg, inbound, log, stats))
                     .await
                     .map_err(|e| format!("the Redis connections' thread failed: {e}"))?
