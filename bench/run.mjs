@@ -30,9 +30,8 @@ export const CONTENDERS = [
   { id: 'original', label: 'original helper (Bun)', cmd: bun, script: 'original.mjs', pub: 'ignis' },
   { id: 'native-node', label: 'ignis-ws-native (Node)', cmd: node, script: 'native.mjs', pub: 'ignis' },
   { id: 'native-bun', label: 'ignis-ws-native (Bun)', cmd: bun, script: 'native.mjs', pub: 'ignis' },
-  // Each run mode forced: `auto` picks js-thread on up to 2 cores (this
-  // machine, and one for the `p…` scenarios), so each scenario lists
-  // threads; js-thread is forced where `auto` would pick threads.
+  // Each run mode forced: a scenario runs the one `auto` does not pick
+  // there (see `autoRunMode`), beside `auto`.
   { id: 'native-node-js-thread', label: 'ignis-ws-native (Node, runMode js-thread)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
   { id: 'native-bun-js-thread', label: 'ignis-ws-native (Bun, runMode js-thread)', cmd: bun, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'js-thread' } },
   { id: 'native-node-threads', label: 'ignis-ws-native (Node, runMode threads)', cmd: node, script: 'native.mjs', pub: 'ignis', env: { IGNIS_WS_RUN_MODE: 'threads' } },
