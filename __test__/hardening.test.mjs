@@ -120,9 +120,9 @@ describe('a client that stops reading (real TCP)', () => {
    * A client in a Node process of its own that authenticates, joins `room`
    * and stops reading (Bun's paused sockets keep reading into memory).
    */
-  async function stalledClient(ws, room) {
+  async function stalledClient(ws, room, trickleMs) {
     const before = ws.getClientsByRoom({ room }).length;
-    const child = spawn('node', [path.join(here, 'fixtures', 'stalled-client.mjs'), String(ws.port), room], {
+    const child = spawn('node', [path.join(here, 'fixtures', 'stalled-client.mjs'), String(ws.port), room, ...(trickleMs ? [String(trickleMs)] : [])], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     children.add(child);
@@ -130,7 +130,16 @@ describe('a client that stops reading (real TCP)', () => {
     child.stdout.on('data', d => (out += d));
     await until(() => out.includes('READY'), 5000, 'the stalled client ready');
     await until(() => ws.getClientsByRoom({ room }).length === before + 1, 3000, 'joined');
-    return { stop: () => child.kill('SIGKILL') };
+    return {
+      stop: () => child.kill('SIGKILL'),
+      /** Resolves true once the client has read `bytes` (it prints its count), false after `ms` or if it ends. */
+      received(bytes, ms) {
+        const read = () => Number([...out.matchAll(/RECEIVED (\d+)/g)].pop()?.[1] ?? 0);
+        return until(() => read() >= bytes || child.exitCode !== null, ms, `${bytes} bytes read`)
+          .then(() => read() >= bytes)
+          .catch(() => false);
+      },
+    };
   }
 
   /**
@@ -181,6 +190,29 @@ describe('a client that stops reading (real TCP)', () => {
     const took = Date.now() - since;
     figure(`stalled reader dropped by sendTimeout 1000 ms after ${took} ms`);
     assert.equal(ws.stats().sendTimeouts, 1);
+    raw.stop();
+  });
+
+  test('sendTimeout keeps a reader that is slow but reads: each read is progress', async () => {
+    const { ws } = await startServer({
+      heartbeatInterval: 60_000,
+      sendTimeout: 1000,
+      serverOptions: { backpressureLimit: 64 * 1024 * 1024 },
+      validateRoomFn: ({ rooms }) => rooms,
+    });
+    // One 32 MiB frame to a reader that reads for 10 ms every 400 ms: a
+    // socket buffer's worth per read, so the one write waits on the socket
+    // for several seconds in all, never 1 s without progress.
+    const raw = await stalledClient(ws, 'trickle', 400);
+    const since = Date.now();
+    ws.sendToRoom({ room: 'trickle', event: 'big', data: 'x'.repeat(32 * 1024 * 1024) });
+    const got = await raw.received(32 * 1024 * 1024, 20000);
+    const took = Date.now() - since;
+    figure(`32 MiB to a reader reading 10 ms in 400: ${took} ms, never dropped`);
+    assert.equal(ws.stats().sendTimeouts, 0);
+    assert.ok(got, 'the reader did not get the frame');
+    assert.equal(ws.getClients().size, 1);
+    assert.ok(took > 1000, `the write waited on the socket less than sendTimeout (${took} ms)`);
     raw.stop();
   });
 

@@ -41,6 +41,11 @@ pub struct FrameWriter<S> {
     /// it began: a write stalled longer than `sendTimeout` since then ends
     /// the connection.
     progress_at: Instant,
+    /// Progress (or a new wait) since `progress_at` was last read: the
+    /// clock is read only when the time is asked for, which happens while
+    /// a write is stalled. Most writes complete at once and never need it;
+    /// reading the clock on each cost ≈ 1 % of a steady fan-out's CPU.
+    progressed: bool,
 }
 
 /// The first byte of a whole text frame.
@@ -73,12 +78,12 @@ pub fn frame_header(head: u8, len: usize) -> ([u8; 10], usize) {
 /// The outcome of one write to the socket. Any byte it took is progress:
 /// `sendTimeout` counts from the last (the one place that rule is written).
 fn note_progress(
-    progress_at: &mut Instant,
+    progressed: &mut bool,
     written: Poll<io::Result<usize>>,
 ) -> Poll<io::Result<usize>> {
     if let Poll::Ready(Ok(n)) = &written {
         if *n > 0 {
-            *progress_at = Instant::now();
+            *progressed = true;
         }
     }
     written
@@ -91,6 +96,7 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
             pending: Vec::new(),
             at: 0,
             progress_at: Instant::now(),
+            progressed: false,
         }
     }
 
@@ -103,21 +109,27 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         self.at < self.pending.len()
     }
 
-    pub fn progress_at(&self) -> Instant {
+    /// When the socket last made progress; later than it by at most the
+    /// time since the caller last asked (the loop asks on every turn that
+    /// ends with a write stalled).
+    pub fn progress_at(&mut self) -> Instant {
+        if std::mem::take(&mut self.progressed) {
+            self.progress_at = Instant::now();
+        }
         self.progress_at
     }
 
     /// A new wait for the socket starts now (nothing was pending).
     pub fn mark_progress(&mut self) {
         if !self.has_pending() {
-            self.progress_at = Instant::now();
+            self.progressed = true;
         }
     }
 
     /// Writes to the socket, noting any progress.
     fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         note_progress(
-            &mut self.progress_at,
+            &mut self.progressed,
             Pin::new(&mut self.inner).poll_write(cx, buf),
         )
     }
@@ -128,14 +140,14 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         slices: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
-        note_progress(&mut self.progress_at, written)
+        note_progress(&mut self.progressed, written)
     }
 
     /// Writes what is pending; ready once nothing is.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.at < self.pending.len() {
             let written = Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]);
-            let n = ready!(note_progress(&mut self.progress_at, written))?;
+            let n = ready!(note_progress(&mut self.progressed, written))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -355,7 +367,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
             Poll::Ready(r) => r?,
             // The socket is full: the wait for it starts now.
             Poll::Pending => {
-                this.progress_at = Instant::now();
+                this.progressed = true;
                 0
             }
         };

@@ -414,7 +414,7 @@ impl Connection {
                         }
                         // Judged now, not when the loop turned: a stalled
                         // write can finish inside a poll that then waits.
-                        if out.writing(&ws) && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
+                        if out.writing(&ws) && !cfg.send_timeout.is_zero() && now >= ws.get_mut().progress_at() + cfg.send_timeout {
                             bump(&this.env.stats.send_timeouts);
                             this.env.log.warn(
                                 "Send timeout: no write progress; dropping the connection",
@@ -498,7 +498,7 @@ impl Connection {
                     deadline = deadline.min(auth_until);
                 }
                 if !cfg.send_timeout.is_zero() && out.writing(&ws) {
-                    deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
+                    deadline = deadline.min(ws.get_mut().progress_at() + cfg.send_timeout);
                 }
                 if deadline != armed {
                     armed = deadline;
