@@ -66,6 +66,14 @@ fn quiet() -> Config {
     }
 }
 
+/// `quiet()` with a send timeout.
+fn with_send_timeout(send_timeout: Duration) -> Config {
+    Config {
+        send_timeout,
+        ..quiet()
+    }
+}
+
 /// Authenticates a client and returns its id (from `connected`).
 async fn authenticate<S>(ws: &mut WebSocketStream<S>) -> String
 where
@@ -135,11 +143,7 @@ async fn a_close_request_takes_effect_while_a_write_is_stalled() {
 #[tokio::test(start_paused = true)]
 async fn a_write_stalled_for_send_timeout_drops_the_connection() {
     let send_timeout = Duration::from_secs(5);
-    let (server, fake, id, _ws) = stalled(Config {
-        send_timeout,
-        ..quiet()
-    })
-    .await;
+    let (server, fake, id, _ws) = stalled(with_send_timeout(send_timeout)).await;
     sleep(send_timeout - Duration::from_millis(200)).await;
     assert!(server.hub().has_client(&id), "not before sendTimeout");
     sleep(Duration::from_millis(300)).await;
@@ -156,13 +160,31 @@ async fn a_write_stalled_for_send_timeout_drops_the_connection() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn send_timeout_counts_from_the_last_progress_made_inside_a_stall() {
+    let send_timeout = Duration::from_secs(5);
+    let (server, _fake, id, mut ws) = stalled(with_send_timeout(send_timeout)).await;
+    // Two seconds into the stall the peer reads once: the write under way
+    // moves on, fills the socket again and stalls for good.
+    sleep(Duration::from_secs(2)).await;
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    sleep(Duration::from_millis(50)).await;
+    let progressed = Instant::now();
+    sleep(send_timeout - Duration::from_millis(300)).await;
+    assert!(server.hub().has_client(&id), "the read was progress");
+    // Dropped a sendTimeout after that progress, not a sendTimeout after
+    // the timer that first noticed it.
+    sleep(Duration::from_millis(600)).await;
+    assert!(
+        !server.hub().has_client(&id),
+        "still there {:?} after the last progress",
+        progressed.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_reader_that_keeps_reading_slowly_is_not_timed_out() {
     let send_timeout = Duration::from_secs(2);
-    let (server, _fake, id, mut ws) = stalled(Config {
-        send_timeout,
-        ..quiet()
-    })
-    .await;
+    let (server, _fake, id, mut ws) = stalled(with_send_timeout(send_timeout)).await;
     // Four frames a second (about one read of the 4 KiB socket a second):
     // always within sendTimeout of the last progress.
     let started = Instant::now();

@@ -110,8 +110,8 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     }
 
     /// When the socket last made progress; later than it by at most the
-    /// time since the caller last asked (the loop asks on every turn that
-    /// ends with a write stalled).
+    /// time since the caller last asked (the connection loop asks on every
+    /// poll that leaves a write stalled).
     pub fn progress_at(&mut self) -> Instant {
         if std::mem::take(&mut self.progressed) {
             self.progress_at = Instant::now();

@@ -10,10 +10,11 @@
 //!
 //! The queue between the two is bounded in bytes, as Redis bounds what it
 //! holds for a subscriber that does not read (`client-output-buffer-limit
-//! pubsub`, 32 MiB by default): past [`MAX_QUEUED_BYTES`] what arrives is
-//! dropped and counted (`busRelayDropped`), one log line per overflow, and
-//! once there is room again the receiver is told `resubscribed`, as after
-//! a lost Redis connection, so history rooms fill the gap.
+//! pubsub`, 32 MiB by default): once [`MAX_QUEUED_BYTES`] would be passed,
+//! what arrives is dropped and counted (`busRelayDropped`), with one log
+//! line, until the receiving task has taken everything queued before. The
+//! receiver is then told `resubscribed`, as after a lost Redis connection,
+//! so history rooms fill the gap at once, whether or not more arrives.
 
 use super::Subscriber;
 use crate::core::log::Logger;
@@ -22,23 +23,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The most payload bytes waiting for the sockets' runtime.
+/// The most bytes (channels and payloads) waiting for the sockets'
+/// runtime. A batch is always taken when nothing waits, whatever its size.
 pub const MAX_QUEUED_BYTES: usize = 32 << 20;
 
 enum Relayed {
-    /// The messages and their payload bytes.
+    /// The messages and their bytes (channels and payloads).
     Messages(Vec<(String, String)>, usize),
     Resubscribed,
 }
 
 pub struct Relay {
     tx: mpsc::UnboundedSender<Relayed>,
-    /// Payload bytes sent and not yet delivered.
+    /// Bytes sent and not yet taken by the receiving task.
     queued: Arc<AtomicUsize>,
     max: usize,
-    /// Set while dropping; the first batch taken after it is preceded by
-    /// `resubscribed`.
-    dropping: AtomicBool,
+    /// Set from the first drop until everything queued before it was
+    /// taken; whichever side then clears it has `resubscribed` told.
+    dropping: Arc<AtomicBool>,
     stats: Arc<Stats>,
     log: Logger,
 }
@@ -53,7 +55,8 @@ impl Relay {
     fn bounded(to: Arc<dyn Subscriber>, max: usize, stats: Arc<Stats>, log: Logger) -> Relay {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let taken = queued.clone();
+        let dropping = Arc::new(AtomicBool::new(false));
+        let (taken, gap) = (queued.clone(), dropping.clone());
         tokio::spawn(async move {
             let mut batch: Vec<(String, String)> = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -65,7 +68,7 @@ impl Relay {
                     match item {
                         Relayed::Messages(m, bytes) => {
                             batch.extend(m);
-                            taken.fetch_sub(bytes, Ordering::AcqRel);
+                            taken.fetch_sub(bytes, Ordering::SeqCst);
                         }
                         Relayed::Resubscribed => {
                             deliver(&*to, &mut batch);
@@ -75,17 +78,29 @@ impl Relay {
                     next = rx.try_recv().ok();
                 }
                 deliver(&*to, &mut batch);
+                // Drained after drops: the gap is reported now, not when
+                // (if ever) the next message comes.
+                if taken.load(Ordering::SeqCst) == 0 && end_of_gap(&gap) {
+                    to.resubscribed();
+                }
             }
         });
         Relay {
             tx,
             queued,
             max,
-            dropping: AtomicBool::new(false),
+            dropping,
             stats,
             log,
         }
     }
+}
+
+/// Clears the dropping mark; true for the one caller that cleared it.
+fn end_of_gap(dropping: &AtomicBool) -> bool {
+    dropping
+        .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
 }
 
 fn deliver(to: &dyn Subscriber, batch: &mut Vec<(String, String)>) {
@@ -100,26 +115,36 @@ fn deliver(to: &dyn Subscriber, batch: &mut Vec<(String, String)>) {
 impl Subscriber for Relay {
     fn deliver_all(&self, messages: &[(&str, &str)]) {
         let bytes: usize = messages.iter().map(|(c, p)| c.len() + p.len()).sum();
-        if self.queued.load(Ordering::Acquire) + bytes > self.max {
+        let queued = self.queued.load(Ordering::SeqCst);
+        if self.dropping.load(Ordering::SeqCst) {
+            // Everything from before the drops was taken: the receiver
+            // did not see it yet (or it would have cleared the mark).
+            if queued == 0 && end_of_gap(&self.dropping) {
+                let _ = self.tx.send(Relayed::Resubscribed);
+            }
+        }
+        if self.dropping.load(Ordering::SeqCst) || (queued > 0 && queued + bytes > self.max) {
             for _ in messages {
                 bump(&self.stats.bus_relay_dropped);
             }
-            if !self.dropping.swap(true, Ordering::AcqRel) {
+            if !self.dropping.swap(true, Ordering::SeqCst) {
                 self.log.error(
                     "the sockets' runtime is not taking what Redis delivers: dropping it until it does; history rooms recover it",
-                    &[("queuedBytes", &self.queued.load(Ordering::Relaxed))],
+                    &[("queuedBytes", &queued)],
                 );
             }
+            // The receiver may have taken the last of the queue just
+            // before the mark was set, and found it clear.
+            if self.queued.load(Ordering::SeqCst) == 0 && end_of_gap(&self.dropping) {
+                let _ = self.tx.send(Relayed::Resubscribed);
+            }
             return;
-        }
-        if self.dropping.swap(false, Ordering::AcqRel) {
-            let _ = self.tx.send(Relayed::Resubscribed);
         }
         let owned = messages
             .iter()
             .map(|(c, p)| ((*c).to_owned(), (*p).to_owned()))
             .collect();
-        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        self.queued.fetch_add(bytes, Ordering::SeqCst);
         // Closed only when the receiving runtime is gone: nothing is left
         // there to deliver to.
         let _ = self.tx.send(Relayed::Messages(owned, bytes));
@@ -159,6 +184,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A relay of `max` bytes to a recorder, on a runtime not yet running.
+    fn bounded(max: usize) -> (tokio::runtime::Runtime, Arc<Seen>, Arc<Stats>, Relay) {
+        let here = runtime();
+        let seen = Arc::new(Seen::default());
+        let stats = Arc::new(Stats::default());
+        let relay =
+            here.block_on(async { Relay::bounded(seen.clone(), max, stats.clone(), quiet()) });
+        (here, seen, stats, relay)
     }
 
     async fn settle(seen: &Seen, n: usize) {
@@ -202,11 +237,35 @@ mod tests {
         relay.deliver_all(&[("r", "p03"), ("r", "p04")]);
         relay.deliver_all(&[("r", "p05")]);
         assert_eq!(stats.bus_relay_dropped.load(Ordering::Relaxed), 3);
-        here.block_on(settle(&seen, 2));
-        // Taken: there is room again, and the gap comes before what follows.
+        // Taken: the gap is reported once the queue is drained, without
+        // waiting for another message.
+        here.block_on(settle(&seen, 3));
+        assert_eq!(*seen.0.lock(), ["r=p01", "r=p02", "resubscribed"]);
         relay.deliver_all(&[("r", "p06")]);
         here.block_on(settle(&seen, 4));
         assert_eq!(*seen.0.lock(), ["r=p01", "r=p02", "resubscribed", "r=p06"]);
         assert_eq!(relay.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.bus_relay_dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_batch_over_the_bound_is_taken_when_nothing_waits() {
+        let (here, seen, stats, relay) = bounded(8);
+        relay.deliver_all(&[("r", "a long payload"), ("r", "another")]);
+        here.block_on(settle(&seen, 2));
+        assert_eq!(*seen.0.lock(), ["r=a long payload", "r=another"]);
+        assert_eq!(stats.bus_relay_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_gap_the_receiver_drained_past_is_reported_by_the_next_message() {
+        let (here, seen, stats, relay) = bounded(8);
+        // As if the receiver took the last of the queue between a drop's
+        // decision and its mark: marked, with nothing queued.
+        relay.dropping.store(true, Ordering::SeqCst);
+        relay.deliver_all(&[("r", "p01")]);
+        here.block_on(settle(&seen, 2));
+        assert_eq!(*seen.0.lock(), ["resubscribed", "r=p01"]);
+        assert_eq!(stats.bus_relay_dropped.load(Ordering::Relaxed), 0);
     }
 }

@@ -256,7 +256,14 @@ impl Outbound {
                     self.readable = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
-                Poll::Pending => return self.poll_read(reading, client, ws).map(Io::Read),
+                Poll::Pending => {
+                    // Still stalled, and the loop may not turn for a while:
+                    // what progress this poll made is timed now, for the
+                    // `sendTimeout` check (the clock is read only if there
+                    // was some).
+                    ws.get_mut().progress_at();
+                    return self.poll_read(reading, client, ws).map(Io::Read);
+                }
             }
         }
         // Nothing being written. Two rounds at most: a write that empties
