@@ -41,10 +41,11 @@ pub struct FrameWriter<S> {
     /// it began: a write stalled longer than `sendTimeout` since then ends
     /// the connection.
     progress_at: Instant,
-    /// Progress (or a new wait) since `progress_at` was last read: the
-    /// clock is read only when the time is asked for, which happens while
-    /// a write is stalled. Most writes complete at once and never need it;
-    /// reading the clock on each cost ≈ 1 % of a steady fan-out's CPU.
+    /// Progress (or a new wait) not yet timed: the clock is read when a
+    /// write to the socket is refused (`Pending`), so while a write is
+    /// stalled `progress_at` is exact to the poll. Most writes complete at
+    /// once and never read it; reading it on each cost ≈ 1 % of a steady
+    /// fan-out's CPU.
     progressed: bool,
 }
 
@@ -75,20 +76,6 @@ pub fn frame_header(head: u8, len: usize) -> ([u8; 10], usize) {
     }
 }
 
-/// The outcome of one write to the socket. Any byte it took is progress:
-/// `sendTimeout` counts from the last (the one place that rule is written).
-fn note_progress(
-    progressed: &mut bool,
-    written: Poll<io::Result<usize>>,
-) -> Poll<io::Result<usize>> {
-    if let Poll::Ready(Ok(n)) = &written {
-        if *n > 0 {
-            *progressed = true;
-        }
-    }
-    written
-}
-
 impl<S: AsyncWrite + Unpin> FrameWriter<S> {
     pub fn new(inner: S) -> Self {
         FrameWriter {
@@ -109,14 +96,24 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         self.at < self.pending.len()
     }
 
-    /// When the socket last made progress; later than it by at most the
-    /// time since the caller last asked (the connection loop asks on every
-    /// poll that leaves a write stalled).
-    pub fn progress_at(&mut self) -> Instant {
-        if std::mem::take(&mut self.progressed) {
-            self.progress_at = Instant::now();
-        }
+    /// While a write is stalled: when the socket last took bytes, or when
+    /// the wait began (timed by the poll that found the socket full).
+    pub fn progress_at(&self) -> Instant {
         self.progress_at
+    }
+
+    /// The outcome of one write to the socket. Any byte it took is
+    /// progress: `sendTimeout` counts from the last (the one place that
+    /// rule is written), timed once the socket refuses more.
+    fn note_progress(&mut self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &written {
+            Poll::Ready(Ok(n)) if *n > 0 => self.progressed = true,
+            Poll::Pending if std::mem::take(&mut self.progressed) => {
+                self.progress_at = Instant::now();
+            }
+            _ => {}
+        }
+        written
     }
 
     /// A new wait for the socket starts now (nothing was pending).
@@ -128,10 +125,8 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
 
     /// Writes to the socket, noting any progress.
     fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        note_progress(
-            &mut self.progressed,
-            Pin::new(&mut self.inner).poll_write(cx, buf),
-        )
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_progress(written)
     }
 
     fn poll_inner_vectored(
@@ -140,14 +135,14 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         slices: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
-        note_progress(&mut self.progressed, written)
+        self.note_progress(written)
     }
 
     /// Writes what is pending; ready once nothing is.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.at < self.pending.len() {
             let written = Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]);
-            let n = ready!(note_progress(&mut self.progressed, written))?;
+            let n = ready!(self.note_progress(written))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -367,7 +362,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
             Poll::Ready(r) => r?,
             // The socket is full: the wait for it starts now.
             Poll::Pending => {
-                this.progressed = true;
+                this.progress_at = Instant::now();
                 0
             }
         };

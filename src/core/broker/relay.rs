@@ -18,7 +18,7 @@
 
 use super::Subscriber;
 use crate::core::log::Logger;
-use crate::core::stats::{bump, Stats};
+use crate::core::stats::Stats;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -80,7 +80,7 @@ impl Relay {
                 deliver(&*to, &mut batch);
                 // Drained after drops: the gap is reported now, not when
                 // (if ever) the next message comes.
-                if taken.load(Ordering::SeqCst) == 0 && end_of_gap(&gap) {
+                if end_of_gap(&taken, &gap) {
                     to.resubscribed();
                 }
             }
@@ -96,11 +96,15 @@ impl Relay {
     }
 }
 
-/// Clears the dropping mark; true for the one caller that cleared it.
-fn end_of_gap(dropping: &AtomicBool) -> bool {
-    dropping
-        .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
-        .is_ok()
+/// Whether drops left a gap and nothing from before them still waits;
+/// clears the mark, so that exactly one caller reports the gap (the
+/// receiving task or the next `deliver_all`, whichever sees it first).
+fn end_of_gap(queued: &AtomicUsize, dropping: &AtomicBool) -> bool {
+    dropping.load(Ordering::SeqCst)
+        && queued.load(Ordering::SeqCst) == 0
+        && dropping
+            .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
 }
 
 fn deliver(to: &dyn Subscriber, batch: &mut Vec<(String, String)>) {
@@ -112,21 +116,25 @@ fn deliver(to: &dyn Subscriber, batch: &mut Vec<(String, String)>) {
     batch.clear();
 }
 
+impl Relay {
+    /// Queues `resubscribed` behind what the receiver has yet to deliver,
+    /// if a gap ended with nothing left from before it.
+    fn report_gap_if_drained(&self) {
+        if end_of_gap(&self.queued, &self.dropping) {
+            let _ = self.tx.send(Relayed::Resubscribed);
+        }
+    }
+}
+
 impl Subscriber for Relay {
     fn deliver_all(&self, messages: &[(&str, &str)]) {
         let bytes: usize = messages.iter().map(|(c, p)| c.len() + p.len()).sum();
+        self.report_gap_if_drained();
         let queued = self.queued.load(Ordering::SeqCst);
-        if self.dropping.load(Ordering::SeqCst) {
-            // Everything from before the drops was taken: the receiver
-            // did not see it yet (or it would have cleared the mark).
-            if queued == 0 && end_of_gap(&self.dropping) {
-                let _ = self.tx.send(Relayed::Resubscribed);
-            }
-        }
         if self.dropping.load(Ordering::SeqCst) || (queued > 0 && queued + bytes > self.max) {
-            for _ in messages {
-                bump(&self.stats.bus_relay_dropped);
-            }
+            self.stats
+                .bus_relay_dropped
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
             if !self.dropping.swap(true, Ordering::SeqCst) {
                 self.log.error(
                     "the sockets' runtime is not taking what Redis delivers: dropping it until it does; history rooms recover it",
@@ -135,9 +143,7 @@ impl Subscriber for Relay {
             }
             // The receiver may have taken the last of the queue just
             // before the mark was set, and found it clear.
-            if self.queued.load(Ordering::SeqCst) == 0 && end_of_gap(&self.dropping) {
-                let _ = self.tx.send(Relayed::Resubscribed);
-            }
+            self.report_gap_if_drained();
             return;
         }
         let owned = messages
@@ -207,10 +213,7 @@ mod tests {
 
     #[test]
     fn delivers_on_the_runtime_that_made_it_in_order() {
-        let here = runtime();
-        let seen = Arc::new(Seen::default());
-        let stats = Arc::new(Stats::default());
-        let relay = here.block_on(async { Relay::spawn(seen.clone(), stats, quiet()) });
+        let (here, seen, _, relay) = bounded(MAX_QUEUED_BYTES);
         // From another thread, as a bus runtime would.
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -225,12 +228,8 @@ mod tests {
 
     #[test]
     fn past_the_bound_drops_counts_and_reports_the_gap_once_there_is_room() {
-        let here = runtime();
-        let seen = Arc::new(Seen::default());
-        let stats = Arc::new(Stats::default());
         // Room for two messages of 4 bytes ("r" + 3).
-        let relay =
-            here.block_on(async { Relay::bounded(seen.clone(), 8, stats.clone(), quiet()) });
+        let (here, seen, stats, relay) = bounded(8);
         // The receiving runtime is not running: nothing is taken.
         relay.deliver_all(&[("r", "p01")]);
         relay.deliver_all(&[("r", "p02")]);

@@ -256,14 +256,7 @@ impl Outbound {
                     self.readable = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
-                Poll::Pending => {
-                    // Still stalled, and the loop may not turn for a while:
-                    // what progress this poll made is timed now, for the
-                    // `sendTimeout` check (the clock is read only if there
-                    // was some).
-                    ws.get_mut().progress_at();
-                    return self.poll_read(reading, client, ws).map(Io::Read);
-                }
+                Poll::Pending => return self.poll_read(reading, client, ws).map(Io::Read),
             }
         }
         // Nothing being written. Two rounds at most: a write that empties
@@ -421,7 +414,7 @@ impl Connection {
                         }
                         // Judged now, not when the loop turned: a stalled
                         // write can finish inside a poll that then waits.
-                        if out.writing(&ws) && !cfg.send_timeout.is_zero() && now >= ws.get_mut().progress_at() + cfg.send_timeout {
+                        if out.writing(&ws) && !cfg.send_timeout.is_zero() && now >= ws.get_ref().progress_at() + cfg.send_timeout {
                             bump(&this.env.stats.send_timeouts);
                             this.env.log.warn(
                                 "Send timeout: no write progress; dropping the connection",
@@ -505,7 +498,7 @@ impl Connection {
                     deadline = deadline.min(auth_until);
                 }
                 if !cfg.send_timeout.is_zero() && out.writing(&ws) {
-                    deadline = deadline.min(ws.get_mut().progress_at() + cfg.send_timeout);
+                    deadline = deadline.min(ws.get_ref().progress_at() + cfg.send_timeout);
                 }
                 if deadline != armed {
                     armed = deadline;
