@@ -358,13 +358,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWriter<S> {
             this.pending.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
+        // Nothing pending: if the socket is full, the wait for it starts
+        // now (timed by `note_progress`, like every other write's).
+        this.mark_progress();
         let written = match this.poll_inner(cx, buf) {
             Poll::Ready(r) => r?,
-            // The socket is full: the wait for it starts now.
-            Poll::Pending => {
-                this.progress_at = Instant::now();
-                0
-            }
+            Poll::Pending => 0,
         };
         this.pending.extend_from_slice(&buf[written..]);
         Poll::Ready(Ok(buf.len()))
