@@ -71,6 +71,96 @@ fn frame() -> impl Strategy<Value = String> {
         })
 }
 
+/// Objects written by hand from a few keys (repeated, escaped) and values,
+/// with JSON's whitespace between the parts.
+fn object_frame() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        "\"event\"",
+        "\"data\"",
+        "\"id\"",
+        "\"ev\\u0065nt\"",
+        "\"eventx\"",
+        "\"\"",
+    ]);
+    let value = prop::sample::select(vec![
+        "\"join\"",
+        "\"chat\"",
+        "\"a\\\"b\\u00e9\\ud800\"",
+        "\"\"",
+        "0",
+        "-0.0e+0",
+        "12.5E-3",
+        "1e999",
+        "true",
+        "false",
+        "null",
+        "[]",
+        "{}",
+        "[1,[2,{\"a\":[]}],\"x\"]",
+        "{\"rooms\":[\"a\",\"b\"],\"k\":{\"n\":null}}",
+        "\"a long string value, more than eight bytes at a time\"",
+    ]);
+    let ws = prop::sample::select(vec!["", "", " ", "\t", "\n ", "\r\n"]);
+    prop::collection::vec((ws.clone(), key, ws.clone(), value, ws), 0..6).prop_map(|pairs| {
+        let parts: Vec<String> = pairs
+            .into_iter()
+            .map(|(a, k, b, v, c)| format!("{a}{k}{b}:{c}{v}{b}"))
+            .collect();
+        format!("{{{}}}", parts.join(","))
+    })
+}
+
+/// A valid frame with one byte inserted, replaced or removed: text next to
+/// valid JSON, where a skim that accepts too much or too little shows.
+fn near_frame() -> impl Strategy<Value = String> {
+    let bytes = prop::sample::select(
+        b"{}[],:\"\\ 0123456789eE+-.tfnrua\t\n\r\x00\x01\x0b\x0c\x1f\x7f/".to_vec(),
+    );
+    let base = prop_oneof![frame(), object_frame()];
+    (base, any::<prop::sample::Index>(), bytes, 0..3u8).prop_map(|(s, at, byte, op)| {
+        let mut b = s.into_bytes();
+        // Only at ASCII bytes, so that the text stays UTF-8.
+        let ascii: Vec<usize> = (0..=b.len())
+            .filter(|&i| i == b.len() || b[i].is_ascii())
+            .collect();
+        let i = *at.get(&ascii);
+        match op {
+            0 => b.insert(i, byte),
+            1 if i < b.len() => b[i] = byte,
+            _ if i < b.len() => {
+                b.remove(i);
+            }
+            _ => b.push(byte),
+        }
+        String::from_utf8(b).expect("ASCII edits keep UTF-8")
+    })
+}
+
+/// Where the skim answers, serde_json's deserializer gives the same answer;
+/// where serde_json accepts an object with no escapes at all, the skim
+/// answers (the fast path is not skipped).
+fn skim_agrees(text: &str) -> Result<(), TestCaseError> {
+    let deserialized = protocol::deserialize_inbound(text);
+    match (protocol::skim_inbound(text), &deserialized) {
+        (Some(skim), Ok(de)) => {
+            prop_assert_eq!(&skim.event, &de.event, "event of {:?}", text);
+            prop_assert_eq!(skim.data, de.data, "data of {:?}", text);
+        }
+        (Some(skim), Err(_)) => {
+            return Err(TestCaseError::fail(format!(
+                "skimmed {skim:?} out of what serde_json refuses: {text:?}"
+            )));
+        }
+        (None, Ok(_)) => prop_assert!(
+            !text.trim_start().starts_with('{') || text.contains('\\'),
+            "a plain object left to serde_json: {:?}",
+            text
+        ),
+        (None, Err(_)) => {}
+    }
+    Ok(())
+}
+
 fn exercise(text: &str) {
     if let Ok(f) = protocol::parse_inbound(text) {
         let _ = protocol::auth_payload(f.data);
@@ -90,6 +180,27 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(s in jsonish()) {
         exercise(&s);
+    }
+
+    #[test]
+    fn the_skim_agrees_with_serde_json_on_arbitrary_text(s in jsonish()) {
+        skim_agrees(&s)?;
+    }
+
+    #[test]
+    fn the_skim_agrees_with_serde_json_on_valid_frames(s in frame()) {
+        prop_assert!(protocol::skim_inbound(&s).is_some() || s.contains('\\'), "{:?}", s);
+        skim_agrees(&s)?;
+    }
+
+    #[test]
+    fn the_skim_agrees_with_serde_json_on_written_objects(s in object_frame()) {
+        skim_agrees(&s)?;
+    }
+
+    #[test]
+    fn the_skim_agrees_with_serde_json_next_to_valid_frames(s in near_frame()) {
+        skim_agrees(&s)?;
     }
 
     #[test]

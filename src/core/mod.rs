@@ -21,6 +21,7 @@ pub mod heartbeat;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod json_skim;
 pub mod listener;
 pub mod log;
 pub mod metrics;

@@ -5,6 +5,7 @@
 //! decoded, `data` stays raw JSON text. The application handler receives the
 //! original frame text and parses it once, in JavaScript, where it is used.
 
+use super::json_skim;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -89,26 +90,11 @@ pub fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// Whether a JSON string literal of `s` would escape any byte: a control
-/// character, `"` or `\\` (non-ASCII is written as it is). Eight bytes at a
-/// time, as this runs for every id of every event handed to JavaScript.
+/// character, `"` or `\\` (non-ASCII is written as it is): the bytes that end
+/// a skimmed string's plain run. Eight bytes at a time, as this runs for
+/// every id of every event handed to JavaScript.
 fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether any byte of `v` is below `n` (n <= 0x80): exact as a whole,
-    // and bytes of 0x80 and above never count.
-    let below = |v: u64, n: u8| v.wrapping_sub(ONES * n as u64) & !v & HIGH != 0;
-    let zero = |v: u64| below(v, 1);
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        if below(v, 0x20) || zero(v ^ (ONES * b'"' as u64)) || zero(v ^ (ONES * b'\\' as u64)) {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    json_skim::plain_run(s, 0) < s.len()
 }
 
 /// `{"event":"error","data":{"message":<message>}}`
@@ -174,8 +160,8 @@ pub enum EventName<'a> {
 #[derive(Debug)]
 pub struct Inbound<'a> {
     pub event: EventName<'a>,
-    /// Raw JSON text of `data`, if present.
-    pub data: Option<&'a RawValue>,
+    /// Raw JSON text of `data`, if present (checked: it is JSON).
+    pub data: Option<&'a str>,
 }
 
 /// Why a frame could not be routed.
@@ -189,13 +175,84 @@ pub enum ParseError {
 /// Parses one inbound frame. Any JSON value is accepted; only objects can
 /// carry an event (the original reads `message.event` off whatever
 /// `JSON.parse` returned).
+///
+/// A frame that is an object whose keys hold no escapes (every frame a
+/// client library writes) is skimmed (`core::json_skim`); anything else
+/// (invalid JSON, another kind of value, an escaped key, which has to be
+/// decoded to be compared) goes through serde_json's deserializer.
 pub fn parse_inbound(text: &str) -> Result<Inbound<'_>, ParseError> {
+    match skim_inbound(text) {
+        Some(frame) => Ok(frame),
+        None => deserialize_inbound(text),
+    }
+}
+
+/// The skim of `parse_inbound`: `None` when it leaves the frame to serde_json.
+/// Where it answers, it answers as serde_json would (tests/fuzz_protocol.rs).
+pub fn skim_inbound(text: &str) -> Option<Inbound<'_>> {
+    use json_skim::{skip_string, skip_value, skip_ws};
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    // Duplicate keys keep the last value, as JSON.parse does.
+    let (mut event, mut data) = (None, None);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (end, escaped) = skip_string(b, i)?;
+            if escaped {
+                return None;
+            }
+            let key = &b[i + 1..end - 1];
+            i = skip_ws(b, end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(b, i + 1);
+            let value_end = skip_value(b, start)?;
+            // Cut at ASCII bytes: the slices stay UTF-8.
+            match key {
+                b"event" => event = Some(&text[start..value_end]),
+                b"data" => data = Some(&text[start..value_end]),
+                _ => {}
+            }
+            i = skip_ws(b, value_end);
+            match b.get(i)? {
+                b',' => i = skip_ws(b, i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    if skip_ws(b, i) != b.len() {
+        return None;
+    }
+    let event = match event {
+        None => EventName::Falsy,
+        Some(raw) => classify_event(raw).ok()?,
+    };
+    Some(Inbound { event, data })
+}
+
+/// serde_json's way to the same answer: what `parse_inbound` falls back on,
+/// and what tests/fuzz_protocol.rs holds the skim to.
+pub fn deserialize_inbound(text: &str) -> Result<Inbound<'_>, ParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = InboundVisitorResult::deserialize(&mut de).map_err(|_| ParseError::InvalidJson)?;
     de.end().map_err(|_| ParseError::InvalidJson)?;
     Ok(Inbound {
         event: parsed.event,
-        data: parsed.data,
+        data: parsed.data.map(RawValue::get),
     })
 }
 
@@ -234,7 +291,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
         }
         let event = match event {
             None => EventName::Falsy,
-            Some(raw) => classify_event(raw).map_err(de::Error::custom)?,
+            Some(raw) => classify_event(raw.get()).map_err(de::Error::custom)?,
         };
         Ok(InboundVisitorResult { event, data })
     }
@@ -299,8 +356,8 @@ fn not_an_object<'a>() -> InboundVisitorResult<'a> {
     }
 }
 
-fn classify_event(raw: &RawValue) -> Result<EventName<'_>, serde_json::Error> {
-    let text = raw.get();
+/// `text` is the `event` value's JSON text, already checked.
+fn classify_event(text: &str) -> Result<EventName<'_>, serde_json::Error> {
     match text.as_bytes().first() {
         Some(b'"') => {
             // `raw` is a validated JSON string: without a backslash, what
@@ -331,8 +388,8 @@ fn classify_event(raw: &RawValue) -> Result<EventName<'_>, serde_json::Error> {
 
 /// The JSON text to hand to `authenticateFn`: the original passes
 /// `message.data ?? {}`.
-pub fn auth_payload(data: Option<&RawValue>) -> &str {
-    match data.map(|d| d.get()) {
+pub fn auth_payload(data: Option<&str>) -> &str {
+    match data {
         None | Some("null") => "{}",
         Some(d) => d,
     }
@@ -341,14 +398,14 @@ pub fn auth_payload(data: Option<&RawValue>) -> &str {
 /// `rooms` out of a `join`/`leave` payload. Anything that is not an object
 /// with an array `rooms` yields nothing; non-string entries are dropped here,
 /// duplicates are removed, and at most `max` distinct names are kept.
-pub fn parse_rooms(data: Option<&RawValue>, max: usize) -> Vec<String> {
+pub fn parse_rooms(data: Option<&str>, max: usize) -> Vec<String> {
     #[derive(Deserialize)]
     struct Payload<'a> {
         #[serde(borrow)]
         rooms: Option<&'a RawValue>,
     }
     let Some(data) = data else { return Vec::new() };
-    let Ok(payload) = serde_json::from_str::<Payload>(data.get()) else {
+    let Ok(payload) = serde_json::from_str::<Payload>(data) else {
         return Vec::new();
     };
     let Some(rooms) = payload.rooms else {
@@ -521,10 +578,7 @@ mod tests {
             EventName::Str("x".into())
         );
         assert_eq!(
-            parse_inbound(r#"{"d\u0061ta":[1]}"#)
-                .unwrap()
-                .data
-                .map(|d| d.get()),
+            parse_inbound(r#"{"d\u0061ta":[1]}"#).unwrap().data,
             Some("[1]")
         );
         // A plain name is borrowed from the frame; one with escapes is decoded.
@@ -562,7 +616,7 @@ mod tests {
     #[test]
     fn data_is_kept_raw() {
         let f = parse_inbound(r#"{"event":"x","data":{"a":[1, 2]},"id":"9"}"#).unwrap();
-        assert_eq!(f.data.unwrap().get(), r#"{"a":[1, 2]}"#);
+        assert_eq!(f.data, Some(r#"{"a":[1, 2]}"#));
         assert_eq!(auth_payload(f.data), r#"{"a":[1, 2]}"#);
         assert_eq!(auth_payload(None), "{}");
         let n = parse_inbound(r#"{"event":"x","data":null}"#).unwrap();
