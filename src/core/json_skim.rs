@@ -16,10 +16,11 @@
 //! so a lone surrogate passes as it does in `JSON.parse`. tests/fuzz_protocol.rs
 //! compares the two on random text.
 
-/// A byte of `v` whose high bit is set in the result is the first of the
-/// eight (from the low end) that ends a run of plain string bytes: `"`, `\`
-/// or a control character. Bits above the lowest may be spurious (a borrow
-/// carries upward), so only the lowest is used.
+/// The lowest byte of the result with its high bit set marks the first
+/// byte of `v` (from the low end) that ends a run of plain string bytes:
+/// `"`, `\` or a control character; bytes of 0x80 and above never do. Bits
+/// above the lowest may be spurious (a borrow carries upward), so only the
+/// lowest is used.
 fn string_stop(v: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;

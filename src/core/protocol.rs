@@ -360,7 +360,7 @@ fn not_an_object<'a>() -> InboundVisitorResult<'a> {
 fn classify_event(text: &str) -> Result<EventName<'_>, serde_json::Error> {
     match text.as_bytes().first() {
         Some(b'"') => {
-            // `raw` is a validated JSON string: without a backslash, what
+            // `text` is a checked JSON string: without a backslash, what
             // lies between its quotes is its value.
             let s: Cow<'_, str> = if text.contains('\\') {
                 Cow::Owned(serde_json::from_str::<String>(text)?)
