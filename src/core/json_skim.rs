@@ -47,7 +47,7 @@ pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// quote, and whether it holds an escape. `None` if it is not a valid JSON
 /// string (unterminated, a raw control character, a bad escape).
 #[inline(always)]
-pub fn skip_string(b: &[u8], i: usize) -> Option<(usize, bool)> {
+fn skip_string(b: &[u8], i: usize) -> Option<(usize, bool)> {
     debug_assert_eq!(b.get(i), Some(&b'"'));
     let i = plain_run(b, i + 1);
     match *b.get(i)? {
@@ -149,15 +149,16 @@ fn skip_literal(b: &[u8], i: usize, literal: &[u8]) -> Option<usize> {
         .then_some(i + literal.len())
 }
 
-/// The key at `i` (a string, whitespace, a colon): the index after the colon.
+/// The key at `i` (a string, whitespace, a colon): the index after its
+/// closing quote, whether it holds an escape, and the index after the colon.
 #[inline(always)]
-fn skip_key(b: &[u8], i: usize) -> Option<usize> {
+pub fn skip_key(b: &[u8], i: usize) -> Option<(usize, bool, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let (end, _) = skip_string(b, i)?;
+    let (end, escaped) = skip_string(b, i)?;
     let colon = skip_ws(b, end);
-    (b.get(colon) == Some(&b':')).then_some(colon + 1)
+    (b.get(colon) == Some(&b':')).then_some((end, escaped, colon + 1))
 }
 
 /// The containers around the innermost one, one bit each (set for an
@@ -238,7 +239,7 @@ fn skip_any(b: &[u8], mut i: usize) -> Option<usize> {
                     }
                     depth += 1;
                     in_object = object;
-                    i = if object { skip_key(b, first)? } else { first };
+                    i = if object { skip_key(b, first)?.2 } else { first };
                     continue;
                 }
             }
@@ -256,7 +257,7 @@ fn skip_any(b: &[u8], mut i: usize) -> Option<usize> {
             match *b.get(i)? {
                 b',' => {
                     i = if in_object {
-                        skip_key(b, skip_ws(b, i + 1))?
+                        skip_key(b, skip_ws(b, i + 1))?.2
                     } else {
                         i + 1
                     };
