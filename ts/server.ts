@@ -93,13 +93,13 @@ export class WebSocketServer<
   private readonly native: NativeServer;
   /**
    * `sendToClient` calls made while a batch of events is being handled, as
-   * `[clientId, event, dataJson, …]` (`dataJson` is `''` for no data; the
-   * native side writes each frame). They cross to the native side in
+   * `clientId\nevent\ndataJson\n…` (`dataJson` is `''` for no data; the
+   * native side writes each frame; `''`: none). They cross to the native side in
    * one call when the batch ends, or earlier, before any other call that
    * could otherwise overtake them, so the order of everything sent stays
    * the order of the calls.
    */
-  private queuedSends: string[] = [];
+  private queuedSends = '';
   private handlingBatch = false;
   private readonly authAnswers: Answers<AuthAnswer>;
   private readonly roomAnswers: Answers<RoomsAnswer>;
@@ -291,7 +291,11 @@ export class WebSocketServer<
       // the cost; the native side writes the frame around it, as
       // JSON.stringify({ event, data }) would (no raw newline can be in
       // JSON text, so the parts stay apart).
-      this.queuedSends.push(clientId, event, JSON.stringify(data) ?? '');
+      const send = clientId + '\n' + event + '\n' + (JSON.stringify(data) ?? '');
+      // Concatenated as it comes: pushing the parts to an array and joining
+      // them at the end cost more (a send holds two newlines, so '' is
+      // "nothing queued").
+      this.queuedSends = this.queuedSends === '' ? send : this.queuedSends + '\n' + send;
       return;
     }
     const frame = JSON.stringify({ event, data });
@@ -310,9 +314,9 @@ export class WebSocketServer<
 
   /** Hands the queued `sendToClient` calls over, in order. */
   private flushSends(): void {
-    if (this.queuedSends.length === 0) return;
-    const batch = this.queuedSends.join('\n');
-    this.queuedSends = [];
+    if (this.queuedSends === '') return;
+    const batch = this.queuedSends;
+    this.queuedSends = '';
     this.native.sendToClients(batch);
   }
 
