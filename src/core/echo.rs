@@ -47,7 +47,7 @@ async fn connection(mut stream: TcpStream, max: usize, deflate: Arc<Deflate>) {
         return;
     }
     let inflate = extension.is_some().then_some(max);
-    let mut ws = socket(stream, bytes, head.len, inflate, max, deflate.stats.clone()).await;
+    let mut ws = socket(stream, bytes, head.len, inflate, max, deflate.stats.clone());
     let deflate = extension.is_some().then_some(&*deflate);
     loop {
         let (kind, payload) = match ws.next().await {

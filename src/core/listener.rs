@@ -305,8 +305,7 @@ impl Listener {
             inflate,
             max,
             self.env.stats.clone(),
-        )
-        .await;
+        );
         Some((ws, extension.is_some()))
     }
 }
@@ -314,13 +313,13 @@ impl Listener {
 /// A connection's socket, as its task owns it: inflating under the
 /// WebSocket reader (when the client negotiated permessage-deflate), the
 /// server's own frame writer above it.
-pub type Socket<S> = tokio_tungstenite::WebSocketStream<FrameWriter<Inflating<Prefixed<S>>>>;
+pub type Socket<S> = crate::core::ws_socket::WsSocket<FrameWriter<Inflating<Prefixed<S>>>>;
 
 /// The WebSocket over `stream`, whose head (the first `head_len` of
 /// `read`) has been answered; the rest of `read` is the client's first
 /// frames. `inflate`: the largest inflated message, when compressed
 /// messages are taken.
-pub async fn socket<S>(
+pub fn socket<S>(
     stream: S,
     mut read: Vec<u8>,
     head_len: usize,
@@ -333,12 +332,11 @@ where
 {
     read.drain(..head_len.min(read.len()));
     let io = FrameWriter::new(Inflating::new(Prefixed::new(read, stream), inflate, stats));
-    tokio_tungstenite::WebSocketStream::from_raw_socket(
+    crate::core::ws_socket::WsSocket::from_raw_socket(
         io,
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(ws_config(max_payload)),
     )
-    .await
 }
 
 /// Socket settings: small buffers (a socket mostly idles), inbound messages

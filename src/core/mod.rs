@@ -33,3 +33,4 @@ pub mod server;
 pub mod stats;
 pub mod transform;
 pub mod violation;
+pub mod ws_socket;

@@ -22,6 +22,7 @@ use crate::core::handlers::AppEvent;
 use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close};
 use crate::core::stats::bump;
+use crate::core::ws_socket::WsSocket;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Sink, StreamExt};
 use std::panic::AssertUnwindSafe;
@@ -35,7 +36,6 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 fn seal(cipher: &crate::core::crypto::ClientCipher, frame: &Frame) -> Frame {
     match cipher.seal(frame.as_bytes()) {
@@ -53,7 +53,7 @@ fn seal(cipher: &crate::core::crypto::ClientCipher, frame: &Frame) -> Frame {
 /// only what the clean-up needs instead of a second copy of the socket.
 pub fn run<S>(
     env: Arc<Env>,
-    ws: WebSocketStream<FrameWriter<S>>,
+    ws: WsSocket<FrameWriter<S>>,
     remote: String,
     deflate: bool,
 ) -> impl std::future::Future<Output = ()> + Send
@@ -189,10 +189,7 @@ fn seal_batch(client: &Client, batch: &mut Batch) {
 /// now (its peer is not reading) is left to `sendTimeout` and the idle
 /// check rather than blocking the loop. What tungstenite does not write at
 /// once waits in `Outgoing`, which the loop drains like any frame.
-fn try_ping<S>(
-    ws: &mut WebSocketStream<FrameWriter<S>>,
-    cx: &mut Context<'_>,
-) -> Result<(), WsError>
+fn try_ping<S>(ws: &mut WsSocket<FrameWriter<S>>, cx: &mut Context<'_>) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -213,7 +210,7 @@ where
 impl Outbound {
     /// Frames taken off the queue, or bytes framed, that the socket has not
     /// taken yet.
-    fn writing<S>(&self, ws: &WebSocketStream<FrameWriter<S>>) -> bool
+    fn writing<S>(&self, ws: &WsSocket<FrameWriter<S>>) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -230,7 +227,7 @@ impl Outbound {
         &mut self,
         stats: &crate::core::stats::Stats,
         client: &Arc<Client>,
-        ws: &mut WebSocketStream<FrameWriter<S>>,
+        ws: &mut WsSocket<FrameWriter<S>>,
         reading: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Io>
@@ -304,7 +301,7 @@ impl Outbound {
         &mut self,
         read: bool,
         client: &Arc<Client>,
-        ws: &mut WebSocketStream<FrameWriter<S>>,
+        ws: &mut WsSocket<FrameWriter<S>>,
     ) -> Poll<Option<Result<Message, WsError>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -327,7 +324,7 @@ impl Connection {
     /// size (docs/PERFORMANCE.md has the figures).
     fn drive<S>(
         self,
-        ws: WebSocketStream<FrameWriter<S>>,
+        ws: WsSocket<FrameWriter<S>>,
         queue: QueueReader,
     ) -> impl std::future::Future<Output = ()> + Send
     where
@@ -540,7 +537,7 @@ impl Connection {
     fn poll_write<S>(
         stats: &crate::core::stats::Stats,
         deflate: Option<&crate::core::deflate::Deflate>,
-        ws: &mut WebSocketStream<FrameWriter<S>>,
+        ws: &mut WsSocket<FrameWriter<S>>,
         batch: &mut Batch,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WsError>>
@@ -568,7 +565,7 @@ impl Connection {
         stats: &crate::core::stats::Stats,
         deflate: Option<&crate::core::deflate::Deflate>,
         grace: Duration,
-        ws: &mut WebSocketStream<FrameWriter<S>>,
+        ws: &mut WsSocket<FrameWriter<S>>,
         queue: &mut QueueReader,
         batch: Batch,
         req: CloseRequest,
