@@ -92,6 +92,21 @@ describe('limits', () => {
     calm.close();
   });
 
+  test('maxFramesPerSecond counts per one-second window: a client under it each second stays', async () => {
+    const { url } = await startServer({ limits: { maxFramesPerSecond: 5 }, messageHandler: () => {} });
+    const c = await Client.auth(url);
+    // 12 frames in all, at most 4 in any second: over the limit only if
+    // the window never starts again.
+    for (let burst = 0; burst < 3; burst++) {
+      for (let i = 0; i < 4; i++) c.emit('tick', i);
+      await sleep(1100);
+    }
+    // Still open: the server answers.
+    c.emit('authenticate', {});
+    await c.next('error');
+    c.close();
+  });
+
   test('maxPendingAuthentications: authentications beyond it are closed 1013', async () => {
     const { url, ws } = await startServer({ limits: { maxPendingAuthentications: 2 }, authenticateFn: () => new Promise(() => {}) });
     const a = await Client.open(url);

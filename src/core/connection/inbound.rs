@@ -20,9 +20,11 @@ impl Connection {
         if max == 0 {
             return true;
         }
+        // Compared with the window's end rather than its length measured
+        // from its start: a comparison per frame, the sum once a second.
         let now = Instant::now();
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
+        if now >= self.window_end {
+            self.window_end = now + Duration::from_secs(1);
             self.window_frames = 0;
         }
         self.window_frames += 1;

@@ -92,7 +92,7 @@ where
         auth: None,
         auth_deadline: None,
         joins: None,
-        window_start: Instant::now(),
+        window_end: Instant::now() + Duration::from_secs(1),
         window_frames: 0,
     };
     let serial = conn.client.serial;

@@ -50,8 +50,8 @@ pub(super) struct Connection {
     /// once none is left: an empty `FuturesUnordered` still allocates its
     /// queue (144 bytes), which every idle connection would pay.
     pub(super) joins: Option<FuturesUnordered<BoxFuture<'static, JoinDone>>>,
-    /// Start of the current one-second rate window, and frames seen in it.
-    pub(super) window_start: Instant,
+    /// End of the current one-second rate window, and frames seen in it.
+    pub(super) window_end: Instant,
     pub(super) window_frames: u32,
 }
 
