@@ -5,7 +5,6 @@
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What `authenticateFn` decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,9 +45,7 @@ pub enum AppEvent {
         user_id: Option<Arc<str>>,
         serial: u64,
     },
-    /// A non-system event from an authenticated client: the whole frame
-    /// text, shared with the read buffer it arrived in (tungstenite's,
-    /// which takes its storage back once the last such view is gone).
+    /// A non-system event from an authenticated client: the whole frame text.
     /// The id is the client's own (shared, not copied per message). Its user
     /// is the one `Connected` gave (a client's user never changes), so a
     /// message does not look it up again under the client's lock.
@@ -57,7 +54,7 @@ pub enum AppEvent {
         /// The client's `Client::serial`: a consumer that was told of the
         /// client by `Connected` keys on it instead of the id's text.
         serial: u64,
-        frame: Utf8Bytes,
+        frame: String,
     },
 }
 

@@ -11,7 +11,7 @@ use crate::core::violation::Violation;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
 impl Connection {
     /// One more inbound frame in the rate window; false when over the limit.
@@ -36,19 +36,15 @@ impl Connection {
     pub(super) fn on_read(&mut self, msg: Option<Result<Message, WsError>>) -> Next {
         match msg {
             None => Next::Stop,
-            Some(Ok(Message::Text(t))) => self.on_text(&t),
-            Some(Ok(Message::Binary(b))) => {
-                self.on_text(&Utf8Bytes::from(String::from_utf8_lossy(&b).into_owned()))
-            }
+            Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
+            Some(Ok(Message::Binary(b))) => self.on_text(&String::from_utf8_lossy(&b)),
             Some(Ok(Message::Close(_))) => Next::Continue, // the reply goes out on the next poll
             Some(Ok(_)) => Next::Continue,                 // ping, pong
             Some(Err(e)) => self.on_read_error(e),
         }
     }
 
-    /// `message`'s text is shared, not copied, by the event it may become.
-    pub(super) fn on_text(&mut self, message: &Utf8Bytes) -> Next {
-        let text = message.as_str();
+    pub(super) fn on_text(&mut self, text: &str) -> Next {
         let env = self.env.clone();
         self.client.touch(protocol::now_ms());
         bump(&env.stats.messages_in);
@@ -155,7 +151,7 @@ impl Connection {
                 match env.events.try_emit(AppEvent::Message {
                     client_id: self.client.id.clone(),
                     serial: self.client.serial,
-                    frame: message.clone(),
+                    frame: text.to_string(),
                 }) {
                     None => Next::Continue,
                     Some(wait) => Next::Wait(wait),
