@@ -12,7 +12,7 @@ use crate::core::http;
 use crate::core::listener::{socket, Socket};
 use crate::core::stats::Stats;
 use crate::core::violation::Violation;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};

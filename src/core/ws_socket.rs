@@ -11,7 +11,7 @@
 //! length of the call (as tokio-native-tls does for TLS): no proxies, no
 //! second registration, and 128 bytes less per connection.
 
-use futures_util::{Sink, Stream};
+use futures_util::Stream;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -32,13 +32,13 @@ struct Bridge<S> {
 // set it from that call's `&mut Context` (or to null) on the thread that
 // polls; it is never read between calls. The socket itself decides the rest.
 unsafe impl<S: Send> Send for Bridge<S> {}
-// SAFETY: as above; a shared reference never reads `cx`.
-unsafe impl<S: Sync> Sync for Bridge<S> {}
 
 impl<S: Unpin> Bridge<S> {
     /// Polls the socket with the current call's context, or with one that
-    /// wakes nobody when none was given (`start_send`: whoever sends then
-    /// flushes with its own, as tokio-tungstenite's callers must too).
+    /// wakes nobody when none was given: `start_send`, which is why a send
+    /// must be followed by `poll_flush` (or `poll_ready`) with the task's
+    /// context before the task waits (tokio-tungstenite's proxies kept the
+    /// last waker instead; every caller here flushes).
     fn poll<R>(
         &mut self,
         f: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<R>>,
@@ -79,18 +79,17 @@ impl<S: AsyncWrite + Unpin> Write for Bridge<S> {
     }
 }
 
-/// A server-side WebSocket over `S`, as a `Stream` of messages and a `Sink`
-/// of them, with tokio-tungstenite's semantics: a stream that ended (closed,
-/// or failed) yields `None` from then on; a `start_send` the socket could
-/// not take yet is kept, and flushed by the next `poll_ready`/`poll_flush`.
+/// A server-side WebSocket over `S`: a `Stream` of messages, and sends in
+/// the shape of a `Sink`'s (`poll_ready`, `start_send`, `poll_flush`), with
+/// tokio-tungstenite's semantics: a stream that ended (closed, or failed)
+/// yields `None` from then on; a `start_send` the socket could not take yet
+/// is kept, and flushed by the next `poll_ready`/`poll_flush`.
 pub struct WsSocket<S> {
     ws: WebSocket<Bridge<S>>,
     /// The stream returned its end or an error.
     ended: bool,
     /// The last write was taken whole (otherwise `poll_ready` flushes).
     ready: bool,
-    /// A close was queued; `poll_close` now flushes it.
-    closing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
@@ -107,7 +106,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
             ),
             ended: false,
             ready: true,
-            closing: false,
         }
     }
 
@@ -137,9 +135,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
 
     /// Sends a close frame (or the answer to the peer's) and flushes it.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), WsError> {
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_ready(cx)).await?;
-        Pin::new(&mut *self).start_send(Message::Close(frame))?;
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_flush(cx)).await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.start_send(Message::Close(frame))?;
+        self.flush().await
+    }
+
+    /// Writes out what tungstenite holds (a pong, a close's answer).
+    pub async fn flush(&mut self) -> Result<(), WsError> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 }
 
@@ -172,10 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsSocket<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSocket<S> {
-    type Error = WsError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
+    /// Ready for `start_send` once what the last one left is flushed.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         if self.ready {
             return Poll::Ready(Ok(()));
         }
@@ -184,7 +186,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSocket<S> {
         Poll::Ready(r)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+    /// Queues `item`; what the socket does not take now waits for
+    /// `poll_flush`, which must follow before the task waits.
+    pub fn start_send(&mut self, item: Message) -> Result<(), WsError> {
         match self.with_context(None, |ws| ws.write(item)) {
             Ok(()) => {
                 self.ready = true;
@@ -202,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSocket<S> {
         }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         let r = std::task::ready!(self.with_context(Some(cx), |ws| cvt(ws.flush())));
         self.ready = true;
         // A flush that completed the close handshake is not an error.
@@ -210,23 +214,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsSocket<S> {
             Err(WsError::ConnectionClosed) => Ok(()),
             r => r,
         })
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        self.ready = true;
-        let closing = self.closing;
-        let r = self.with_context(
-            Some(cx),
-            |ws| if closing { ws.flush() } else { ws.close(None) },
-        );
-        match r {
-            Ok(()) | Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.closing = true;
-                Poll::Pending
-            }
-            Err(e) => Poll::Ready(Err(e)),
-        }
     }
 }
 
@@ -268,7 +255,7 @@ mod tests {
         assert!(Pin::new(&mut ws).poll_next(&mut cx).is_pending());
         assert!(!woken.0.load(Ordering::SeqCst));
         peer.write_all(&client_text("hi")).await.unwrap();
-        // The socket was polled with the task's own waker, not a stand-in.
+        // The socket was polled with the task's waker.
         assert!(woken.0.load(Ordering::SeqCst));
         match Pin::new(&mut ws).poll_next(&mut cx) {
             Poll::Ready(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "hi"),
@@ -313,6 +300,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_the_socket_cannot_take_is_kept_and_flushed_by_poll_ready() {
+        let (server, mut peer) = tokio::io::duplex(64);
+        // No write buffer: tungstenite writes in `start_send` itself.
+        let config = WebSocketConfig::default().write_buffer_size(0);
+        let mut ws = WsSocket::from_raw_socket(server, Role::Server, Some(config));
+        let (woken, waker) = flag();
+        let mut cx = Context::from_waker(&waker);
+        let text = "y".repeat(1000);
+        ws.start_send(Message::text(text.clone())).unwrap();
+        assert!(
+            ws.poll_ready(&mut cx).is_pending(),
+            "the rest waits for the peer"
+        );
+        let mut wire = Vec::new();
+        loop {
+            let mut chunk = vec![0u8; 64];
+            let n = peer.read(&mut chunk).await.unwrap();
+            wire.extend_from_slice(&chunk[..n]);
+            assert!(
+                woken.0.swap(false, Ordering::SeqCst),
+                "the peer's read wakes the task"
+            );
+            if let Poll::Ready(r) = ws.poll_ready(&mut cx) {
+                r.unwrap();
+                break;
+            }
+        }
+        let mut rest = vec![0u8; 4 + text.len() - wire.len()];
+        peer.read_exact(&mut rest).await.unwrap();
+        wire.extend_from_slice(&rest);
+        assert_eq!(&wire[4..], text.as_bytes(), "the message went whole, once");
+    }
+
+    #[tokio::test]
+    async fn close_sends_the_frame_and_the_peer_answer_ends_the_stream() {
+        let (server, mut peer) = tokio::io::duplex(256);
+        let mut ws = WsSocket::from_raw_socket(server, Role::Server, None);
+        let frame = CloseFrame {
+            code: 4000.into(),
+            reason: "bye".into(),
+        };
+        ws.close(Some(frame)).await.unwrap();
+        let mut sent = [0u8; 7];
+        peer.read_exact(&mut sent).await.unwrap();
+        assert_eq!(sent, [0x88, 0x05, 0x0f, 0xa0, b'b', b'y', b'e']);
+        peer.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x0f, 0xa0])
+            .await
+            .unwrap();
+        use futures_util::StreamExt;
+        assert!(matches!(
+            ws.next().await,
+            Some(Ok(Message::Close(_))) | None
+        ));
+        assert!(ws.next().await.is_none());
+    }
+
+    #[tokio::test]
     async fn the_stream_ends_after_a_close_and_stays_ended() {
         let (server, mut peer) = tokio::io::duplex(256);
         let mut ws = WsSocket::from_raw_socket(server, Role::Server, None);
@@ -325,7 +369,9 @@ mod tests {
             Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
             other => panic!("expected the close, got {other:?}"),
         }
-        // tungstenite answered the close; the stream then ends, for good.
+        // Flushing the answer ends the handshake: not an error.
+        ws.flush().await.unwrap();
+        // The stream then ends, for good.
         assert!(ws.next().await.is_none());
         assert!(ws.next().await.is_none());
         let mut reply = [0u8; 4];

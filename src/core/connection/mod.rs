@@ -24,9 +24,8 @@ use crate::core::protocol::{self, close};
 use crate::core::stats::bump;
 use crate::core::ws_socket::WsSocket;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, Sink, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -196,12 +195,12 @@ where
     if ws.get_ref().pending_len() >= crate::core::frame_writer::CONTROL_PENDING_MAX {
         return Ok(());
     }
-    match Pin::new(&mut *ws).poll_ready(cx) {
+    match ws.poll_ready(cx) {
         Poll::Ready(r) => r?,
         Poll::Pending => return Ok(()),
     }
-    Pin::new(&mut *ws).start_send(Message::Ping(Default::default()))?;
-    match Pin::new(&mut *ws).poll_flush(cx) {
+    ws.start_send(Message::Ping(Default::default()))?;
+    match ws.poll_flush(cx) {
         Poll::Ready(Err(e)) => Err(e),
         _ => Ok(()),
     }

@@ -519,12 +519,11 @@ mod tests {
             }
             client
         });
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        let mut ws = crate::core::ws_socket::WsSocket::from_raw_socket(
             Inflating::new(server, Some(max), Default::default()),
             Role::Server,
             Some(crate::core::listener::ws_config(max)),
-        )
-        .await;
+        );
         let _client = writer.await.unwrap();
         let mut got = Vec::new();
         while let Ok(Some(m)) =
@@ -672,12 +671,11 @@ mod tests {
         // Not negotiated: RSV1 is refused by the reader.
         let (mut client, server) = tokio::io::duplex(1 << 16);
         client.write_all(&frame(0xc1, &z)).await.unwrap();
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        let mut ws = crate::core::ws_socket::WsSocket::from_raw_socket(
             Inflating::new(server, None, Default::default()),
             Role::Server,
             None,
-        )
-        .await;
+        );
         assert!(matches!(
             ws.next().await,
             Some(Err(WsError::Protocol(ProtocolError::NonZeroReservedBits)))
