@@ -144,6 +144,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
     pub async fn flush(&mut self) -> Result<(), WsError> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
+
+    /// Ready for `start_send` once what the last one left is flushed.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        if self.ready {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_write_out(cx)
+    }
+
+    /// Queues `item`; what the socket does not take now waits for
+    /// `poll_flush`, which must follow before the task waits.
+    pub fn start_send(&mut self, item: Message) -> Result<(), WsError> {
+        match self.with_context(None, |ws| ws.write(item)) {
+            Ok(()) => {
+                self.ready = true;
+                Ok(())
+            }
+            // Taken and kept: `poll_ready` flushes it.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.ready = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.ready = true;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        // A flush that completed the close handshake is not an error.
+        self.poll_write_out(cx).map(|r| match r {
+            Err(WsError::ConnectionClosed) => Ok(()),
+            r => r,
+        })
+    }
+
+    /// Writes out what tungstenite holds, with the task's context.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let r = std::task::ready!(self.with_context(Some(cx), |ws| cvt(ws.flush())));
+        self.ready = true;
+        Poll::Ready(r)
+    }
 }
 
 /// `Ok`, `Pending` for a socket that would block, or the error.
@@ -172,48 +215,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsSocket<S> {
                 }
             }
         }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsSocket<S> {
-    /// Ready for `start_send` once what the last one left is flushed.
-    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        if self.ready {
-            return Poll::Ready(Ok(()));
-        }
-        let r = std::task::ready!(self.with_context(Some(cx), |ws| cvt(ws.flush())));
-        self.ready = true;
-        Poll::Ready(r)
-    }
-
-    /// Queues `item`; what the socket does not take now waits for
-    /// `poll_flush`, which must follow before the task waits.
-    pub fn start_send(&mut self, item: Message) -> Result<(), WsError> {
-        match self.with_context(None, |ws| ws.write(item)) {
-            Ok(()) => {
-                self.ready = true;
-                Ok(())
-            }
-            // Taken and kept: `poll_ready` flushes it.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.ready = false;
-                Ok(())
-            }
-            Err(e) => {
-                self.ready = true;
-                Err(e)
-            }
-        }
-    }
-
-    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let r = std::task::ready!(self.with_context(Some(cx), |ws| cvt(ws.flush())));
-        self.ready = true;
-        // A flush that completed the close handshake is not an error.
-        Poll::Ready(match r {
-            Err(WsError::ConnectionClosed) => Ok(()),
-            r => r,
-        })
     }
 }
 
