@@ -200,6 +200,53 @@ describe('events reaching the handlers', () => {
     assert.equal(ws.known.size, 0);
   });
 
+  test('a message is what JSON.parse makes of its frame, whatever its keys and their order', async () => {
+    const frames = [
+      '{"event":"a","data":{"k":1,"list":[1,null,{"deep":true}]}}',
+      ' { "event" : "a" ,\n "data" : [1, "\\u00e9\\n\\"", -0.5e3] } ',
+      '{"event":"a","data":"\\ud83d\\ude00 é"}',
+      '{"event":"a","data":null}',
+      '{"event":7,"data":false}',
+      '{"event":{"o":1},"data":{"__proto__":{"x":1}}}',
+      '{"data":1,"event":"a"}',
+      '{"event":"a"}',
+      '{"event":"a","data":1,"x":2}',
+      '{"x":2,"event":"a","data":1}',
+      '{"event":"a","data":1,"id":"q"}',
+      '{"event":"a","event":"b","data":1}',
+      '{"event":"a","data":1,"data":2}',
+      '{"ev\\u0065nt":"a","data":1}',
+      '{"event":"d\\u0061ta","d\\u0061ta":1}',
+    ];
+    const got = [];
+    const { url, ws } = await startServer({ messageHandler: ({ message }) => got.push(message) });
+    // Tally the kinds of entry in each batch, to know both forms are used.
+    const kinds = new Map();
+    const deliver = ws.deliver.bind(ws);
+    ws.deliver = batch => {
+      const events = JSON.parse(batch);
+      for (let i = 0; i < events.length; ) {
+        kinds.set(events[i], (kinds.get(events[i]) ?? 0) + 1);
+        i += events[i] === 2 ? 3 : 4;
+      }
+      return deliver(batch);
+    };
+    const c = await Client.auth(url);
+    for (const f of frames) c.sock.send(f);
+    await until(() => got.length === frames.length, 3000, `every message (${got.length})`);
+    for (const [i, f] of frames.entries()) {
+      const want = JSON.parse(f);
+      assert.deepEqual(got[i], want, f);
+      // Same keys in the same order, and the same own properties.
+      assert.deepEqual(Reflect.ownKeys(got[i]), Reflect.ownKeys(want), f);
+      assert.equal(JSON.stringify(got[i]), JSON.stringify(want), f);
+    }
+    // `{event, data}` alone, in that order: the first six frames.
+    assert.equal(kinds.get(3), 6);
+    assert.equal(kinds.get(2), frames.length - 6);
+    c.close();
+  });
+
   test('what a handler sends while its batch runs arrives as JSON.stringify({ event, data }) writes it, in order', async () => {
     const keyedFn = () => 1;
     keyedFn.toJSON = key => `fn:${key}`;

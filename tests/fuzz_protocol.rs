@@ -145,6 +145,23 @@ fn skim_agrees(text: &str) -> Result<(), TestCaseError> {
         (Some(skim), Ok(de)) => {
             prop_assert_eq!(&skim.event, &de.event, "event of {:?}", text);
             prop_assert_eq!(skim.data, de.data, "data of {:?}", text);
+            // Spans exactly when the keys are `event` then `data`, and
+            // each covers its value.
+            let keys = object_keys(text);
+            let exactly = keys.as_deref() == Some(&["event", "data"].map(String::from)[..]);
+            prop_assert_eq!(
+                skim.spans.is_some(),
+                exactly,
+                "spans of {:?} ({:?})",
+                text,
+                keys
+            );
+            if let Some(spans) = &skim.spans {
+                prop_assert_eq!(Some(spans.data(text)), de.data, "data span of {:?}", text);
+                let alone = format!("{{\"event\":{}}}", spans.event(text));
+                let event = protocol::deserialize_inbound(&alone).map(|f| f.event);
+                prop_assert_eq!(event.as_ref(), Ok(&de.event), "event span of {:?}", text);
+            }
         }
         (Some(skim), Err(_)) => {
             return Err(TestCaseError::fail(format!(
@@ -159,6 +176,30 @@ fn skim_agrees(text: &str) -> Result<(), TestCaseError> {
         (None, Err(_)) => {}
     }
     Ok(())
+}
+
+/// The keys of a JSON object text in order, decoded; `None` for anything else.
+fn object_keys(text: &str) -> Option<Vec<String>> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                keys.push(key);
+            }
+            Ok(Some(keys))
+        }
+    }
+    serde_json::Deserializer::from_str(text)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
 }
 
 fn exercise(text: &str) {

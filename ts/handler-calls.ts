@@ -6,13 +6,18 @@
 export const EVENT_CONNECTED = 0;
 export const EVENT_DISCONNECTED = 1;
 export const EVENT_MESSAGE = 2;
+export const EVENT_MESSAGE_PARTS = 3;
 /**
  * A batch of delivered events, one flat array, entry after entry:
  * `EVENT_CONNECTED, serial, clientId, userId | null`,
  * `EVENT_DISCONNECTED, serial, clientId, userId | null`,
- * `EVENT_MESSAGE, serial, message`. A message names its client by the
- * number `connected` introduced (parsing a number costs far less than
- * building the id's string for every message).
+ * `EVENT_MESSAGE, serial, message`,
+ * `EVENT_MESSAGE_PARTS, serial, event, data`: a message of exactly
+ * `{event, data}`, in that order, as its two values (an object literal
+ * costs far less than parsing the envelope).
+ * A message names its client by the number `connected` introduced
+ * (parsing a number costs far less than building the id's string for
+ * every message).
  */
 export type EventBatch = unknown[];
 /** A connected client's id and user, kept under its serial. */

@@ -15,6 +15,7 @@ import {
   EVENT_CONNECTED,
   EVENT_DISCONNECTED,
   EVENT_MESSAGE,
+  EVENT_MESSAGE_PARTS,
   AUTH_OK,
   AUTH_REJECTED,
   AUTH_ERROR,
@@ -591,15 +592,21 @@ export class WebSocketServer<
     while (i < events.length) {
       const kind = events[i] as number;
       const serial = events[i + 1] as number;
+      if (kind === EVENT_MESSAGE_PARTS) {
+        // `{"event":…,"data":…}`: the object JSON.parse makes of it, and
+        // no ack id to look for.
+        const client = this.sender(serial);
+        if (client !== undefined) {
+          this.onMessage(client.clientId, client.userId, { event: events[i + 2] as string, data: events[i + 3] });
+        }
+        i += 4;
+        continue;
+      }
       if (kind === EVENT_MESSAGE) {
         const message = events[i + 2] as IWebSocketMessage;
         i += 3;
-        const client = this.known.get(serial);
-        if (client === undefined) {
-          // Cannot happen: `connected` comes first, in the same order.
-          this.log('error', 'Message from a client never announced; dropped', { serial });
-          continue;
-        }
+        const client = this.sender(serial);
+        if (client === undefined) continue;
         const { clientId, userId } = client;
         const id = (message as { id?: unknown }).id;
         if (this.acks && typeof id === 'string' && id.length <= MAX_ACK_ID_LENGTH) {
@@ -627,6 +634,14 @@ export class WebSocketServer<
         return;
       }
     }
+  }
+
+  /** The client a message came from, as `connected` introduced it. */
+  private sender(serial: number): KnownClient | undefined {
+    const client = this.known.get(serial);
+    // Cannot happen: `connected` comes first, in the same order.
+    if (client === undefined) this.log('error', 'Message from a client never announced; dropped', { serial });
+    return client;
   }
 
   /**

@@ -3,6 +3,7 @@
 //! thread-safe functions into JavaScript; `cargo test` implements it with
 //! plain Rust closures, so the whole protocol runs without a JS engine.
 
+use super::protocol::EventDataSpans;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
@@ -55,6 +56,9 @@ pub enum AppEvent {
         /// client by `Connected` keys on it instead of the id's text.
         serial: u64,
         frame: String,
+        /// Where `event`'s and `data`'s values lie in `frame` when they are
+        /// its only keys, in that order (`protocol::EventDataSpans`).
+        spans: Option<EventDataSpans>,
     },
 }
 

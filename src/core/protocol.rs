@@ -162,6 +162,47 @@ pub struct Inbound<'a> {
     pub event: EventName<'a>,
     /// Raw JSON text of `data`, if present (checked: it is JSON).
     pub data: Option<&'a str>,
+    /// Where the two values of a frame of exactly `{"event":…,"data":…}`
+    /// lie in its text; `None` for any other frame.
+    pub spans: Option<EventDataSpans>,
+}
+
+/// The byte ranges of `event`'s and `data`'s values in a frame that has
+/// those two keys, in that order, and no other: the frame every client
+/// library writes. Handed on with a message, they let JavaScript build the
+/// message object from the two values, without parsing the envelope
+/// (`handlers::AppEvent::Message`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventDataSpans {
+    event: (u32, u32),
+    data: (u32, u32),
+}
+
+impl EventDataSpans {
+    /// `event` and `data` are slices of `frame`; `None` past 4 GiB.
+    fn of(frame: &str, event: &str, data: &str) -> Option<Self> {
+        let span = |value: &str| {
+            let start = value.as_ptr() as usize - frame.as_ptr() as usize;
+            Some((
+                u32::try_from(start).ok()?,
+                u32::try_from(start + value.len()).ok()?,
+            ))
+        };
+        Some(EventDataSpans {
+            event: span(event)?,
+            data: span(data)?,
+        })
+    }
+
+    /// `event`'s value in `frame`, the text these spans were taken from.
+    pub fn event<'a>(&self, frame: &'a str) -> &'a str {
+        &frame[self.event.0 as usize..self.event.1 as usize]
+    }
+
+    /// `data`'s value in `frame`, the text these spans were taken from.
+    pub fn data<'a>(&self, frame: &'a str) -> &'a str {
+        &frame[self.data.0 as usize..self.data.1 as usize]
+    }
 }
 
 /// Why a frame could not be routed.
@@ -199,6 +240,8 @@ pub fn skim_inbound(text: &str) -> Option<Inbound<'_>> {
     i = skip_ws(b, i + 1);
     // Duplicate keys keep the last value, as JSON.parse does.
     let (mut event, mut data) = (None, None);
+    // For `spans`: how many keys, and whether `event` was the first.
+    let (mut keys, mut event_first) = (0u32, false);
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
@@ -212,10 +255,14 @@ pub fn skim_inbound(text: &str) -> Option<Inbound<'_>> {
             let value_end = skip_value(b, start)?;
             // Cut at ASCII bytes: the slices stay UTF-8.
             match key {
-                b"event" => event = Some(&text[start..value_end]),
+                b"event" => {
+                    event = Some(&text[start..value_end]);
+                    event_first = keys == 0;
+                }
                 b"data" => data = Some(&text[start..value_end]),
                 _ => {}
             }
+            keys += 1;
             i = skip_ws(b, value_end);
             match b.get(i)? {
                 b',' => i = skip_ws(b, i + 1),
@@ -230,11 +277,16 @@ pub fn skim_inbound(text: &str) -> Option<Inbound<'_>> {
     if skip_ws(b, i) != b.len() {
         return None;
     }
+    // Two keys, `event` first, and `data` among them: `event` then `data`.
+    let spans = match (event, data) {
+        (Some(e), Some(d)) if keys == 2 && event_first => EventDataSpans::of(text, e, d),
+        _ => None,
+    };
     let event = match event {
         None => EventName::Falsy,
         Some(raw) => classify_event(raw).ok()?,
     };
-    Some(Inbound { event, data })
+    Some(Inbound { event, data, spans })
 }
 
 /// serde_json's way to the same answer: what `parse_inbound` falls back on,
@@ -246,6 +298,7 @@ pub fn deserialize_inbound(text: &str) -> Result<Inbound<'_>, ParseError> {
     Ok(Inbound {
         event: parsed.event,
         data: parsed.data.map(RawValue::get),
+        spans: None,
     })
 }
 
@@ -492,6 +545,43 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_only_for_a_frame_of_event_then_data() {
+        let spans = |text: &str| {
+            let f = parse_inbound(text).unwrap();
+            f.spans
+                .map(|s| (s.event(text).to_string(), s.data(text).to_string()))
+        };
+        let pair = |e: &str, d: &str| Some((e.to_string(), d.to_string()));
+        assert_eq!(
+            spans(r#"{"event":"a","data":{"k":[1]}}"#),
+            pair(r#""a""#, r#"{"k":[1]}"#)
+        );
+        assert_eq!(
+            spans(" {\n \"event\" : 7 ,\t\"data\":null } "),
+            pair("7", "null")
+        );
+        assert_eq!(
+            spans(r#"{"event":"é\"","data":"\u00e9"}"#),
+            pair(r#""é\"""#, r#""\u00e9""#)
+        );
+        for other in [
+            r#"{"data":1,"event":"a"}"#,
+            r#"{"event":"a"}"#,
+            r#"{"data":1}"#,
+            r#"{}"#,
+            r#"{"event":"a","data":1,"id":"x"}"#,
+            r#"{"id":"x","event":"a","data":1}"#,
+            r#"{"event":"a","event":"b","data":1}"#,
+            r#"{"event":"a","data":1,"data":2}"#,
+            r#"{"ev\u0065nt":"a","data":1}"#,
+            r#"{"event":"a","d\u0061ta":1}"#,
+            r#"[{"event":"a","data":1}]"#,
+        ] {
+            assert_eq!(spans(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn needs_escape_agrees_with_serde_json_byte_by_byte() {

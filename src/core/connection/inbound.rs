@@ -152,6 +152,7 @@ impl Connection {
                     client_id: self.client.id.clone(),
                     serial: self.client.serial,
                     frame: text.to_string(),
+                    spans: frame.spans,
                 }) {
                     None => Next::Continue,
                     Some(wait) => Next::Wait(wait),
