@@ -69,14 +69,15 @@ export declare class NativeServer {
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
   sendToClient(clientId: string, frame: string): number
   /**
-   * `clientId
+   * The function that takes `clientId
   event
   data
-  …`: the `sendToClient` calls made while a
-   * batch of events was handled, in one crossing
-   * (`protocol::each_queued_send`).
+  …`, the
+   * `sendToClient` calls made while a batch of events was handled, in
+   * one crossing (`protocol::each_queued_send`); a bare N-API function
+   * (`queued_sends`).
    */
-  sendToClients(batch: string): number
+  queuedSender(): (batch: string) => number
   sendToUser(userId: string, frame: string): number
   sendToRoom(room: string, frame: string, exclude?: Array<string> | undefined | null): number
   broadcast(frame: string, exclude?: Array<string> | undefined | null): number

@@ -273,11 +273,10 @@ describe('events reaching the handlers', () => {
     });
     // Count what takes the queued path, to know the test exercises it.
     let queued = 0;
-    const native = ws.native;
-    const sendToClients = native.sendToClients.bind(native);
-    native.sendToClients = batch => {
+    const sendQueued = ws.sendQueued;
+    ws.sendQueued = batch => {
       queued += batch.split("\n").length / 3;
-      return sendToClients(batch);
+      return sendQueued(batch);
     };
     const c = await Client.auth(url);
     const raw = [];
@@ -290,5 +289,18 @@ describe('events reaching the handlers', () => {
     // toJSONs (the Date's is one).
     assert.equal(queued, replies.length - 5);
     c.close();
+  });
+
+  test('the native function for queued sends answers bad input with a throw and sends nothing once stopped', async () => {
+    const { url, ws } = await startServer({});
+    const c = await Client.auth(url);
+    assert.throws(() => ws.sendQueued(), /batch is required/);
+    assert.throws(() => ws.sendQueued(42), /string/i);
+    // Well formed: one frame for a connected client, none for an unknown one.
+    assert.equal(ws.sendQueued(`${c.id}\nhi\n{"a":1}\nnobody\nhi\n1`), 1);
+    assert.deepEqual(await c.next('hi'), { event: 'hi', data: { a: 1 } });
+    c.close();
+    await ws.shutdown();
+    assert.equal(ws.sendQueued(`${c.id}\nhi\n1`), 0);
   });
 });

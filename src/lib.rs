@@ -12,4 +12,5 @@ mod js_thread;
 mod native_emitter;
 mod native_server;
 mod options;
+mod queued_sends;
 mod run_mode;

@@ -15,6 +15,7 @@ use crate::core::server::Server;
 use crate::core::violation::Violation;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use crate::options::{to_config, to_redis_config, LogFormat, NativeOptions};
+use crate::queued_sends;
 use crate::run_mode::Exec;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
@@ -421,12 +422,19 @@ impl NativeServer {
         self.act(|s| s.send_to_client(&client_id, &frame) as u32, 0)
     }
 
-    /// `clientId\nevent\ndata\n…`: the `sendToClient` calls made while a
-    /// batch of events was handled, in one crossing
-    /// (`protocol::each_queued_send`).
-    #[napi]
-    pub fn send_to_clients(&self, batch: String) -> u32 {
-        self.act(|s| s.send_to_clients(&batch) as u32, 0)
+    /// The function that takes `clientId\nevent\ndata\n…`, the
+    /// `sendToClient` calls made while a batch of events was handled, in
+    /// one crossing (`protocol::each_queued_send`); a bare N-API function
+    /// (`queued_sends`).
+    #[napi(ts_return_type = "(batch: string) => number")]
+    pub fn queued_sender<'e>(&self, env: &'e napi::Env) -> Result<Function<'e, String, u32>> {
+        queued_sends::create(
+            env,
+            queued_sends::Target {
+                exec: self.exec,
+                server: self.server.clone(),
+            },
+        )
     }
 
     #[napi]

@@ -101,6 +101,8 @@ export class WebSocketServer<
    * the order of the calls.
    */
   private queuedSends = '';
+  /** Hands `queuedSends` over: a bare native function, cheaper to call than a method. */
+  private readonly sendQueued: (batch: string) => number;
   private handlingBatch = false;
   private readonly authAnswers: Answers<AuthAnswer>;
   private readonly roomAnswers: Answers<RoomsAnswer>;
@@ -136,6 +138,7 @@ export class WebSocketServer<
       opts.logger ? (level, line) => this.writeLog(level as TLogLevel, line) : null,
       opts.outboundTransformer && !s.nativeEncryption ? (clientId, frame) => this.runTransform(clientId, frame) : null,
     );
+    this.sendQueued = this.native.queuedSender();
     this.upgrades = {
       native: this.native,
       path: this.settings.path,
@@ -318,7 +321,7 @@ export class WebSocketServer<
     if (this.queuedSends === '') return;
     const batch = this.queuedSends;
     this.queuedSends = '';
-    this.native.sendToClients(batch);
+    this.sendQueued(batch);
   }
 
   sendToUser(opts: { userId: string; event: string; data?: unknown }): void {
