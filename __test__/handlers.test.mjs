@@ -299,6 +299,13 @@ describe('events reaching the handlers', () => {
     // Well formed: one frame for a connected client, none for an unknown one.
     assert.equal(ws.sendQueued(`${c.id}\nhi\n{"a":1}\nnobody\nhi\n1`), 1);
     assert.deepEqual(await c.next('hi'), { event: 'hi', data: { a: 1 } });
+    // Read into a buffer kept between calls: a large batch, then a small
+    // one with text of every width, each read whole.
+    const big = 'x'.repeat(100_000);
+    assert.equal(ws.sendQueued(`${c.id}\nbig\n"${big}"`), 1);
+    assert.equal((await c.next('big')).data, big);
+    assert.equal(ws.sendQueued(`${c.id}\né😀\n"ü€😀"`), 1);
+    assert.deepEqual(await c.next('é😀'), { event: 'é😀', data: 'ü€😀' });
     c.close();
     await ws.shutdown();
     assert.equal(ws.sendQueued(`${c.id}\nhi\n1`), 0);

@@ -9,12 +9,14 @@
 //! scenario (d). This function carries its target in the callback's data
 //! pointer instead: nothing to look up, nothing to check, and nothing to
 //! register, since its target is shared (`Arc`) and never handed out `&mut`.
+//! The batch's text is read into a buffer kept between calls.
 
 use crate::core::server::Server;
 use crate::run_mode::Exec;
 use napi::bindgen_prelude::{FromNapiValue, Function, ToNapiValue};
 use napi::{check_status, sys, Env, Error, JsError, Result, Status};
 use parking_lot::Mutex;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -25,6 +27,19 @@ pub struct Target {
     pub exec: Exec,
     pub server: Arc<Mutex<Option<Arc<Server>>>>,
 }
+
+/// The batch's UTF-8 is read into this buffer, kept from call to call (the
+/// function is only ever called on its JavaScript thread): no allocation,
+/// and no zeroing, per batch. Taken out for the length of a call, so that
+/// a call made from inside another (a task run by the send reaching
+/// JavaScript) reads into a buffer of its own.
+struct Called {
+    target: Target,
+    buf: Cell<Vec<u8>>,
+}
+
+/// A buffer grown past this by a large batch is not kept.
+const KEEP: usize = 64 * 1024;
 
 impl Target {
     /// `clientId\nevent\ndata\n…` (`protocol::each_queued_send`): how many
@@ -40,7 +55,10 @@ impl Target {
 /// The function `(batch: string) => number`; `target` lives as long as it.
 pub fn create(env: &Env, target: Target) -> Result<Function<'_, String, u32>> {
     const NAME: &str = "sendQueued";
-    let data = Box::into_raw(Box::new(target));
+    let data = Box::into_raw(Box::new(Called {
+        target,
+        buf: Cell::new(Vec::new()),
+    }));
     let mut f = ptr::null_mut();
     let made = check_status!(unsafe {
         sys::napi_create_function(
@@ -86,12 +104,18 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
                 "sendQueued: a batch is required",
             ));
         }
-        let batch = unsafe { String::from_napi_value(env, arg) }?;
-        // SAFETY: `data` is the `Target` `create` leaked; its finalizer,
+        // SAFETY: `data` is the `Called` `create` leaked; its finalizer,
         // which frees it, cannot run while the function is being called.
-        let target = unsafe { &*data.cast::<Target>() };
-        catch_unwind(AssertUnwindSafe(|| target.send(&batch)))
-            .map_err(|_| Error::new(Status::GenericFailure, "sendQueued: the send panicked"))
+        let called = unsafe { &*data.cast::<Called>() };
+        let mut buf = called.buf.take();
+        let sent = unsafe { read_utf8(env, arg, &mut buf) }.and_then(|batch| {
+            catch_unwind(AssertUnwindSafe(|| called.target.send(batch)))
+                .map_err(|_| Error::new(Status::GenericFailure, "sendQueued: the send panicked"))
+        });
+        if buf.capacity() <= KEEP {
+            called.buf.set(buf);
+        }
+        sent
     })
     .and_then(|sent| unsafe { u32::to_napi_value(env, sent) });
     match sent {
@@ -103,10 +127,38 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
     }
 }
 
+/// The string `value` as UTF-8, written into `buf` (V8 writes a lone
+/// surrogate as U+FFFD, so what it writes is UTF-8).
+unsafe fn read_utf8(env: sys::napi_env, value: sys::napi_value, buf: &mut Vec<u8>) -> Result<&str> {
+    let not_a_string = || {
+        Error::new(
+            Status::StringExpected,
+            "sendQueued: the batch must be a string",
+        )
+    };
+    let mut len = 0;
+    if unsafe { sys::napi_get_value_string_utf8(env, value, ptr::null_mut(), 0, &mut len) }
+        != sys::Status::napi_ok
+    {
+        return Err(not_a_string());
+    }
+    buf.clear();
+    // One more byte for the terminating NUL N-API writes.
+    buf.reserve(len + 1);
+    let mut written = 0;
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(env, value, buf.as_mut_ptr().cast(), len + 1, &mut written)
+    })?;
+    // SAFETY: N-API wrote `written` bytes (≤ `len`, within the capacity).
+    unsafe { buf.set_len(written.min(len)) };
+    // SAFETY: V8's UTF-8 writer only writes UTF-8.
+    Ok(unsafe { std::str::from_utf8_unchecked(buf) })
+}
+
 unsafe extern "C" fn finalize(
     _env: sys::napi_env,
     data: *mut std::ffi::c_void,
     _hint: *mut std::ffi::c_void,
 ) {
-    drop(unsafe { Box::from_raw(data.cast::<Target>()) });
+    drop(unsafe { Box::from_raw(data.cast::<Called>()) });
 }
