@@ -69,13 +69,10 @@ export declare class NativeServer {
   /** `frame` is the complete JSON text to send (`{"event":..,"data":..}`). */
   sendToClient(clientId: string, frame: string): number
   /**
-   * The function that takes `clientId
-  event
-  data
-  …`, the
-   * `sendToClient` calls made while a batch of events was handled, in
-   * one crossing (`protocol::each_queued_send`); a bare N-API function
-   * (`queued_sends`).
+   * The function that takes the `sendToClient` calls made while a batch
+   * of events was handled, in one crossing: lines of a client id, an
+   * event and data, one after another (`protocol::each_queued_send`); a
+   * bare N-API function (`queued_sends`).
    */
   queuedSender(): (batch: string) => number
   sendToUser(userId: string, frame: string): number

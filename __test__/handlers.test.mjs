@@ -2,7 +2,7 @@
 // the process stays up.
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Client, startServer, stopAll, sleep, until } from './helpers.mjs';
+import { Client, lib, startServer, stopAll, sleep, until } from './helpers.mjs';
 
 after(stopAll);
 
@@ -291,7 +291,10 @@ describe('events reaching the handlers', () => {
     c.close();
   });
 
-  test('the native function for queued sends answers bad input with a throw and sends nothing once stopped', async () => {
+  test('the native function for queued sends answers bad input with a throw, and sends nothing before the server starts', async () => {
+    // Before `configure()` there is no core to send through.
+    const idle = new lib.WebSocketServer({ host: '127.0.0.1', port: 0, logLevel: 'silent', authenticateFn: () => null });
+    assert.equal(idle.sendQueued('someone\nhi\n1'), 0);
     const { url, ws } = await startServer({});
     const c = await Client.auth(url);
     assert.throws(() => ws.sendQueued(), /batch is required/);
@@ -299,15 +302,17 @@ describe('events reaching the handlers', () => {
     // Well formed: one frame for a connected client, none for an unknown one.
     assert.equal(ws.sendQueued(`${c.id}\nhi\n{"a":1}\nnobody\nhi\n1`), 1);
     assert.deepEqual(await c.next('hi'), { event: 'hi', data: { a: 1 } });
-    // Read into a buffer kept between calls: a large batch, then a small
-    // one with text of every width, each read whole.
-    const big = 'x'.repeat(100_000);
-    assert.equal(ws.sendQueued(`${c.id}\nbig\n"${big}"`), 1);
-    assert.equal((await c.next('big')).data, big);
-    assert.equal(ws.sendQueued(`${c.id}\né😀\n"ü€😀"`), 1);
-    assert.deepEqual(await c.next('é😀'), { event: 'é😀', data: 'ü€😀' });
+    // The text is read into a buffer kept between calls (up to 64 KiB): a
+    // shorter batch after a longer one is read without the longer one's
+    // tail, text of every UTF-8 width included; a batch past the buffer's
+    // limit is read whole, and so is the next one.
+    for (const size of [30_000, 100_000]) {
+      const long = 'x'.repeat(size);
+      assert.equal(ws.sendQueued(`${c.id}\nlong\n"${long}"`), 1);
+      assert.equal((await c.next('long')).data, long);
+      assert.equal(ws.sendQueued(`${c.id}\né😀\n"ü€😀"`), 1);
+      assert.deepEqual(await c.next('é😀'), { event: 'é😀', data: 'ü€😀' });
+    }
     c.close();
-    await ws.shutdown();
-    assert.equal(ws.sendQueued(`${c.id}\nhi\n1`), 0);
   });
 });

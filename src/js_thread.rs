@@ -232,15 +232,22 @@ impl Runner {
             return (body(), true);
         }
         self.acquire();
+        // Ends the turn on the way out, a panic's unwinding included (a
+        // caller may catch it), so that later calls turn the runtime again.
+        struct Turning<'a>(&'a AtomicU64);
+        impl Drop for Turning<'_> {
+            fn drop(&mut self) {
+                TURNING.set(false);
+                self.0.fetch_add(1, Ordering::Release);
+            }
+        }
         TURNING.set(true);
-        let r = self.rt.block_on(async {
+        let _turning = Turning(&self.turns);
+        self.rt.block_on(async {
             let r = body();
             let idle = Turn::new().await;
             (r, idle)
-        });
-        TURNING.set(false);
-        self.turns.fetch_add(1, Ordering::Release);
-        r
+        })
     }
 
     /// On the JS thread, before a turn: the waiter lets go of the runtime.

@@ -161,6 +161,29 @@ pub struct NativeServer {
     exec: Exec,
 }
 
+/// `f` on the core once it is started; `default` before.
+fn with_core<T>(
+    server: &Mutex<Option<Arc<Server>>>,
+    f: impl FnOnce(&Server) -> T,
+    default: T,
+) -> T {
+    match server.lock().as_ref() {
+        Some(s) => f(s),
+        None => default,
+    }
+}
+
+/// [`with_core`] for a call that wakes the core's tasks (sends, room
+/// changes, answers): see `Exec::call`.
+pub(crate) fn act_on<T>(
+    exec: Exec,
+    server: &Mutex<Option<Arc<Server>>>,
+    f: impl FnOnce(&Server) -> T,
+    default: T,
+) -> T {
+    exec.call(|| with_core(server, f, default))
+}
+
 /// How the JavaScript layer's lines are formatted and where they go: the
 /// same rules as the core's, so every line of a server looks alike.
 struct JsLines {
@@ -352,16 +375,11 @@ impl NativeServer {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Server) -> T, default: T) -> T {
-        match self.server.lock().as_ref() {
-            Some(s) => f(s),
-            None => default,
-        }
+        with_core(&self.server, f, default)
     }
 
-    /// [`Self::with`] for a call that wakes the core's tasks (sends, room
-    /// changes, answers): see `Exec::call`.
     fn act<T>(&self, f: impl FnOnce(&Server) -> T, default: T) -> T {
-        self.exec.call(|| self.with(f, default))
+        act_on(self.exec, &self.server, f, default)
     }
 
     /// Answers to authentication requests, `[seq, kind, text]` each: kind 0
@@ -422,10 +440,10 @@ impl NativeServer {
         self.act(|s| s.send_to_client(&client_id, &frame) as u32, 0)
     }
 
-    /// The function that takes `clientId\nevent\ndata\n…`, the
-    /// `sendToClient` calls made while a batch of events was handled, in
-    /// one crossing (`protocol::each_queued_send`); a bare N-API function
-    /// (`queued_sends`).
+    /// The function that takes the `sendToClient` calls made while a batch
+    /// of events was handled, in one crossing: lines of a client id, an
+    /// event and data, one after another (`protocol::each_queued_send`); a
+    /// bare N-API function (`queued_sends`).
     #[napi(ts_return_type = "(batch: string) => number")]
     pub fn queued_sender<'e>(&self, env: &'e napi::Env) -> Result<Function<'e, String, u32>> {
         queued_sends::create(

@@ -3,15 +3,16 @@
 //!
 //! A `#[napi]` method pays napi-rs's per-call guards before its body runs:
 //! the receiver's type tag is checked through N-API, and the `&self` borrow
-//! is registered in, then removed from, a process-wide map behind a mutex.
-//! Together with the argument list's unwrapping that came to ≈ 420
-//! instructions per call, a quarter of the reply's path outside V8 in
-//! scenario (d). This function carries its target in the callback's data
+//! is registered in, then removed from, a process-wide map behind a mutex
+//! (measured in docs/PERFORMANCE.md, "The queued sends through a bare N-API
+//! function"). This function carries its target in the callback's data
 //! pointer instead: nothing to look up, nothing to check, and nothing to
 //! register, since its target is shared (`Arc`) and never handed out `&mut`.
 //! The batch's text is read into a buffer kept between calls.
 
+use crate::core::log::panic_text;
 use crate::core::server::Server;
+use crate::native_server::act_on;
 use crate::run_mode::Exec;
 use napi::bindgen_prelude::{FromNapiValue, Function, ToNapiValue};
 use napi::{check_status, sys, Env, Error, JsError, Result, Status};
@@ -22,7 +23,8 @@ use std::ptr;
 use std::sync::Arc;
 
 /// What the function sends through: the server's core (absent before
-/// `start` and after `stop`) and where the core runs.
+/// `start`) and where the core runs. Whichever of this function and its
+/// `NativeServer` is finalized last drops the core.
 pub struct Target {
     pub exec: Exec,
     pub server: Arc<Mutex<Option<Arc<Server>>>>,
@@ -42,13 +44,14 @@ struct Called {
 const KEEP: usize = 64 * 1024;
 
 impl Target {
-    /// `clientId\nevent\ndata\n…` (`protocol::each_queued_send`): how many
-    /// frames were queued.
+    /// How many frames were queued (`protocol::each_queued_send`).
     fn send(&self, batch: &str) -> u32 {
-        self.exec.call(|| match self.server.lock().as_ref() {
-            Some(s) => s.send_to_clients(batch) as u32,
-            None => 0,
-        })
+        act_on(
+            self.exec,
+            &self.server,
+            |s| s.send_to_clients(batch) as u32,
+            0,
+        )
     }
 }
 
@@ -109,8 +112,13 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
         let called = unsafe { &*data.cast::<Called>() };
         let mut buf = called.buf.take();
         let sent = unsafe { read_utf8(env, arg, &mut buf) }.and_then(|batch| {
-            catch_unwind(AssertUnwindSafe(|| called.target.send(batch)))
-                .map_err(|_| Error::new(Status::GenericFailure, "sendQueued: the send panicked"))
+            catch_unwind(AssertUnwindSafe(|| called.target.send(batch))).map_err(|panic| {
+                let what = panic_text(&*panic);
+                Error::new(
+                    Status::GenericFailure,
+                    format!("sendQueued: the send panicked: {what}"),
+                )
+            })
         });
         if buf.capacity() <= KEEP {
             called.buf.set(buf);
@@ -127,8 +135,9 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
     }
 }
 
-/// The string `value` as UTF-8, written into `buf` (V8 writes a lone
-/// surrogate as U+FFFD, so what it writes is UTF-8).
+/// The string `value` as UTF-8, written into `buf`. Checked: a client id
+/// may hold a lone surrogate, and what an engine's N-API writes for one is
+/// its own affair.
 unsafe fn read_utf8(env: sys::napi_env, value: sys::napi_value, buf: &mut Vec<u8>) -> Result<&str> {
     let not_a_string = || {
         Error::new(
@@ -151,8 +160,8 @@ unsafe fn read_utf8(env: sys::napi_env, value: sys::napi_value, buf: &mut Vec<u8
     })?;
     // SAFETY: N-API wrote `written` bytes (≤ `len`, within the capacity).
     unsafe { buf.set_len(written.min(len)) };
-    // SAFETY: V8's UTF-8 writer only writes UTF-8.
-    Ok(unsafe { std::str::from_utf8_unchecked(buf) })
+    std::str::from_utf8(buf)
+        .map_err(|e| Error::new(Status::InvalidArg, format!("sendQueued: not UTF-8: {e}")))
 }
 
 unsafe extern "C" fn finalize(

@@ -10,6 +10,16 @@
 use std::fmt::{self, Display, Write as _};
 use std::sync::Arc;
 
+/// What a caught panic said (its `&str` or `String` payload), for a log
+/// line or an error; empty for any other payload.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Error = 0,

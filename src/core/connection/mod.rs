@@ -98,11 +98,7 @@ where
     let drive = Box::pin(conn.drive(ws, queue));
     async move {
         if let Err(panic) = AssertUnwindSafe(drive).catch_unwind().await {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::core::log::panic_text(&*panic);
             env.log.error(
                 "Connection task panicked; closing it",
                 &[("id", &id), ("panic", &what)],
