@@ -16,7 +16,7 @@ use crate::core::violation::Violation;
 use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResult};
 use crate::options::{to_config, to_redis_config, LogFormat, NativeOptions};
 use crate::queued_sends;
-use crate::run_mode::Exec;
+use crate::run_mode::{act_on, with_core, Exec};
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
@@ -159,29 +159,6 @@ pub struct NativeServer {
     server: Arc<Mutex<Option<Arc<Server>>>>,
     /// Where the core runs.
     exec: Exec,
-}
-
-/// `f` on the core once it is started; `default` before.
-fn with_core<T>(
-    server: &Mutex<Option<Arc<Server>>>,
-    f: impl FnOnce(&Server) -> T,
-    default: T,
-) -> T {
-    match server.lock().as_ref() {
-        Some(s) => f(s),
-        None => default,
-    }
-}
-
-/// [`with_core`] for a call that wakes the core's tasks (sends, room
-/// changes, answers): see `Exec::call`.
-pub(crate) fn act_on<T>(
-    exec: Exec,
-    server: &Mutex<Option<Arc<Server>>>,
-    f: impl FnOnce(&Server) -> T,
-    default: T,
-) -> T {
-    exec.call(|| with_core(server, f, default))
 }
 
 /// How the JavaScript layer's lines are formatted and where they go: the

@@ -12,8 +12,7 @@
 
 use crate::core::log::panic_text;
 use crate::core::server::Server;
-use crate::native_server::act_on;
-use crate::run_mode::Exec;
+use crate::run_mode::{act_on, Exec};
 use napi::bindgen_prelude::{FromNapiValue, Function, ToNapiValue};
 use napi::{check_status, sys, Env, Error, JsError, Result, Status};
 use parking_lot::Mutex;

@@ -2,10 +2,13 @@
 //! or on the JavaScript thread (`js-thread`, see `js_thread`), and which of
 //! the two `auto` picks for the cores this process may use.
 
+use crate::core::server::Server;
 use crate::js_thread::{self, Runner};
 use napi::Env;
 use napi_derive::napi;
+use parking_lot::Mutex;
 use std::future::Future;
+use std::sync::Arc;
 
 /// `runMode`.
 #[napi(string_enum = "kebab-case")]
@@ -131,4 +134,27 @@ impl Exec {
             Exec::JsThread(r) => r.call(body),
         }
     }
+}
+
+/// `f` on the core once it is started; `default` before.
+pub fn with_core<T>(
+    server: &Mutex<Option<Arc<Server>>>,
+    f: impl FnOnce(&Server) -> T,
+    default: T,
+) -> T {
+    match server.lock().as_ref() {
+        Some(s) => f(s),
+        None => default,
+    }
+}
+
+/// [`with_core`] for a call that wakes the core's tasks (sends, room
+/// changes, answers): see [`Exec::call`].
+pub fn act_on<T>(
+    exec: Exec,
+    server: &Mutex<Option<Arc<Server>>>,
+    f: impl FnOnce(&Server) -> T,
+    default: T,
+) -> T {
+    exec.call(|| with_core(server, f, default))
 }
