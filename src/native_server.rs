@@ -423,13 +423,7 @@ impl NativeServer {
     /// bare N-API function (`queued_sends`).
     #[napi(ts_return_type = "(batch: string) => number")]
     pub fn queued_sender<'e>(&self, env: &'e napi::Env) -> Result<Function<'e, String, u32>> {
-        queued_sends::create(
-            env,
-            queued_sends::Target {
-                exec: self.exec,
-                server: self.server.clone(),
-            },
-        )
+        queued_sends::create(env, self.exec, self.server.clone())
     }
 
     #[napi]

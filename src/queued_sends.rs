@@ -22,43 +22,33 @@ use std::ptr;
 use std::sync::Arc;
 
 /// What the function sends through: the server's core (absent before
-/// `start`) and where the core runs. Whichever of this function and its
-/// `NativeServer` is finalized last drops the core.
-pub struct Target {
-    pub exec: Exec,
-    pub server: Arc<Mutex<Option<Arc<Server>>>>,
-}
-
-/// The batch's UTF-8 is read into this buffer, kept from call to call (the
-/// function is only ever called on its JavaScript thread): no allocation,
-/// and no zeroing, per batch. Taken out for the length of a call, so that
-/// a call made from inside another (a task run by the send reaching
-/// JavaScript) reads into a buffer of its own.
-struct Called {
-    target: Target,
+/// `start`) and where the core runs; whichever of this function and its
+/// `NativeServer` is finalized last drops the core. And the buffer the
+/// batch's UTF-8 is read into, kept from call to call (the function is only
+/// ever called on its JavaScript thread): no allocation, and no zeroing,
+/// per batch. It is taken out for the length of a call, so that a call made
+/// from inside another (a task run by the send reaching JavaScript) reads
+/// into a buffer of its own.
+struct Sender {
+    exec: Exec,
+    server: Arc<Mutex<Option<Arc<Server>>>>,
     buf: Cell<Vec<u8>>,
 }
 
 /// A buffer grown past this by a large batch is not kept.
 const KEEP: usize = 64 * 1024;
 
-impl Target {
-    /// How many frames were queued (`protocol::each_queued_send`).
-    fn send(&self, batch: &str) -> u32 {
-        act_on(
-            self.exec,
-            &self.server,
-            |s| s.send_to_clients(batch) as u32,
-            0,
-        )
-    }
-}
-
-/// The function `(batch: string) => number`; `target` lives as long as it.
-pub fn create(env: &Env, target: Target) -> Result<Function<'_, String, u32>> {
+/// The function `(batch: string) => number`, sending through `server` on
+/// `exec`.
+pub fn create(
+    env: &Env,
+    exec: Exec,
+    server: Arc<Mutex<Option<Arc<Server>>>>,
+) -> Result<Function<'_, String, u32>> {
     const NAME: &str = "sendQueued";
-    let data = Box::into_raw(Box::new(Called {
-        target,
+    let data = Box::into_raw(Box::new(Sender {
+        exec,
+        server,
         buf: Cell::new(Vec::new()),
     }));
     let mut f = ptr::null_mut();
@@ -106,12 +96,20 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
                 "sendQueued: a batch is required",
             ));
         }
-        // SAFETY: `data` is the `Called` `create` leaked; its finalizer,
+        // SAFETY: `data` is the `Sender` `create` leaked; its finalizer,
         // which frees it, cannot run while the function is being called.
-        let called = unsafe { &*data.cast::<Called>() };
-        let mut buf = called.buf.take();
+        let sender = unsafe { &*data.cast::<Sender>() };
+        let mut buf = sender.buf.take();
         let sent = unsafe { read_utf8(env, arg, &mut buf) }.and_then(|batch| {
-            catch_unwind(AssertUnwindSafe(|| called.target.send(batch))).map_err(|panic| {
+            catch_unwind(AssertUnwindSafe(|| {
+                act_on(
+                    sender.exec,
+                    &sender.server,
+                    |s| s.send_to_clients(batch) as u32,
+                    0,
+                )
+            }))
+            .map_err(|panic| {
                 let what = panic_text(&*panic);
                 Error::new(
                     Status::GenericFailure,
@@ -120,7 +118,7 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
             })
         });
         if buf.capacity() <= KEEP {
-            called.buf.set(buf);
+            sender.buf.set(buf);
         }
         sent
     })
@@ -168,5 +166,5 @@ unsafe extern "C" fn finalize(
     data: *mut std::ffi::c_void,
     _hint: *mut std::ffi::c_void,
 ) {
-    drop(unsafe { Box::from_raw(data.cast::<Called>()) });
+    drop(unsafe { Box::from_raw(data.cast::<Sender>()) });
 }
