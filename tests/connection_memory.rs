@@ -9,17 +9,11 @@
 //! authenticates as a user of its own and joins the default rooms. The
 //! figure is within a few bytes in debug and release builds.
 
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
-use ignis_ws_native::core::config::Config;
-use ignis_ws_native::core::handlers::{AppEvent, AuthOutcome, Handlers};
-use ignis_ws_native::core::log::{Logger, NullLog};
-use ignis_ws_native::core::server::Server;
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Counting;
@@ -61,59 +55,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Accepts every token as its own user and keeps no event.
-struct Quiet;
-
-impl Handlers for Quiet {
-    fn authenticate(&self, _: &str, data: &str) -> BoxFuture<'static, AuthOutcome> {
-        let data: serde_json::Value = serde_json::from_str(data).unwrap();
-        let user = data["token"].as_str().map(|t| format!("user-{t}"));
-        assert!(user.is_some(), "no token in {data}");
-        async move { AuthOutcome::Accepted { user_id: user } }.boxed()
-    }
-    fn deliver(&self, _: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
-        async {}.boxed()
-    }
-}
-
-const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-Sec-WebSocket-Version: 13\r\n\r\n";
-
-/// A masked client text frame (payload under 126 bytes).
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
-/// Reads into `buf` until `needle` has arrived (no allocation).
-fn read_until(s: &mut TcpStream, buf: &mut [u8; 2048], needle: &[u8]) {
-    let mut at = 0;
-    loop {
-        let n = s.read(&mut buf[at..]).expect("server answers");
-        assert!(n > 0, "server closed the socket");
-        at += n;
-        if buf[..at].windows(needle.len()).any(|w| w == needle) {
-            return;
-        }
-    }
-}
-
 /// Opens `frames.len()` connections and authenticates each with its frame.
 fn open(addr: std::net::SocketAddr, frames: &[Vec<u8>], into: &mut Vec<TcpStream>) {
     let mut buf = [0u8; 2048];
     for frame in frames {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        // A server that never answers fails the test rather than hangs it.
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(REQUEST).unwrap();
-        read_until(&mut s, &mut buf, b"\r\n\r\n");
-        s.write_all(frame).unwrap();
-        read_until(&mut s, &mut buf, b"connected");
-        into.push(s);
+        into.push(common::open_with(addr, frame, &mut buf));
     }
 }
 
@@ -126,23 +72,11 @@ fn an_idle_authenticated_connection_holds_at_most_2_700_bytes_of_heap() {
         .enable_all()
         .build()
         .unwrap();
-    let cfg = Config {
-        host: "127.0.0.1".into(),
-        port: 0,
-        ..Config::default()
-    };
-    let server = rt
-        .block_on(Server::start(
-            cfg,
-            Arc::new(Quiet),
-            Logger::new(Arc::new(NullLog)),
-            None,
-        ))
-        .unwrap();
+    let server = common::quiet_server(&rt);
     let addr = server.local_addr().expect("listening");
     let frames: Vec<Vec<u8>> = (0..WARM + N)
         .map(|i| {
-            masked_text(
+            common::masked_text(
                 format!(r#"{{"event":"authenticate","data":{{"token":"t{i}"}}}}"#).as_bytes(),
             )
         })

@@ -5,39 +5,75 @@
 //! publication between them, not one each.
 
 use crate::core::deflate::Deflate;
+use crate::core::frame_writer::{frame_header, TEXT};
 use std::sync::{Arc, OnceLock};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Room kept in front of a frame's text for its WebSocket header (the
+/// longest is 10 bytes).
+const HEAD: usize = 10;
+
+/// What a frame's text is built after ([`Frame::from_headroom`]): the room
+/// for its header, as text, so that the JSON can be written with `String`'s
+/// own methods and the frame then takes the allocation as it is.
+pub const HEADROOM: &str = "\0\0\0\0\0\0\0\0\0\0";
 
 /// A pre-serialized outbound frame, shared by every recipient of a fan-out.
 #[derive(Clone)]
 pub struct Frame(Arc<Shared>);
 
 struct Shared {
-    text: Utf8Bytes,
+    /// The uncompressed frame as it goes on the wire: its header, ending
+    /// at `HEAD`, from `start`; its text (valid UTF-8) from `HEAD`. A frame
+    /// written alone goes to the socket from here as it is, with neither a
+    /// copy nor a second slice for its header.
+    bytes: Vec<u8>,
+    start: u8,
     /// `None` inside: sent plain (below the threshold, or not smaller).
     deflated: OnceLock<Option<Box<[u8]>>>,
 }
 
 impl Frame {
+    /// The frame whose text follows [`HEADROOM`] in `text`.
+    ///
+    /// # Panics
+    /// If `text` does not start with [`HEADROOM`] (a bug of the caller's).
+    pub fn from_headroom(text: String) -> Frame {
+        assert!(
+            text.starts_with(HEADROOM),
+            "a frame's text follows its headroom"
+        );
+        let mut bytes = text.into_bytes();
+        let (header, used) = frame_header(TEXT, bytes.len() - HEAD);
+        let start = HEAD - used;
+        bytes[start..HEAD].copy_from_slice(&header[..used]);
+        Frame(Arc::new(Shared {
+            bytes,
+            start: start as u8,
+            deflated: OnceLock::new(),
+        }))
+    }
+
     pub fn as_str(&self) -> &str {
-        self.0.text.as_str()
+        // SAFETY: the bytes from `HEAD` are a `String`'s from a char
+        // boundary (after the ASCII `HEADROOM`), never written since.
+        unsafe { std::str::from_utf8_unchecked(self.as_bytes()) }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.text.as_bytes()
+        &self.0.bytes[HEAD..]
+    }
+
+    /// The whole uncompressed text frame, header included.
+    pub fn wire(&self) -> &[u8] {
+        &self.0.bytes[self.0.start as usize..]
     }
 
     pub fn len(&self) -> usize {
-        self.0.text.len()
+        self.0.bytes.len() - HEAD
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.text.is_empty()
-    }
-
-    /// The text, as the WebSocket layer takes it.
-    pub fn text(&self) -> Utf8Bytes {
-        self.0.text.clone()
+        self.len() == 0
     }
 
     /// The payload compressed for a message with RSV1 set, made once; `None`:
@@ -50,24 +86,18 @@ impl Frame {
     }
 }
 
-impl From<Utf8Bytes> for Frame {
-    fn from(text: Utf8Bytes) -> Self {
-        Frame(Arc::new(Shared {
-            text,
-            deflated: OnceLock::new(),
-        }))
+impl From<&str> for Frame {
+    fn from(s: &str) -> Self {
+        let mut text = String::with_capacity(HEAD + s.len());
+        text.push_str(HEADROOM);
+        text.push_str(s);
+        Frame::from_headroom(text)
     }
 }
 
 impl From<String> for Frame {
     fn from(s: String) -> Self {
-        Utf8Bytes::from(s).into()
-    }
-}
-
-impl From<&str> for Frame {
-    fn from(s: &str) -> Self {
-        Utf8Bytes::from(s).into()
+        Frame::from(s.as_str())
     }
 }
 
@@ -80,5 +110,43 @@ impl std::fmt::Debug for Frame {
 impl PartialEq for Frame {
     fn eq(&self, other: &Self) -> bool {
         self.as_bytes() == other.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::frame_writer::append_frame;
+
+    /// A frame's bytes are its header in the shortest form, then its text,
+    /// across the header's three length forms and with multibyte text.
+    #[test]
+    fn a_frame_is_its_header_then_its_text() {
+        for len in [0, 1, 2, 125, 126, 127, 65535, 65536, 70_000] {
+            let text = if len >= 2 {
+                format!("é{}", "a".repeat(len - 2))
+            } else {
+                "a".repeat(len)
+            };
+            assert_eq!(text.len(), len);
+            let mut want = Vec::new();
+            append_frame(&mut want, TEXT, text.as_bytes());
+            for frame in [
+                Frame::from(text.as_str()),
+                Frame::from(text.clone()),
+                Frame::from_headroom(format!("{HEADROOM}{text}")),
+            ] {
+                assert_eq!(frame.wire(), want, "{len} bytes");
+                assert_eq!(frame.as_str(), text);
+                assert_eq!(frame.len(), len);
+                assert_eq!(frame.is_empty(), len == 0);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "headroom")]
+    fn text_without_its_headroom_is_refused() {
+        Frame::from_headroom(r#"{"event":"x"}"#.to_string());
     }
 }

@@ -290,6 +290,12 @@ macro_rules! write_through {
 }
 crate::write_through!(Prefixed);
 
+impl<S: crate::core::frame_writer::TryWrite> crate::core::frame_writer::TryWrite for Prefixed<S> {
+    fn try_write_now(&self, buf: &[u8]) -> Option<std::io::Result<usize>> {
+        self.inner.try_write_now(buf)
+    }
+}
+
 /// Whether `origin` may open a socket. `allowed` empty: any origin (and
 /// requests without one, such as non-browser clients). `"*"` allows all.
 /// Entries match the whole origin (`https://app.example.com`) or, written

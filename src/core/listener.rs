@@ -9,7 +9,7 @@ use crate::core::connection::{self, Env};
 use crate::core::connections::{Connections, Live};
 use crate::core::deflate::{self, Inflating};
 use crate::core::forward::Forwarder;
-use crate::core::frame_writer::FrameWriter;
+use crate::core::frame_writer::{FrameWriter, TryWrite};
 use crate::core::http::{self, Prefixed};
 use crate::core::metrics::{self, Metrics};
 use std::net::{IpAddr, SocketAddr};
@@ -152,7 +152,7 @@ impl Listener {
     /// and upgrade futures it started from.
     pub async fn serve_socket<S>(self: Arc<Self>, stream: S, addr: SocketAddr, live: Live)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin + Send + 'static,
     {
         if let Some((ws, deflate)) = Box::pin(self.upgrade(stream, addr, &live)).await {
             let connection = connection::run(self.env.clone(), ws, addr.to_string(), deflate);
@@ -195,7 +195,7 @@ impl Listener {
         live: &Live,
     ) -> Option<(Socket<S>, bool)>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin + Send + 'static,
     {
         let log = &self.env.log;
         let cfg = &self.env.config;
@@ -328,7 +328,7 @@ pub fn socket<S>(
     stats: Arc<crate::core::stats::Stats>,
 ) -> Socket<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + TryWrite + Unpin,
 {
     read.drain(..head_len.min(read.len()));
     let io = FrameWriter::new(Inflating::new(Prefixed::new(read, stream), inflate, stats));

@@ -54,19 +54,19 @@ pub const MAX_ROOM_NAME_LENGTH: usize = 256;
 /// Prefix reserved for internal channels; clients can never join such a room.
 pub const INTERNAL_PREFIX: &str = "ws:";
 
-pub use crate::core::frame::Frame;
+pub use crate::core::frame::{Frame, HEADROOM};
 
 /// Builds `{"event":<event>,"data":<data>}` from an event name and the JSON
 /// text of `data` (`None` leaves `data` out, as `JSON.stringify` does for
 /// `undefined`).
 pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
-    // Exactly the text's length when the name needs no escape (nearly
-    // always): the frame's bytes then take the string's allocation as it
-    // is, without a second one to hold the unused capacity.
+    // Exactly the frame's length when the name needs no escape (nearly
+    // always): no capacity unused for as long as the frame is kept.
     let len = r#"{"event":""}"#.len()
         + event.len()
         + data_json.map_or(0, |d| r#","data":"#.len() + d.len());
-    let mut out = String::with_capacity(len);
+    let mut out = String::with_capacity(HEADROOM.len() + len);
+    out.push_str(HEADROOM);
     out.push_str("{\"event\":");
     push_json_str(&mut out, event);
     if let Some(data) = data_json {
@@ -74,7 +74,7 @@ pub fn encode_frame(event: &str, data_json: Option<&str>) -> Frame {
         out.push_str(data);
     }
     out.push('}');
-    Frame::from(out)
+    Frame::from_headroom(out)
 }
 
 /// Appends `s` as a JSON string literal.

@@ -315,7 +315,12 @@ impl Server {
     /// what tests use to drive a connection through `tokio::io::duplex`.
     pub fn serve_io<S>(&self, stream: S, remote: SocketAddr)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + crate::core::frame_writer::TryWrite
+            + Unpin
+            + Send
+            + 'static,
     {
         let live = self.env.connections.start(remote.ip());
         tokio::spawn(self.listener.clone().serve_socket(stream, remote, live));

@@ -17,7 +17,7 @@ pub use state::Env;
 use state::{Connection, Next};
 
 use crate::core::client::{Batch, Client, ClientState, CloseRequest, QueueReader};
-use crate::core::frame_writer::{FrameWriter, FRAMES_PER_WRITE};
+use crate::core::frame_writer::{FrameWriter, TryWrite, FRAMES_PER_WRITE};
 use crate::core::handlers::AppEvent;
 use crate::core::protocol::Frame;
 use crate::core::protocol::{self, close};
@@ -57,7 +57,7 @@ pub fn run<S>(
     deflate: bool,
 ) -> impl std::future::Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + TryWrite + Unpin + Send + 'static,
 {
     let now = protocol::now_ms();
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
@@ -144,6 +144,10 @@ async fn gone(env: &Env, id: &str, serial: u64) {
         .await;
 }
 
+/// Turns of the loop that each wrote two batches and found more queued,
+/// after which it yields (see the loop).
+const BUSY_TURNS: u8 = 16;
+
 /// What the socket side of the loop produced.
 enum Io {
     /// `Ok`: two batches were written whole in one poll; the loop turns
@@ -186,7 +190,7 @@ fn seal_batch(client: &Client, batch: &mut Batch) {
 /// once waits in `Outgoing`, which the loop drains like any frame.
 fn try_ping<S>(ws: &mut WsSocket<FrameWriter<S>>, cx: &mut Context<'_>) -> Result<(), WsError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + TryWrite + Unpin,
 {
     if ws.get_ref().pending_len() >= crate::core::frame_writer::CONTROL_PENDING_MAX {
         return Ok(());
@@ -207,7 +211,7 @@ impl Outbound {
     /// taken yet.
     fn writing<S>(&self, ws: &WsSocket<FrameWriter<S>>) -> bool
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         !self.batch.is_empty() || ws.get_ref().has_pending()
     }
@@ -227,7 +231,7 @@ impl Outbound {
         cx: &mut Context<'_>,
     ) -> Poll<Io>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         let deflate = client.deflate_out();
         // Looked at on every poll, not once per turn of the loop: a batch
@@ -299,7 +303,7 @@ impl Outbound {
         ws: &mut WsSocket<FrameWriter<S>>,
     ) -> Poll<Option<Result<Message, WsError>>>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         if !read || (!client.take_read_woken() && !self.readable) {
             return Poll::Pending;
@@ -323,7 +327,7 @@ impl Connection {
         queue: QueueReader,
     ) -> impl std::future::Future<Output = ()> + Send
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin + Send + 'static,
     {
         let mut this = self;
         let mut ws = ws;
@@ -360,6 +364,7 @@ impl Connection {
             // combinator that would poll it with wakers of its own).
             let mut timer_waits = false;
             let mut heard_since_tick = false;
+            let mut busy_turns = 0u8;
             let mut quiet_ticks = 0u8;
             // Set while the event queue is full: reads pause until it has room.
             let mut paused: Option<BoxFuture<'static, ()>> = None;
@@ -374,6 +379,7 @@ impl Connection {
                 // held across that await, and every idle connection's loop
                 // would be that much larger.
                 let mut ping = false;
+                let mut busy = false;
                 let mut finishing = None;
                 tokio::select! {
                     biased;
@@ -433,7 +439,7 @@ impl Connection {
                     // written (`poll_close`, polled first, registered the
                     // task for a frame queued meanwhile).
                     io = std::future::poll_fn(|cx| out.poll_socket(&this.env.stats, &this.client, &mut ws, reading, cx)) => match io {
-                        Io::Written(Ok(())) => {}
+                        Io::Written(Ok(())) => busy = true,
                         Io::Written(Err(_)) => break None,
                         Io::Stalled => {}
                         Io::Read(msg) => {
@@ -471,6 +477,18 @@ impl Connection {
                             code,
                             reason: reason.into(),
                         });
+                    }
+                }
+                // Writes tried at once (`TryWrite`) take nothing from the
+                // task's budget, so a queue refilled as fast as the socket
+                // drains it would otherwise keep this task from ever
+                // yielding to others on its thread: it yields every
+                // `BUSY_TURNS` turns that wrote and found more.
+                if busy {
+                    busy_turns += 1;
+                    if busy_turns == BUSY_TURNS {
+                        busy_turns = 0;
+                        tokio::task::yield_now().await;
                     }
                 }
                 if ping
@@ -537,7 +555,7 @@ impl Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WsError>>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         let out = ws.get_mut();
         while !batch.is_empty() {
@@ -565,7 +583,7 @@ impl Connection {
         batch: Batch,
         req: CloseRequest,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         let frame = CloseFrame {
             code: CloseCode::from(req.code),

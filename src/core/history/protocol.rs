@@ -44,7 +44,10 @@ pub fn new_epoch() -> String {
 pub fn positioned(frame_json: &str, room: &str, offset: u64, epoch: &str) -> Frame {
     let body = frame_json.trim_end();
     let body = body.strip_suffix('}').unwrap_or(body);
-    let mut out = String::with_capacity(body.len() + room.len() + epoch.len() + 48);
+    let mut out = String::with_capacity(
+        protocol::HEADROOM.len() + body.len() + room.len() + epoch.len() + 48,
+    );
+    out.push_str(protocol::HEADROOM);
     out.push_str(body);
     out.push_str(",\"room\":");
     protocol::push_json_str(&mut out, room);
@@ -53,7 +56,7 @@ pub fn positioned(frame_json: &str, room: &str, offset: u64, epoch: &str) -> Fra
     out.push_str(",\"epoch\":");
     protocol::push_json_str(&mut out, epoch);
     out.push('}');
-    Frame::from(out)
+    Frame::from_headroom(out)
 }
 
 /// `{"event":"joined","data":{"room":R,"offset":M,"epoch":"S"[,"recovered":B]}}`
