@@ -294,6 +294,13 @@ impl<S: crate::core::frame_writer::TryWrite> crate::core::frame_writer::TryWrite
     fn try_write_now(&self, buf: &[u8]) -> Option<std::io::Result<usize>> {
         self.inner.try_write_now(buf)
     }
+
+    fn try_write_vectored_now(
+        &self,
+        slices: &[std::io::IoSlice<'_>],
+    ) -> Option<std::io::Result<usize>> {
+        self.inner.try_write_vectored_now(slices)
+    }
 }
 
 /// Whether `origin` may open a socket. `allowed` empty: any origin (and
