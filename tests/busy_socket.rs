@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::open_authenticated;
+use common::{open_authenticated, quiet_server};
 use ignis_ws_native::core::protocol::Frame;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -23,7 +23,7 @@ fn a_queue_refilled_as_fast_as_it_is_written_leaves_the_thread_to_others() {
         .enable_all()
         .build()
         .unwrap();
-    let server = Arc::new(common::quiet_server(&rt));
+    let server = Arc::new(quiet_server(&rt));
     let addr = server.local_addr().expect("listening");
     let stop = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicU64::new(0));

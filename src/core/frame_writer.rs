@@ -4,10 +4,11 @@
 //! Through tungstenite, every outgoing frame goes through its framing code
 //! and write buffer one by one: in a fan-out burst that bookkeeping was
 //! about an eighth of the server's CPU. Here a batch of text frames goes to
-//! the socket with one write: small frames joined in a buffer per thread
-//! (none is kept per socket), large ones as a vectored write of their
-//! headers and the shared payloads themselves. Only what the socket does
-//! not take is kept, in `pending`, which is written before anything else
+//! the socket with one write: a frame alone from its own bytes (a `Frame`
+//! is framed when it is made), several small ones joined in a buffer per
+//! thread (none is kept per socket), large ones and runs as a vectored
+//! write of the shared bytes themselves. Only what the socket does not take
+//! is kept, in `pending`, which is written before anything else
 //! (tungstenite's own writes included), so frames never interleave.
 
 use std::io::{self, IoSlice};
@@ -76,34 +77,66 @@ pub fn frame_header(head: u8, len: usize) -> ([u8; 10], usize) {
     }
 }
 
-/// A write a stream can try at once, outside `poll_write`: for a TCP
-/// socket, tokio's `try_write`, which skips the runtime's readiness
-/// registration and task budget that every `poll_write` goes through
-/// (≈ 100 instructions of the ≈ 1 800 a fan-out's delivery costs). Only a
-/// write the socket refuses then goes through `poll_write`, to wait.
-pub trait TryWrite {
-    /// `None`: this stream has no such write (TLS, in-memory streams).
-    fn try_write_now(&self, _buf: &[u8]) -> Option<io::Result<usize>> {
-        None
+/// A stream's write, tried at once where it can be: for a TCP socket,
+/// tokio's `try_write`, which skips the readiness registration every
+/// `poll_write` goes through (≈ 80 instructions of the ≈ 1 800 a fan-out's
+/// delivery costs). Only a write the socket refuses then goes through
+/// `poll_write`, to wait. The default is `poll_write` itself (TLS,
+/// in-memory streams).
+pub trait TryWrite: AsyncWrite + Unpin {
+    fn poll_write_now(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
     }
 
-    /// The same for a vectored write.
-    fn try_write_vectored_now(&self, _slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        None
+    fn poll_write_vectored_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write_vectored(cx, slices)
+    }
+}
+
+/// `write` tried at once, under the task's budget as tokio's own writes
+/// are: a write that succeeds takes a unit of it, so a task whose writes
+/// all succeed at once (replies to a client's pipelined frames, pongs)
+/// still yields its thread when the budget is spent. `None`: the socket is
+/// full, and nothing was taken from the budget.
+fn try_first(
+    cx: &mut Context<'_>,
+    write: impl FnOnce() -> io::Result<usize>,
+) -> Poll<Option<io::Result<usize>>> {
+    let budget = ready!(tokio::task::coop::poll_proceed(cx));
+    match write() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(None),
+        done => {
+            budget.made_progress();
+            Poll::Ready(Some(done))
+        }
     }
 }
 
 impl TryWrite for tokio::net::TcpStream {
-    fn try_write_now(&self, buf: &[u8]) -> Option<io::Result<usize>> {
-        Some(self.try_write(buf))
+    fn poll_write_now(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match ready!(try_first(cx, || self.try_write(buf))) {
+            Some(done) => Poll::Ready(done),
+            None => Pin::new(self).poll_write(cx, buf),
+        }
     }
 
-    fn try_write_vectored_now(&self, slices: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        Some(self.try_write_vectored(slices))
+    fn poll_write_vectored_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match ready!(try_first(cx, || self.try_write_vectored(slices))) {
+            Some(done) => Poll::Ready(done),
+            None => Pin::new(self).poll_write_vectored(cx, slices),
+        }
     }
 }
 
-impl<S> TryWrite for tokio_rustls::server::TlsStream<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin> TryWrite for tokio_rustls::server::TlsStream<S> {}
 
 impl TryWrite for tokio::io::DuplexStream {}
 
@@ -154,17 +187,11 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
         }
     }
 
-    /// Writes to the socket, noting any progress: tried at once
-    /// ([`TryWrite`]), and polled (to wait for the socket) only if that
-    /// found it full.
+    /// Writes to the socket, noting any progress: tried at once, and
+    /// polled (to wait for the socket) only if that found it full
+    /// ([`TryWrite`]).
     fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = match self.inner.try_write_now(buf) {
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                Pin::new(&mut self.inner).poll_write(cx, buf)
-            }
-            Some(done) => Poll::Ready(done),
-            None => Pin::new(&mut self.inner).poll_write(cx, buf),
-        };
+        let written = self.inner.poll_write_now(cx, buf);
         self.note_progress(written)
     }
 
@@ -173,13 +200,7 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
         cx: &mut Context<'_>,
         slices: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = match self.inner.try_write_vectored_now(slices) {
-            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                Pin::new(&mut self.inner).poll_write_vectored(cx, slices)
-            }
-            Some(done) => Poll::Ready(done),
-            None => Pin::new(&mut self.inner).poll_write_vectored(cx, slices),
-        };
+        let written = self.inner.poll_write_vectored_now(cx, slices);
         self.note_progress(written)
     }
 
@@ -232,8 +253,9 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
             bytes += c.len();
             singles += (c.frames() == 1) as usize;
         }
-        // Frames framed together already (runs) go as they are, without a
-        // copy; single frames among others are joined.
+        // Single frames among others are joined (runs with them, if the
+        // whole is small); otherwise frames framed already go as they are,
+        // without a copy.
         let written = if singles > 0 && bytes <= JOIN_MAX {
             self.write_joined(cx, chunks)
         } else if count <= 4 {
@@ -319,10 +341,10 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
     }
 }
 
-/// Part of what a socket is sent: one frame's payload (its text, or its
-/// compressed form), framed on its way out, or frames framed already (a
-/// run of publications shared by a room's members is framed once for all
-/// of them).
+/// Part of what a socket is sent: one frame's payload, framed on its way
+/// out (a compressed frame, or an echoed one), or frames framed already (a
+/// `Frame` sent plain, framed when it was made; a run of publications
+/// shared by a room's members, framed once for all of them).
 #[derive(Clone, Copy)]
 pub enum Chunk<'a> {
     /// `head`: the frame's first byte ([`TEXT`], [`BINARY`], with
@@ -488,6 +510,49 @@ mod tests {
         buf
     }
 
+    /// A write tried at once takes a unit of the task's budget, as tokio's
+    /// own `poll_write` does: a task whose writes all succeed at once
+    /// (replies to pipelined frames, pongs) is refused once the budget is
+    /// spent, and so yields its thread, instead of writing on.
+    #[tokio::test]
+    async fn writes_tried_at_once_spend_the_tasks_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut out = FrameWriter::new(server);
+        // Once writable (the first write may wait for the socket's first
+        // readiness), 1 000 one-byte writes within one poll.
+        std::future::poll_fn(|cx| out.poll_inner(cx, b"x"))
+            .await
+            .unwrap();
+        let (done, refused) = std::future::poll_fn(|cx| {
+            let mut done = 0;
+            while done < 1000 {
+                match out.poll_inner(cx, b"x") {
+                    Poll::Ready(Ok(1)) => done += 1,
+                    Poll::Ready(other) => panic!("{other:?}"),
+                    Poll::Pending => return Poll::Ready((done, true)),
+                }
+            }
+            Poll::Ready((done, false))
+        })
+        .await;
+        assert!(
+            refused,
+            "{done} writes in one poll: the budget was never spent"
+        );
+        assert!(
+            (100..=128).contains(&done),
+            "{done} writes before the budget ran out"
+        );
+        // The refusal woke the task: the next poll writes again.
+        std::future::poll_fn(|cx| out.poll_inner(cx, b"x"))
+            .await
+            .unwrap();
+    }
+
     /// Over loopback TCP, where writes are tried at once (`TryWrite`): a
     /// peer that reads nothing for a while fills the socket, the writer
     /// waits for room (its task woken by the socket, not by a retry), and
@@ -496,6 +561,16 @@ mod tests {
     /// `JOIN_MAX` (a vectored write).
     #[tokio::test]
     async fn a_full_tcp_socket_is_waited_for_and_frames_stay_in_order() {
+        // A lost wake-up would leave the writer waiting: fail instead.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            through_a_full_tcp_socket(),
+        )
+        .await
+        .expect("the writer was never woken");
+    }
+
+    async fn through_a_full_tcp_socket() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await

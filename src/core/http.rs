@@ -250,8 +250,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-/// `impl AsyncWrite` for a reader wrapper `$t<S>` whose writes go
-/// straight to its `inner` stream.
+/// `impl AsyncWrite` (and [`TryWrite`](crate::core::frame_writer::TryWrite))
+/// for a reader wrapper `$t<S>` whose writes go straight to its `inner`
+/// stream.
 #[macro_export]
 macro_rules! write_through {
     ($t:ident) => {
@@ -286,22 +287,29 @@ macro_rules! write_through {
                 self.inner.is_write_vectored()
             }
         }
+
+        impl<S: $crate::core::frame_writer::TryWrite> $crate::core::frame_writer::TryWrite
+            for $t<S>
+        {
+            fn poll_write_now(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.inner.poll_write_now(cx, buf)
+            }
+
+            fn poll_write_vectored_now(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+                slices: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.inner.poll_write_vectored_now(cx, slices)
+            }
+        }
     };
 }
 crate::write_through!(Prefixed);
-
-impl<S: crate::core::frame_writer::TryWrite> crate::core::frame_writer::TryWrite for Prefixed<S> {
-    fn try_write_now(&self, buf: &[u8]) -> Option<std::io::Result<usize>> {
-        self.inner.try_write_now(buf)
-    }
-
-    fn try_write_vectored_now(
-        &self,
-        slices: &[std::io::IoSlice<'_>],
-    ) -> Option<std::io::Result<usize>> {
-        self.inner.try_write_vectored_now(slices)
-    }
-}
 
 /// Whether `origin` may open a socket. `allowed` empty: any origin (and
 /// requests without one, such as non-browser clients). `"*"` allows all.

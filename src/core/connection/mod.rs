@@ -144,8 +144,9 @@ async fn gone(env: &Env, id: &str, serial: u64) {
         .await;
 }
 
-/// Turns of the loop that each wrote two batches and found more queued,
-/// after which it yields (see the loop).
+/// How many turns of the loop that each wrote two batches whole (a queue
+/// refilled as fast as the socket drains it) the task takes before it
+/// yields (see the loop).
 const BUSY_TURNS: u8 = 16;
 
 /// What the socket side of the loop produced.
@@ -479,11 +480,11 @@ impl Connection {
                         });
                     }
                 }
-                // Writes tried at once (`TryWrite`) take nothing from the
-                // task's budget, so a queue refilled as fast as the socket
-                // drains it would otherwise keep this task from ever
-                // yielding to others on its thread: it yields every
-                // `BUSY_TURNS` turns that wrote and found more.
+                // A queue refilled as fast as the socket drains it: the task
+                // yields after `BUSY_TURNS` such turns (counted over its
+                // life, not in a row), sooner than its budget would make it
+                // (64 turns of two writes), so the other sockets and timers
+                // of its thread wait less behind it.
                 if busy {
                     busy_turns += 1;
                     if busy_turns == BUSY_TURNS {

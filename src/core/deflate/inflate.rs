@@ -470,19 +470,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
 
 crate::write_through!(Inflating);
 
-impl<S: crate::core::frame_writer::TryWrite> crate::core::frame_writer::TryWrite for Inflating<S> {
-    fn try_write_now(&self, buf: &[u8]) -> Option<std::io::Result<usize>> {
-        self.inner.try_write_now(buf)
-    }
-
-    fn try_write_vectored_now(
-        &self,
-        slices: &[std::io::IoSlice<'_>],
-    ) -> Option<std::io::Result<usize>> {
-        self.inner.try_write_vectored_now(slices)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
