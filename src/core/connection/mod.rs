@@ -156,7 +156,8 @@ enum Io {
     /// socket failed.
     Written(Result<(), WsError>),
     /// Frames were taken off the queue and the socket did not take them
-    /// all: the loop turns to arm `sendTimeout` for them.
+    /// all (it is full, or the task's budget is spent): the loop turns to
+    /// arm `sendTimeout` for them.
     Stalled,
     Read(Option<Result<Message, WsError>>),
 }
