@@ -162,17 +162,12 @@ struct Wire {
 }
 
 impl Wire {
-    fn of(
-        frames: &[Frame],
-        capacity: usize,
-        mut head_and_payload: impl FnMut(&Frame) -> (u8, &[u8]),
-    ) -> Wire {
+    fn of(frames: &[Frame], capacity: usize, mut append: impl FnMut(&mut Vec<u8>, &Frame)) -> Wire {
         let mut bytes = Vec::with_capacity(capacity + 4 * frames.len());
         let mut at = Vec::with_capacity(frames.len() + 1);
         for f in frames {
             at.push(bytes.len());
-            let (head, payload) = head_and_payload(f);
-            crate::core::frame_writer::append_frame(&mut bytes, head, payload);
+            append(&mut bytes, f);
         }
         at.push(bytes.len());
         Wire { bytes, at }
@@ -189,7 +184,8 @@ impl Wire {
 impl Run {
     pub fn new(frames: Vec<Frame>) -> Arc<Run> {
         let bytes = frames.iter().map(|f| f.len()).sum();
-        let wire = Wire::of(&frames, bytes, |f| (TEXT, f.as_bytes()));
+        // Each frame is framed already: its bytes are copied as they are.
+        let wire = Wire::of(&frames, bytes, |buf, f| buf.extend_from_slice(f.wire()));
         Arc::new(Run {
             frames,
             wire,
@@ -216,8 +212,12 @@ impl Run {
         let Some(d) = deflate else {
             return &self.wire;
         };
-        self.deflated
-            .get_or_init(|| Wire::of(&self.frames, self.bytes, |f| one_frame(f, Some(d))))
+        self.deflated.get_or_init(|| {
+            Wire::of(&self.frames, self.bytes, |buf, f| {
+                let (head, payload) = one_frame(f, Some(d));
+                crate::core::frame_writer::append_frame(buf, head, payload);
+            })
+        })
     }
 
     fn len(&self) -> usize {

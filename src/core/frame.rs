@@ -8,14 +8,13 @@ use crate::core::deflate::Deflate;
 use crate::core::frame_writer::{frame_header, TEXT};
 use std::sync::{Arc, OnceLock};
 
-/// Room kept in front of a frame's text for its WebSocket header (the
-/// longest is 10 bytes).
-const HEAD: usize = 10;
-
-/// What a frame's text is built after ([`Frame::from_headroom`]): the room
-/// for its header, as text, so that the JSON can be written with `String`'s
-/// own methods and the frame then takes the allocation as it is.
+/// What a frame's text is built after ([`Frame::from_headroom`]): room for
+/// its WebSocket header (the longest is 10 bytes), as text, so that the
+/// JSON can be written with `String`'s own methods and the frame then takes
+/// the allocation as it is.
 pub const HEADROOM: &str = "\0\0\0\0\0\0\0\0\0\0";
+
+const HEAD: usize = HEADROOM.len();
 
 /// A pre-serialized outbound frame, shared by every recipient of a fan-out.
 #[derive(Clone)]
