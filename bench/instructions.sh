@@ -10,8 +10,12 @@
 #     (instructions per delivery instead: CLIENTS (200) in a room, COUNT
 #     (300) publications at RATE (50/s) through Redis and the emitter;
 #     needs redis-server)
+#   SERVER=original RUNTIME=bun MSG=order bash bench/instructions.sh
+#     (the original helper, bench/servers/original.mjs, counted the same
+#     way; it needs Redis, which is started for it)
 #
-# The server (bench/servers/native.mjs, no Redis) runs under valgrind; the
+# The server (bench/servers/native.mjs, without Redis for the closed loop;
+# bench/servers/original.mjs with SERVER=original) runs under valgrind; the
 # load generator warms it up for 2 s, then the count covers DURATION
 # seconds of the closed loop. Prints the round trips, the instructions per
 # round trip, and their split by object (Node or Bun, the addon, libc…).
@@ -29,7 +33,10 @@ runtime=${RUNTIME:-node}
 flags=()
 [ -n "${JITLESS:-}" ] && [ "$runtime" = node ] && flags+=(--jitless)
 scenario=${SCENARIO:-echo}
-if [ "$scenario" = fanout ]; then
+server_script=bench/servers/${SERVER:-native}.mjs
+redis=
+{ [ "$scenario" = fanout ] || [ "${SERVER:-native}" = original ]; } && redis=1
+if [ -n "$redis" ]; then
   redis_port=${REDIS_PORT:-6397}
   redis-server --port "$redis_port" --save '' --appendonly no --daemonize yes > /dev/null
   export REDIS_URL=redis://127.0.0.1:$redis_port
@@ -37,11 +44,11 @@ if [ "$scenario" = fanout ]; then
 fi
 IGNIS_WS_RUN_MODE=${MODE:-js-thread} valgrind --tool=callgrind --instr-atstart=no \
   --smc-check=all-non-file --callgrind-out-file="$out/callgrind.%p" \
-  "$runtime" "${flags[@]}" bench/servers/native.mjs > "$out/server.out" 2> "$out/valgrind.log" &
+  "$runtime" "${flags[@]}" "$server_script" > "$out/server.out" 2> "$out/valgrind.log" &
 server=$!
 stop() {
   kill $server 2>/dev/null || true
-  [ "$scenario" = fanout ] && redis-cli -p "$redis_port" shutdown nosave > /dev/null 2>&1 || true
+  [ -n "$redis" ] && redis-cli -p "$redis_port" shutdown nosave > /dev/null 2>&1 || true
 }
 trap stop EXIT
 for _ in $(seq 240); do grep -q PORT "$out/server.out" 2>/dev/null && break; sleep 0.5; done
@@ -81,8 +88,16 @@ else
   trips=$(grep -o '"round_trips":[0-9]*' "$out/loadgen.json" | cut -d: -f2)
 fi
 file=$(ls -S "$out"/callgrind.* | head -1)
-callgrind_annotate --threshold=100 --inclusive=no "$file" 2> /dev/null | awk -v rt="$trips" -v unit="$unit" '
-  /^ *[0-9,]+ \(/ { v = $1; gsub(",", "", v); obj = $NF; sum[obj] += v }
+callgrind_annotate --auto=no --threshold=100 --inclusive=no "$file" 2> /dev/null | awk -v rt="$trips" -v unit="$unit" '
+  # The object is the last [bracketed] field; a build with symbols also
+  # has lines of functions inlined from other files, which name none.
+  /^ *[0-9,]+ \(/ {
+    v = $1; gsub(",", "", v)
+    if ($0 ~ /PROGRAM TOTALS/) { sum["TOTALS"] += v; next }
+    obj = "(lines inlined, no object named)"
+    if (match($0, /\[[^]]*\] *$/)) obj = substr($0, RSTART, RLENGTH)
+    sum[obj] += v
+  }
   END {
     printf "%s: %d, instructions per %s %.0f\n", unit, rt, unit, sum["TOTALS"] / rt
     for (o in sum) if (o != "TOTALS" && sum[o] / rt >= 20) printf "  %7.0f  %s\n", sum[o] / rt, o
