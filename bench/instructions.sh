@@ -33,9 +33,16 @@ runtime=${RUNTIME:-node}
 flags=()
 [ -n "${JITLESS:-}" ] && [ "$runtime" = node ] && flags+=(--jitless)
 scenario=${SCENARIO:-echo}
-server_script=bench/servers/${SERVER:-native}.mjs
+server_name=${SERVER:-native}
+server_script=bench/servers/$server_name.mjs
+[ -f "$server_script" ] || { echo "no server $server_script" >&2; exit 1; }
+if [ "$server_name" = original ] && [ "${RUNTIME:-node}" != bun ]; then
+  echo "SERVER=original runs on Bun only: add RUNTIME=bun" >&2
+  exit 1
+fi
+# The other contenders' servers need Redis; ours only for the fan-out.
 redis=
-{ [ "$scenario" = fanout ] || [ "${SERVER:-native}" = original ]; } && redis=1
+{ [ "$scenario" = fanout ] || [ "$server_name" != native ]; } && redis=1
 if [ -n "$redis" ]; then
   redis_port=${REDIS_PORT:-6397}
   redis-server --port "$redis_port" --save '' --appendonly no --daemonize yes > /dev/null

@@ -143,17 +143,21 @@ function targets(m) {
     const g = gain(m, 'a', id, 'connect_auth_ms');
     return cmp(g !== undefined ? g >= 1.5 : undefined, times(g));
   });
-  add('(b) deliveries/s ≥ the original’s', id => {
+  add('(b) deliveries/s ≥ 1.5× the original’s', id => {
     const g = gain(m, 'b', id, 'deliveries_per_s');
-    return cmp(g !== undefined ? g >= 1 : undefined, times(g));
+    return cmp(g !== undefined ? g >= 1.5 : undefined, times(g));
   });
   add('(b) ≥ 1.5× less server CPU', id => {
     const g = gain(m, 'b', id, 'server_cpu_s');
     return cmp(g !== undefined ? g >= 1.5 : undefined, `${times(g)} less`);
   });
-  add('(h) history on: deliveries/s ≥ the original’s (b)', id => {
+  add('(h) history on: deliveries/s ≥ 1.5× the original’s (b)', id => {
     const g = gain(m, 'h', id, 'deliveries_per_s');
-    return cmp(g !== undefined ? g >= 1 : undefined, times(g));
+    return cmp(g !== undefined ? g >= 1.5 : undefined, times(g));
+  });
+  add('(h) ≥ 1.5× less server CPU', id => {
+    const g = gain(m, 'h', id, 'server_cpu_s');
+    return cmp(g !== undefined ? g >= 1.5 : undefined, `${times(g)} less`);
   });
   const c99 = id => `${fmt(v('c', id, 'p99_ms'), 2)} vs ${fmt(v('c', BASE, 'p99_ms'), 2)} ms`;
   add('(c) p99 ≤ the original’s', id => {
@@ -163,6 +167,10 @@ function targets(m) {
   add('(c) stretch: p99 ≤ half the original’s', id => {
     const g = gain(m, 'c', id, 'p99_ms');
     return cmp(g !== undefined ? g >= 2 : undefined, c99(id));
+  });
+  add('(c) server CPU ≤ the original’s', id => {
+    const g = gain(m, 'c', id, 'server_cpu_s');
+    return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('c', id, 'server_cpu_s'), 2)} vs ${fmt(v('c', BASE, 'server_cpu_s'), 2)} s`);
   });
   add('(d) round trips/s ≥ the original’s', id => {
     const g = gain(m, 'd', id, 'round_trips_per_s');
@@ -176,6 +184,19 @@ function targets(m) {
   add('(d) p99 ≤ the original’s', id => {
     const g = gain(m, 'd', id, 'p99_ms');
     return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('d', id, 'p99_ms'), 3)} vs ${fmt(v('d', BASE, 'p99_ms'), 3)} ms`);
+  });
+  add('(r) round trips/s ≥ the original’s', id => {
+    const g = gain(m, 'r', id, 'round_trips_per_s');
+    return cmp(g !== undefined ? g >= 1 : undefined, times(g));
+  });
+  add('(r) server CPU per round trip ≤ the original’s', id => {
+    const g = gain(m, 'r', id, 'cpu_us_per_round_trip');
+    const us = fmt(v('r', id, 'cpu_us_per_round_trip'), 2);
+    return cmp(g !== undefined ? g >= 1 : undefined, `${us} vs ${fmt(v('r', BASE, 'cpu_us_per_round_trip'), 2)} µs`);
+  });
+  add('(e) cross-instance p99 ≤ the original’s', id => {
+    const g = gain(m, 'e', id, 'cross_p99_ms');
+    return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('e', id, 'cross_p99_ms'), 2)} vs ${fmt(v('e', BASE, 'cross_p99_ms'), 2)} ms`);
   });
   for (const [peer, label] of [
     ['ws', '`ws` + ioredis'],
