@@ -172,28 +172,24 @@ function targets(m) {
     const g = gain(m, 'c', id, 'server_cpu_s');
     return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('c', id, 'server_cpu_s'), 2)} vs ${fmt(v('c', BASE, 'server_cpu_s'), 2)} s`);
   });
-  add('(d) round trips/s ≥ the original’s', id => {
-    const g = gain(m, 'd', id, 'round_trips_per_s');
-    return cmp(g !== undefined ? g >= 1 : undefined, times(g));
-  });
-  add('(d) server CPU per round trip ≤ the original’s', id => {
-    const g = gain(m, 'd', id, 'cpu_us_per_round_trip');
-    const us = fmt(v('d', id, 'cpu_us_per_round_trip'), 2);
-    return cmp(g !== undefined ? g >= 1 : undefined, `${us} vs ${fmt(v('d', BASE, 'cpu_us_per_round_trip'), 2)} µs`);
-  });
+  // The closed loops, (d) and (r): rate and CPU per round trip.
+  const closedLoop = sc => {
+    add(`(${sc}) round trips/s ≥ the original’s`, id => {
+      const g = gain(m, sc, id, 'round_trips_per_s');
+      return cmp(g !== undefined ? g >= 1 : undefined, times(g));
+    });
+    add(`(${sc}) server CPU per round trip ≤ the original’s`, id => {
+      const g = gain(m, sc, id, 'cpu_us_per_round_trip');
+      const us = fmt(v(sc, id, 'cpu_us_per_round_trip'), 2);
+      return cmp(g !== undefined ? g >= 1 : undefined, `${us} vs ${fmt(v(sc, BASE, 'cpu_us_per_round_trip'), 2)} µs`);
+    });
+  };
+  closedLoop('d');
   add('(d) p99 ≤ the original’s', id => {
     const g = gain(m, 'd', id, 'p99_ms');
     return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('d', id, 'p99_ms'), 3)} vs ${fmt(v('d', BASE, 'p99_ms'), 3)} ms`);
   });
-  add('(r) round trips/s ≥ the original’s', id => {
-    const g = gain(m, 'r', id, 'round_trips_per_s');
-    return cmp(g !== undefined ? g >= 1 : undefined, times(g));
-  });
-  add('(r) server CPU per round trip ≤ the original’s', id => {
-    const g = gain(m, 'r', id, 'cpu_us_per_round_trip');
-    const us = fmt(v('r', id, 'cpu_us_per_round_trip'), 2);
-    return cmp(g !== undefined ? g >= 1 : undefined, `${us} vs ${fmt(v('r', BASE, 'cpu_us_per_round_trip'), 2)} µs`);
-  });
+  closedLoop('r');
   add('(e) cross-instance p99 ≤ the original’s', id => {
     const g = gain(m, 'e', id, 'cross_p99_ms');
     return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('e', id, 'cross_p99_ms'), 2)} vs ${fmt(v('e', BASE, 'cross_p99_ms'), 2)} ms`);
