@@ -134,10 +134,12 @@ function targets(m) {
   };
   const v = (sc, id, key) => m[sc]?.[id]?.[key];
   const cmp = (ok, text) => ({ ok: ok === undefined ? false : ok, text: ok === undefined ? 'not measured' : text });
+  // "ours vs the original's" for one figure of a scenario.
+  const vs = (sc, key, digits, unit) => id => `${fmt(v(sc, id, key), digits)} vs ${fmt(v(sc, BASE, key), digits)} ${unit}`;
   add('(a) RSS per connection ≤ the original’s', id => {
     const a = v('a', id, 'rss_per_conn_kib');
     const o = v('a', BASE, 'rss_per_conn_kib');
-    return cmp(a !== undefined && o !== undefined ? a <= o : undefined, `${fmt(a, 2)} vs ${fmt(o, 2)} KiB`);
+    return cmp(a !== undefined && o !== undefined ? a <= o : undefined, vs('a', 'rss_per_conn_kib', 2, 'KiB')(id));
   });
   add('(a) connect + auth ≥ 1.5× faster', id => {
     const g = gain(m, 'a', id, 'connect_auth_ms');
@@ -159,7 +161,7 @@ function targets(m) {
     const g = gain(m, 'h', id, 'server_cpu_s');
     return cmp(g !== undefined ? g >= 1.5 : undefined, `${times(g)} less`);
   });
-  const c99 = id => `${fmt(v('c', id, 'p99_ms'), 2)} vs ${fmt(v('c', BASE, 'p99_ms'), 2)} ms`;
+  const c99 = vs('c', 'p99_ms', 2, 'ms');
   add('(c) p99 ≤ the original’s', id => {
     const g = gain(m, 'c', id, 'p99_ms');
     return cmp(g !== undefined ? g >= 1 : undefined, c99(id));
@@ -170,7 +172,7 @@ function targets(m) {
   });
   add('(c) server CPU ≤ the original’s', id => {
     const g = gain(m, 'c', id, 'server_cpu_s');
-    return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('c', id, 'server_cpu_s'), 2)} vs ${fmt(v('c', BASE, 'server_cpu_s'), 2)} s`);
+    return cmp(g !== undefined ? g >= 1 : undefined, vs('c', 'server_cpu_s', 2, 's')(id));
   });
   // The closed loops, (d) and (r): rate and CPU per round trip.
   const closedLoop = sc => {
@@ -180,19 +182,18 @@ function targets(m) {
     });
     add(`(${sc}) server CPU per round trip ≤ the original’s`, id => {
       const g = gain(m, sc, id, 'cpu_us_per_round_trip');
-      const us = fmt(v(sc, id, 'cpu_us_per_round_trip'), 2);
-      return cmp(g !== undefined ? g >= 1 : undefined, `${us} vs ${fmt(v(sc, BASE, 'cpu_us_per_round_trip'), 2)} µs`);
+      return cmp(g !== undefined ? g >= 1 : undefined, vs(sc, 'cpu_us_per_round_trip', 2, 'µs')(id));
     });
   };
   closedLoop('d');
   add('(d) p99 ≤ the original’s', id => {
     const g = gain(m, 'd', id, 'p99_ms');
-    return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('d', id, 'p99_ms'), 3)} vs ${fmt(v('d', BASE, 'p99_ms'), 3)} ms`);
+    return cmp(g !== undefined ? g >= 1 : undefined, vs('d', 'p99_ms', 3, 'ms')(id));
   });
   closedLoop('r');
   add('(e) cross-instance p99 ≤ the original’s', id => {
     const g = gain(m, 'e', id, 'cross_p99_ms');
-    return cmp(g !== undefined ? g >= 1 : undefined, `${fmt(v('e', id, 'cross_p99_ms'), 2)} vs ${fmt(v('e', BASE, 'cross_p99_ms'), 2)} ms`);
+    return cmp(g !== undefined ? g >= 1 : undefined, vs('e', 'cross_p99_ms', 2, 'ms')(id));
   });
   for (const [peer, label] of [
     ['ws', '`ws` + ioredis'],
