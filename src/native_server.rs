@@ -187,10 +187,11 @@ impl NativeServer {
         log: Option<Function<FnArgs<(String, String)>, ()>>,
         transform: Option<Function<FnArgs<(String, String)>, Promise<TransformResult>>>,
     ) -> Result<Self> {
-        let config = to_config(&options)?;
+        let mut config = to_config(&options)?;
         let mut redis = options.redis.as_ref().map(to_redis_config).transpose()?;
         let max = options.log_level.max();
         let exec = Exec::new(options.run_mode, &env)?;
+        config.direct_writes = exec.direct_writes();
         let runner = exec.runner();
         if let (Some(_), Some(rc)) = (runner, redis.as_mut()) {
             rc.runtime = Some(crate::js_thread::Runner::redis_runtime()?);

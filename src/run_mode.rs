@@ -92,6 +92,14 @@ impl Exec {
         }
     }
 
+    /// Whether offers write to idle sockets themselves
+    /// (`Config::direct_writes`): in `js-thread` mode, where the offers and
+    /// the connections' tasks share the thread, unless
+    /// `IGNIS_WS_DIRECT_WRITES=off` (to measure them against the queue).
+    pub fn direct_writes(self) -> bool {
+        self.runner().is_some() && std::env::var("IGNIS_WS_DIRECT_WRITES").as_deref() != Ok("off")
+    }
+
     pub fn runner(self) -> Option<&'static Runner> {
         match self {
             Exec::Threads => None,

@@ -96,6 +96,12 @@ pub struct Config {
     /// not open with a WebSocket upgrade at `path` are spliced to it
     /// (one public port for both; see `forward`). None answers them 404/426.
     pub http_fallback: Option<String>,
+    /// A frame offered to a client whose connection has nothing to write
+    /// is written to its socket by whoever offers it, instead of by the
+    /// connection's task (`Client`'s gate). Worth it where offers and
+    /// tasks share one thread (`js-thread` mode); on several, it would put
+    /// a fan-out's writes on one.
+    pub direct_writes: bool,
 }
 
 impl Default for Config {
@@ -146,6 +152,7 @@ impl Default for Config {
             presence_events: false,
             presence_ttl: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
+            direct_writes: false,
         }
     }
 }

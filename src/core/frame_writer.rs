@@ -13,6 +13,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -50,6 +51,12 @@ pub struct FrameWriter<S> {
     /// once and never read it; reading it on each cost ≈ 1 % of a steady
     /// fan-out's CPU.
     progressed: bool,
+    /// Set when others may write to the socket between this writer's
+    /// writes (`share`).
+    shared: Option<Arc<dyn SocketShare>>,
+    /// `pending` holds what a direct write left, and the connection has
+    /// not been told (`took_over`).
+    took_over: bool,
 }
 
 /// The first byte of a whole text frame.
@@ -97,6 +104,24 @@ pub trait TryWrite: AsyncWrite + Unpin {
     ) -> Poll<io::Result<usize>> {
         Pin::new(self).poll_write_vectored(cx, slices)
     }
+
+    /// The descriptor a fan-out may write whole frames to while the
+    /// connection task has nothing to write (see [`SocketShare`]): plain
+    /// TCP on Linux only.
+    fn direct_fd(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// Whoever may write to the socket while the connection task lets it
+/// (`Client`'s direct writes, `docs/PERFORMANCE.md`, "Direct writes").
+/// Every write of this writer shuts that door first, and takes over what
+/// such a write left half-done, so frames never interleave.
+pub trait SocketShare: Send + Sync {
+    /// Stops writes by anyone but the connection task; returns the end of a
+    /// frame the socket took only part of, to be written before anything
+    /// else.
+    fn shut(&self) -> Option<Box<[u8]>>;
 }
 
 /// `write` tried at once, under the task's budget as tokio's own writes
@@ -136,6 +161,12 @@ impl TryWrite for tokio::net::TcpStream {
             None => Pin::new(self).poll_write_vectored(cx, slices),
         }
     }
+
+    #[cfg(target_os = "linux")]
+    fn direct_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        Some(self.as_raw_fd())
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TryWrite for tokio_rustls::server::TlsStream<S> {}
@@ -150,7 +181,51 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
             at: 0,
             progress_at: Instant::now(),
             progressed: false,
+            shared: None,
+            took_over: false,
         }
+    }
+
+    /// Lets `with` write whole frames to the socket while this writer has
+    /// nothing pending and has not written since it handed out
+    /// [`Self::shared_fd`]; a no-op for a stream without a descriptor.
+    pub fn share(&mut self, with: Arc<dyn SocketShare>) {
+        if self.inner.direct_fd().is_some() {
+            self.shared = Some(with);
+        }
+    }
+
+    /// The descriptor others may write to now: shared, and nothing of this
+    /// writer's pending.
+    pub fn shared_fd(&self) -> Option<i32> {
+        match &self.shared {
+            Some(_) if !self.has_pending() => self.inner.direct_fd(),
+            _ => None,
+        }
+    }
+
+    /// Takes the socket back before this writer writes: from then on only
+    /// it writes, behind whatever a direct write left unwritten.
+    pub fn shut(&mut self) {
+        let Some(rest) = self.shared.as_ref().and_then(|s| s.shut()) else {
+            return;
+        };
+        // Nothing of ours was pending when the socket was shared, and we
+        // have not written since.
+        debug_assert!(!self.has_pending());
+        self.pending.clear();
+        self.at = 0;
+        self.pending.extend_from_slice(&rest);
+        // A new wait for the socket, timed once it refuses (`note_progress`).
+        self.progressed = true;
+        self.took_over = true;
+    }
+
+    /// Whether pending bytes were taken over from a direct write since this
+    /// was last asked: a write the connection did not start, whose
+    /// `sendTimeout` it has yet to arm.
+    pub fn took_over(&mut self) -> bool {
+        std::mem::take(&mut self.took_over)
     }
 
     /// Bytes taken from the caller that the socket has not accepted yet.
@@ -208,6 +283,7 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
 
     /// Writes what is pending; ready once nothing is.
     pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut();
         while self.at < self.pending.len() {
             let written = Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.at..]);
             let n = ready!(self.note_progress(written))?;
@@ -410,6 +486,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameWriter<S> {
     }
 }
 
+/// The socket closes after this: nobody else may write to its descriptor
+/// (whose number the system may give to the next socket) from now on.
+impl<S> Drop for FrameWriter<S> {
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared {
+            s.shut();
+        }
+    }
+}
+
 /// tungstenite's own writes (the handshake response, pongs, pings, the
 /// close frame) go behind what is pending, and are taken whole: what the
 /// socket does not accept joins `pending`. tungstenite's buffer then never
@@ -422,6 +508,7 @@ impl<S: AsyncWrite + Unpin + TryWrite> AsyncWrite for FrameWriter<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.shut();
         if this.at < this.pending.len() {
             if let Poll::Ready(r) = this.poll_drain(cx) {
                 r?;
@@ -510,6 +597,56 @@ mod tests {
             append_frame(&mut buf, TEXT, t);
         }
         buf
+    }
+
+    /// What a direct write left: the end of a frame, handed over once.
+    struct Spilled(parking_lot::Mutex<Option<Box<[u8]>>>);
+
+    impl SocketShare for Spilled {
+        fn shut(&self) -> Option<Box<[u8]>> {
+            self.0.lock().take()
+        }
+    }
+
+    /// Whatever writes (tungstenite's pong, a batch of frames, a flush),
+    /// the socket is taken back first, and the end of the frame a direct
+    /// write left goes out before anything else, once.
+    #[tokio::test]
+    async fn every_write_takes_the_socket_back_behind_what_a_direct_write_left() {
+        for how in ["tungstenite", "frames", "flush"] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let mut out = FrameWriter::new(server);
+            let rest: Box<[u8]> = b"END-OF-A-FRAME|".as_slice().into();
+            out.share(Arc::new(Spilled(parking_lot::Mutex::new(Some(rest)))));
+            let expected: Vec<u8> = match how {
+                "tungstenite" => {
+                    tokio::io::AsyncWriteExt::write_all(&mut out, b"PONG")
+                        .await
+                        .unwrap();
+                    b"END-OF-A-FRAME|PONG".to_vec()
+                }
+                "frames" => {
+                    let chunks = [Chunk::text(b"x")];
+                    std::future::poll_fn(|cx| out.poll_write_frames(cx, chunks.iter().copied()))
+                        .await
+                        .unwrap();
+                    [b"END-OF-A-FRAME|".as_slice(), &wire(&[b"x"])].concat()
+                }
+                _ => {
+                    tokio::io::AsyncWriteExt::flush(&mut out).await.unwrap();
+                    b"END-OF-A-FRAME|".to_vec()
+                }
+            };
+            tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
+            drop(out);
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, expected, "{how}");
+        }
     }
 
     /// A write tried at once takes a unit of the task's budget, as tokio's

@@ -306,6 +306,10 @@ macro_rules! write_through {
             ) -> std::task::Poll<std::io::Result<usize>> {
                 self.inner.poll_write_vectored_now(cx, slices)
             }
+
+            fn direct_fd(&self) -> Option<i32> {
+                self.inner.direct_fd()
+            }
         }
     };
 }

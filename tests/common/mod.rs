@@ -27,6 +27,7 @@ impl Handlers for Quiet {
 }
 
 /// A server on `rt`, on a free port of 127.0.0.1, with [`Quiet`] handlers.
+#[allow(dead_code)] // not every test file uses it
 pub fn quiet_server(rt: &tokio::runtime::Runtime) -> Server {
     let cfg = Config {
         host: "127.0.0.1".into(),

@@ -74,6 +74,10 @@ where
     if let (true, false, Some(d)) = (deflate, env.config.native_encryption, &env.deflate) {
         client.set_deflate(d.clone());
     }
+    let mut ws = ws;
+    if env.config.direct_writes {
+        ws.get_mut().share(client.clone());
+    }
     env.hub.register(client.clone());
     bump(&env.stats.connections_total);
     env.log.info(
@@ -236,6 +240,8 @@ impl Outbound {
         S: AsyncRead + AsyncWrite + TryWrite + Unpin,
     {
         let deflate = client.deflate_out();
+        // The socket back from direct writes, with what one left unwritten.
+        ws.get_mut().shut();
         // Looked at on every poll, not once per turn of the loop: a batch
         // taken here and left half-written must be written on the next.
         if self.writing(ws) {
@@ -245,6 +251,8 @@ impl Outbound {
                     // Its storage goes, rather than stay in an idle
                     // connection.
                     self.batch = Batch::default();
+                    // Whatever was taken over is written: nothing to arm.
+                    ws.get_mut().took_over();
                     // The socket took a write it had refused: read it once.
                     // A reply tungstenite makes itself (a pong, the close
                     // handshake's answer) is refused while this much is
@@ -254,6 +262,9 @@ impl Outbound {
                     self.readable = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Io::Written(Err(e))),
+                // The end of a direct write, taken over: a wait the loop
+                // has not seen, whose `sendTimeout` it must arm.
+                Poll::Pending if ws.get_mut().took_over() => return Poll::Ready(Io::Stalled),
                 Poll::Pending => return self.poll_read(reading, client, ws).map(Io::Read),
             }
         }
@@ -273,7 +284,11 @@ impl Outbound {
             if let Poll::Ready(msg) = self.poll_read(read_first, client, ws) {
                 return Poll::Ready(Io::Read(msg));
             }
-            let taken = self.queue.take(FRAMES_PER_WRITE);
+            // Nothing of ours is pending: an empty queue opens the socket to
+            // direct writes until our next write or this task's next poll.
+            let taken = self
+                .queue
+                .take_or_open(FRAMES_PER_WRITE, ws.get_ref().shared_fd());
             if taken.is_empty() {
                 return self
                     .poll_read(reading && !read_first, client, ws)
