@@ -59,8 +59,8 @@ describe('encryption handshake (§4.4)', () => {
     });
     const c = await Client.open(url);
     c.emit('authenticate', { token: 't' });
-    const t0 = Date.now();
-    while (!release && Date.now() - t0 < 2000) await new Promise(r => setTimeout(r, 10));
+    const t0 = performance.now();
+    while (!release && performance.now() - t0 < 2000) await new Promise(r => setTimeout(r, 10));
     assert.ok(release, 'handshakeFn called');
     assert.equal([...ws.getClients().values()][0].state, 'authenticating');
     c.emit('join', { rooms: ['x'] });

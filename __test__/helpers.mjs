@@ -120,11 +120,11 @@ export class Client {
 
 /** Resolves when `fn()` is truthy, polling; rejects after `timeout`. */
 export async function until(fn, timeout = 3000, what = 'condition') {
-  const end = Date.now() + timeout;
+  const end = performance.now() + timeout;
   for (;;) {
     const v = await fn();
     if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(10);
   }
 }

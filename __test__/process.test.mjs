@@ -22,9 +22,9 @@ for (const [runtime, cmd] of [
       let out = '';
       const exited = new Promise(r => child.once('exit', code => r(code)));
       child.stdout.on('data', d => (out += d));
-      const t0 = Date.now();
+      const t0 = performance.now();
       while (!/PORT (\d+)/.test(out)) {
-        if (Date.now() - t0 > 10_000) throw new Error('child did not start: ' + out);
+        if (performance.now() - t0 > 10_000) throw new Error('child did not start: ' + out);
         await sleep(20);
       }
       const port = Number(/PORT (\d+)/.exec(out)[1]);

@@ -22,7 +22,7 @@ export async function freePort() {
 }
 
 async function waitForPort(port, timeout = 5000) {
-  const end = Date.now() + timeout;
+  const end = performance.now() + timeout;
   for (;;) {
     const ok = await new Promise(resolve => {
       const s = net.connect(port, '127.0.0.1');
@@ -30,7 +30,7 @@ async function waitForPort(port, timeout = 5000) {
       s.once('error', () => resolve(false));
     });
     if (ok) return;
-    if (Date.now() > end) throw new Error(`redis-server on ${port} did not start`);
+    if (performance.now() > end) throw new Error(`redis-server on ${port} did not start`);
     await sleep(20);
   }
 }
@@ -90,9 +90,9 @@ export async function startCluster() {
   execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map(n => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
     stdio: 'ignore',
   });
-  const end = Date.now() + 10_000;
+  const end = performance.now() + 10_000;
   while (!nodes.every(n => n.cli('cluster', 'info').includes('cluster_state:ok'))) {
-    if (Date.now() > end) throw new Error('cluster did not become ok');
+    if (performance.now() > end) throw new Error('cluster did not become ok');
     await sleep(100);
   }
   return {

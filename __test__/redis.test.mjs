@@ -248,9 +248,9 @@ describe('Redis failures', { skip: noRedis }, () => {
       authenticateFn: () => ({}),
       redis: { host: '127.0.0.1', port, connectTimeout: 300 },
     });
-    const t0 = Date.now();
+    const t0 = performance.now();
     await assert.rejects(ws.configure(), new RegExp(`127\\.0\\.0\\.1:${port}`));
-    assert.ok(Date.now() - t0 < 3000);
+    assert.ok(performance.now() - t0 < 3000);
     const emitter = new lib.WebSocketEmitter({ redis: { url: `redis://127.0.0.1:${port}`, connectTimeout: 300 } });
     await assert.rejects(emitter.configure(), new RegExp(`127\\.0\\.0\\.1:${port}`));
   });
@@ -274,7 +274,7 @@ describe('Redis failures', { skip: noRedis }, () => {
     assert.equal((await a1.next('m')).data, 'during', 'local delivery continues while Redis is down');
     assert.ok(a.ws.stats().busPublishBuffered >= 1, 'publication buffered');
 
-    const restartedAt = Date.now();
+    const restartedAt = performance.now();
     await own.start();
     await until(() => a.ws.stats().busState === 'connected' && b.ws.stats().busState === 'connected', 5000, 'reconnect');
     assert.equal((await b1.next('m', 5000)).data, 'during', 'the buffered publication went out after the outage');
@@ -284,10 +284,10 @@ describe('Redis failures', { skip: noRedis }, () => {
       a.ws.send({ destination: 'live', payload: { topic: 'probe', data: Date.now() } });
       const got = await b1.next('probe', 200).catch(() => null);
       if (got) {
-        recovered = Date.now() - restartedAt;
+        recovered = performance.now() - restartedAt;
         break;
       }
-      if (Date.now() - restartedAt > 5000) throw new Error('no recovery within 5 s');
+      if (performance.now() - restartedAt > 5000) throw new Error('no recovery within 5 s');
     }
     process.stderr.write(`# redis recovery: ${recovered} ms from restart to cross-instance delivery\n`);
     assert.ok(a.ws.stats().busReconnects >= 1);

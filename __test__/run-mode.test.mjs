@@ -41,8 +41,8 @@ async function blockingServer(ms) {
     runMode: 'js-thread',
     messageHandler: ({ clientId, message }) => {
       if (message.event === 'block') {
-        const end = Date.now() + ms;
-        while (Date.now() < end);
+        const end = performance.now() + ms;
+        while (performance.now() < end);
       }
       started.ws.sendToClient({ clientId, event: 'done', data: message.data });
     },
@@ -205,8 +205,8 @@ describe('runMode js-thread', () => {
       runMode: 'js-thread',
       messageHandler: ({ clientId, message }) => {
         const before = waiterTicks();
-        const end = Date.now() + 1000;
-        while (Date.now() < end);
+        const end = performance.now() + 1000;
+        while (performance.now() < end);
         spent = waiterTicks() - before;
         ws.sendToClient({ clientId, event: 'done', data: message.data });
       },
@@ -293,9 +293,9 @@ describe('runMode js-thread', () => {
       c.close();
       await ws.shutdown();
       console.log('shut down');`;
-    const started = Date.now();
+    const started = performance.now();
     const r = child(code);
-    assert.equal(r.signal, null, `killed after ${Date.now() - started} ms: the process did not exit by itself`);
+    assert.equal(r.signal, null, `killed after ${performance.now() - started} ms: the process did not exit by itself`);
     assert.equal(r.status, 0, r.err);
     assert.equal(r.out.split('\n').pop(), 'shut down');
   });

@@ -86,7 +86,7 @@ export async function runStorm(opts) {
   const emitter = new WebSocketEmitter({ redis: redisUrl, history });
   await emitter.configure();
 
-  const started = Date.now();
+  const started = performance.now();
   const members = [];
   for (let i = 0; i < n; i++) {
     const port = lb ? lb.port : i % 2 ? pb : pa;
@@ -104,28 +104,28 @@ export async function runStorm(opts) {
       }),
     };
     m.client.on('m', d => m.got.push(d.k));
-    m.client.on('joined', j => m.joins.push({ at: Date.now() - started, wait: Date.now() - started - m.connectedAt, ...j }));
+    m.client.on('joined', j => m.joins.push({ at: performance.now() - started, wait: performance.now() - started - m.connectedAt, ...j }));
     m.client.on('connected', () => {
       m.connects++;
-      m.connectedAt = Date.now() - started;
+      m.connectedAt = performance.now() - started;
     });
-    m.client.on('disconnected', d => m.closes.push({ at: Date.now() - started, code: d.code, reason: d.reason }));
+    m.client.on('disconnected', d => m.closes.push({ at: performance.now() - started, code: d.code, reason: d.reason }));
     m.client.join(room);
     members.push(m);
   }
   await Promise.all(members.map(m => m.client.connect()));
   await until(() => members.every(m => m.joins.length >= 1), 30_000, 'every client joined');
-  log(`${n} clients joined in ${Date.now() - started} ms`);
+  log(`${n} clients joined in ${performance.now() - started} ms`);
 
   // Publish at `rate` per second; restart A, then B, under the traffic.
   let published = 0;
   let publishing = true;
   const publisher = (async () => {
-    const t0 = Date.now();
+    const t0 = performance.now();
     while (published < messages && publishing) {
       await emitter.toRoom({ room, event: 'm', data: { k: published } });
       published++;
-      const ahead = t0 + (published * 1000) / rate - Date.now();
+      const ahead = t0 + (published * 1000) / rate - performance.now();
       if (ahead > 0) await sleep(ahead);
     }
   })();
@@ -134,7 +134,7 @@ export async function runStorm(opts) {
   let sampling = opts.sample;
   const sampler = (async () => {
     while (sampling) {
-      const at = Date.now() - started;
+      const at = performance.now() - started;
       const [sa, sb] = await Promise.all([a.stats(), b.stats()]);
       reads.push({ at, a: sa?.historyReads ?? null, b: sb?.historyReads ?? null });
       await sleep(250);
@@ -147,10 +147,10 @@ export async function runStorm(opts) {
     ['B', b],
   ]) {
     await sleep(period / 4);
-    const t = { name, stoppedAt: Date.now() - started };
+    const t = { name, stoppedAt: performance.now() - started };
     await inst.stop(signal);
     await inst.start();
-    t.startedAt = Date.now() - started;
+    t.startedAt = performance.now() - started;
     restarts.push(t);
     log(`${name} ${signal} at ${t.stoppedAt} ms, listening again at ${t.startedAt} ms`);
   }

@@ -5,7 +5,9 @@
 //! that tungstenite writes pongs of its own between the frames), every
 //! frame must arrive whole, once and in order, and every ping must be
 //! answered; and a socket that closed must never be written again, though
-//! its descriptor's number goes to the next connection.
+//! its descriptor's number goes to the next connection. Linux only, as
+//! direct writes are (`TryWrite::direct_fd`).
+#![cfg(target_os = "linux")]
 
 mod common;
 
