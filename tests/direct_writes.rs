@@ -16,9 +16,10 @@ use ignis_ws_native::core::config::Config;
 use ignis_ws_native::core::log::{Logger, NullLog};
 use ignis_ws_native::core::protocol::Frame;
 use ignis_ws_native::core::server::Server;
+use socket2::SockRef;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -163,8 +164,15 @@ fn frames_arrive_whole_and_in_order_between_pongs_from_any_thread() {
     // Buffers of fixed, small sizes (no autotuning up to tens of MiB):
     // the server's socket fills within a burst, and its writes are taken
     // in part. The server's side of the connection is in this process.
-    set_int_option(socket.as_raw_fd(), libc::SO_RCVBUF, 64 * 1024);
-    set_int_option(server_side_of(&socket), libc::SO_SNDBUF, 16 * 1024);
+    SockRef::from(&socket)
+        .set_recv_buffer_size(64 * 1024)
+        .unwrap();
+    // SAFETY: the server's socket outlives this borrow: the connection
+    // stays open until the end of the test.
+    let server_side = unsafe { BorrowedFd::borrow_raw(server_side_of(&socket)) };
+    SockRef::from(&server_side)
+        .set_send_buffer_size(16 * 1024)
+        .unwrap();
     let mut pinger = socket.try_clone().unwrap();
     // Set when the pings, and the frames from the runtime, are all sent.
     let (pings_done, runtime_done) = (
@@ -340,7 +348,8 @@ fn a_closed_socket_is_never_written_again_though_its_number_is_reused() {
         // round): the server's task ends and drops the socket, whose
         // number the next accept is likely to get.
         if round % 2 == 1 {
-            reset_on_close(&a);
+            // `SO_LINGER` of zero: closing sends a reset.
+            SockRef::from(&a).set_linger(Some(Duration::ZERO)).unwrap();
         }
         drop(a);
         let mut b = TcpStream::connect(addr).unwrap();
@@ -394,37 +403,4 @@ fn server_side_of(client: &TcpStream) -> i32 {
             s.peer_addr().is_ok_and(|p| p == me)
         })
         .expect("the server's end of the connection")
-}
-
-fn set_int_option(fd: i32, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: a valid socket and an int of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-}
-
-/// `SO_LINGER` of zero: closing sends a reset.
-fn reset_on_close(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `linger` of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
 }

@@ -55,7 +55,7 @@ pub struct FrameWriter<S> {
     /// writes (`share`).
     shared: Option<Arc<dyn SocketShare>>,
     /// `pending` holds what a direct write left, and the connection has
-    /// not been told (`took_over`).
+    /// not been told (`took_over`); cleared once `pending` is written.
     took_over: bool,
 }
 
@@ -300,6 +300,8 @@ impl<S: AsyncWrite + Unpin + TryWrite> FrameWriter<S> {
             self.pending.clear();
         }
         self.at = 0;
+        // Whatever was taken over is written: nothing left to tell.
+        self.took_over = false;
         Poll::Ready(Ok(()))
     }
 
@@ -641,6 +643,8 @@ mod tests {
                     b"END-OF-A-FRAME|".to_vec()
                 }
             };
+            // Written in full: no wait for the connection to time.
+            assert!(!out.took_over(), "{how}");
             tokio::io::AsyncWriteExt::shutdown(&mut out).await.unwrap();
             drop(out);
             let mut got = Vec::new();

@@ -251,8 +251,6 @@ impl Outbound {
                     // Its storage goes, rather than stay in an idle
                     // connection.
                     self.batch = Batch::default();
-                    // Whatever was taken over is written: nothing to arm.
-                    ws.get_mut().took_over();
                     // The socket took a write it had refused: read it once.
                     // A reply tungstenite makes itself (a pong, the close
                     // handshake's answer) is refused while this much is
