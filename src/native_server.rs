@@ -195,6 +195,7 @@ impl NativeServer {
         let runner = exec.runner();
         if let (Some(_), Some(rc)) = (runner, redis.as_mut()) {
             rc.runtime = Some(crate::js_thread::Runner::redis_runtime()?);
+            rc.fan_out_on_arrival = config.direct_writes;
         }
         let handlers = Arc::new(JsHandlers {
             authenticate: BatchedCalls::new(&authenticate, AuthOutcome::Failed, runner)?,

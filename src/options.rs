@@ -196,6 +196,7 @@ pub fn to_redis_config(o: &NativeRedisOptions) -> Result<RedisConfig> {
             insecure: t.insecure,
         }),
         runtime: None,
+        fan_out_on_arrival: false,
     })
 }
 

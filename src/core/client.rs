@@ -672,7 +672,7 @@ impl Client {
                 });
                 q.queued += cost;
                 drop(q);
-                self.task.wake();
+                self.wake_task();
                 return run.len();
             }
         }
@@ -764,7 +764,7 @@ impl Client {
         // queue measured slower in a burst fan-out. The transformer's task
         // hands its output back through `offer_plain`, which wakes then.
         if out.queued > 0 && transformer.is_none() {
-            self.task.wake();
+            self.wake_task();
         }
         out
     }
@@ -788,7 +788,7 @@ impl Client {
             Ok(n) if n > 0 => {
                 if n < bytes.len() {
                     q.gate = Gate::Spilled(bytes[n..].into());
-                    self.task.wake();
+                    self.wake_task();
                 }
                 self.stats
                     .frames_out
@@ -803,6 +803,13 @@ impl Client {
                 false
             }
         }
+    }
+
+    /// Wakes the connection task to write what was queued (or to close),
+    /// through `deferred_wakes`: a fan-out on another thread hands the
+    /// wake-ups over together.
+    fn wake_task(&self) {
+        crate::core::deferred_wakes::wake(&self.task);
     }
 
     /// Called once a frame has left the transformer's queue.
@@ -828,7 +835,7 @@ impl Client {
             }));
             drop(slot);
             self.close_requested.store(true, Ordering::Release);
-            self.task.wake();
+            self.wake_task();
         }
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod connections;
 pub mod crypto;
+pub mod deferred_wakes;
 pub mod deflate;
 pub mod echo;
 pub mod envelope;

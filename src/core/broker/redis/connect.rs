@@ -62,6 +62,12 @@ pub struct RedisConfig {
     /// caller's. One of its own keeps a publication from waiting behind
     /// the sockets' work when that runtime has one thread (`js-thread`).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// With `runtime`: a lone message that arrives while nothing waits to
+    /// cross to the caller's runtime is fanned out where it arrived, and
+    /// only the wake-ups of the members it was queued for cross
+    /// (`relay::Relay`). Set with direct writes, which leave most members
+    /// nothing to wake for.
+    pub fan_out_on_arrival: bool,
 }
 
 pub(in crate::core::broker) const BACKOFF_MIN: Duration = Duration::from_millis(25);

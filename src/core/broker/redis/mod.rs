@@ -58,7 +58,9 @@ impl RedisBroker {
     /// subscriber tasks. Fails with a message naming the address.
     ///
     /// With `cfg.runtime`, the connections and those tasks run there, and
-    /// what is received is relayed to `inbound` on the calling runtime.
+    /// what is received is relayed to `inbound` on the calling runtime
+    /// (a lone message may be delivered to it there:
+    /// `cfg.fan_out_on_arrival`).
     pub async fn connect(
         cfg: RedisConfig,
         inbound: Arc<dyn Subscriber>,
@@ -68,8 +70,12 @@ impl RedisBroker {
         match cfg.runtime.clone() {
             None => Self::connect_here(cfg, inbound, log, stats).await,
             Some(rt) => {
-                let inbound: Arc<dyn Subscriber> =
-                    Arc::new(Relay::spawn(inbound, stats.clone(), log.clone()));
+                let inbound: Arc<dyn Subscriber> = Arc::new(Relay::spawn(
+                    inbound,
+                    cfg.fan_out_on_arrival,
+                    stats.clone(),
+                    log.clone(),
+                ));
                 rt.spawn(Self::connect_here(cfg, inbound, log, stats))
                     .await
                     .map_err(|e| format!("the Redis connections' thread failed: {e}"))?
