@@ -1039,6 +1039,36 @@ mod tests {
         b.texts()
     }
 
+    /// Counts wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Offers made while a fan-out gathers its wake-ups (on the Redis
+    /// thread) queue their frames at once and in order; the task is woken
+    /// by whoever the wake-up is handed to, once.
+    #[test]
+    fn offers_gathering_their_wake_ups_queue_at_once_and_wake_once() {
+        let (c, mut reader) = client(1 << 20);
+        let count = Arc::new(Count::default());
+        let waker = std::task::Waker::from(count.clone());
+        assert!(c.poll_close(&mut Context::from_waker(&waker)).is_pending());
+        let wakers = crate::core::deferred_wakes::gather(|| {
+            c.offer(&Frame::from("a"));
+            c.offer_many(&frames(&["b", "c"]));
+        });
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(texts(&reader.take(10)), ["a", "b", "c"]);
+        assert_eq!(wakers.len(), 1);
+        wakers.into_iter().for_each(std::task::Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
     /// For a client that gets frames compressed, the backpressure limit
     /// counts the compressed bytes (what goes on the wire), for single
     /// frames and runs alike, and what is taken off gives the same back.

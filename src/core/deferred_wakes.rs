@@ -3,13 +3,13 @@
 //!
 //! Waking a task of a current-thread runtime from another thread unparks
 //! that runtime's driver: a system call per wake-up. A fan-out run on the
-//! thread that received the bus's messages (`js-thread` mode with direct
-//! writes, see `broker::relay::WakeRelay`) writes to most members itself
-//! and queues for the rest (a full socket, frames already queued, a
+//! thread that received the bus's message (`js-thread` mode with direct
+//! writes: a lone publication, see `broker::relay`) writes to most members
+//! itself and queues for the rest (a full socket, frames already queued, a
 //! compressed or encrypted member); those members' tasks are woken with
-//! one hand-over per batch instead of one each. Only the waking is put
-//! off: each frame is in its member's queue, in order, before [`gather`]
-//! returns.
+//! one hand-over per publication instead of one each. Only the waking is
+//! put off: each frame is in its member's queue, in order, before
+//! [`gather`] returns.
 
 use futures_util::task::AtomicWaker;
 use std::cell::RefCell;

@@ -2,11 +2,11 @@
 //! to the runtime that serves the sockets.
 //!
 //! A broker whose connections run on a thread of their own (see
-//! `RedisConfig::runtime`) must not fan what it receives out from there:
-//! each member's wake-up would cross threads (a system call each on a
-//! current-thread runtime). The relay moves each batch of messages across
-//! once, and the fan-out runs where the members' tasks live, as it would
-//! with the connections there.
+//! `RedisConfig::runtime`) must not simply fan what it receives out from
+//! there: each member's wake-up would cross threads (a system call each
+//! on a current-thread runtime). The relay moves each batch of messages
+//! across once, and the fan-out runs where the members' tasks live, as it
+//! would with the connections there.
 //!
 //! The queue between the two is bounded in bytes, as Redis bounds what it
 //! holds for a subscriber that does not read (`client-output-buffer-limit
@@ -16,7 +16,6 @@
 //! receiver is then told `resubscribed`, as after a lost Redis connection,
 //! so history rooms fill the gap at once, whether or not more arrives.
 //!
-//!
 //! With direct writes most members of a room need no wake-up: the fan-out
 //! writes to their sockets itself. Then ([`Relay::spawn`]'s `on_arrival`)
 //! a lone message that arrives while nothing waits to cross is delivered
@@ -25,8 +24,8 @@
 //! publication on its own. Anything else still crosses as before: a
 //! batch crossing while the sockets' runtime is busy joins the batches
 //! behind it into one run per member, which a burst needs (delivering
-//! every batch where it arrived halved a burst's rate), and nothing may
-//! overtake what waits to cross.
+//! every batch where it arrived cut a burst's rate by 40 %), and nothing
+//! may overtake what waits to cross.
 
 use super::Subscriber;
 use crate::core::deferred_wakes;
