@@ -1039,21 +1039,12 @@ mod tests {
         b.texts()
     }
 
-    /// Counts wake-ups.
-    #[derive(Default)]
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     /// Offers made while a fan-out gathers its wake-ups (on the Redis
     /// thread) queue their frames at once and in order; the task is woken
     /// by whoever the wake-up is handed to, once.
     #[test]
     fn offers_gathering_their_wake_ups_queue_at_once_and_wake_once() {
+        use crate::core::deferred_wakes::tests::Count;
         let (c, mut reader) = client(1 << 20);
         let count = Arc::new(Count::default());
         let waker = std::task::Waker::from(count.clone());
