@@ -65,6 +65,8 @@ COLUMNS.cz = [...COLUMNS.c.slice(0, 4), WIRE, ...COLUMNS.c.slice(4)];
 COLUMNS.h = COLUMNS.b;
 // (r) is the closed loop of (d) with a realistic handler.
 COLUMNS.r = COLUMNS.d;
+// (l) is the closed loop of (d) with one client.
+COLUMNS.l = COLUMNS.d;
 for (const key of ['b', 'h', 'c', 'd', 'r']) COLUMNS[`p${key}`] = COLUMNS[key];
 
 /** The chart: one headline metric per row group. */

@@ -23,7 +23,7 @@ const node = process.execPath;
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
-const ONLY = (process.env.BENCH_ONLY ?? 'a,az,b,h,bz,c,cz,d,r,e,pb,pc,pd,pr').split(',');
+const ONLY = (process.env.BENCH_ONLY ?? 'a,az,b,h,bz,c,cz,d,l,r,e,pb,pc,pd,pr').split(',');
 const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
 
 export const CONTENDERS = [
@@ -275,6 +275,10 @@ export const SCENARIOS = {
     title: '(d) 50 clients in closed loop; the JS message handler answers each with sendToClient',
     run: (c, redis) => closedLoop(c, redis, 'echo'),
   },
+  l: {
+    title: '(l) light load: the echo of (d) with one client in closed loop, so that every round trip finds the server idle',
+    run: (c, redis) => closedLoop(c, redis, 'echo', 1, 4),
+  },
   r: {
     title: '(r) the closed loop of (d) with a realistic handler: it validates and prices a 1.7 KiB order and answers a 1 KiB receipt',
     contenders: ['original', 'native-node', 'native-bun', 'native-node-js-thread', 'native-bun-js-thread', 'native-node-threads', 'native-bun-threads'],
@@ -309,14 +313,14 @@ export const SCENARIOS = {
 };
 
 /** (d) and (r): 50 clients, each sending `message` and waiting for the answer. */
-function closedLoop(c, redis, message) {
+function closedLoop(c, redis, message, clients = 50, seconds = 5) {
   return withServer(c, redis, async s => {
     const cpu0 = cpuOf(s.pid);
     const threads0 = threadCpu(s.pid);
-    const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', '50', '--duration', '5', '--message', message]);
+    const r = await runLoadgen(['echo', '--url', s.url, ...proto(c), '--clients', String(clients), '--duration', String(seconds), '--message', message]);
     const cpu = cpuOf(s.pid) - cpu0;
     const split = perThread(threads0, threadCpu(s.pid), r.round_trips, 'round_trip');
-    if (r.closed_early > 0) throw new Error(`${r.closed_early} of 50 clients were disconnected during the loop`);
+    if (r.closed_early > 0) throw new Error(`${r.closed_early} of ${clients} clients were disconnected during the loop`);
     if (r.rejected > 0) throw new Error(`${r.rejected} orders were answered with an error`);
     return {
       round_trips_per_s: r.per_second,
@@ -346,7 +350,7 @@ const otherMode = mode => (mode === 'js-thread' ? 'threads' : 'js-thread');
 
 // Beside `auto`, each scenario runs the other mode, forced.
 const otherThanAuto = otherMode(autoRunMode(false));
-for (const key of ['b', 'h', 'c', 'd', 'r', 'e']) SCENARIOS[key].modes = [otherThanAuto];
+for (const key of ['b', 'h', 'c', 'd', 'l', 'r', 'e']) SCENARIOS[key].modes = [otherThanAuto];
 
 const otherThanAutoOnOneCore = otherMode(autoRunMode(true));
 for (const key of ['b', 'h', 'c', 'd', 'r']) {
