@@ -291,6 +291,27 @@ describe('events reaching the handlers', () => {
     c.close();
   });
 
+  test('queued sends past a full socket buffer all arrive, in order: from a handler, and from a timer', async () => {
+    // 200 frames of 20 KiB: past what the socket buffer takes at once, so
+    // most of them wait in the client's queue for its task to write.
+    const big = i => `${i}:${'y'.repeat(20_000)}`;
+    const { url, ws } = await startServer({
+      limits: { maxFramesPerSecond: 0 },
+      // Room for all of them: nothing may be dropped for backpressure.
+      serverOptions: { backpressureLimit: 16 * 1024 * 1024 },
+      messageHandler: ({ clientId }) => {
+        for (let i = 0; i < 200; i++) ws.sendToClient({ clientId, event: 'big', data: big(i) });
+      },
+    });
+    const c = await Client.auth(url);
+    c.emit('go');
+    for (let i = 0; i < 200; i++) assert.equal((await c.next('big', 10_000)).data, big(i));
+    const batch = Array.from({ length: 200 }, (_, i) => `${c.id}\nlater\n${JSON.stringify(big(i))}`).join('\n');
+    await new Promise(r => setTimeout(() => r(assert.equal(ws.sendQueued(batch), 200)), 10));
+    for (let i = 0; i < 200; i++) assert.equal((await c.next('later', 10_000)).data, big(i));
+    c.close();
+  });
+
   test('the native function for queued sends answers bad input with a throw, and sends nothing before the server starts', async () => {
     // Before `configure()` there is no core to send through.
     const idle = new lib.WebSocketServer({ host: '127.0.0.1', port: 0, logLevel: 'silent', authenticateFn: () => null });
