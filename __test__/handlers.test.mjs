@@ -296,7 +296,6 @@ describe('events reaching the handlers', () => {
     // most of them wait in the client's queue for its task to write.
     const big = i => `${i}:${'y'.repeat(20_000)}`;
     const { url, ws } = await startServer({
-      limits: { maxFramesPerSecond: 0 },
       // Room for all of them: nothing may be dropped for backpressure.
       serverOptions: { backpressureLimit: 16 * 1024 * 1024 },
       messageHandler: ({ clientId }) => {

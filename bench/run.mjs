@@ -312,7 +312,7 @@ export const SCENARIOS = {
   },
 };
 
-/** (d) and (r): 50 clients, each sending `message` and waiting for the answer. */
+/** (d), (r) and (l): `clients` clients, each sending `message` and waiting for the answer. */
 function closedLoop(c, redis, message, clients = 50, seconds = 5) {
   return withServer(c, redis, async s => {
     const cpu0 = cpuOf(s.pid);
