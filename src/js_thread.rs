@@ -38,8 +38,21 @@
 //! it was handed the runtime, the waiter takes it back (`reclaimed`) and
 //! holds it until the JS thread's next turn asks for it.
 //!
-//! The core does not know any of this: it calls `tokio::spawn` as always,
-//! and its tasks run on whichever thread holds this runtime.
+//! Turns are kept few, since each costs a pass of the scheduler and a look
+//! at the sockets (a system call):
+//! - the replies an event callback queued are handed over as its last
+//!   act, and written by the turn that ends the callback, not by one of
+//!   their own (`call_before_turn`);
+//! - a pump after a turn that ran out of work and left none behind only
+//!   hands the runtime over. Tokio's current-thread scheduler ends each
+//!   pass with a look at the sockets and timers, even when the caller is to
+//!   be polled next, and the tasks that last look wakes wait for the next
+//!   turn; whether it woke any is known because the core's tasks count
+//!   their wake-ups (`core::task`, `STRANDED`), and then the pump turns.
+//!
+//! The core does not know any of this: it spawns its tasks as always
+//! (through `core::task`), and they run on whichever thread holds this
+//! runtime.
 
 use napi::bindgen_prelude::{FromNapiValue, JsValuesTupleIntoVec};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -53,6 +66,8 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
 use std::time::Duration;
+
+use crate::core::{deferred_wakes, task};
 
 /// The longest a turn keeps the JS thread while work keeps arriving; then
 /// JavaScript gets the thread back and the rest waits for the next turn.
@@ -93,6 +108,17 @@ thread_local! {
     /// Set by the park hook when the JS thread's turn ran out of work.
     static IDLE: Cell<bool> = const { Cell::new(false) };
     static TURN_WAKER: RefCell<Option<Waker>> = const { RefCell::new(None) };
+    /// The core's wake-ups made on the JS thread when its turn ran out of
+    /// work: more by the time the turn ends, and the runtime's last look at
+    /// the sockets and timers woke tasks, left queued for the next turn.
+    static WAKES_AT_IDLE: Cell<u64> = const { Cell::new(0) };
+    /// The JS thread's last turn ran out of work.
+    static LAST_IDLE: Cell<bool> = const { Cell::new(false) };
+    /// ... and its last look woke tasks, which wait in the run queue.
+    static STRANDED: Cell<bool> = const { Cell::new(false) };
+    /// Tasks woken by a call made just before a turn (`call_before_turn`),
+    /// for that turn to wake.
+    static LATER: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
 struct State {
@@ -243,11 +269,32 @@ impl Runner {
         }
         TURNING.set(true);
         let _turning = Turning(&self.turns);
-        self.rt.block_on(async {
+        let (r, idle) = self.rt.block_on(async {
+            LATER.take().into_iter().for_each(Waker::wake);
             let r = body();
             let idle = Turn::new().await;
             (r, idle)
-        })
+        });
+        LAST_IDLE.set(idle);
+        STRANDED.set(idle && task::wakes() != WAKES_AT_IDLE.get());
+        (r, idle)
+    }
+
+    /// [`Runner::call`] for the end of a callback into JavaScript, which
+    /// turns the runtime as it returns ([`js_callback`]): `body` runs at
+    /// once, and the tasks it wakes through `deferred_wakes` are woken by
+    /// that turn instead of one of its own.
+    pub fn call_before_turn<R>(&self, body: impl FnOnce() -> R) -> R {
+        if TURNING.get() || std::thread::current().id() != self.js_thread {
+            return body();
+        }
+        let _runtime = self.rt.enter();
+        let mut r = None;
+        let wakers = deferred_wakes::gather(|| r = Some(body()));
+        LATER.with_borrow_mut(|l| l.extend(wakers));
+        // Should no turn follow after all, the pump's does it.
+        self.request_pump();
+        r.expect("the body ran")
     }
 
     /// On the JS thread, before a turn: the waiter lets go of the runtime.
@@ -297,13 +344,21 @@ impl Runner {
         }
     }
 
-    /// The pump callback, on the JS thread: turn, then hand over unless
-    /// work is left (the slice was cut short: JavaScript gets the thread
-    /// for a moment, then the next pump goes on) or a callback of ours is
-    /// still to run here.
+    /// The pump callback, on the JS thread: turn (unless the last turn left
+    /// nothing to run), then hand over unless work is left (the slice was
+    /// cut short: JavaScript gets the thread for a moment, then the next
+    /// pump goes on) or a callback of ours is still to run here.
     fn pumped(&self) {
         self.state.lock().pump_queued = false;
-        let ((), idle) = self.turn(|| ());
+        // The last turn ran out of work, leaving none behind, and nothing
+        // waits for a turn: whatever came since (a socket's readiness, a
+        // wake-up from another thread) wakes the runtime's driver, where the
+        // waiter will find it; a turn here would only find that out.
+        let idle = if LAST_IDLE.get() && !STRANDED.get() && LATER.with_borrow(Vec::is_empty) {
+            true
+        } else {
+            self.turn(|| ()).1
+        };
         if !idle {
             self.request_pump();
         } else if self.pending.load(Ordering::Acquire) == 0 {
@@ -421,6 +476,7 @@ fn before_park() {
     match ROLE.get() {
         Role::Js => {
             IDLE.set(true);
+            WAKES_AT_IDLE.set(task::wakes());
             if let Some(w) = TURN_WAKER.with_borrow_mut(Option::take) {
                 w.wake();
             }

@@ -143,7 +143,7 @@ pub async fn start_echo_fixture(host: String, port: u32, max_payload: u32) -> Re
         .await
         .map_err(|e| napi::Error::from_reason(format!("echo fixture: {e}")))?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    tokio::spawn(crate::core::echo::serve(listener, max_payload as usize));
+    crate::core::task::spawn(crate::core::echo::serve(listener, max_payload as usize));
     Ok(port as u32)
 }
 

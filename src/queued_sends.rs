@@ -12,7 +12,7 @@
 
 use crate::core::log::panic_text;
 use crate::core::server::Server;
-use crate::run_mode::{act_on, Exec};
+use crate::run_mode::{with_core, Exec};
 use napi::bindgen_prelude::{FromNapiValue, Function, ToNapiValue};
 use napi::{check_status, sys, Env, Error, JsError, Result, Status};
 use parking_lot::Mutex;
@@ -38,8 +38,8 @@ struct Sender {
 /// A buffer grown past this by a large batch is not kept.
 const KEEP: usize = 64 * 1024;
 
-/// The function `(batch: string) => number`, sending through `server` on
-/// `exec`.
+/// The function `(batch: string, last?: boolean) => number`, sending
+/// through `server` on `exec`.
 pub fn create(
     env: &Env,
     exec: Exec,
@@ -83,11 +83,18 @@ pub fn create(
 }
 
 unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    let mut argc = 1;
-    let mut arg = ptr::null_mut();
+    let mut argc = 2;
+    let mut args = [ptr::null_mut(); 2];
     let mut data = ptr::null_mut();
     let sent = check_status!(unsafe {
-        sys::napi_get_cb_info(env, info, &mut argc, &mut arg, ptr::null_mut(), &mut data)
+        sys::napi_get_cb_info(
+            env,
+            info,
+            &mut argc,
+            args.as_mut_ptr(),
+            ptr::null_mut(),
+            &mut data,
+        )
     })
     .and_then(|()| {
         if argc < 1 {
@@ -99,15 +106,19 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
         // SAFETY: `data` is the `Sender` `create` leaked; its finalizer,
         // which frees it, cannot run while the function is being called.
         let sender = unsafe { &*data.cast::<Sender>() };
+        let [arg, last] = args;
+        // `last`: the batch is the last thing the event callback does, and
+        // its return turns the runtime; no turn of its own is needed.
+        let last = argc >= 2 && unsafe { truthy(env, last) };
         let mut buf = sender.buf.take();
         let sent = unsafe { read_utf8(env, arg, &mut buf) }.and_then(|batch| {
             catch_unwind(AssertUnwindSafe(|| {
-                act_on(
-                    sender.exec,
-                    &sender.server,
-                    |s| s.send_to_clients(batch) as u32,
-                    0,
-                )
+                let send = || with_core(&sender.server, |s| s.send_to_clients(batch) as u32, 0);
+                if last {
+                    sender.exec.call_before_turn(send)
+                } else {
+                    sender.exec.call(send)
+                }
             }))
             .map_err(|panic| {
                 let what = panic_text(&*panic);
@@ -167,4 +178,10 @@ unsafe extern "C" fn finalize(
     _hint: *mut std::ffi::c_void,
 ) {
     drop(unsafe { Box::from_raw(data.cast::<Sender>()) });
+}
+
+/// Whether `value` is `true` (anything else, `undefined` included, is not).
+unsafe fn truthy(env: sys::napi_env, value: sys::napi_value) -> bool {
+    let mut b = false;
+    (unsafe { sys::napi_get_value_bool(env, value, &mut b) }) == sys::Status::napi_ok && b
 }

@@ -116,7 +116,7 @@ impl Exec {
     {
         match self {
             Exec::Threads => fut.await,
-            Exec::JsThread(r) => match r.handle().spawn(fut).await {
+            Exec::JsThread(r) => match crate::core::task::spawn_on(r.handle(), fut).await {
                 Ok(out) => out,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 // Cancelled: only when the runtime itself goes away.
@@ -131,6 +131,15 @@ impl Exec {
         match self {
             Exec::Threads => body(),
             Exec::JsThread(r) => r.call(body),
+        }
+    }
+
+    /// [`Exec::call`] at the end of a callback into JavaScript, whose
+    /// return turns the runtime anyway (`Runner::call_before_turn`).
+    pub fn call_before_turn<R>(self, body: impl FnOnce() -> R) -> R {
+        match self {
+            Exec::Threads => body(),
+            Exec::JsThread(r) => r.call_before_turn(body),
         }
     }
 

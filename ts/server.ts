@@ -101,8 +101,12 @@ export class WebSocketServer<
    * the order of the calls.
    */
   private queuedSends = '';
-  /** Hands `queuedSends` over: a bare native function, cheaper to call than a method. */
-  private readonly sendQueued: (batch: string) => number;
+  /**
+   * Hands `queuedSends` over: a bare native function, cheaper to call than a
+   * method. `last`: the batch is the last thing an event callback does (see
+   * `deliver`), whose return writes it.
+   */
+  private readonly sendQueued: (batch: string, last?: boolean) => number;
   private handlingBatch = false;
   private readonly authAnswers: Answers<AuthAnswer>;
   private readonly roomAnswers: Answers<RoomsAnswer>;
@@ -317,11 +321,11 @@ export class WebSocketServer<
   }
 
   /** Hands the queued `sendToClient` calls over, in order. */
-  private flushSends(): void {
+  private flushSends(last = false): void {
     if (this.queuedSends === '') return;
     const batch = this.queuedSends;
     this.queuedSends = '';
-    this.sendQueued(batch);
+    this.sendQueued(batch, last);
   }
 
   sendToUser(opts: { userId: string; event: string; data?: unknown }): void {
@@ -586,7 +590,9 @@ export class WebSocketServer<
       this.handle(events);
     } finally {
       this.handlingBatch = false;
-      this.flushSends();
+      // The last thing this callback does: its return turns the native
+      // runtime, which writes what the batch queued.
+      this.flushSends(true);
     }
   }
 

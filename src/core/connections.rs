@@ -158,7 +158,7 @@ mod tests {
         let c = Connections::new(0);
         let live = c.start("10.0.0.2".parse().unwrap());
         let nudged = std::sync::atomic::AtomicUsize::new(0);
-        let holder = tokio::spawn(async move {
+        let holder = crate::core::task::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             drop(live);
         });

@@ -29,7 +29,7 @@ pub async fn serve(listener: TcpListener, max_payload: usize) {
     });
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, max_payload, deflate.clone()));
+        crate::core::task::spawn(connection(stream, max_payload, deflate.clone()));
     }
 }
 

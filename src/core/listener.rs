@@ -91,7 +91,7 @@ impl Listener {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let live = self.connections.start(addr.ip());
-                    tokio::spawn(self.clone().accept_one(stream, addr, live));
+                    crate::core::task::spawn(self.clone().accept_one(stream, addr, live));
                 }
                 Err(e) => {
                     // EMFILE and friends: say so, back off, keep serving.
@@ -156,7 +156,7 @@ impl Listener {
     {
         if let Some((ws, deflate)) = Box::pin(self.upgrade(stream, addr, &live)).await {
             let connection = connection::run(self.env.clone(), ws, addr.to_string(), deflate);
-            tokio::spawn(async move {
+            crate::core::task::spawn(async move {
                 connection.await;
                 drop(live);
             });

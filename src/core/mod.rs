@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod room_selection;
 pub mod server;
 pub mod stats;
+pub mod task;
 pub mod transform;
 pub mod violation;
 pub mod ws_socket;

@@ -220,15 +220,16 @@ impl Server {
             }),
             tls,
         });
-        let dispatcher = tokio::spawn(events::dispatch(handlers, queue, config.event_batch_max));
-        let mut tasks = vec![tokio::spawn(heartbeat::sweep(
+        let dispatcher =
+            crate::core::task::spawn(events::dispatch(handlers, queue, config.event_batch_max));
+        let mut tasks = vec![crate::core::task::spawn(heartbeat::sweep(
             hub,
             config.heartbeat_interval,
             config.heartbeat_timeout,
             log.clone(),
         ))];
         if let Some(tcp) = tcp {
-            tasks.push(tokio::spawn(listener.clone().accept_loop(tcp)));
+            tasks.push(crate::core::task::spawn(listener.clone().accept_loop(tcp)));
         }
         if let Some(h) = history {
             // Rooms whose history expired are dropped lazily on use; this
@@ -238,7 +239,7 @@ impl Server {
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(60),
             );
-            tasks.push(tokio::spawn(async move {
+            tasks.push(crate::core::task::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 loop {
                     tick.tick().await;
@@ -256,7 +257,7 @@ impl Server {
             // Entries of a live instance never expire: each is re-added
             // well within its time to live.
             let hub = env.hub.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(crate::core::task::spawn(async move {
                 let mut tick = tokio::time::interval(fleet.ttl / 3);
                 tick.tick().await;
                 loop {
@@ -303,7 +304,7 @@ impl Server {
         let addr = stream.peer_addr()?;
         let stream = TcpStream::from_std(stream)?;
         let live = self.env.connections.start(addr.ip());
-        tokio::spawn(
+        crate::core::task::spawn(
             self.listener
                 .clone()
                 .serve_adopted(stream, head, addr, live),
@@ -323,7 +324,7 @@ impl Server {
             + 'static,
     {
         let live = self.env.connections.start(remote.ip());
-        tokio::spawn(self.listener.clone().serve_socket(stream, remote, live));
+        crate::core::task::spawn(self.listener.clone().serve_socket(stream, remote, live));
     }
 
     /// Connections whose tasks are still running (closing ones included).

@@ -50,7 +50,7 @@ impl Transformer {
         client.set_transformer(tx);
         // Weak: the task must not keep the client (and so its own sender)
         // alive.
-        tokio::spawn(
+        crate::core::task::spawn(
             self.clone()
                 .run(Arc::downgrade(client), client.id.clone(), rx),
         );

@@ -58,7 +58,7 @@ impl RedisEmitter {
         }
         let conn = link.open().await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write(link, conn, rx));
+        let writer = crate::core::task::spawn(write(link, conn, rx));
         Ok(RedisEmitter {
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),

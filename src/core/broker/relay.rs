@@ -94,7 +94,7 @@ impl Relay {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (taken, gap, delivered) = (queued.clone(), dropping.clone(), in_flight.clone());
         let here = on_arrival.then(|| to.clone());
-        tokio::spawn(async move {
+        crate::core::task::spawn(async move {
             let mut batch: Vec<(String, String)> = Vec::new();
             while let Some(first) = rx.recv().await {
                 // Batches that arrived together are delivered as one, as

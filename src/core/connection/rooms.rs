@@ -116,7 +116,7 @@ impl Connection {
                                     // Reading Redis is awaited apart, so the
                                     // connection goes on meanwhile.
                                     Backend::Redis(h) => {
-                                        tokio::spawn(h.clone().join(
+                                        crate::core::task::spawn(h.clone().join(
                                             self.client.clone(),
                                             room,
                                             recover,

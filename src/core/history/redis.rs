@@ -405,7 +405,7 @@ impl RedisHistory {
         if !f.filling {
             f.filling = true;
             let (this, room, feed) = (self.clone(), Arc::<str>::from(room), feed.clone());
-            tokio::spawn(async move { this.fill(room, feed).await });
+            crate::core::task::spawn(async move { this.fill(room, feed).await });
         }
     }
 
@@ -544,7 +544,7 @@ impl RedisHistory {
             }
             f.filling = true;
             drop(f);
-            tokio::spawn(self.clone().fill(room, feed));
+            crate::core::task::spawn(self.clone().fill(room, feed));
         }
     }
 

@@ -76,7 +76,7 @@ impl RedisBroker {
                     stats.clone(),
                     log.clone(),
                 ));
-                rt.spawn(Self::connect_here(cfg, inbound, log, stats))
+                crate::core::task::spawn_on(&rt, Self::connect_here(cfg, inbound, log, stats))
                     .await
                     .map_err(|e| format!("the Redis connections' thread failed: {e}"))?
             }
@@ -164,9 +164,9 @@ impl RedisBroker {
         let _ = inner
             .interest_tx
             .send((Channel::from(BROADCAST_CHANNEL), true));
-        let pub_task = tokio::spawn(publish_loop(inner.clone(), publisher.clone()));
+        let pub_task = crate::core::task::spawn(publish_loop(inner.clone(), publisher.clone()));
         let sub_task = match (sub, push_rx, publisher) {
-            (Some(pubsub), _, _) => tokio::spawn(standalone_subscribe_loop(
+            (Some(pubsub), _, _) => crate::core::task::spawn(standalone_subscribe_loop(
                 inner.clone(),
                 pubsub,
                 interest_rx,
@@ -175,8 +175,11 @@ impl RedisBroker {
                 inner
                     .tasks
                     .lock()
-                    .push(tokio::spawn(cluster_probe(inner.clone(), conn.clone())));
-                tokio::spawn(cluster_subscribe_loop(
+                    .push(crate::core::task::spawn(cluster_probe(
+                        inner.clone(),
+                        conn.clone(),
+                    )));
+                crate::core::task::spawn(cluster_subscribe_loop(
                     inner.clone(),
                     conn,
                     sharded,

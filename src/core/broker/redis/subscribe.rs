@@ -249,7 +249,7 @@ pub(super) async fn cluster_subscribe_loop(
                             inner.log.error("Redis cluster subscribe failed", &[("channel", &ch), ("error", &e)]);
                             // Retry with the next change or after a pause.
                             let tx = inner.interest_tx.clone();
-                            tokio::spawn(async move {
+                            crate::core::task::spawn(async move {
                                 tokio::time::sleep(BACKOFF_MAX).await;
                                 let _ = tx.send((ch, true));
                             });
