@@ -189,6 +189,28 @@ describe('runMode js-thread', () => {
     }
   });
 
+  // Node only: Bun has no libuv poll handle to watch the runtime with.
+  if (!process.versions.bun && fs.existsSync('/proc/self/task')) {
+    test('on Node, messages spaced apart wake the JS thread alone: the waiter is not woken per message (IGNIS_WS_LOOP_WATCH=off: it is)', () => {
+      const fixture = fileURLToPath(new URL('./fixtures/light-load.mjs', import.meta.url));
+      const run = env => {
+        const r = spawnSync(process.execPath, [fixture, '300', '3'], {
+          env: { ...process.env, IGNIS_WS_RUN_MODE: '', ...env },
+          encoding: 'utf8',
+          timeout: 60_000,
+        });
+        assert.equal(r.status, 0, r.stderr);
+        return JSON.parse(r.stdout.trim().split('\n').pop());
+      };
+      const watched = run({})['ignis-ws-waiter'];
+      const handed = run({ IGNIS_WS_LOOP_WATCH: 'off' })['ignis-ws-waiter'];
+      process.stderr.write(`# figure: the waiter woken ${watched} times over 300 round trips 3 ms apart with the loop watch, ${handed} without\n`);
+      // The control: without the watch the waiter reads every frame.
+      assert.ok(handed >= 300, `without the watch the waiter was woken only ${handed} times`);
+      assert.ok(watched <= handed / 3, `with the watch the waiter was still woken ${watched} times (${handed} without)`);
+    });
+  }
+
   test('while a handler holds the JS thread, the waiter serving the sockets does not spin', async t => {
     if (!fs.existsSync('/proc/self/task')) return t.skip('needs /proc (Linux)');
     /** CPU ticks of this process's `ignis-ws-waiter` thread. */

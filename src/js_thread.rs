@@ -50,6 +50,22 @@
 //!   turn; whether it woke any is known because the core's tasks count
 //!   their wake-ups (`core::task`, `STRANDED`), and then the pump turns.
 //!
+//! On Node (the process's main thread, Linux) the JS thread does not hand
+//! the runtime back when nothing of ours is pending: it keeps it and
+//! sleeps in its own event loop, where a libuv poll handle on the
+//! runtime's epoll descriptor wakes it for sockets and wake-ups
+//! (`loop_watch`), so a message that finds the server idle wakes one
+//! thread, not the waiter and then the JS thread. That loop does not see
+//! the runtime's timers: the waiter takes the runtime back once the JS
+//! thread, asleep, has turned it for none for [`SLACK`]. Nor would it wake
+//! for tasks a turn's last look left queued (`STRANDED`): such a turn is
+//! followed by another. While our callbacks come closer than
+//! [`DENSE_GAP`], the runtime goes back to the waiter between them as
+//! without the watch: the waiter, woken for it, is still awake when the
+//! next message comes, which measured cheaper than the JS thread waking
+//! from its loop for each (docs/PERFORMANCE.md, (l)); connection storms
+//! are served there too, off the main thread's memory arena.
+//!
 //! The core does not know any of this: it spawns its tasks as always
 //! (through `core::task`), and they run on whichever thread holds this
 //! runtime.
@@ -61,13 +77,14 @@ use parking_lot::{Condvar, Mutex};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::core::{deferred_wakes, task};
+use crate::loop_watch::{self, LoopWatch};
 
 /// The longest a turn keeps the JS thread while work keeps arriving; then
 /// JavaScript gets the thread back and the rest waits for the next turn.
@@ -86,6 +103,18 @@ const GRACE: Duration = Duration::from_millis(2);
 /// A JS thread that stops turning after a long busy spell is thus noticed
 /// within twice this.
 const GRACE_MAX: Duration = Duration::from_millis(16);
+
+/// With the loop watch (Node): how long the JS thread may sleep in its
+/// event loop holding the runtime before the waiter takes it back. Its loop
+/// wakes it for sockets and wake-ups, but not for the runtime's timers,
+/// which fire when the runtime next turns: this bounds how late they can
+/// be. Traffic spaced closer than this (and further than [`DENSE_GAP`])
+/// keeps the runtime on the JS thread.
+const SLACK: Duration = Duration::from_millis(16);
+
+/// With the loop watch: callbacks of ours ending closer together than
+/// this hand the runtime to the waiter between them, as without the watch.
+const DENSE_GAP: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Holder {
@@ -119,6 +148,10 @@ thread_local! {
     /// Tasks woken by a call made just before a turn (`call_before_turn`),
     /// for that turn to wake.
     static LATER: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+    /// When the last callback of ours ended on the JS thread.
+    static LAST_CALLBACK: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// It ended within [`DENSE_GAP`] of the one before.
+    static DENSE: Cell<bool> = const { Cell::new(false) };
 }
 
 struct State {
@@ -150,6 +183,17 @@ pub struct Runner {
     turns: AtomicU64,
     pump: OnceLock<PumpFn>,
     js_thread: ThreadId,
+    /// Node: the JS thread's event loop watches the runtime's descriptor,
+    /// so the JS thread keeps the runtime between turns instead of handing
+    /// it back (`loop_watch`).
+    watch: OnceLock<LoopWatch>,
+    /// The watch is on: the JS thread holds the runtime while it sleeps in
+    /// its loop.
+    armed: AtomicBool,
+    /// libuv reported an error on the watch: it is not used again.
+    watch_broken: AtomicBool,
+    /// The JS thread's id in the kernel, to tell whether it sleeps.
+    js_tid: libc::pid_t,
 }
 
 static RUNNER: OnceLock<&'static Runner> = OnceLock::new();
@@ -165,12 +209,17 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
     if let Some(r) = RUNNER.get() {
         return Ok((r.js_thread == std::thread::current().id()).then_some(*r));
     }
+    let epolls = loop_watch::epoll_fds();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(before_park)
         .on_thread_unpark(after_unpark)
         .build()
         .map_err(|e| napi::Error::from_reason(format!("js-thread runtime: {e}")))?;
+    let epfd = loop_watch::runtime_epoll_fd(&epolls, &loop_watch::epoll_fds(), || {
+        // A task spawned from outside the runtime wakes its driver.
+        drop(rt.spawn(async {}));
+    });
     let runner: &'static Runner = Box::leak(Box::new(Runner {
         rt,
         state: Mutex::new(State {
@@ -185,7 +234,20 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         turns: AtomicU64::new(0),
         pump: OnceLock::new(),
         js_thread: std::thread::current().id(),
+        watch: OnceLock::new(),
+        armed: AtomicBool::new(false),
+        watch_broken: AtomicBool::new(false),
+        js_tid: unsafe { libc::gettid() },
     }));
+    // Only on the process's main thread: a worker's loop is closed when the
+    // worker ends, which a handle left open on it would abort.
+    let main_thread = unsafe { libc::gettid() == libc::getpid() };
+    if let Some(watch) = epfd
+        .filter(|_| main_thread && watch_wanted())
+        .and_then(|fd| LoopWatch::new(env, fd, on_readable))
+    {
+        let _ = runner.watch.set(watch);
+    }
     let noop = env.create_function_from_closure::<(), (), _>("ignisWsPump", |_| Ok(()))?;
     let pump = noop
         .build_threadsafe_function::<()>()
@@ -245,8 +307,14 @@ impl Runner {
     /// Runs `body` on the JS thread with the runtime held and turned: the
     /// tasks it wakes run before this returns.
     pub fn call<R>(&self, body: impl FnOnce() -> R) -> R {
-        let (r, _) = self.turn(body);
-        self.request_pump();
+        let (r, idle) = self.turn(body);
+        if self.keeps().is_some() {
+            // The JS thread keeps the runtime: nothing to hand over once
+            // JavaScript's microtasks have run.
+            self.turned(idle);
+        } else {
+            self.request_pump();
+        }
         r
     }
 
@@ -292,8 +360,12 @@ impl Runner {
         let mut r = None;
         let wakers = deferred_wakes::gather(|| r = Some(body()));
         LATER.with_borrow_mut(|l| l.extend(wakers));
-        // Should no turn follow after all, the pump's does it.
-        self.request_pump();
+        // Should no turn follow after all, the pump's does it. With the
+        // loop watch, nothing else waits for a pump unless tasks were
+        // woken here.
+        if self.keeps().is_none() || LATER.with_borrow(|l| !l.is_empty()) {
+            self.request_pump();
+        }
         r.expect("the body ran")
     }
 
@@ -354,20 +426,95 @@ impl Runner {
         // waits for a turn: whatever came since (a socket's readiness, a
         // wake-up from another thread) wakes the runtime's driver, where the
         // waiter will find it; a turn here would only find that out.
-        let idle = if LAST_IDLE.get() && !STRANDED.get() && LATER.with_borrow(Vec::is_empty) {
-            true
-        } else {
-            self.turn(|| ()).1
-        };
-        if !idle {
+        if LAST_IDLE.get()
+            && !STRANDED.get()
+            && LATER.with_borrow(Vec::is_empty)
+            && self.pending.load(Ordering::Acquire) == 0
+        {
+            self.rest();
+            return;
+        }
+        self.turned(self.turn(|| ()).1);
+    }
+
+    /// After a turn on the JS thread: pump again if work is left, keep the
+    /// runtime while a callback of ours is pending, else rest.
+    fn turned(&self, idle: bool) {
+        if !idle || (STRANDED.get() && self.keeps().is_some()) {
+            // Work left, or tasks woken by the turn's last look at the
+            // sockets, which the loop watch would not wake for (the waiter
+            // runs them as soon as it holds the runtime).
             self.request_pump();
+        } else if self.keeps().is_some() {
+            self.rest();
         } else if self.pending.load(Ordering::Acquire) == 0 {
             let s = self.state.lock();
             if !s.pump_queued {
                 drop(s);
-                self.hand_back();
+                self.rest();
             }
         }
+    }
+
+    /// Nothing of ours is pending in JavaScript: with the loop watch the
+    /// JS thread keeps the runtime and sleeps in its loop, which wakes it
+    /// for the runtime's work; without it, the waiter takes the runtime.
+    fn rest(&self) {
+        let Some(watch) = self.keeps() else {
+            self.disarm();
+            self.hand_back();
+            return;
+        };
+        if !self.armed.load(Ordering::Acquire) {
+            if !watch.arm() {
+                self.hand_back();
+                return;
+            }
+            self.armed.store(true, Ordering::Release);
+        }
+    }
+
+    /// The loop watch saw the runtime's descriptor readable (the JS
+    /// thread, from libuv).
+    fn readable(&self) {
+        if self.state.lock().holder != Holder::Js {
+            // The waiter took the runtime back and serves it now.
+            self.disarm();
+            return;
+        }
+        self.turned(self.turn(|| ()).1);
+    }
+
+    /// The loop watch, if the JS thread is to keep the runtime between
+    /// callbacks: not while they come closer than [`DENSE_GAP`].
+    fn keeps(&self) -> Option<&LoopWatch> {
+        self.watching().filter(|_| !DENSE.get())
+    }
+
+    /// The loop watch, unless there is none or libuv gave up on it.
+    fn watching(&self) -> Option<&LoopWatch> {
+        self.watch
+            .get()
+            .filter(|_| !self.watch_broken.load(Ordering::Acquire))
+    }
+
+    fn disarm(&self) {
+        if let Some(w) = self.watch.get() {
+            if self.armed.swap(false, Ordering::AcqRel) {
+                w.disarm();
+            }
+        }
+    }
+
+    /// Whether the JS thread sleeps (in its event loop, when it holds the
+    /// runtime with the watch on), from the kernel's view of it.
+    fn js_asleep(&self) -> bool {
+        let path = format!("/proc/self/task/{}/stat", self.js_tid);
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('S'))
     }
 
     fn wait_loop(&self) {
@@ -377,6 +524,7 @@ impl Runner {
                 let mut s = self.state.lock();
                 let mut seen = self.turns.load(Ordering::Acquire);
                 let mut grace = GRACE;
+                let mut quiet_since = std::time::Instant::now();
                 loop {
                     if s.holder == Holder::Waiter && s.steal {
                         s.steal = false;
@@ -397,11 +545,21 @@ impl Runner {
                     // Unchanged and even: no turn started or ended since the
                     // last look, and none is under way.
                     if s.holder == Holder::Js && turns == seen && turns.is_multiple_of(2) {
+                        // Asleep in its loop with the watch on, the JS
+                        // thread is woken for the sockets: only the
+                        // runtime's timers wait, up to `SLACK`.
+                        let waited = quiet_since.elapsed();
+                        if waited < SLACK && self.armed.load(Ordering::Acquire) && self.js_asleep()
+                        {
+                            grace = (SLACK - waited).max(GRACE);
+                            continue;
+                        }
                         s.holder = Holder::Waiter;
                         s.reclaimed = true;
                         break;
                     }
                     seen = turns;
+                    quiet_since = std::time::Instant::now();
                     grace = (grace * 2).min(GRACE_MAX);
                 }
             }
@@ -568,6 +726,9 @@ pub fn js_call_queued(runner: Option<&'static Runner>) {
 pub fn js_callback(runner: Option<&'static Runner>, finish: impl FnOnce()) {
     match runner {
         Some(r) => {
+            let now = Instant::now();
+            DENSE.set(LAST_CALLBACK.get().is_some_and(|t| now - t < DENSE_GAP));
+            LAST_CALLBACK.set(Some(now));
             r.pending.fetch_sub(1, Ordering::AcqRel);
             r.call(finish);
         }
@@ -580,4 +741,24 @@ pub fn js_call_dropped(runner: Option<&'static Runner>) {
     if let Some(r) = runner {
         r.pending.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The loop watch's callback (libuv, on the JS thread).
+extern "C" fn on_readable(_handle: *mut std::ffi::c_void, status: i32, _events: i32) {
+    if let Some(r) = RUNNER.get() {
+        if status < 0 {
+            // libuv cannot watch the descriptor: back to the waiter for good.
+            r.watch_broken.store(true, Ordering::Release);
+            r.disarm();
+            r.hand_back();
+            return;
+        }
+        r.readable();
+    }
+}
+
+/// `IGNIS_WS_LOOP_WATCH=off` keeps the waiter serving the runtime whenever
+/// JavaScript has nothing of ours to run, as on Bun.
+fn watch_wanted() -> bool {
+    std::env::var("IGNIS_WS_LOOP_WATCH").map_or(true, |v| v != "off")
 }

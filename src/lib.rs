@@ -9,6 +9,7 @@ mod batched_calls;
 pub mod core;
 mod js_handlers;
 mod js_thread;
+mod loop_watch;
 mod native_emitter;
 mod native_server;
 mod options;
