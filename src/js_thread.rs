@@ -143,7 +143,8 @@ thread_local! {
     static WAKES_AT_IDLE: Cell<u64> = const { Cell::new(0) };
     /// The JS thread's last turn ran out of work.
     static LAST_IDLE: Cell<bool> = const { Cell::new(false) };
-    /// ... and its last look woke tasks, which wait in the run queue.
+    /// ... and its last look woke tasks, or another thread queued some:
+    /// they wait in the run queue.
     static STRANDED: Cell<bool> = const { Cell::new(false) };
     /// Tasks woken by a call made just before a turn (`call_before_turn`),
     /// for that turn to wake.
@@ -194,6 +195,11 @@ pub struct Runner {
     watch_broken: AtomicBool,
     /// The JS thread's id in the kernel, to tell whether it sleeps.
     js_tid: libc::pid_t,
+    /// When the JS thread's last turn ended, in nanoseconds since `born`:
+    /// with the watch on, the waiter takes the runtime back [`SLACK`]
+    /// after it.
+    last_turn_end: AtomicU64,
+    born: Instant,
 }
 
 static RUNNER: OnceLock<&'static Runner> = OnceLock::new();
@@ -238,6 +244,8 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         armed: AtomicBool::new(false),
         watch_broken: AtomicBool::new(false),
         js_tid: unsafe { libc::gettid() },
+        last_turn_end: AtomicU64::new(0),
+        born: Instant::now(),
     }));
     // Only on the process's main thread: a worker's loop is closed when the
     // worker ends, which a handle left open on it would abort.
@@ -307,6 +315,13 @@ impl Runner {
     /// Runs `body` on the JS thread with the runtime held and turned: the
     /// tasks it wakes run before this returns.
     pub fn call<R>(&self, body: impl FnOnce() -> R) -> R {
+        if TURNING.get() || std::thread::current().id() != self.js_thread {
+            // Inside a turn, or off the JS thread (where the loop watch must
+            // not be touched): the body runs as it is, a pump follows.
+            let r = body();
+            self.request_pump();
+            return r;
+        }
         let (r, idle) = self.turn(body);
         if self.keeps().is_some() {
             // The JS thread keeps the runtime: nothing to hand over once
@@ -328,15 +343,18 @@ impl Runner {
         self.acquire();
         // Ends the turn on the way out, a panic's unwinding included (a
         // caller may catch it), so that later calls turn the runtime again.
-        struct Turning<'a>(&'a AtomicU64);
+        struct Turning<'a>(&'a Runner);
         impl Drop for Turning<'_> {
             fn drop(&mut self) {
                 TURNING.set(false);
-                self.0.fetch_add(1, Ordering::Release);
+                let r = self.0;
+                let now = r.born.elapsed().as_nanos() as u64;
+                r.last_turn_end.store(now, Ordering::Release);
+                r.turns.fetch_add(1, Ordering::Release);
             }
         }
         TURNING.set(true);
-        let _turning = Turning(&self.turns);
+        let _turning = Turning(self);
         let (r, idle) = self.rt.block_on(async {
             LATER.take().into_iter().for_each(Waker::wake);
             let r = body();
@@ -344,7 +362,13 @@ impl Runner {
             (r, idle)
         });
         LAST_IDLE.set(idle);
-        STRANDED.set(idle && task::wakes() != WAKES_AT_IDLE.get());
+        // Woken by the park on this thread (the count moved), or from
+        // another thread meanwhile (queued in the runtime's injection
+        // queue, its driver's wake-up taken by that same park).
+        STRANDED.set(
+            idle && (task::wakes() != WAKES_AT_IDLE.get()
+                || self.rt.metrics().global_queue_depth() > 0),
+        );
         (r, idle)
     }
 
@@ -524,7 +548,6 @@ impl Runner {
                 let mut s = self.state.lock();
                 let mut seen = self.turns.load(Ordering::Acquire);
                 let mut grace = GRACE;
-                let mut quiet_since = std::time::Instant::now();
                 loop {
                     if s.holder == Holder::Waiter && s.steal {
                         s.steal = false;
@@ -542,16 +565,20 @@ impl Runner {
                         continue;
                     }
                     let turns = self.turns.load(Ordering::Acquire);
+                    let armed = self.armed.load(Ordering::Acquire);
+                    // With the watch on, the JS thread asleep in its loop is
+                    // woken for the sockets: only the runtime's timers wait,
+                    // until `SLACK` after its last turn.
+                    let slack_left = || {
+                        let end = Duration::from_nanos(self.last_turn_end.load(Ordering::Acquire));
+                        SLACK.saturating_sub(self.born.elapsed().saturating_sub(end))
+                    };
                     // Unchanged and even: no turn started or ended since the
                     // last look, and none is under way.
                     if s.holder == Holder::Js && turns == seen && turns.is_multiple_of(2) {
-                        // Asleep in its loop with the watch on, the JS
-                        // thread is woken for the sockets: only the
-                        // runtime's timers wait, up to `SLACK`.
-                        let waited = quiet_since.elapsed();
-                        if waited < SLACK && self.armed.load(Ordering::Acquire) && self.js_asleep()
-                        {
-                            grace = (SLACK - waited).max(GRACE);
+                        let left = slack_left();
+                        if !left.is_zero() && armed && self.js_asleep() {
+                            grace = left.max(GRACE);
                             continue;
                         }
                         s.holder = Holder::Waiter;
@@ -559,8 +586,11 @@ impl Runner {
                         break;
                     }
                     seen = turns;
-                    quiet_since = std::time::Instant::now();
-                    grace = (grace * 2).min(GRACE_MAX);
+                    grace = if armed {
+                        slack_left().max(GRACE)
+                    } else {
+                        (grace * 2).min(GRACE_MAX)
+                    };
                 }
             }
             self.rt.block_on(Wait { runner: self });

@@ -96,9 +96,15 @@ impl LoopWatch {
         if size == 0 {
             return None;
         }
-        // Zeroed, as libuv expects of a handle it has not initialised;
-        // leaked on purpose (see the type's comment).
-        let handle = Box::into_raw(vec![0u8; size].into_boxed_slice()).cast::<c_void>();
+        // Zeroed, as libuv expects of a handle it has not initialised, and
+        // aligned for the pointers it keeps there; leaked on purpose (see
+        // the type's comment).
+        let layout = std::alloc::Layout::from_size_align(size, 16).ok()?;
+        // SAFETY: `size` is not zero (checked above).
+        let handle = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<c_void>();
+        if handle.is_null() {
+            return None;
+        }
         if (uv.poll_init)(lp.cast(), handle, epfd) != 0 {
             return None;
         }
