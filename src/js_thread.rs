@@ -173,6 +173,9 @@ type PumpFn = ThreadsafeFunction<(), (), (), Status, false, true>;
 
 pub struct Runner {
     rt: tokio::runtime::Runtime,
+    /// The runtime's metrics, made once (each `Runtime::metrics` call
+    /// clones the handle).
+    metrics: tokio::runtime::RuntimeMetrics,
     state: Mutex<State>,
     changed: Condvar,
     /// Callbacks into JavaScript queued by the core and not yet run.
@@ -227,6 +230,7 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         drop(rt.spawn(async {}));
     });
     let runner: &'static Runner = Box::leak(Box::new(Runner {
+        metrics: rt.metrics(),
         rt,
         state: Mutex::new(State {
             holder: Holder::Js,
@@ -315,7 +319,7 @@ impl Runner {
     /// Runs `body` on the JS thread with the runtime held and turned: the
     /// tasks it wakes run before this returns.
     pub fn call<R>(&self, body: impl FnOnce() -> R) -> R {
-        if TURNING.get() || std::thread::current().id() != self.js_thread {
+        if !self.can_turn() {
             // Inside a turn, or off the JS thread (where the loop watch must
             // not be touched): the body runs as it is, a pump follows.
             let r = body();
@@ -337,7 +341,7 @@ impl Runner {
     /// time slice is over; with whether it ran out of work (`false` after a
     /// slice cut short: more is waiting).
     fn turn<R>(&self, body: impl FnOnce() -> R) -> (R, bool) {
-        if TURNING.get() || std::thread::current().id() != self.js_thread {
+        if !self.can_turn() {
             return (body(), true);
         }
         self.acquire();
@@ -348,8 +352,11 @@ impl Runner {
             fn drop(&mut self) {
                 TURNING.set(false);
                 let r = self.0;
-                let now = r.born.elapsed().as_nanos() as u64;
-                r.last_turn_end.store(now, Ordering::Release);
+                // Read by the waiter only with the watch on.
+                if r.watching().is_some() {
+                    let now = r.born.elapsed().as_nanos() as u64;
+                    r.last_turn_end.store(now, Ordering::Release);
+                }
                 r.turns.fetch_add(1, Ordering::Release);
             }
         }
@@ -366,8 +373,7 @@ impl Runner {
         // another thread meanwhile (queued in the runtime's injection
         // queue, its driver's wake-up taken by that same park).
         STRANDED.set(
-            idle && (task::wakes() != WAKES_AT_IDLE.get()
-                || self.rt.metrics().global_queue_depth() > 0),
+            idle && (task::wakes() != WAKES_AT_IDLE.get() || self.metrics.global_queue_depth() > 0),
         );
         (r, idle)
     }
@@ -377,7 +383,7 @@ impl Runner {
     /// once, and the tasks it wakes through `deferred_wakes` are woken by
     /// that turn instead of one of its own.
     pub fn call_before_turn<R>(&self, body: impl FnOnce() -> R) -> R {
-        if TURNING.get() || std::thread::current().id() != self.js_thread {
+        if !self.can_turn() {
             return body();
         }
         let _runtime = self.rt.enter();
@@ -391,6 +397,12 @@ impl Runner {
             self.request_pump();
         }
         r.expect("the body ran")
+    }
+
+    /// On the JS thread and not inside a turn already: a call here turns
+    /// the runtime (elsewhere its body just runs).
+    fn can_turn(&self) -> bool {
+        !TURNING.get() && std::thread::current().id() == self.js_thread
     }
 
     /// On the JS thread, before a turn: the waiter lets go of the runtime.
@@ -756,9 +768,12 @@ pub fn js_call_queued(runner: Option<&'static Runner>) {
 pub fn js_callback(runner: Option<&'static Runner>, finish: impl FnOnce()) {
     match runner {
         Some(r) => {
-            let now = Instant::now();
-            DENSE.set(LAST_CALLBACK.get().is_some_and(|t| now - t < DENSE_GAP));
-            LAST_CALLBACK.set(Some(now));
+            // Read only with the watch on (`keeps`).
+            if r.watching().is_some() {
+                let now = Instant::now();
+                DENSE.set(LAST_CALLBACK.get().is_some_and(|t| now - t < DENSE_GAP));
+                LAST_CALLBACK.set(Some(now));
+            }
             r.pending.fetch_sub(1, Ordering::AcqRel);
             r.call(finish);
         }
