@@ -85,7 +85,7 @@ describe('a log pipe nobody reads', () => {
 });
 
 describe('a connection storm', () => {
-  test('2000 clients opening at once all open quickly (accept queue of 511)', async () => {
+  test("2000 clients opening at once all open quickly (accept queue at the kernel's cap)", async () => {
     const { ws, url } = await startServer({ heartbeatInterval: 60_000 });
     const n = 2000;
     // The clients live in a process of their own, as real ones do: in this

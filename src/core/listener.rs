@@ -75,6 +75,17 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to bind")))
 }
 
+/// The accept queue asked for when the option is not given: the kernel's
+/// cap, as Go's `net.Listen` does, so that the queue is as deep as this
+/// host allows. Node's 511 (and uWebSockets' 512) overflowed under a
+/// storm of 2 000 opens on a busy 2-core host: the accept loop fell
+/// behind for a moment and the connections past the queue waited a
+/// second for the SYN-ACK's retransmission. 4096, Linux's cap since 5.4,
+/// where the cap cannot be read.
+pub fn default_backlog() -> u32 {
+    somaxconn().filter(|&c| c > 0).unwrap_or(4096)
+}
+
 /// The kernel's cap on accept queues, where it can be read.
 pub fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
