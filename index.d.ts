@@ -220,7 +220,7 @@ export interface NativeOptions {
   maxPendingAuth: number
   /** Serve Prometheus text at this path on the same port. */
   metricsPath?: string
-  /** Accept queue length asked of the kernel. */
+  /** Accept queue length asked of the kernel; 0: the kernel's cap, `net.core.somaxconn`. */
   backlog: number
   /** ms a write may make no progress before the socket is dropped; 0 disables. */
   sendTimeout: number

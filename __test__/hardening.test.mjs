@@ -346,7 +346,7 @@ describe('options of this hardening', () => {
 
   test('backlog and sendTimeout are validated', () => {
     for (const [name, value] of [
-      ['backlog', 0],
+      ['backlog', -1],
       ['backlog', 1.5],
       ['backlog', 'big'],
       ['backlog', 2 ** 32],

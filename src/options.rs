@@ -60,7 +60,7 @@ macro_rules! with_options {
             max_frames_per_second "limits.maxFramesPerSecond" int(0) "Inbound frames per second per client (0: no limit); beyond, close 1008.",
             max_pending_auth "limits.maxPendingAuthentications" int(0) "`authenticateFn` calls in flight at most (0: no limit); beyond, close 1013.",
             metrics_path "metricsPath" opt_str(0) "Serve Prometheus text at this path on the same port.",
-            backlog "backlog" int(1) "Accept queue length asked of the kernel.",
+            backlog "backlog" int(0) "Accept queue length asked of the kernel; 0: the kernel's cap, `net.core.somaxconn`.",
             send_timeout "sendTimeout" ms(0) "ms a write may make no progress before the socket is dropped; 0 disables.",
             history_size "history.size" int(1) "History rooms: publications kept per room.",
             history_ttl "history.ttl" ms(1) "History rooms: ms a room's history lives after its last publication.",

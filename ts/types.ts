@@ -202,8 +202,8 @@ export interface IWebSocketServerOptions<
   limits?: IWebSocketLimits;
   /**
    * Length of the listening socket's accept queue (the kernel caps it at
-   * `net.core.somaxconn`). Default: that cap itself (4096 where it cannot be
-   * read), as Go's `net.Listen` does.
+   * `net.core.somaxconn`). Default 0: that cap itself (4096 where it cannot
+   * be read), as Go's `net.Listen` asks.
    */
   backlog?: number;
   /**

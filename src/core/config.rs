@@ -64,8 +64,8 @@ pub struct Config {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Length of the accept queue asked of the kernel (it caps it at
     /// `net.core.somaxconn`): a fleet reconnecting at once must not find
-    /// it full, or its SYNs are retransmitted a second later. Default: the
-    /// kernel's cap itself (see `listener::default_backlog`).
+    /// it full, or its SYNs are retransmitted a second later. Zero, the
+    /// default, asks for the kernel's cap itself (`listener::bind`).
     pub backlog: u32,
     /// A write that makes no progress for this long (the peer stopped
     /// reading) drops the connection; zero disables it.
@@ -143,7 +143,7 @@ impl Default for Config {
             per_message_deflate: false,
             per_message_deflate_threshold: 128,
             per_message_deflate_level: 6,
-            backlog: crate::core::listener::default_backlog(),
+            backlog: 0,
             history: false,
             history_size: 100,
             history_ttl: Duration::from_secs(300),

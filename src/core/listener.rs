@@ -52,10 +52,22 @@ pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, Stri
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Binds `addr` with an accept queue of `backlog` (`TcpListener::bind`
-/// asks for 1024 on Linux through mio but offers no way to choose; Node's
-/// default is 511). The kernel caps the queue at `net.core.somaxconn`.
+/// Binds `addr` with an accept queue of `backlog`, or of the kernel's cap
+/// for zero (`TcpListener::bind` asks for 1024 on Linux through mio but
+/// offers no way to choose). The kernel caps the queue at
+/// `net.core.somaxconn`.
+///
+/// Zero asks for the cap itself, as Go's `net.Listen` does, so that the
+/// queue is as deep as the host allows. Node's 511 (and uWebSockets' 512)
+/// overflowed under a storm of 2 000 opens on a busy 2-core host: the
+/// accept loop fell behind for a moment, and the connections past the
+/// queue waited a second for the handshake's retransmission. Where the
+/// cap cannot be read, 4096, Linux's default since 5.4.
 pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let backlog = match backlog {
+        0 => somaxconn().filter(|&c| c > 0).unwrap_or(4096),
+        n => n,
+    };
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {
@@ -66,24 +78,13 @@ pub async fn bind(addr: &str, backlog: u32) -> std::io::Result<TcpListener> {
         // As every server does: a restart must not wait for TIME_WAIT.
         #[cfg(unix)]
         socket.set_reuseaddr(true)?;
-        match socket.bind(a).and_then(|()| socket.listen(backlog.max(1))) {
+        match socket.bind(a).and_then(|()| socket.listen(backlog)) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }
     }
     Err(last
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address to bind")))
-}
-
-/// The accept queue asked for when the option is not given: the kernel's
-/// cap, as Go's `net.Listen` does, so that the queue is as deep as this
-/// host allows. Node's 511 (and uWebSockets' 512) overflowed under a
-/// storm of 2 000 opens on a busy 2-core host: the accept loop fell
-/// behind for a moment and the connections past the queue waited a
-/// second for the SYN-ACK's retransmission. 4096, Linux's cap since 5.4,
-/// where the cap cannot be read.
-pub fn default_backlog() -> u32 {
-    somaxconn().filter(|&c| c > 0).unwrap_or(4096)
 }
 
 /// The kernel's cap on accept queues, where it can be read.
@@ -358,4 +359,35 @@ pub fn ws_config(max_payload: usize) -> WebSocketConfig {
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_payload))
         .max_frame_size(Some(max_payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero asks for the kernel's cap: connections that nobody accepts
+    /// still complete their handshakes, as many as the cap (up to 1 000
+    /// here), where a queue of Node's 511 would stop at 512.
+    #[tokio::test]
+    async fn zero_asks_for_the_kernels_cap() {
+        let listener = bind("127.0.0.1:0", 0).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let want = somaxconn().unwrap_or(4096).min(1_000) as usize;
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut held = Vec::new();
+            while held.len() < want {
+                // A connection past a full queue has its SYN dropped and
+                // would wait a second for the retransmission.
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                    Ok(s) => held.push(s),
+                    Err(_) => break,
+                }
+            }
+            held.len()
+        })
+        .await
+        .unwrap();
+        assert_eq!(opened, want, "handshakes completed without an accept");
+        drop(listener);
+    }
 }
