@@ -6,6 +6,7 @@ import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import WebSocket from 'ws';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, lib, startServer, stopAll, sleep, until, needs, hasCommand } from './helpers.mjs';
@@ -336,6 +337,22 @@ describe('options of this hardening', () => {
     const logger = { error: l => lines.push(l), warn: l => lines.push(l), info: () => {} };
     await startServer({ logLevel: 'warn', logger, serverOptions: { perMessageDeflate: true } });
     assert.deepEqual(lines, []);
+  });
+
+  test("backlog: the default asks for the kernel's cap without a warning; more than the cap warns", async () => {
+    const cap = Number(fs.readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim());
+    const started = async backlog => {
+      const lines = [];
+      const logger = { error: l => lines.push(l), warn: l => lines.push(l), info: () => {} };
+      await startServer({ logLevel: 'warn', logger, ...(backlog === undefined ? {} : { backlog }) });
+      return lines.filter(l => /somaxconn/.test(l));
+    };
+    assert.deepEqual(await started(undefined), []);
+    assert.deepEqual(await started(cap), []);
+    const over = await started(cap + 1);
+    assert.equal(over.length, 1, 'one warning');
+    assert.match(over[0], new RegExp(`backlog.*${cap + 1}`));
+    assert.match(over[0], new RegExp(`somaxconn.*${cap}`));
   });
 
   test('integer options larger than 32 bits are refused, not wrapped', () => {
