@@ -80,7 +80,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::core::{deferred_wakes, task};
@@ -132,6 +131,10 @@ enum Role {
 thread_local! {
     /// Which party this thread is, for the runtime's park hooks.
     static ROLE: Cell<Role> = const { Cell::new(Role::None) };
+    /// This thread made the runner and owns it: the JS thread. A flag of
+    /// its own, read on every call, where `thread::current()` would clone
+    /// the thread's handle (a thread std did not start is not `main` to it).
+    static JS_THREAD: Cell<bool> = const { Cell::new(false) };
     /// The JS thread is inside `block_on` (a nested entry just runs).
     static TURNING: Cell<bool> = const { Cell::new(false) };
     /// Set by the park hook when the JS thread's turn ran out of work.
@@ -186,7 +189,6 @@ pub struct Runner {
     /// not.
     turns: AtomicU64,
     pump: OnceLock<PumpFn>,
-    js_thread: ThreadId,
     /// Node: the JS thread's event loop watches the runtime's descriptor,
     /// so the JS thread keeps the runtime between turns instead of handing
     /// it back (`loop_watch`).
@@ -216,7 +218,7 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
     static MAKING: Mutex<()> = Mutex::new(());
     let _making = MAKING.lock();
     if let Some(r) = RUNNER.get() {
-        return Ok((r.js_thread == std::thread::current().id()).then_some(*r));
+        return Ok(JS_THREAD.get().then_some(*r));
     }
     let epolls = loop_watch::epoll_fds();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -243,7 +245,6 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         pending: AtomicUsize::new(0),
         turns: AtomicU64::new(0),
         pump: OnceLock::new(),
-        js_thread: std::thread::current().id(),
         watch: OnceLock::new(),
         armed: AtomicBool::new(false),
         watch_broken: AtomicBool::new(false),
@@ -275,6 +276,9 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
         .name("ignis-ws-waiter".into())
         .spawn(move || runner.wait_loop())
         .map_err(|e| napi::Error::from_reason(format!("js-thread waiter: {e}")))?;
+    // Past every step that can fail: a thread that failed to make the
+    // runner must not pass for the one that owns another's.
+    JS_THREAD.set(true);
     let _ = RUNNER.set(runner);
     runner.hand_back();
     Ok(Some(runner))
@@ -402,7 +406,7 @@ impl Runner {
     /// On the JS thread and not inside a turn already: a call here turns
     /// the runtime (elsewhere its body just runs).
     fn can_turn(&self) -> bool {
-        !TURNING.get() && std::thread::current().id() == self.js_thread
+        !TURNING.get() && JS_THREAD.get()
     }
 
     /// On the JS thread, before a turn: the waiter lets go of the runtime.
