@@ -7,11 +7,14 @@
 // --shape json: a 1.6 KB JSON list of products, different in every message
 // (what compression meets in an application), instead of `size` x's.
 // --rate 0 (default) publishes as fast as Redis takes it. Prints one JSON line.
+// --wait 1: connect, print READY, and start publishing at the first line on
+// stdin (a burst's clock then starts at its first publication, not at this
+// process's start).
 import { createRequire } from 'node:module';
 import Redis from 'ioredis';
 
 const require = createRequire(import.meta.url);
-const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100, history: 0, shape: 'pad' };
+const opt = { kind: 'ignis', redis: '', count: 100, rate: 0, room: 'bench', event: 'bench', size: 100, history: 0, shape: 'pad', wait: 0 };
 for (let i = 2; i < process.argv.length; i += 2) {
   const k = process.argv[i].replace(/^--/, '');
   opt[k] = typeof opt[k] === 'number' ? Number(process.argv[i + 1]) : process.argv[i + 1];
@@ -53,6 +56,13 @@ if (opt.kind === 'ignis') {
   throw new Error(`unknown --kind ${opt.kind}`);
 }
 
+if (opt.wait > 0) {
+  console.log('READY');
+  const go = await new Promise(r => process.stdin.once('data', () => r(true)).once('end', () => r(false)));
+  // Closed without a word: the run this was for has ended.
+  if (!go) process.exit(1);
+  process.stdin.destroy();
+}
 const t0 = now();
 if (opt.rate > 0) {
   const gap = 1000 / opt.rate;

@@ -140,13 +140,26 @@ function runLoadgen(args, { onReady, onResult, timeoutMs = 120_000 } = {}) {
   });
 }
 
-function publish(c, redis, args) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(...onCpu(1, node, [path.join(here, 'publish.mjs'), '--kind', c.pub, '--redis', redis.url, ...args]), { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', d => (out += d));
-    p.on('exit', code => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`publisher exited ${code}`))));
+/**
+ * Starts the publisher: `ready` resolves once it is connected to Redis,
+ * `go()` starts the publications, `done` resolves with its result. A
+ * burst's clock starts at `go()`, so the publisher's own start (≈ 0.12 s:
+ * Node, the addon, the Redis connection) is not counted as delivery time.
+ */
+function publisher(c, redis, args) {
+  const p = spawn(...onCpu(1, node, [path.join(here, 'publish.mjs'), '--kind', c.pub, '--redis', redis.url, '--wait', '1', ...args]), { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  let onReady;
+  const ready = new Promise(r => (onReady = r));
+  p.stdout.on('data', d => {
+    out += d;
+    if (out.includes('READY\n')) onReady();
   });
+  const done = new Promise((resolve, reject) =>
+    p.on('exit', code => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`publisher exited ${code}`)))),
+  );
+  done.catch(() => {});
+  return { ready: Promise.race([ready, done]), go: () => p.stdin.write('go\n'), stop: () => p.stdin.end(), done };
 }
 
 const proto = c => ['--proto', c.proto ?? 'ignis'];
@@ -204,16 +217,18 @@ export const SCENARIOS = {
         let started;
         let cpu0;
         let threads0;
+        const pub = publisher(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]);
         // A burst reports no latency: the load generator skips the stamps.
         const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], {
-          onReady: () => {
+          onReady: async () => {
+            await pub.ready;
             cpu0 = cpuOf(s.pid);
             threads0 = threadCpu(s.pid);
             started = performance.now();
-            publish(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
+            pub.go();
           },
         });
-        const r = await result;
+        const r = await result.finally(pub.stop);
         return {
           deliveries_per_s: r.deliveries / ((r.at - started) / 1000),
           time_to_last_ms: r.at - started,
@@ -250,7 +265,8 @@ export const SCENARIOS = {
           onReady: () => {
             cpu0 = cpuOf(s.pid);
             threads0 = threadCpu(s.pid);
-            publish(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]).catch(() => {});
+            const pub = publisher(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]);
+            pub.ready.then(pub.go);
           },
         });
         return {
