@@ -123,6 +123,61 @@ describe('runMode', () => {
   });
 });
 
+describe('a server on a worker thread', () => {
+  // The worker is terminated without shutdown(): its server must go with
+  // it, as the worker's own sockets do, or it keeps its port and its
+  // clients with no JavaScript left to answer them. The main thread has the
+  // addon loaded too, so the engine outlives the worker.
+  for (const mode of ['threads', 'js-thread']) {
+    test(`${mode}: ends with its worker, closing its clients (1001) and freeing its port`, () => {
+      const code = `
+        const { Worker } = await import('node:worker_threads');
+        const { WebSocketServer } = (await import(${JSON.stringify(dist)})).default ?? await import(${JSON.stringify(dist)});
+        const WebSocket = (await import(${JSON.stringify(wsLib)})).default;
+        const w = new Worker(\`
+          (async () => {
+            const { parentPort } = await import('node:worker_threads');
+            const m = await import(${JSON.stringify(dist)});
+            const ws = new (m.default ?? m).WebSocketServer({ host: '127.0.0.1', port: 0, logLevel: 'silent', runMode: '${mode}', authenticateFn: () => ({ userId: 'u' }) });
+            await ws.configure();
+            parentPort.postMessage({ port: ws.port, mode: ws.runMode });
+          })();
+        \`, { eval: true });
+        const { port, mode } = await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+        const c = new WebSocket('ws://127.0.0.1:' + port + '/ws');
+        await new Promise((resolve, reject) => { c.once('open', resolve); c.once('error', reject); });
+        c.send(JSON.stringify({ event: 'authenticate', data: {} }));
+        const first = await new Promise(resolve => c.once('message', d => resolve(JSON.parse(String(d)))));
+        const closed = new Promise(resolve => c.once('close', code => resolve(code)));
+        await w.terminate();
+        let timer;
+        const closeCode = await Promise.race([closed, new Promise(r => (timer = setTimeout(() => r('still open after 5 s'), 5000)))]);
+        clearTimeout(timer);
+        // Bound again from the main thread: the worker's listener is gone.
+        const again = new WebSocketServer({ host: '127.0.0.1', port, logLevel: 'silent', runMode: '${mode}', authenticateFn: () => ({ userId: 'u' }) });
+        let rebound;
+        try {
+          await again.configure();
+          rebound = again.port === port;
+        } catch (e) {
+          rebound = String(e?.message ?? e);
+        }
+        console.log(JSON.stringify({ mode, first: first.event, closeCode, rebound, mainMode: again.runMode }));
+        await again.shutdown();`;
+      const r = child(code);
+      assert.equal(r.status, 0, r.err);
+      const got = JSON.parse(r.out.split('\n').pop());
+      assert.equal(got.mode, mode);
+      assert.equal(got.first, 'connected');
+      assert.equal(got.closeCode, 1001);
+      assert.equal(got.rebound, true);
+      // js-thread belongs to the first JavaScript thread that asked for it
+      // (here the worker, now gone): the main thread's server runs on threads.
+      assert.equal(got.mainMode, 'threads');
+    });
+  }
+});
+
 describe('runMode js-thread', () => {
   test('work that arrives while JavaScript is idle is served: a client frame, and a send from a timer', async () => {
     const { ws, url } = await echoServer('js-thread');

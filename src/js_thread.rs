@@ -209,6 +209,12 @@ pub struct Runner {
 
 static RUNNER: OnceLock<&'static Runner> = OnceLock::new();
 
+/// Whether the calling thread is the process's main thread (not a worker
+/// thread of Node or Bun).
+pub fn on_main_thread() -> bool {
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
 /// The process's runner, made on first use from the calling JS thread; the
 /// runner belongs to that thread (`None` from any other, e.g. a worker
 /// thread of Node, whose servers run on threads instead).
@@ -254,9 +260,8 @@ pub fn runner(env: &Env) -> napi::Result<Option<&'static Runner>> {
     }));
     // Only on the process's main thread: a worker's loop is closed when the
     // worker ends, which a handle left open on it would abort.
-    let main_thread = unsafe { libc::gettid() == libc::getpid() };
     if let Some(watch) = epfd
-        .filter(|_| main_thread && watch_wanted())
+        .filter(|_| on_main_thread() && watch_wanted())
         .and_then(|fd| LoopWatch::new(env, fd, on_readable))
     {
         let _ = runner.watch.set(watch);

@@ -170,6 +170,29 @@ struct JsLines {
     stderr: StderrLog,
 }
 
+/// A server made on a worker thread is shut down when that thread's
+/// JavaScript environment ends (the worker finished or was terminated
+/// without `shutdown()`), as the worker's own sockets are: otherwise it
+/// would keep its port, and its clients, with nobody left to answer them.
+/// The shutdown is started, not awaited; it goes on on the server's
+/// runtime. On the main thread the process's exit ends everything anyway.
+fn end_with_thread(
+    env: &napi::Env,
+    server: &Arc<Mutex<Option<Arc<Server>>>>,
+    exec: Exec,
+) -> Result<()> {
+    // Weak: the hook stays registered until the thread ends, and must not
+    // keep a server that was dropped before then.
+    let slot = Arc::downgrade(server);
+    env.add_env_cleanup_hook(slot, move |slot| {
+        let Some(s) = slot.upgrade().and_then(|slot| slot.lock().clone()) else {
+            return;
+        };
+        exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
+    })?;
+    Ok(())
+}
+
 #[napi]
 impl NativeServer {
     #[napi(constructor)]
@@ -237,6 +260,10 @@ impl NativeServer {
         };
         let has_logger = log.is_some();
         let logger = logger?;
+        let server = Arc::new(Mutex::new(None));
+        if !crate::js_thread::on_main_thread() {
+            end_with_thread(&env, &server, exec)?;
+        }
         Ok(NativeServer {
             config,
             redis,
@@ -247,7 +274,7 @@ impl NativeServer {
                 format: has_logger.then_some(format),
                 stderr,
             },
-            server: Arc::new(Mutex::new(None)),
+            server,
             exec,
         })
     }

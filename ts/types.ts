@@ -280,6 +280,8 @@ export interface IWebSocketServerOptions<
    * `js-thread` when the process may use two cores at most (affinity mask,
    * cgroup quota), else `threads`; the environment variable
    * `IGNIS_WS_RUN_MODE` (`js-thread` or `threads`) overrides `auto`.
+   * `js-thread` belongs to the first JavaScript thread that starts a server
+   * in it; a server made on another thread (a worker) runs on `threads`.
    * `ws.runMode` tells which one runs.
    */
   runMode?: 'auto' | 'js-thread' | 'threads';
