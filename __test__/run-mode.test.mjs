@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import os from 'node:os';
 import { Client, startServer, stopAll, sleep, lib, hasCommand, needs, until } from './helpers.mjs';
-import { noRedis, sharedRedis } from './redis-helpers.mjs';
+import { noRedis, sharedRedis, startRedis } from './redis-helpers.mjs';
 
 after(stopAll);
 
@@ -176,6 +176,53 @@ describe('a server on a worker thread', () => {
       assert.equal(got.mainMode, 'threads');
     });
   }
+
+  test('with Redis: the Redis connections of a worker\'s server and emitter close when it ends', { skip: noRedis }, async () => {
+    const redis = await startRedis();
+    const open = () => redis.cli('CLIENT', 'LIST').split('\n').filter(l => l && !/cmd=client\|list/.test(l)).length;
+    try {
+      const code = `
+        const { Worker } = await import('node:worker_threads');
+        await import(${JSON.stringify(dist)});
+        const w = new Worker(\`
+          (async () => {
+            const { parentPort } = await import('node:worker_threads');
+            const m = await import(${JSON.stringify(dist)});
+            const lib = m.default ?? m;
+            globalThis.ws = new lib.WebSocketServer({ host: '127.0.0.1', port: 0, logLevel: 'silent', redis: '${redis.url}', history: true, presence: true, authenticateFn: () => ({ userId: 'u' }) });
+            await globalThis.ws.configure();
+            globalThis.emitter = new lib.WebSocketEmitter({ redis: '${redis.url}' });
+            await globalThis.emitter.configure();
+            await globalThis.emitter.toRoom({ room: 'r', event: 'x', data: 1 });
+            parentPort.postMessage('ready');
+          })();
+        \`, { eval: true });
+        await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+        console.log('ready');
+        // Held until told: the test counts the connections meanwhile.
+        await new Promise(r => process.stdin.once('data', r));
+        await w.terminate();
+        console.log('terminated');
+        await new Promise(r => process.stdin.once('data', r));`;
+      const [cmd, ...args] = [process.execPath, '--input-type=module', '-e', code];
+      const p = spawn(cmd, process.versions.bun ? args.filter(a => a !== '--input-type=module') : args, { stdio: ['pipe', 'pipe', 'inherit'] });
+      let out = '';
+      p.stdout.on('data', d => (out += d));
+      try {
+        await until(() => out.includes('ready'), 10000, 'the worker\'s server and emitter');
+        const running = open();
+        // The server's subscriber, publisher and store, and the emitter's.
+        assert.ok(running >= 4, `${running} connections while the worker runs`);
+        p.stdin.write('go\n');
+        await until(() => out.includes('terminated'), 10000, 'the worker to end');
+        await until(() => open() === 0, 3000, 'every connection closed after the worker ended');
+      } finally {
+        p.kill('SIGKILL');
+      }
+    } finally {
+      await redis.stop();
+    }
+  });
 });
 
 describe('runMode js-thread', () => {

@@ -15,3 +15,4 @@ mod native_server;
 mod options;
 mod queued_sends;
 mod run_mode;
+mod worker_end;

@@ -17,6 +17,7 @@ use crate::js_handlers::{weak, HandshakeResult, JsHandlers, JsLog, TransformResu
 use crate::options::{to_config, to_redis_config, LogFormat, NativeOptions};
 use crate::queued_sends;
 use crate::run_mode::{act_on, with_core, Exec};
+use crate::worker_end::on_worker_end;
 use napi::bindgen_prelude::{FnArgs, Function, Promise};
 use napi::{Error, Result, Status};
 use napi_derive::napi;
@@ -170,29 +171,6 @@ struct JsLines {
     stderr: StderrLog,
 }
 
-/// A server made on a worker thread is shut down when that thread's
-/// JavaScript environment ends (the worker finished or was terminated
-/// without `shutdown()`), as the worker's own sockets are: otherwise it
-/// would keep its port, and its clients, with nobody left to answer them.
-/// The shutdown is started, not awaited; it goes on on the server's
-/// runtime. On the main thread the process's exit ends everything anyway.
-fn end_with_thread(
-    env: &napi::Env,
-    server: &Arc<Mutex<Option<Arc<Server>>>>,
-    exec: Exec,
-) -> Result<()> {
-    // Weak: the hook stays registered until the thread ends, and must not
-    // keep a server that was dropped before then.
-    let slot = Arc::downgrade(server);
-    env.add_env_cleanup_hook(slot, move |slot| {
-        let Some(s) = slot.upgrade().and_then(|slot| slot.lock().clone()) else {
-            return;
-        };
-        exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
-    })?;
-    Ok(())
-}
-
 #[napi]
 impl NativeServer {
     #[napi(constructor)]
@@ -260,10 +238,14 @@ impl NativeServer {
         };
         let has_logger = log.is_some();
         let logger = logger?;
-        let server = Arc::new(Mutex::new(None));
-        if !crate::js_thread::on_main_thread() {
-            end_with_thread(&env, &server, exec)?;
-        }
+        let server: Arc<Mutex<Option<Arc<Server>>>> = Arc::new(Mutex::new(None));
+        // Shut down with its worker (`worker_end`); started, not awaited: it
+        // goes on on the server's runtime.
+        on_worker_end(&env, &server, move |slot| {
+            if let Some(s) = slot.lock().clone() {
+                exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
+            }
+        })?;
         Ok(NativeServer {
             config,
             redis,

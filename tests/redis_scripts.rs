@@ -71,7 +71,7 @@ fn redis_server() -> Option<RedisServer> {
 
 async fn store(url: &str) -> Store {
     let client = redis::Client::open(url).unwrap();
-    Store::Standalone(redis::aio::ConnectionManager::new(client).await.unwrap())
+    Store::standalone(redis::aio::ConnectionManager::new(client).await.unwrap())
 }
 
 fn cfg(size: usize) -> HistoryConfig {
@@ -203,4 +203,33 @@ async fn presence_entries_expire_when_not_refreshed() {
     .await
     .unwrap();
     assert_eq!(count(s.run(&get).await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn a_closed_store_lets_its_connection_go_for_every_clone() {
+    let Some(server) = redis_server() else { return };
+    let s = store(&server.url).await;
+    let clone = s.clone();
+    let a = Appender::new("instance-a".into());
+    clone.run(&append(&a, "r", 1)).await.unwrap();
+    let open = || {
+        let mut c = redis::Client::open(server.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+        // Connections other than the one asking.
+        list.lines().filter(|l| !l.contains("cmd=client|list")).count()
+    };
+    assert_eq!(open(), 1);
+    s.close();
+    let err = clone.run(&append(&a, "r", 2)).await.unwrap_err();
+    assert!(err.to_string().contains("closed"), "{err}");
+    for _ in 0..200 {
+        if open() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the store's connection is still open after close()");
 }

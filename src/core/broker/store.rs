@@ -7,10 +7,11 @@
 //! (a join's replay, a gap fill, `getPresence`) go through a [`Store`],
 //! a connection of its own that reconnects by itself.
 
+use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The prologue of both history scripts: the room's epoch, a new one
@@ -211,20 +212,23 @@ impl ScriptCall {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A connection for awaited requests: a `ConnectionManager` (standalone:
-/// it reconnects by itself) or a clone of the cluster connection.
+/// it reconnects by itself) or a clone of the cluster connection, shared by
+/// every clone of the store until [`Store::close`].
 #[derive(Clone)]
-pub enum Store {
+pub struct Store(Arc<Mutex<Option<Conn>>>);
+
+#[derive(Clone)]
+enum Conn {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
-/// A store is a connection like the one it wraps (the requests below are
-/// written once for both).
-impl redis::aio::ConnectionLike for Store {
+/// The requests below are written once for both kinds of connection.
+impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
-            Store::Standalone(c) => c.req_packed_command(cmd),
-            Store::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -235,20 +239,42 @@ impl redis::aio::ConnectionLike for Store {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
-            Store::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            Store::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Store::Standalone(c) => c.get_db(),
-            Store::Cluster(c) => c.get_db(),
+            Conn::Standalone(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
         }
     }
 }
 
 impl Store {
+    pub fn standalone(c: ConnectionManager) -> Store {
+        Store(Arc::new(Mutex::new(Some(Conn::Standalone(c)))))
+    }
+
+    pub fn cluster(c: ClusterConnection) -> Store {
+        Store(Arc::new(Mutex::new(Some(Conn::Cluster(c)))))
+    }
+
+    /// Lets the connection go, for every clone: a connection's driver runs
+    /// until its last handle is dropped, so a stopped server would
+    /// otherwise keep it open for as long as the process lives. Requests
+    /// made afterwards fail.
+    pub fn close(&self) {
+        self.0.lock().take();
+    }
+
+    fn conn(&self) -> RedisResult<Conn> {
+        self.0.lock().clone().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "the Redis store is closed"))
+        })
+    }
+
     /// Runs a script (loading it first when the server does not know it,
     /// as after a restart), bounded by [`REQUEST_TIMEOUT`].
     pub async fn run(&self, call: &ScriptCall) -> RedisResult<Value> {
@@ -280,12 +306,12 @@ impl Store {
     /// reconnects by itself, but fails the request that found it broken.
     async fn retried<'a, F, Fut>(&self, request: F) -> RedisResult<Value>
     where
-        F: Fn(Store) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<Value>> + 'a,
     {
-        match timed(request(self.clone())).await {
+        match timed(request(self.conn()?)).await {
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
-                timed(request(self.clone())).await
+                timed(request(self.conn()?)).await
             }
             r => r,
         }

@@ -116,7 +116,7 @@ impl RedisBroker {
                     Some(s),
                     None,
                     None,
-                    Store::Standalone(st),
+                    Store::standalone(st),
                 )
             }
             Endpoint::Cluster { nodes, sharded } => {
@@ -137,7 +137,7 @@ impl RedisBroker {
                     None,
                     Some(rx),
                     Some(client),
-                    Store::Cluster(conn),
+                    Store::cluster(conn),
                 )
             }
         };
@@ -329,6 +329,8 @@ impl Broker for RedisBroker {
             for t in inner.tasks.lock().drain(..) {
                 t.abort();
             }
+            // The history's and presence's connection goes too.
+            inner.store.close();
         }
         .boxed()
     }
