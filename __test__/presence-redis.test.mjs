@@ -55,6 +55,19 @@ describe('presence in Redis', { skip: noRedis }, () => {
     b1.close();
   });
 
+  test('shutdown() takes the instance\'s members out of presence before it resolves', async () => {
+    const b = await instance();
+    // Each round: the last writes before the bus stops are the removals.
+    for (let round = 0; round < 10; round++) {
+      const a = await instance();
+      await member(a, `s${round}-1`, 'stop-room');
+      await member(a, `s${round}-2`, 'stop-room');
+      await until(async () => (await b.ws.getPresence({ room: 'stop-room' })).length === 2, 2000, 'both members listed');
+      await a.ws.shutdown();
+      assert.deepEqual(await b.ws.getPresence({ room: 'stop-room' }), [], `round ${round}: members left behind`);
+    }
+  });
+
   test('the members of an instance killed with -9 vanish within presence.ttl', async () => {
     const ttl = 1500;
     const dead = await soakServer({ redis: redis.url, presence: { ttl } }, {}, { sameRuntime: true });

@@ -219,7 +219,9 @@ async fn a_closed_store_lets_its_connection_go_for_every_clone() {
             .unwrap();
         let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
         // Connections other than the one asking.
-        list.lines().filter(|l| !l.contains("cmd=client|list")).count()
+        list.lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
     };
     assert_eq!(open(), 1);
     s.close();

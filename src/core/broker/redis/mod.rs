@@ -304,16 +304,19 @@ impl Broker for RedisBroker {
             if inner.closing.swap(true, Ordering::AcqRel) {
                 return;
             }
-            // Give queued publications a moment to leave (bounded).
+            // Give queued publications a moment to leave (bounded), the
+            // batch being written included: the writer is stopped below,
+            // and a batch cut off mid-write would be lost uncounted.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while !inner.queue.lock().is_empty()
+            let left = || inner.queue.lock().len() as u64 + inner.in_flight.load(Ordering::Acquire);
+            while left() > 0
                 && inner.state.load(Ordering::Acquire) == STATE_CONNECTED
                 && Instant::now() < deadline
             {
                 inner.queue_notify.notify_one();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let left = inner.queue.lock().len() as u64;
+            let left = left();
             if left > 0 {
                 inner
                     .stats
