@@ -26,8 +26,9 @@ pub enum RunMode {
 /// the Redis connections on a thread of their own, it measured ahead of
 /// `threads` on request/response, steady fan-out and cross-instance
 /// latency, and on fan-out bursts within 15 % or, in the latest runs,
-/// ahead (docs/PERFORMANCE.md, "Run modes"). Beyond, the parallel socket side leaves the JS thread to the
-/// handlers (not measured: the bench's machine has two cores).
+/// ahead (docs/PERFORMANCE.md, "Run modes"). Beyond, the parallel socket
+/// side leaves the JS thread to the handlers (not measured: the bench's
+/// machine has two cores).
 pub const JS_THREAD_MAX_CORES: usize = 2;
 
 /// The environment variable that stands in for `auto` (deployments and the

@@ -16,7 +16,7 @@ use std::sync::Arc;
 ///
 /// The hook holds `state` weakly, so that it keeps nothing alive that was
 /// dropped before the thread ended; it stays registered until then.
-pub fn on_worker_end<T: Send + Sync + 'static>(
+pub fn on_worker_end<T: 'static>(
     env: &napi::Env,
     state: &Arc<T>,
     on_end: impl FnOnce(Arc<T>) + 'static,
