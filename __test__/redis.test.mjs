@@ -203,6 +203,31 @@ describe('connections', { skip: noRedis }, () => {
   });
 });
 
+describe('shutdown', { skip: noRedis }, () => {
+  test('a publication Redis has not answered yet when shutdown() begins still reaches the other instances', async () => {
+    const own = await startRedis();
+    try {
+      const opts = { redis: own.url, validateRoomFn: ({ rooms }) => rooms };
+      const a = await startServer(opts);
+      const b = await startServer(opts);
+      const member = await Client.auth(b.url, { token: 'm' });
+      await joined(b, member, ['last-words']);
+      await settle();
+      // Redis takes the PUBLISH but holds it for 300 ms: it is written and
+      // unanswered when the sending instance starts shutting down.
+      own.cli('CLIENT', 'PAUSE', '300', 'WRITE');
+      a.ws.send({ destination: 'last-words', payload: { topic: 'bye', data: 1 } });
+      await sleep(50);
+      await a.ws.shutdown();
+      assert.deepEqual(await member.next('bye', 2000), { event: 'bye', data: 1 });
+      assert.equal(a.ws.stats().busPublishDropped, 0);
+      member.close();
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
 describe('redis option forms', { skip: noRedis }, () => {
   test('a URL, an options object, an ioredis client and an Ignis RedisHelper all connect', async () => {
     const { default: IORedis } = await import('ioredis');
