@@ -58,6 +58,10 @@ export async function startRedis(extraArgs = [], dir) {
     cli(...args) {
       return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).trim();
     },
+    /** How many clients are connected, the one asking not counted. */
+    connections() {
+      return r.cli('CLIENT', 'LIST').split('\n').filter(l => l && !/cmd=client\|list/.test(l)).length;
+    },
   };
   await r.start();
   return r;

@@ -180,22 +180,20 @@ describe('subscriptions follow local interest', { skip: noRedis }, () => {
 describe('connections', { skip: noRedis }, () => {
   test('a server shut down leaves none of its Redis connections open, the one for history and presence requests included', async () => {
     const own = await startRedis();
-    // Connections other than the one asking.
-    const open = () => own.cli('CLIENT', 'LIST').split('\n').filter(l => l && !/cmd=client\|list/.test(l)).length;
     try {
       for (let round = 0; round < 3; round++) {
-        const { ws, url } = await startServer({ redis: own.url, history: true, presence: true, validateRoomFn: ({ rooms }) => rooms });
-        const c = await Client.auth(url);
-        c.emit('join', { rooms: ['r'], recover: {} });
-        await until(() => ws.getClients({ id: c.id })?.rooms.has('r'), 2000, 'join');
+        const s = await startServer({ redis: own.url, history: true, presence: true, validateRoomFn: ({ rooms }) => rooms });
+        const { ws } = s;
+        const c = await Client.auth(s.url);
+        await joined(s, c, ['r']);
         // A history request and a presence request: the store's connection is in use.
         ws.sendToRoom({ room: 'r', event: 'x', data: round });
         await c.next('x');
         assert.equal((await ws.getPresence({ room: 'r' })).length, 1);
-        assert.ok(open() >= 3, `a running server holds its connections (${open()})`);
+        assert.ok(own.connections() >= 3, `a running server holds its connections (${own.connections()})`);
         c.close();
         await ws.shutdown();
-        await until(() => open() === 0, 3000, `no connection left open after shutdown ${round + 1}`);
+        await until(() => own.connections() === 0, 3000, `no connection left open after shutdown ${round + 1}`);
       }
     } finally {
       await own.stop();

@@ -50,10 +50,15 @@ async function blockingServer(ms) {
   return started;
 }
 
+/** The command and arguments running `code` (an ES module body) in this runtime. */
+function moduleCommand(code, prefix = []) {
+  const [cmd, ...args] = [...prefix, process.execPath, '--input-type=module', '-e', code];
+  return [cmd, process.versions.bun ? args.filter(a => a !== '--input-type=module') : args];
+}
+
 /** Runs `code` (an ES module body) in a fresh process of this runtime. */
 function child(code, { env = {}, prefix = [] } = {}) {
-  const [cmd, ...args] = [...prefix, process.execPath, '--input-type=module', '-e', code];
-  const r = spawnSync(cmd, process.versions.bun ? args.filter(a => a !== '--input-type=module') : args, {
+  const r = spawnSync(...moduleCommand(code, prefix), {
     env: { ...process.env, IGNIS_WS_RUN_MODE: '', ...env },
     encoding: 'utf8',
     timeout: 20000,
@@ -179,7 +184,6 @@ describe('a server on a worker thread', () => {
 
   test('with Redis: the Redis connections of a worker\'s server and emitter close when it ends', { skip: noRedis }, async () => {
     const redis = await startRedis();
-    const open = () => redis.cli('CLIENT', 'LIST').split('\n').filter(l => l && !/cmd=client\|list/.test(l)).length;
     try {
       const code = `
         const { Worker } = await import('node:worker_threads');
@@ -204,18 +208,17 @@ describe('a server on a worker thread', () => {
         await w.terminate();
         console.log('terminated');
         await new Promise(r => process.stdin.once('data', r));`;
-      const [cmd, ...args] = [process.execPath, '--input-type=module', '-e', code];
-      const p = spawn(cmd, process.versions.bun ? args.filter(a => a !== '--input-type=module') : args, { stdio: ['pipe', 'pipe', 'inherit'] });
+      const p = spawn(...moduleCommand(code), { stdio: ['pipe', 'pipe', 'inherit'] });
       let out = '';
       p.stdout.on('data', d => (out += d));
       try {
         await until(() => out.includes('ready'), 10000, 'the worker\'s server and emitter');
-        const running = open();
+        const running = redis.connections();
         // The server's subscriber, publisher and store, and the emitter's.
         assert.ok(running >= 4, `${running} connections while the worker runs`);
         p.stdin.write('go\n');
         await until(() => out.includes('terminated'), 10000, 'the worker to end');
-        await until(() => open() === 0, 3000, 'every connection closed after the worker ended');
+        await until(() => redis.connections() === 0, 3000, 'every connection closed after the worker ended');
       } finally {
         p.kill('SIGKILL');
       }

@@ -293,7 +293,7 @@ impl Broker for RedisBroker {
                 STATE_DISCONNECTED => "disconnected",
                 _ => "closed",
             },
-            publish_buffered: i.queue.lock().len() as u64 + i.in_flight.load(Ordering::Relaxed),
+            publish_buffered: i.buffered(),
             subscribed_channels: i.live.lock().len() as u64,
         }
     }
@@ -308,15 +308,14 @@ impl Broker for RedisBroker {
             // batch being written included: the writer is stopped below,
             // and a batch cut off mid-write would be lost uncounted.
             let deadline = Instant::now() + Duration::from_secs(2);
-            let left = || inner.queue.lock().len() as u64 + inner.in_flight.load(Ordering::Acquire);
-            while left() > 0
+            while inner.buffered() > 0
                 && inner.state.load(Ordering::Acquire) == STATE_CONNECTED
                 && Instant::now() < deadline
             {
                 inner.queue_notify.notify_one();
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let left = left();
+            let left = inner.buffered();
             if left > 0 {
                 inner
                     .stats

@@ -61,6 +61,13 @@ pub(super) struct Inner {
 pub(super) const BUS_BATCH: usize = 32;
 
 impl Inner {
+    /// Publications not yet confirmed by Redis: queued, or taken off the
+    /// queue by the writer and being written (which sets `in_flight` under
+    /// the queue's lock before it drains, so the sum is never short).
+    pub(super) fn buffered(&self) -> u64 {
+        self.queue.lock().len() as u64 + self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Messages from the subscriptions, to the subscriber in one call.
     pub(super) fn receive(&self, batch: &[redis::Msg]) {
         self.stats
