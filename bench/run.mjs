@@ -109,11 +109,18 @@ async function startServer(c, redis, env = {}) {
 /**
  * Runs the load generator; resolves with its JSON result (and `at`, when it
  * arrived). `onReady` runs when it prints READY, `onResult` as soon as the
- * result line arrives (the idle mode still holds its sockets then).
+ * result line arrives (the idle mode still holds its sockets then). If
+ * `failWith` rejects first (a publisher that died), the load generator is
+ * stopped and the run fails with that error instead of waiting for its
+ * timeout.
  */
-function runLoadgen(args, { onReady, onResult, timeoutMs = 120_000 } = {}) {
+function runLoadgen(args, { onReady, onResult, failWith, timeoutMs = 120_000 } = {}) {
   return new Promise((resolve, reject) => {
     const lg = spawn(...onCpu(1, loadgen, args), { stdio: ['ignore', 'pipe', 'pipe'] });
+    failWith?.catch(e => {
+      if (lg.exitCode === null) lg.kill('SIGKILL');
+      reject(e);
+    });
     let out = '';
     let err = '';
     let ready = false;
@@ -158,8 +165,12 @@ function publisher(c, redis, args) {
   const done = new Promise((resolve, reject) =>
     p.on('exit', code => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`publisher exited ${code}`)))),
   );
+  // Either may be read only later (at the load generator's READY): a death
+  // before then is not an unhandled rejection, but each reader still sees it.
+  const readyOrDied = Promise.race([ready, done]);
   done.catch(() => {});
-  return { ready: Promise.race([ready, done]), go: () => p.stdin.write('go\n'), stop: () => p.stdin.end(), done };
+  readyOrDied.catch(() => {});
+  return { ready: readyOrDied, go: () => p.stdin.write('go\n'), stop: () => p.stdin.end(), done };
 }
 
 const proto = c => ['--proto', c.proto ?? 'ignis'];
@@ -220,13 +231,14 @@ export const SCENARIOS = {
         const pub = publisher(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]);
         // A burst reports no latency: the load generator skips the stamps.
         const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], {
-          onReady: async () => {
-            await pub.ready;
-            cpu0 = cpuOf(s.pid);
-            threads0 = threadCpu(s.pid);
-            started = performance.now();
-            pub.go();
-          },
+          failWith: pub.done,
+          onReady: () =>
+            pub.ready.then(() => {
+              cpu0 = cpuOf(s.pid);
+              threads0 = threadCpu(s.pid);
+              started = performance.now();
+              pub.go();
+            }, () => {}),
         });
         const r = await result.finally(pub.stop);
         return {
@@ -261,14 +273,16 @@ export const SCENARIOS = {
       return withServer(c, redis, async s => {
         let cpu0;
         let threads0;
+        const pub = publisher(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]);
         const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30', ...(deflate ? ['--deflate', '1'] : [])], {
-          onReady: () => {
-            cpu0 = cpuOf(s.pid);
-            threads0 = threadCpu(s.pid);
-            const pub = publisher(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]);
-            pub.ready.then(pub.go);
-          },
-        });
+          failWith: pub.done,
+          onReady: () =>
+            pub.ready.then(() => {
+              cpu0 = cpuOf(s.pid);
+              threads0 = threadCpu(s.pid);
+              pub.go();
+            }, () => {}),
+        }).finally(pub.stop);
         return {
           p50_ms: r.p50_ms,
           p99_ms: r.p99_ms,
