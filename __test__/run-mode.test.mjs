@@ -176,6 +176,9 @@ describe('a server on a worker thread', () => {
       assert.equal(got.first, 'connected');
       assert.equal(got.closeCode, 1001);
       assert.equal(got.rebound, true);
+      // Said once, on stderr, whatever the server's log level: nothing else
+      // tells the application that its server went with the worker.
+      assert.equal(r.err.split('ended before shutdown()').length - 1, 1, r.err);
       // js-thread belongs to the first JavaScript thread that asked for it
       // (here the worker, now gone): the main thread's server runs on threads.
       assert.equal(got.mainMode, 'threads');

@@ -210,11 +210,16 @@ impl Handlers for JsHandlers {
     }
 
     fn deliver(&self, events: &mut Vec<AppEvent>) -> BoxFuture<'static, ()> {
+        let count = events.len();
         let call = call_js(self.runner, &self.deliver, batch_json(events));
         async move {
             if let Err(e) = call.await {
                 crate::core::log::stderr::write(
-                    format!("[ignis-ws] error event delivery failed: {}\n", reason(e)).as_bytes(),
+                    format!(
+                        "[ignis-ws] error {count} connect/disconnect/message event(s) not delivered to JavaScript: {}\n",
+                        reason(e)
+                    )
+                    .as_bytes(),
                 );
             }
         }

@@ -243,6 +243,12 @@ impl NativeServer {
         // goes on on the server's runtime.
         on_worker_end(&env, &server, move |slot| {
             if let Some(s) = slot.lock().clone() {
+                if !s.is_shutting_down() {
+                    crate::core::log::stderr::write(
+                        b"[ignis-ws] warn the worker thread that made this server ended before shutdown(); \
+                          shutting it down (clients get 1001; its last events cannot reach JavaScript)\n",
+                    );
+                }
                 exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
             }
         })?;

@@ -287,6 +287,11 @@ impl Server {
         }
     }
 
+    /// Whether `shutdown()` has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.env.connections.is_shutting_down()
+    }
+
     /// The bound address; `None` when the server only serves attached sockets.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
@@ -296,7 +301,7 @@ impl Server {
     /// `upgrade` event): `head` is every byte already read from it, starting
     /// with the request line, which the upgrade reads first.
     pub fn adopt(&self, stream: std::net::TcpStream, head: Vec<u8>) -> io::Result<()> {
-        if self.env.connections.is_shutting_down() {
+        if self.is_shutting_down() {
             return Err(io::Error::other("server is shutting down"));
         }
         stream.set_nonblocking(true)?;
