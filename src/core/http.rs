@@ -73,7 +73,7 @@ impl Head {
     /// The `101 Switching Protocols` answer, with `extensions` if any.
     pub fn switching_protocols(&self, extensions: Option<&str>) -> String {
         let key = self.websocket_key.as_deref().unwrap_or("");
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let mut out = format!(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n"
         );

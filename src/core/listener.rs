@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::WebSocketConfig;
 
 /// A client that opened TCP but never finished its TLS and HTTP handshakes
 /// is dropped after this long.
@@ -346,7 +346,7 @@ where
     let io = FrameWriter::new(Inflating::new(Prefixed::new(read, stream), inflate, stats));
     crate::core::ws_socket::WsSocket::from_raw_socket(
         io,
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        tungstenite::protocol::Role::Server,
         Some(ws_config(max_payload)),
     )
 }

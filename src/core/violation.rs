@@ -9,7 +9,7 @@
 //! `stats().protocolErrors` are generated from it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 
 /// Calls `$m! { name code "close reason" "help", … }` with every violation.
 /// The name is the metrics label (camelCase in `stats()`).

@@ -16,9 +16,9 @@ use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::error::Error as WsError;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
+use tungstenite::Message;
 
 /// The socket as tungstenite sees it: `cx` is the polling task's context
 /// during a call made through [`WsSocket::with_context`] (null: none given),

@@ -10,8 +10,8 @@ use crate::core::stats::bump;
 use crate::core::violation::Violation;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::Message;
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::Message;
 
 impl Connection {
     /// One more inbound frame in the rate window; false when over the limit.

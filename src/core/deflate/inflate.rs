@@ -476,9 +476,9 @@ mod tests {
     use flate2::{Compress, Compression, FlushCompress};
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    use tokio_tungstenite::tungstenite::Message;
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    use tungstenite::protocol::Role;
+    use tungstenite::Message;
 
     /// `data` deflated as a client does it (sync flush, tail cut).
     fn deflate(data: &[u8]) -> Vec<u8> {
