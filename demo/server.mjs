@@ -4,8 +4,11 @@
 //   npm run demo                                  one instance on PORT (default 3000), no Redis
 //   REDIS_URL=redis://… npm run demo -- --instances 2   two instances (PORT, PORT+1) sharing Redis
 //
-// Each instance is a plain Node http.Server serving the page; WebSocket
-// upgrades at /ws on the same port go to the native server (ws.attach).
+// On Node each instance is a plain http.Server serving the page; WebSocket
+// upgrades at /ws on the same port go to the native server (ws.attach). On
+// Bun (`bun demo/server.mjs`), whose node:http sockets cannot be handed
+// over, the native server owns the port and hands every other request to
+// the page's `fetch` handler (the `fetch` option).
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -31,10 +34,30 @@ const files = {
   '/client.js': ['../dist/browser/client.js', 'text/javascript; charset=utf-8'],
 };
 
+/** The page's file at `pathname`: its status, headers and body. */
+async function pageFile(pathname) {
+  const file = files[pathname];
+  if (!file) return { status: 404, headers: {}, body: 'not found' };
+  try {
+    const body = await fs.promises.readFile(path.join(here, file[0]));
+    return { status: 200, headers: { 'content-type': file[1], 'cache-control': 'no-store' }, body };
+  } catch (err) {
+    return { status: 500, headers: {}, body: String(err) };
+  }
+}
+
+/** Bun's `fetch` handler for the page. */
+async function servePage(req) {
+  const { status, headers, body } = await pageFile(new URL(req.url).pathname);
+  return new Response(body, { status, headers });
+}
+
 export async function startInstance(index, port, opts = {}) {
   const bus = opts.redis ?? redis;
   let label = `instance ${index + 1}`;
+  const onBun = Boolean(globalThis.Bun);
   const ws = new WebSocketServer({
+    ...(onBun ? { host: opts.host ?? '0.0.0.0', port, fetch: servePage } : {}),
     identifier: `demo-${index + 1}`,
     redis: bus,
     logLevel: opts.logLevel ?? 'warn',
@@ -71,16 +94,14 @@ export async function startInstance(index, port, opts = {}) {
       return undefined;
     },
   });
-  const server = http.createServer((req, res) => {
-    const file = files[(req.url ?? '/').split('?')[0]];
-    if (!file) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    fs.readFile(path.join(here, file[0]), (err, body) => {
-      if (err) res.writeHead(500).end(String(err));
-      else res.writeHead(200, { 'content-type': file[1], 'cache-control': 'no-store' }).end(body);
-    });
+  if (onBun) {
+    await ws.configure();
+    label = `instance ${index + 1} (:${ws.port})`;
+    return { ws, server: null, port: ws.port, stop: () => ws.shutdown() };
+  }
+  const server = http.createServer(async (req, res) => {
+    const { status, headers, body } = await pageFile((req.url ?? '/').split('?')[0]);
+    res.writeHead(status, headers).end(body);
   });
   ws.attach(server);
   await ws.configure();

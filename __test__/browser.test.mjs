@@ -1,7 +1,8 @@
 // Browser end to end, in Debian's Chromium driven by playwright-core: the
 // demo page in two tabs chatting through the server, and an encrypted
 // session decrypted in the page by the client SDK with WebCrypto.
-// Runs under Node (the demo is a Node app serving the page).
+// Runs under Node and Bun: the demo serves its page through attach() on
+// Node and through the `fetch` option on Bun.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
