@@ -173,6 +173,23 @@ function publisher(c, redis, args) {
   return { ready: readyOrDied, go: () => p.stdin.write('go\n'), stop: () => p.stdin.end(), done };
 }
 
+/**
+ * Runs the load generator with `pub` publishing from its READY on: `onStart`
+ * (the clock, the CPU baselines) runs just before the first publication, a
+ * publisher that dies fails the run, and the publisher is stopped when the
+ * run ends.
+ */
+function loadgenWithPublisher(args, pub, onStart) {
+  return runLoadgen(args, {
+    failWith: pub.done,
+    onReady: () =>
+      pub.ready.then(() => {
+        onStart();
+        pub.go();
+      }, () => {}),
+  }).finally(pub.stop);
+}
+
 const proto = c => ['--proto', c.proto ?? 'ignis'];
 
 async function withServer(c, redis, fn, env) {
@@ -230,17 +247,11 @@ export const SCENARIOS = {
         let threads0;
         const pub = publisher(c, redis, ['--count', '2000', '--rate', '0', ...(history ? ['--history', '1'] : []), ...(deflate ? ['--shape', 'json'] : [])]);
         // A burst reports no latency: the load generator skips the stamps.
-        const result = runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], {
-          failWith: pub.done,
-          onReady: () =>
-            pub.ready.then(() => {
-              cpu0 = cpuOf(s.pid);
-              threads0 = threadCpu(s.pid);
-              started = performance.now();
-              pub.go();
-            }, () => {}),
+        const r = await loadgenWithPublisher(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '60', '--latency', '0', ...(deflate ? ['--deflate', '1'] : [])], pub, () => {
+          cpu0 = cpuOf(s.pid);
+          threads0 = threadCpu(s.pid);
+          started = performance.now();
         });
-        const r = await result.finally(pub.stop);
         return {
           deliveries_per_s: r.deliveries / ((r.at - started) / 1000),
           time_to_last_ms: r.at - started,
@@ -274,15 +285,10 @@ export const SCENARIOS = {
         let cpu0;
         let threads0;
         const pub = publisher(c, redis, ['--count', '2000', '--rate', '500', ...(deflate ? ['--shape', 'json'] : [])]);
-        const r = await runLoadgen(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30', ...(deflate ? ['--deflate', '1'] : [])], {
-          failWith: pub.done,
-          onReady: () =>
-            pub.ready.then(() => {
-              cpu0 = cpuOf(s.pid);
-              threads0 = threadCpu(s.pid);
-              pub.go();
-            }, () => {}),
-        }).finally(pub.stop);
+        const r = await loadgenWithPublisher(['receive', '--url', s.url, ...proto(c), '--clients', '1000', '--expect', '2000', '--timeout', '30', ...(deflate ? ['--deflate', '1'] : [])], pub, () => {
+          cpu0 = cpuOf(s.pid);
+          threads0 = threadCpu(s.pid);
+        });
         return {
           p50_ms: r.p50_ms,
           p99_ms: r.p99_ms,

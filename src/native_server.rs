@@ -242,15 +242,14 @@ impl NativeServer {
         // Shut down with its worker (`worker_end`); started, not awaited: it
         // goes on on the server's runtime.
         on_worker_end(&env, &server, move |slot| {
-            if let Some(s) = slot.lock().clone() {
-                if !s.is_shutting_down() {
-                    crate::core::log::stderr::write(
-                        b"[ignis-ws] warn the worker thread that made this server ended before shutdown(); \
-                          shutting it down (clients get 1001; its last events cannot reach JavaScript)\n",
-                    );
-                }
-                exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
-            }
+            let Some(s) = slot.lock().clone().filter(|s| !s.is_shutting_down()) else {
+                return;
+            };
+            crate::core::log::stderr::write(
+                b"[ignis-ws] warn the worker thread that made this server ended before shutdown(); \
+                  shutting it down (clients get 1001; its last events cannot reach JavaScript)\n",
+            );
+            exec.enter(|| drop(tokio::spawn(async move { s.shutdown().await })));
         })?;
         Ok(NativeServer {
             config,
